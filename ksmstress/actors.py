@@ -1,0 +1,264 @@
+"""The bodies of the task processes: mm tasks (user programs), ksmd, reclaim (kswapd) and an admin writing run.
+
+Each body runs in its own OS process and reaches the model only through `K`. An mm task draws its operations
+from its own PRNG seeded by (run seed, task id), and keeps its own record of what it wrote (`expect`), which it
+checks on every read: any other bytes are data loss.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import traceback
+
+import numpy as np
+
+from .arena import ref_slot
+from .checks.content import check_read, pattern_bytes
+from .failures import Failure
+from .mm import ksm, memory, rmap
+from .mm import mm as mmm
+from .mm.state import (
+    G_MM_LIVE,
+    G_PAGES_SHARING,
+    G_SEQNR,
+    KSM_RUN_MERGE,
+    KSM_RUN_UNMERGE,
+    PG_KSM,
+    VM_MERGEABLE,
+    K,
+)
+from .scenario import Scenario
+
+KSMD, RECLAIM, ADMIN, MM = 1, 2, 3, 4
+KIND_NAMES = {KSMD: "ksmd", RECLAIM: "reclaim", ADMIN: "admin", MM: "mm"}
+# mm task arguments (ctl.arg row)
+A_MM, A_CFG, A_CHILD, A_FORKS = range(4)
+WAIT_CAP = 3_000  # yields a wait-* script step may spend before giving up
+
+
+class MmTask:
+    """A user program: maps a region, makes it mergeable, writes, reads back, forks, unmaps, exits."""
+
+    def __init__(self, k: K, sc: Scenario, seed: int, tid: int) -> None:
+        self.k, self.sc, self.tid = k, sc, tid
+        args = k.ctl.arg[tid]
+        self.mref = int(args[A_MM])
+        self.m = ref_slot(self.mref)
+        self.cfg_idx = int(args[A_CFG])
+        self.cfg = sc.tasks[self.cfg_idx]
+        self.child = bool(args[A_CHILD])
+        self.forks_left = int(args[A_FORKS])
+        self.rng = random.Random(f"{seed}:{tid}")
+        self.page_size = sc.page_size
+        # what this program knows it has mapped (its /proc/self/maps): a child inherits the parent's
+        self.mapped: set[int] = set()
+        for vref in mmm.vma_list(k, self.m):
+            v = ref_slot(vref)
+            self.mapped.update(range(int(k.vm["start"][v]), int(k.vm["end"][v])))
+
+    # -- the program ----------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        cfg = self.cfg
+        if not self.child:
+            self.do_mmap(1, cfg.region)
+        for step in cfg.child_script if self.child else cfg.script:
+            if self.script_step(step):
+                break
+        else:
+            ops = [op for op, w in cfg.weights if w > 0]
+            weights = [w for _op, w in cfg.weights if w > 0]
+            for _ in range(cfg.child_ops if self.child else cfg.ops):
+                if not ops:
+                    break
+                self.op(self.rng.choices(ops, weights)[0])
+        mmm.mmput(self.k, self.mref)
+        self.k.g[G_MM_LIVE] -= 1
+
+    def script_step(self, step: str) -> bool:
+        """Run one fixed step; True ends the program (exit)."""
+        name, *args = step.split(":")
+        k = self.k
+        if name == "fill":
+            for i, a in enumerate(sorted(self.mapped)):
+                self.write(a, int(args[0]) if args else i % self.cfg.patterns)
+        elif name == "read-all":
+            for a in sorted(self.mapped):
+                self.read(a)
+        elif name == "wait-scans":  # as LTP's wait_ksmd_full_scan: watch full_scans in sysfs
+            target = int(k.g[G_SEQNR]) + int(args[0])
+            for _ in range(WAIT_CAP):
+                if int(k.g[G_SEQNR]) >= target or not self.ksmd_alive():
+                    break
+                k.point("user:wait-scans", yielding=True)
+        elif name == "wait-merged":
+            for _ in range(WAIT_CAP):
+                if int(k.g[G_PAGES_SHARING]) >= int(args[0]) or not self.ksmd_alive():
+                    break
+                k.point("user:wait-merged", yielding=True)
+        elif name == "sleep":
+            for _ in range(int(args[0])):
+                k.point("user:sleep", yielding=True)
+        elif name == "fork":
+            self.op("fork")
+        elif name == "munmap-all":
+            self.do_munmap(1, self.sc.vpages)
+        elif name == "munmap-half":
+            pages = sorted(self.mapped)
+            if pages:
+                self.do_munmap(pages[0], pages[len(pages) // 2] + 1)
+        elif name in ("mergeable", "unmergeable"):
+            self.madvise(1, self.sc.vpages, name == "mergeable")
+        elif name == "write":
+            self.write(int(args[0]), int(args[1]))
+        elif name == "exit":
+            return True
+        return False
+
+    def ksmd_alive(self) -> bool:
+        return self.sc.ksmd
+
+    def op(self, op: str) -> None:
+        rng, k = self.rng, self.k
+        pages = sorted(self.mapped)
+        if op == "write" and pages:
+            self.write(rng.choice(pages), rng.randrange(self.cfg.patterns))
+        elif op == "read" and pages:
+            self.read(rng.choice(pages))
+        elif op == "fork":
+            self.fork()
+        elif op == "munmap" and pages:
+            a = rng.choice(pages)
+            self.do_munmap(a, a + 1 + rng.randrange(3))
+        elif op == "mmap":
+            n = 1 + rng.randrange(3)
+            free = [a for a in range(1, self.sc.vpages - n + 1) if not self.mapped & set(range(a, a + n))]
+            if free:
+                self.do_mmap(rng.choice(free), n)
+        elif op in ("mergeable", "unmergeable") and pages:
+            a = rng.choice(pages)
+            self.madvise(a, a + 1, op == "mergeable")
+        elif op == "sleep":
+            k.point("user:sleep", yielding=True)
+
+    # -- system calls and memory accesses -------------------------------------------------------------------------------
+    def write(self, addr: int, p: int) -> None:
+        if addr not in self.mapped:
+            return
+        if not memory.user_write(self.k, self.m, addr, pattern_bytes(p, self.page_size)):
+            raise Failure("crash", f"{self.k.ctl.label(self.tid)}: SIGSEGV writing mapped address {addr}")
+        self.k.st.expect[self.m, addr] = p
+
+    def read(self, addr: int) -> None:
+        if addr not in self.mapped:
+            return
+        data = memory.user_read(self.k, self.m, addr)
+        if data is None:
+            raise Failure("crash", f"{self.k.ctl.label(self.tid)}: SIGSEGV reading mapped address {addr}")
+        step, who = self.k.ctl.clock()
+        check_read(data, int(self.k.st.expect[self.m, addr]), who, self.m, addr, step)
+
+    def do_mmap(self, start: int, n: int) -> None:
+        if mmm.sys_mmap(self.k, self.mref, start, n, 0):
+            self.mapped.update(range(start, start + n))
+            self.k.st.expect[self.m, start: start + n] = -1
+            if self.cfg.mergeable:
+                mmm.sys_madvise(self.k, self.mref, start, start + n, ksm.MADV_MERGEABLE)
+
+    def do_munmap(self, start: int, end: int) -> None:
+        end = min(end, self.sc.vpages)
+        if mmm.sys_munmap(self.k, self.mref, start, end):
+            self.mapped.difference_update(range(start, end))
+            self.k.st.expect[self.m, start:end] = -1
+
+    def madvise(self, start: int, end: int, mergeable: bool) -> None:
+        mmm.sys_madvise(self.k, self.mref, start, end, ksm.MADV_MERGEABLE if mergeable else ksm.MADV_UNMERGEABLE)
+
+    def fork(self) -> None:
+        k = self.k
+        if self.forks_left <= 0 or not (k.ctl.state == 0).any() or not (k.st.mm.state == 0).any():
+            return  # -EAGAIN: no task or mm_struct left for a child
+        cref = mmm.dup_mmap(k, self.mref)
+        k.st.expect[ref_slot(cref), :] = k.st.expect[self.m, :]  # the child's memory is the parent's
+        k.g[G_MM_LIVE] += 1
+        k.ctl.spawn(MM, (cref, self.cfg_idx, 1, self.forks_left - 1))
+        self.forks_left -= 1
+
+
+def ksmd_body(k: K, sc: Scenario) -> None:
+    """ksm_scan_thread: scan a batch under ksm_thread_mutex, sleep, repeat; end once every mm is gone."""
+    while True:
+        k.locks.lock(k.ksm_thread_mutex, "ksm_scan_thread")
+        if ksm.ksmd_should_run(k):
+            ksm.ksm_do_scan(k, sc.pages_to_scan)
+        k.locks.unlock(k.ksm_thread_mutex, "ksm_scan_thread")
+        if k.g[G_MM_LIVE] == 0 and int(k.ms["next"][0]) == k.st.ksm_mm_head:
+            break
+        k.point("ksmd:sleep", yielding=True)
+    ksm.prune_stale_stable_nodes(k)
+
+
+def reclaim_body(k: K, sc: Scenario, seed: int, tid: int) -> None:
+    """shrink_page_list over seeded picks: lock a mapped anon or KSM page, walk it (page_referenced), and
+    sometimes swap it out (add_to_swap + try_to_unmap). Simplified: no LRU; the pick is the PRNG's."""
+    rng = random.Random(f"{seed}:{tid}")
+    st = k.st
+    while k.g[G_MM_LIVE] > 0:
+        k.point("reclaim:sleep", yielding=True)
+        cand = np.flatnonzero((st.page.state == 1) & (k.pg["mapcount"] > 0))
+        if not cand.size:
+            continue
+        ksm_cand = cand[(k.pg["flags"][cand] & PG_KSM) != 0]
+        pool = ksm_cand if ksm_cand.size and rng.random() < sc.reclaim_ksm_bias else cand
+        s = int(pool[rng.randrange(pool.size)])
+        page = k.page_ref(s)
+        memory.get_page(k, page, "isolate_lru_page")
+        if not k.locks.trylock(k.page_lock(s), "shrink_page_list:trylock_page"):
+            memory.put_page(k, page, "putback_lru_page")
+            continue
+        rmap.page_referenced(k, page)
+        if rng.random() < sc.reclaim_swap and rmap.page_mapped(k, s):
+            sref = st.swap.alloc("add_to_swap")
+            st.swap.c["count"][ref_slot(sref)] = 1  # the swap cache's own reference (SWAP_HAS_CACHE)
+            rmap.try_to_unmap(k, page, sref)
+            memory.swap_free(k, sref, "delete_from_swap_cache")
+        k.locks.unlock(k.page_lock(s), "shrink_page_list:unlock_page")
+        memory.put_page(k, page, "shrink_page_list")
+
+
+def admin_body(k: K, sc: Scenario) -> None:
+    """A root shell that now and then writes 2 then 1 to /sys/kernel/mm/ksm/run."""
+    while k.g[G_MM_LIVE] > 0:
+        for _ in range(sc.admin_unmerge_every):
+            k.point("admin:sleep", yielding=True)
+            if k.g[G_MM_LIVE] == 0:
+                return
+        ksm.run_store(k, KSM_RUN_UNMERGE)
+        k.point("admin:sleep", yielding=True)
+        ksm.run_store(k, KSM_RUN_MERGE)
+
+
+def run_task(k: K, sc: Scenario, seed: int, tid: int) -> None:
+    """A task process's life once first granted the CPU: its body, then exit; any failure ends the run."""
+    ctl = k.ctl
+    try:
+        kind = int(ctl.kind[tid])
+        if kind == MM:
+            MmTask(k, sc, seed, tid).run()
+        elif kind == KSMD:
+            ksmd_body(k, sc)
+        elif kind == RECLAIM:
+            reclaim_body(k, sc, seed, tid)
+        elif kind == ADMIN:
+            admin_body(k, sc)
+        ctl.exit_current()
+    except Failure as f:
+        ctl.report(f.to_dict())
+    except Exception as e:  # a defect of the framework itself: report it, never hang the run
+        step, who = ctl.clock()
+        ctl.report({"class": "crash", "message": f"{who} raised {type(e).__name__}: {e} at step {step}",
+                    "details": {"traceback": traceback.format_exc()}})
+    os._exit(0)
+
+
+__all__ = ["KIND_NAMES", "KSMD", "RECLAIM", "ADMIN", "MM", "run_task", "VM_MERGEABLE"]

@@ -1,0 +1,58 @@
+"""The catalogue of injectable bug variants.
+
+A variant is a named switch that the model consults at exactly one place (`k.bug(NAME)`); it never replaces a
+function. Each entry says what it breaks, which detector must catch it and which scenario shows it, so that
+`ksmstress bugs` documents the catalogue and the tests can check every variant against its detector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    breaks: str
+    detector: str
+    scenario: str
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant(
+            "no-anon-vma-ref",
+            "rmap_item records the anon_vma but takes and drops no reference (the lifetime before db114b83ab): "
+            "the anon_vma is freed when its last vma is unmapped while a stable rmap_item still points at it",
+            "use-after-free",
+            "seed-unmap-race.toml",
+        ),
+        Variant(
+            "free-on-empty-list",
+            "references are counted, but anon_vma_unlink frees the anon_vma once its vma list is empty, "
+            "ignoring ksm_refcount",
+            "use-after-free",
+            "seed-unmap-race.toml",
+        ),
+        Variant(
+            "single-pass-walk",
+            "page_referenced_ksm / try_to_unmap_ksm do pass 0 only, so ptes that fork duplicated before ksmd "
+            "gave them an rmap_item are never visited",
+            "traversal",
+            "seed-fork-race.toml",
+        ),
+    )
+}
+
+
+class UnknownBug(ValueError):
+    """A bug name that is not in the catalogue (a user's mistake: exit status 2)."""
+
+
+def validate(names: list[str] | tuple[str, ...]) -> frozenset[str]:
+    """Return the set of variant names, or raise UnknownBug naming the first unknown one."""
+    for n in names:
+        if n not in VARIANTS:
+            raise UnknownBug(f"unknown bug variant {n!r}; expected one of: {', '.join(sorted(VARIANTS))}")
+    return frozenset(names)

@@ -1,0 +1,45 @@
+"""The failure classes every detector reports through, so that the runner, the CLI and the tests agree on names.
+
+A `Failure` is raised inside the task that detects it; the task's top-level wrapper serialises it into the
+shared failure buffer. Its message must be deterministic (task ids and steps, never pids or times) because
+replays compare verdicts byte for byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Every failure class the framework can report, with the one-line meaning shown by `ksmstress bugs` and docs.
+CLASSES: dict[str, str] = {
+    "use-after-free": "an object was touched through a reference after it was freed (or its slot reused)",
+    "double-free": "an object was freed twice",
+    "refcount-underflow": "a reference count or mapcount went below zero",
+    "refcount-overflow": "a reference count wrapped at its configured width",
+    "leak": "at quiescence an object or counter was left behind",
+    "traversal": "an rmap walk missed a mapping, or a page was freed while still mapped",
+    "data-loss": "a task read back bytes other than the ones it wrote",
+    "counters": "KSM's statistics disagree with its trees",
+    "deadlock": "no task can run: a wait-for cycle",
+    "hang": "the run made no progress (step budget or wall clock exhausted)",
+    "bug-on": "a kernel BUG_ON / VM_BUG_ON condition was hit",
+    "oops": "a NULL pointer was dereferenced",
+    "arena-exhausted": "a table of the arena ran out of slots (scenario sizes too small)",
+    "crash": "a task process died or raised an unexpected Python exception",
+    "replay-diverged": "a replay could not follow its recorded schedule",
+}
+
+
+@dataclass
+class Failure(Exception):
+    """A detected defect: class name, one-line message and structured details for the artifact."""
+
+    cls: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(f"{self.cls}: {self.message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"class": self.cls, "message": self.message, "details": self.details}

@@ -1,0 +1,50 @@
+"""The small interface through which the model tells detectors what it does.
+
+The model never imports a detector: it calls these hooks at the moments a detector needs (a page freed, an rmap
+walk begun, a pte visited, a walk ended, a lock taken). `NoHooks` is the silent default, so the model runs
+alone in unit tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Hooks(Protocol):
+    def page_freeing(self, k: Any, page_ref: int, site: str) -> None:
+        """A page frame is about to return to the allocator."""
+
+    def walk_begin(self, k: Any, page_ref: int, kind: str) -> Any:
+        """An rmap walk over `page_ref` begins; returns a token for the visits and the end."""
+
+    def walk_visit(self, token: Any, mm_slot: int, address: int) -> None:
+        """The walk examined the pte of mm `mm_slot` at `address`."""
+
+    def walk_end(self, k: Any, token: Any, uncounted: int | None = None) -> None:
+        """The walk returned; a page_referenced walk passes the mappings it had left to count."""
+
+    def lock_acquired(self, tid: int, lid: int, mode: int, site: str) -> None: ...
+
+    def lock_released(self, tid: int, lid: int, site: str) -> None: ...
+
+
+class NoHooks:
+    """Hooks that hear nothing: the model on its own."""
+
+    def page_freeing(self, k: Any, page_ref: int, site: str) -> None:
+        pass
+
+    def walk_begin(self, k: Any, page_ref: int, kind: str) -> Any:
+        return None
+
+    def walk_visit(self, token: Any, mm_slot: int, address: int) -> None:
+        pass
+
+    def walk_end(self, k: Any, token: Any, uncounted: int | None = None) -> None:
+        pass
+
+    def lock_acquired(self, tid: int, lid: int, mode: int, site: str) -> None:
+        pass
+
+    def lock_released(self, tid: int, lid: int, site: str) -> None:
+        pass

@@ -1,0 +1,287 @@
+"""Frames, struct page, ptes, faults and COW: the parts of mm/memory.c and mm/page_alloc.c the model needs.
+
+`m` is an mm's slot index (its page table row and its mmap_sem / page_table_lock); page, vma and anon_vma
+arguments are generation-tagged references, dereferenced (KASAN-checked) where the kernel would touch them.
+Simplifications, each also noted at its place: one page_table_lock per mm (no split ptlocks); no swap cache
+(every swap-in makes a private copy); a read fault on an untouched page allocates a zeroed page (no ZERO_PAGE).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..arena import ref_slot
+from ..failures import Failure
+from . import rmap
+from .state import PG_ANON, PG_KSM, PTE_NONE, PTE_PRESENT, PTE_SWAP, K
+
+VM_FAULT_WRITE = 1  # the fault made the pte writable (break_ksm loops until it sees this)
+
+
+# -- struct page and the page allocator ------------------------------------------------------------------
+def alloc_page(k: K, site: str) -> int:
+    """alloc_page(GFP_HIGHUSER_MOVABLE) + clear_user_highpage: a zeroed frame with one reference."""
+    ref = k.st.page.alloc(site)
+    s = ref_slot(ref)
+    k.pg["count"][s] = 1
+    k.st.frames[s, :] = 0
+    return ref
+
+
+def get_page(k: K, pref: int, site: str) -> None:
+    s = k.st.page.deref(pref, site)
+    k.pg["count"][s] += 1
+
+
+def put_page(k: K, pref: int, site: str) -> None:
+    """Drop a reference; the last one frees the frame (the traversal detector checks no pte still maps it)."""
+    s = k.st.page.deref(pref, site)
+    c = int(k.pg["count"][s]) - 1
+    if c < 0:
+        raise Failure("refcount-underflow", f"page[{s}] _count below zero at {site}",
+                      k.fail_details(object=f"page[{s}]", site=site))
+    k.pg["count"][s] = c
+    if c == 0:
+        k.hooks.page_freeing(k, pref, site)
+        k.pg["flags"][s] = 0
+        k.pg["mapping"][s] = 0  # free_hot_cold_page clears an anon page's mapping: get_ksm_page relies on it
+        k.pg["mapcount"][s] = 0
+        k.st.page.free(pref, site)
+
+
+def PageAnon(k: K, s: int) -> bool:  # noqa: N802 - the kernel's name
+    return bool(k.pg["flags"][s] & PG_ANON)
+
+
+def PageKsm(k: K, s: int) -> bool:  # noqa: N802
+    return bool(k.pg["flags"][s] & PG_KSM)
+
+
+def page_mapcount(k: K, s: int) -> int:
+    return int(k.pg["mapcount"][s])
+
+
+def page_count(k: K, s: int) -> int:
+    return int(k.pg["count"][s])
+
+
+def page_address_in_vma(k: K, pref: int, vref: int, site: str) -> int:
+    """The address `page` has in `vma`, or -1 (-EFAULT) when the vma is not in the page's anon_vma."""
+    s = k.st.page.deref(pref, site)
+    v = k.st.vma.deref(vref, site)
+    if PageAnon(k, s) and not PageKsm(k, s) and k.vm["anon_vma"][v] != k.pg["mapping"][s]:
+        return -1
+    a = int(k.pg["index"][s])
+    if not (k.vm["start"][v] <= a < k.vm["end"][v]):
+        return -1
+    return a
+
+
+# -- ptes --------------------------------------------------------------------------------------------------
+def pte_get(k: K, m: int, addr: int) -> tuple[int, int, int]:
+    st = k.st
+    return int(st.pte_kind[m, addr]), int(st.pte_ref[m, addr]), int(st.pte_write[m, addr])
+
+
+def pte_set(k: K, m: int, addr: int, kind: int, ref: int, write: int) -> None:
+    st = k.st
+    st.pte_kind[m, addr] = kind
+    st.pte_ref[m, addr] = ref
+    st.pte_write[m, addr] = write
+
+
+def follow_page(k: K, m: int, addr: int, site: str) -> int:
+    """follow_page(FOLL_GET): the page mapped at addr with a reference taken, or 0."""
+    k.locks.lock(k.ptl(m), site)
+    kind, ref, _w = pte_get(k, m, addr)
+    page = 0
+    if kind == PTE_PRESENT:
+        get_page(k, ref, site)
+        page = ref
+    k.locks.unlock(k.ptl(m), site)
+    return page
+
+
+# -- faults --------------------------------------------------------------------------------------------------
+def handle_mm_fault(k: K, m: int, vref: int, addr: int, write: bool) -> int:
+    """Resolve a fault at addr of mm m inside vma vref; the caller holds mmap_sem for read."""
+    ptl = k.ptl(m)
+    k.locks.lock(ptl, "handle_mm_fault")
+    kind, ref, w = pte_get(k, m, addr)
+    if kind == PTE_NONE:
+        k.locks.unlock(ptl, "handle_mm_fault")
+        return do_anonymous_page(k, m, vref, addr)
+    if kind == PTE_SWAP:
+        k.locks.unlock(ptl, "handle_mm_fault")
+        return do_swap_page(k, m, vref, addr, write)
+    if write and not w:
+        return do_wp_page(k, m, vref, addr)  # entered with the pte lock held, as in the kernel
+    k.locks.unlock(ptl, "handle_mm_fault")
+    return VM_FAULT_WRITE if w else 0
+
+
+def do_anonymous_page(k: K, m: int, vref: int, addr: int) -> int:
+    """First touch: a zeroed page mapped writable (simplified: read faults also allocate, no ZERO_PAGE)."""
+    rmap.anon_vma_prepare(k, vref)
+    page = alloc_page(k, "do_anonymous_page")
+    ptl = k.ptl(m)
+    k.locks.lock(ptl, "do_anonymous_page")
+    if pte_get(k, m, addr)[0] != PTE_NONE:
+        k.locks.unlock(ptl, "do_anonymous_page")
+        put_page(k, page, "do_anonymous_page:raced")
+        return 0
+    rmap.page_add_new_anon_rmap(k, page, vref, addr)
+    pte_set(k, m, addr, PTE_PRESENT, page, 1)
+    k.locks.unlock(ptl, "do_anonymous_page")
+    return VM_FAULT_WRITE
+
+
+def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
+    """Write to a write-protected present pte; called with the pte lock held, returns with it released.
+
+    An anon page mapped only here is reused in place; a KSM page never is (always copied). Simplified: when
+    trylock_page fails the model copies instead of sleeping on the page lock (a copy is always correct).
+    """
+    ptl = k.ptl(m)
+    _kind, old, _w = pte_get(k, m, addr)
+    s = k.st.page.deref(old, "do_wp_page")
+    if PageAnon(k, s) and not PageKsm(k, s):
+        if k.locks.trylock(k.page_lock(s), "do_wp_page:trylock_page"):
+            reuse = page_mapcount(k, s) == 1  # reuse_swap_page() without a swap cache
+            k.locks.unlock(k.page_lock(s), "do_wp_page:unlock_page")
+            if reuse:
+                k.st.pte_write[m, addr] = 1
+                k.locks.unlock(ptl, "do_wp_page:reuse")
+                return VM_FAULT_WRITE
+    get_page(k, old, "do_wp_page")
+    k.locks.unlock(ptl, "do_wp_page")
+    rmap.anon_vma_prepare(k, vref)
+    new = alloc_page(k, "do_wp_page:cow")
+    ns = ref_slot(new)
+    k.st.frames[ns, :] = k.st.frames[k.st.page.deref(old, "cow_user_page"), :]
+    k.locks.lock(ptl, "do_wp_page:relock")
+    ret = 0
+    kind, cur, _w = pte_get(k, m, addr)
+    if kind == PTE_PRESENT and cur == old:
+        rmap.page_add_new_anon_rmap(k, new, vref, addr)
+        pte_set(k, m, addr, PTE_PRESENT, new, 1)
+        rmap.page_remove_rmap(k, old, "do_wp_page")
+        put_page(k, old, "do_wp_page:pte")  # the reference the old pte held
+        new = 0
+        ret = VM_FAULT_WRITE
+    k.locks.unlock(ptl, "do_wp_page:done")
+    if new:
+        put_page(k, new, "do_wp_page:raced")
+    put_page(k, old, "do_wp_page:ref")
+    return ret
+
+
+def do_swap_page(k: K, m: int, vref: int, addr: int, write: bool) -> int:
+    """Fault a swapped page back in. Simplified: no swap cache, so every mm reading a slot gets its own copy."""
+    st = k.st
+    ptl = k.ptl(m)
+    _kind, sref, _w = pte_get(k, m, addr)
+    ss = st.swap.deref(sref, "do_swap_page")
+    page = alloc_page(k, "do_swap_page")
+    st.frames[ref_slot(page), :] = st.swapdata[ss, :]  # swap_readpage
+    k.locks.lock(ptl, "do_swap_page")
+    kind, cur, _w = pte_get(k, m, addr)
+    if kind != PTE_SWAP or cur != sref:
+        k.locks.unlock(ptl, "do_swap_page:raced")
+        put_page(k, page, "do_swap_page:raced")
+        return 0
+    rmap.page_add_new_anon_rmap(k, page, vref, addr)
+    pte_set(k, m, addr, PTE_PRESENT, page, 1 if write else 0)
+    swap_free(k, sref, "do_swap_page")
+    k.locks.unlock(ptl, "do_swap_page")
+    return VM_FAULT_WRITE if write else 0
+
+
+def swap_free(k: K, sref: int, site: str) -> None:
+    ss = k.st.swap.deref(sref, site)
+    c = int(k.st.swap.c["count"][ss]) - 1
+    if c < 0:
+        raise Failure("refcount-underflow", f"swap[{ss}] count below zero at {site}",
+                      k.fail_details(object=f"swap[{ss}]", site=site))
+    k.st.swap.c["count"][ss] = c
+    if c == 0:
+        k.st.swap.free(sref, site)
+
+
+# -- fork and unmap ---------------------------------------------------------------------------------------------
+def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
+    """copy_one_pte for every pte of vma: anon and KSM ptes are shared read-only (COW), mapcount++ and a page
+    reference each; swap entries get one more swap count. No rmap_item is made: ksmd has not seen the child."""
+    st = k.st
+    v = st.vma.deref(vref, "copy_page_range")
+    start, end = int(k.vm["start"][v]), int(k.vm["end"][v])
+    ptl = k.ptl(src)
+    k.locks.lock(ptl, "copy_page_range")
+    for addr in range(start, end):
+        kind, ref, _w = pte_get(k, src, addr)
+        if kind == PTE_PRESENT:
+            get_page(k, ref, "copy_one_pte")
+            rmap.page_dup_rmap(k, ref)
+            st.pte_write[src, addr] = 0  # ptep_set_wrprotect: COW in the parent
+            pte_set(k, dst, addr, PTE_PRESENT, ref, 0)
+        elif kind == PTE_SWAP:
+            ss = st.swap.deref(ref, "copy_one_pte:swap_duplicate")
+            st.swap.c["count"][ss] += 1
+            pte_set(k, dst, addr, PTE_SWAP, ref, 0)
+    k.locks.unlock(ptl, "copy_page_range")
+
+
+def zap_pte_range(k: K, m: int, start: int, end: int) -> None:
+    """Unmap [start, end) of mm m: every present pte drops its mapcount and page reference."""
+    ptl = k.ptl(m)
+    k.locks.lock(ptl, "zap_pte_range")
+    for addr in range(start, end):
+        kind, ref, _w = pte_get(k, m, addr)
+        if kind == PTE_NONE:
+            continue
+        pte_set(k, m, addr, PTE_NONE, 0, 0)
+        if kind == PTE_PRESENT:
+            rmap.page_remove_rmap(k, ref, "zap_pte_range")
+            put_page(k, ref, "zap_pte_range")
+        else:
+            swap_free(k, ref, "zap_pte_range")
+    k.locks.unlock(ptl, "zap_pte_range")
+
+
+# -- the CPU: user-space loads and stores --------------------------------------------------------------------------
+def user_write(k: K, m: int, addr: int, data: np.ndarray) -> bool:
+    """A store of a whole page from user space; False is SIGSEGV (no vma).
+
+    The store and the pte check are one step under the pte lock: the hardware plus ptep_clear_flush's TLB flush
+    make a store atomic against a pte change, and the pte lock gives the model the same guarantee.
+    """
+    from . import mm as mmmod  # mm.py builds on this module
+
+    ptl = k.ptl(m)
+    while True:
+        k.locks.lock(ptl, "user_write")
+        kind, ref, w = pte_get(k, m, addr)
+        if kind == PTE_PRESENT and w:
+            k.st.frames[k.st.page.deref(ref, "user_write"), :] = data
+            k.locks.unlock(ptl, "user_write")
+            return True
+        k.locks.unlock(ptl, "user_write")
+        if not mmmod.fault_in(k, m, addr, write=True):
+            return False
+
+
+def user_read(k: K, m: int, addr: int) -> np.ndarray | None:
+    """A load of a whole page from user space; None is SIGSEGV (no vma)."""
+    from . import mm as mmmod
+
+    ptl = k.ptl(m)
+    while True:
+        k.locks.lock(ptl, "user_read")
+        kind, ref, _w = pte_get(k, m, addr)
+        if kind == PTE_PRESENT:
+            data = k.st.frames[k.st.page.deref(ref, "user_read"), :].copy()
+            k.locks.unlock(ptl, "user_read")
+            return data
+        k.locks.unlock(ptl, "user_read")
+        if not mmmod.fault_in(k, m, addr, write=False):
+            return None

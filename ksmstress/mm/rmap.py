@@ -1,0 +1,275 @@
+"""anon_vma and reverse mapping: the parts of 2.6.33 mm/rmap.c the model needs.
+
+Lock order (top of mm/rmap.c): mmap_sem -> page lock -> anon_vma->lock -> page_table_lock.
+In 2.6.33 a forked child's vmas join the parent's anon_vma (one anon_vma per family, no anon_vma_chain), and an
+anon_vma is freed only when its vma list is empty and, since db114b83ab, its ksm_refcount is 0.
+"""
+
+from __future__ import annotations
+
+from ..arena import ref_slot
+from ..failures import Failure
+from .state import K
+
+SWAP_SUCCESS, SWAP_AGAIN, SWAP_FAIL = 0, 1, 2
+
+
+# -- the anon_vma list ---------------------------------------------------------------------------------------
+def list_add_tail(k: K, vref: int, avref: int) -> None:
+    a = k.st.anon_vma.deref(avref, "list_add_tail")
+    v = k.st.vma.deref(vref, "list_add_tail")
+    tail = int(k.av["tail"][a])
+    k.vm["av_prev"][v] = tail
+    k.vm["av_next"][v] = 0
+    if tail:
+        k.vm["av_next"][k.st.vma.deref(tail, "list_add_tail")] = vref
+    else:
+        k.av["head"][a] = vref
+    k.av["tail"][a] = vref
+
+
+def _list_del(k: K, vref: int, avref: int) -> None:
+    a = k.st.anon_vma.deref(avref, "list_del")
+    v = k.st.vma.deref(vref, "list_del")
+    prv, nxt = int(k.vm["av_prev"][v]), int(k.vm["av_next"][v])
+    if prv:
+        k.vm["av_next"][k.st.vma.deref(prv, "list_del")] = nxt
+    else:
+        k.av["head"][a] = nxt
+    if nxt:
+        k.vm["av_prev"][k.st.vma.deref(nxt, "list_del")] = prv
+    else:
+        k.av["tail"][a] = prv
+    k.vm["av_next"][v] = 0
+    k.vm["av_prev"][v] = 0
+
+
+def anon_vma_vmas(k: K, avref: int, site: str) -> list[int]:
+    """The vmas on an anon_vma's list, walked as list_for_each_entry does (each one dereferenced)."""
+    a = k.st.anon_vma.deref(avref, site)
+    out, vref = [], int(k.av["head"][a])
+    while vref:
+        out.append(vref)
+        vref = int(k.vm["av_next"][k.st.vma.deref(vref, site)])
+    return out
+
+
+def anon_vma_alloc(k: K) -> int:
+    return k.st.anon_vma.alloc("anon_vma_alloc")
+
+
+def anon_vma_free(k: K, avref: int, site: str) -> None:
+    a = k.st.anon_vma.deref(avref, site)
+    if k.st.locks.owner[k.av_lock(a)] >= 0:
+        raise Failure("bug-on", f"anon_vma[{a}] freed with its lock held at {site}",
+                      k.fail_details(object=f"anon_vma[{a}]", site=site))
+    k.st.anon_vma.free(avref, site)
+
+
+def anon_vma_prepare(k: K, vref: int) -> None:
+    """Give a vma its anon_vma on first fault (simplified: never reuses a neighbour's via find_mergeable)."""
+    v = k.st.vma.deref(vref, "anon_vma_prepare")
+    if k.vm["anon_vma"][v]:
+        return
+    m = ref_slot(int(k.vm["mm"][v]))
+    avref = anon_vma_alloc(k)
+    a = ref_slot(avref)
+    k.locks.lock(k.av_lock(a), "anon_vma_prepare")
+    k.locks.lock(k.ptl(m), "anon_vma_prepare")
+    v = k.st.vma.deref(vref, "anon_vma_prepare")
+    used = False
+    if not k.vm["anon_vma"][v]:
+        k.vm["anon_vma"][v] = avref
+        list_add_tail(k, vref, avref)
+        used = True
+    k.locks.unlock(k.ptl(m), "anon_vma_prepare")
+    k.locks.unlock(k.av_lock(a), "anon_vma_prepare")
+    if not used:
+        anon_vma_free(k, avref, "anon_vma_prepare:raced")
+
+
+def anon_vma_link(k: K, vref: int) -> None:
+    """Add a new vma (a fork's copy, or a split's second half) to its anon_vma's list."""
+    v = k.st.vma.deref(vref, "anon_vma_link")
+    avref = int(k.vm["anon_vma"][v])
+    if not avref:
+        return
+    a = k.st.anon_vma.deref(avref, "anon_vma_link")
+    k.locks.lock(k.av_lock(a), "anon_vma_link")
+    list_add_tail(k, vref, avref)
+    k.locks.unlock(k.av_lock(a), "anon_vma_link")
+
+
+def anon_vma_unlink(k: K, vref: int) -> None:
+    """munmap / exit: take the vma off its anon_vma; free the anon_vma if the list is empty and unreferenced."""
+    v = k.st.vma.deref(vref, "anon_vma_unlink")
+    avref = int(k.vm["anon_vma"][v])
+    if not avref:
+        return
+    a = k.st.anon_vma.deref(avref, "anon_vma_unlink")
+    k.locks.lock(k.av_lock(a), "anon_vma_unlink")
+    _list_del(k, vref, avref)
+    empty = k.av["head"][a] == 0
+    if not k.bug("free-on-empty-list"):
+        empty = empty and k.av["refcount"][a] == 0
+    k.locks.unlock(k.av_lock(a), "anon_vma_unlink")
+    if empty:
+        anon_vma_free(k, avref, "anon_vma_unlink")
+
+
+# -- mapcount ------------------------------------------------------------------------------------------------
+def page_add_new_anon_rmap(k: K, pref: int, vref: int, addr: int) -> None:
+    """A freshly allocated page mapped for the first time: PageAnon, mapping = vma's anon_vma."""
+    from .state import PG_ANON
+
+    s = k.st.page.deref(pref, "page_add_new_anon_rmap")
+    v = k.st.vma.deref(vref, "page_add_new_anon_rmap")
+    k.pg["flags"][s] = PG_ANON
+    k.pg["mapping"][s] = k.vm["anon_vma"][v]
+    k.pg["index"][s] = addr
+    k.pg["mapcount"][s] = 1
+
+
+def page_add_anon_rmap(k: K, pref: int) -> None:
+    """One more pte maps an already-mapped anon or KSM page (replace_page's kpage)."""
+    s = k.st.page.deref(pref, "page_add_anon_rmap")
+    k.pg["mapcount"][s] += 1
+
+
+def page_dup_rmap(k: K, pref: int) -> None:
+    """fork's copy_one_pte: one more mapping of the same page."""
+    s = k.st.page.deref(pref, "page_dup_rmap")
+    k.pg["mapcount"][s] += 1
+
+
+def page_remove_rmap(k: K, pref: int, site: str) -> None:
+    s = k.st.page.deref(pref, site)
+    c = int(k.pg["mapcount"][s]) - 1
+    if c < 0:
+        raise Failure("refcount-underflow", f"page[{s}] mapcount below zero at {site}",
+                      k.fail_details(object=f"page[{s}]", site=site))
+    k.pg["mapcount"][s] = c
+
+
+def page_mapped(k: K, s: int) -> bool:
+    return k.pg["mapcount"][s] > 0
+
+
+# -- rmap walks --------------------------------------------------------------------------------------------------
+def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, swap: int, token: object) -> int:
+    """Replace the pte mapping `page` at addr in vma's mm by a swap entry (page_check_address + unmap)."""
+    from . import memory
+    from .state import PTE_PRESENT, PTE_SWAP
+
+    v = k.st.vma.deref(vref, "try_to_unmap_one")
+    m = k.st.mm.deref(int(k.vm["mm"][v]), "try_to_unmap_one")
+    k.locks.lock(k.ptl(m), "try_to_unmap_one")
+    k.hooks.walk_visit(token, m, addr)
+    kind, ref, _w = memory.pte_get(k, m, addr)
+    if kind == PTE_PRESENT and ref == pref:
+        ss = k.st.swap.deref(swap, "try_to_unmap_one:swap_duplicate")
+        # the bytes as they are once this pte is gone (the kernel writes back the dirty page after unmapping;
+        # a page mapped more than once is read-only everywhere, so every pte converted sees the same bytes)
+        k.st.swapdata[ss, :] = k.st.frames[k.st.page.deref(pref, "try_to_unmap_one"), :]
+        k.st.swap.c["count"][ss] += 1
+        memory.pte_set(k, m, addr, PTE_SWAP, swap, 0)
+        page_remove_rmap(k, pref, "try_to_unmap_one")
+        memory.put_page(k, pref, "try_to_unmap_one")
+    k.locks.unlock(k.ptl(m), "try_to_unmap_one")
+    return SWAP_AGAIN
+
+
+def page_referenced_one(k: K, pref: int, vref: int, addr: int, mapcount: list[int], token: object) -> int:
+    """Look at the pte mapping `page` at addr: each mapping found counts one down from *mapcount.
+
+    Simplified: young bits are not modelled, so every mapping found counts as referenced.
+    """
+    from . import memory
+    from .state import PTE_PRESENT
+
+    v = k.st.vma.deref(vref, "page_referenced_one")
+    m = k.st.mm.deref(int(k.vm["mm"][v]), "page_referenced_one")
+    k.locks.lock(k.ptl(m), "page_referenced_one")
+    k.hooks.walk_visit(token, m, addr)
+    kind, ref, _w = memory.pte_get(k, m, addr)
+    found = kind == PTE_PRESENT and ref == pref
+    if found:
+        mapcount[0] -= 1
+    k.locks.unlock(k.ptl(m), "page_referenced_one")
+    return int(found)
+
+
+def _vma_address(k: K, s: int, vref: int, site: str) -> int:
+    v = k.st.vma.deref(vref, site)
+    a = int(k.pg["index"][s])
+    return a if k.vm["start"][v] <= a < k.vm["end"][v] else -1
+
+
+def page_lock_anon_vma(k: K, pref: int, site: str) -> int:
+    """The page's anon_vma, locked; 0 if the page is no longer mapped."""
+    s = k.st.page.deref(pref, site)
+    if not page_mapped(k, s):
+        return 0
+    avref = int(k.pg["mapping"][s])
+    a = k.st.anon_vma.deref(avref, site)
+    k.locks.lock(k.av_lock(a), site)
+    return avref
+
+
+def try_to_unmap_anon(k: K, pref: int, swap: int) -> int:
+    token = k.hooks.walk_begin(k, pref, "try_to_unmap_anon")
+    ret = SWAP_AGAIN
+    avref = page_lock_anon_vma(k, pref, "try_to_unmap_anon")
+    if avref:
+        s = ref_slot(pref)
+        for vref in anon_vma_vmas(k, avref, "try_to_unmap_anon"):
+            addr = _vma_address(k, s, vref, "try_to_unmap_anon")
+            if addr < 0:
+                continue
+            ret = try_to_unmap_one(k, pref, vref, addr, swap, token)
+            if ret != SWAP_AGAIN or not page_mapped(k, s):
+                break
+        k.locks.unlock(k.av_lock(ref_slot(avref)), "try_to_unmap_anon")
+    k.hooks.walk_end(k, token)
+    return ret
+
+
+def page_referenced_anon(k: K, pref: int) -> int:
+    token = k.hooks.walk_begin(k, pref, "page_referenced_anon")
+    referenced = 0
+    mapcount = [-1]
+    avref = page_lock_anon_vma(k, pref, "page_referenced_anon")
+    if avref:
+        s = ref_slot(pref)
+        mapcount[0] = int(k.pg["mapcount"][s])
+        for vref in anon_vma_vmas(k, avref, "page_referenced_anon"):
+            addr = _vma_address(k, s, vref, "page_referenced_anon")
+            if addr < 0:
+                continue
+            referenced += page_referenced_one(k, pref, vref, addr, mapcount, token)
+            if not mapcount[0]:
+                break
+        k.locks.unlock(k.av_lock(ref_slot(avref)), "page_referenced_anon")
+    k.hooks.walk_end(k, token, mapcount[0] if avref else 0)
+    return referenced
+
+
+def try_to_unmap(k: K, pref: int, swap: int) -> int:
+    """Unmap every pte of a locked page, turning them into swap entries for `swap`."""
+    from . import ksm
+    from .memory import PageKsm
+
+    s = k.st.page.deref(pref, "try_to_unmap")
+    if PageKsm(k, s):
+        return ksm.try_to_unmap_ksm(k, pref, swap)
+    return try_to_unmap_anon(k, pref, swap)
+
+
+def page_referenced(k: K, pref: int) -> int:
+    from . import ksm
+    from .memory import PageKsm
+
+    s = k.st.page.deref(pref, "page_referenced")
+    if PageKsm(k, s):
+        return ksm.page_referenced_ksm(k, pref)
+    return page_referenced_anon(k, pref)

@@ -1,0 +1,185 @@
+"""Run one (scenario, seed, strategy, bug variants) with real processes, or many seeds in a row.
+
+The runner builds the arena, forks one process per task slot (each pinned to one CPU and parked on its
+semaphore), grants the first task and waits. The run ends when the last task exits (then the quiescence checks
+run here, on the same shared memory), when a task reports a failure, when a process dies, or when the wall
+clock runs out. Whatever happens, every process of the run is killed and reaped before this returns: no process
+outlives a run, and the arena is an anonymous mapping that leaves nothing in /dev/shm.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import multiprocess
+
+from . import actors
+from .arena import SharedBlock
+from .bugs import validate
+from .checks import Detectors
+from .checks.invariants import check_quiescence
+from .failures import Failure
+from .mm.mm import mm_alloc
+from .mm.state import G_MAX_REFCOUNT, G_MM_LIVE, G_PAGES_TO_SCAN, G_REFCOUNT_BITS, K, Sizes, State
+from .scenario import Scenario
+from .sched import make_strategy
+from .sched.control import CLEAN, FAILED, HANDOFFS, Control
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    path: str
+    seed: int
+    strategy: str
+    bugs: list[str]
+    verdict: str  # clean | failure
+    failure: dict[str, Any] | None
+    steps: int
+    handoffs: int
+    elapsed: float
+    schedule: bytes = field(repr=False, default=b"")
+    max_refcount: int = 0
+
+    @property
+    def schedule_digest(self) -> str:
+        return hashlib.sha256(self.schedule).hexdigest()[:16]
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / self.elapsed if self.elapsed > 0 else 0.0
+
+
+def sizes_for(sc: Scenario) -> Sizes:
+    """Arena dimensions that a scenario cannot outgrow: every mm may map every page, twice over for COW."""
+    per_mm = sc.vpages * sc.max_mm
+    return Sizes(page_size=sc.page_size, vpages=sc.vpages, max_mm=sc.max_mm, max_vmas=sc.max_vmas,
+                 frames=2 * per_mm + 64, swap=2 * per_mm + 64, rmap_items=per_mm + 64, stable_nodes=per_mm + 64,
+                 anon_vmas=sc.max_mm * sc.max_vmas + 64, quarantine=16)
+
+
+def _pick_cpu(cpu: int | None) -> int:
+    allowed = sorted(os.sched_getaffinity(0))
+    if cpu is not None and cpu in allowed:
+        return cpu
+    return allowed[-1]
+
+
+def _die_with_parent(parent: int) -> None:
+    """PR_SET_PDEATHSIG: if the runner is SIGKILLed (or pytest-timeout os._exit()s), its tasks die too."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def run_one(sc: Scenario, seed: int, strategy: str = "random", bugs: list[str] | tuple[str, ...] = (),
+            schedule: bytes | None = None, cpu: int | None = None, pct_depth: int | None = None,
+            timeout: float = 120.0) -> RunResult:
+    """Run one seed of a scenario under the controlled scheduler and return its verdict."""
+    bugset = validate(list(bugs))
+    strat_name = "replay" if schedule is not None else strategy
+    strat = make_strategy(strat_name, depth=pct_depth or sc.pct_depth, steps=sc.pct_steps,
+                          schedule=schedule or b"")
+    nsys = int(sc.ksmd) + int(sc.reclaim) + int(sc.admin_unmerge_every > 0)
+    ntasks = nsys + sc.max_mm
+    block = SharedBlock()
+    st = State(block, sizes_for(sc), ntasks)
+    ctl = Control(block, ntasks, sc.max_steps, strat, actors.KIND_NAMES)
+    arrays = block.allocate()
+    st.bind(arrays)
+    ctl.bind(arrays)
+    k = K(st, ctl, Detectors(), bugset)
+    ctl.explain_deadlock = lambda blocked: st.locks.explain(blocked, ctl.wait, ctl.label)
+    st.g[G_PAGES_TO_SCAN] = sc.pages_to_scan
+    st.g[G_REFCOUNT_BITS] = sc.refcount_bits
+    if sc.ksmd:
+        ctl.add_task(actors.KSMD)
+    if sc.reclaim:
+        ctl.add_task(actors.RECLAIM)
+    if sc.admin_unmerge_every > 0:
+        ctl.add_task(actors.ADMIN)
+    for idx, t in enumerate(sc.tasks):
+        for _ in range(t.count):
+            mref = mm_alloc(k)  # exec: a fresh mm for every initial program
+            ctl.add_task(actors.MM, (mref, idx, 0, t.max_forks))
+            st.g[G_MM_LIVE] += 1
+
+    the_cpu = _pick_cpu(cpu)
+    parent = os.getpid()
+
+    def child_main(tid: int) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle
+        _die_with_parent(parent)
+        os.sched_setaffinity(0, {the_cpu})
+        ctl.me = tid
+        ctl.wait_turn()
+        actors.run_task(k, sc, seed, tid)
+
+    ctx = multiprocess.get_context("fork")
+    procs = [ctx.Process(target=child_main, args=(tid,), daemon=True) for tid in range(ntasks)]
+    t0 = time.perf_counter()
+    failure: dict[str, Any] | None = None
+    try:
+        for p in procs:
+            p.start()
+        ctl.start(seed)
+        deadline = time.monotonic() + timeout
+        while not ctl.done.acquire(timeout=0.2):
+            dead = [i for i, p in enumerate(procs) if p.exitcode not in (None, 0)]
+            if dead:
+                failure = Failure("crash", f"{ctl.label(dead[0])} died (exit code {procs[dead[0]].exitcode}) "
+                                           f"at step {ctl.steps}", {"step": ctl.steps}).to_dict()
+                break
+            if time.monotonic() > deadline:
+                failure = Failure("hang", f"no end after {timeout:.0f}s wall clock at step {ctl.steps} "
+                                          f"(running: {ctl.label(int(ctl.meta[1]))})", {"step": ctl.steps}).to_dict()
+                break
+        elapsed = time.perf_counter() - t0
+        if failure is None and ctl.outcome == FAILED:
+            failure = ctl.failure()
+        elif failure is None and ctl.outcome == CLEAN:
+            leak = check_quiescence(st, ctl.label)
+            failure = leak.to_dict() if leak else None
+    finally:
+        for p in procs:
+            if p.pid is not None and p.exitcode is None:
+                try:
+                    os.kill(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for p in procs:
+            if p.pid is not None:
+                p.join()
+    return RunResult(
+        scenario=sc.name, path=sc.path, seed=seed, strategy=strat_name, bugs=sorted(bugset),
+        verdict="failure" if failure else "clean", failure=failure, steps=ctl.steps,
+        handoffs=int(ctl.meta[HANDOFFS]), elapsed=elapsed, schedule=ctl.schedule(),
+        max_refcount=int(st.g[G_MAX_REFCOUNT]),
+    )
+
+
+def run_many(sc: Scenario, seed: int, runs: int, strategy: str = "random", bugs: tuple[str, ...] = (),
+             pct_depth: int | None = None, cpu: int | None = None, progress: Any = None) -> tuple[RunResult, int]:
+    """Seeds seed..seed+runs-1, stopping at the first failure. Returns (failing-or-last result, runs done)."""
+    res: RunResult | None = None
+    done = 0
+    for s in range(seed, seed + runs):
+        res = run_one(sc, s, strategy, bugs, cpu=cpu, pct_depth=pct_depth)
+        done += 1
+        if progress is not None:
+            progress(res)
+        if res.verdict == "failure":
+            break
+    assert res is not None
+    return res, done

@@ -1,0 +1,204 @@
+"""The controlled scheduler: exactly one task process runs at a time, handing control on at scheduling points.
+
+Every task is a real OS process parked on its own semaphore. At a scheduling point the running task asks the
+strategy (through state in this shared control block) who runs next, records the decision, and if it is some
+other task, releases that task's semaphore and parks on its own: one blocking hand-off, no spinning (spinning
+on one CPU collapses to ~125 hand-offs/s). A task blocked on an emulated lock is not runnable until the lock's
+release wakes it; if nothing is runnable the run ends in a `deadlock` report with the wait-for cycle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import multiprocess
+import numpy as np
+
+from ..arena import SharedBlock
+from ..failures import Failure
+from .base import Strategy
+from .prng import SharedPrng
+
+UNUSED, RUNNABLE, BLOCKED, EXITED = 0, 1, 2, 3
+
+# meta cells
+STEP, CURRENT, STOP, OUTCOME, HANDOFFS, FAIL_LEN, LAST_EXIT = range(7)
+RUNNING, CLEAN, FAILED = 0, 1, 2
+
+NARGS = 8
+FAIL_BUF = 1 << 16
+
+
+class Control:
+    """Shared scheduler state for one controlled run, plus the semaphores the processes park on."""
+
+    def __init__(self, block: SharedBlock, ntasks: int, max_steps: int, strategy: Strategy,
+                 kind_names: dict[int, str]) -> None:
+        self.ntasks = ntasks
+        self.max_steps = max_steps
+        self.strategy = strategy
+        self.kind_names = kind_names
+        block.want("ctl.meta", np.int64, 16)
+        block.want("ctl.state", np.int8, ntasks)
+        block.want("ctl.wait", np.int64, ntasks)
+        block.want("ctl.kind", np.int64, ntasks)
+        block.want("ctl.arg", np.int64, (ntasks, NARGS))
+        block.want("ctl.prio", np.int64, ntasks)
+        block.want("ctl.strat", np.int64, 64)
+        block.want("ctl.record", np.uint8, max_steps + 1)
+        block.want("ctl.replay", np.uint8, max_steps + 1)
+        block.want("ctl.prng", np.uint64, 1)
+        block.want("ctl.fail", np.uint8, FAIL_BUF)
+        ctx = multiprocess.get_context("fork")
+        # fork-context semaphores are unlinked from /dev/shm as soon as they are created
+        self.sems = [ctx.Semaphore(0) for _ in range(ntasks)]
+        self.done = ctx.Semaphore(0)
+        self.me = -1
+        self.explain_deadlock: Callable[[list[int]], tuple[str, dict[str, Any]]] | None = None
+
+    def bind(self, a: dict[str, np.ndarray]) -> None:
+        self.meta = a["ctl.meta"]
+        self.state = a["ctl.state"]
+        self.wait = a["ctl.wait"]
+        self.kind = a["ctl.kind"]
+        self.arg = a["ctl.arg"]
+        self.prio = a["ctl.prio"]
+        self.strat = a["ctl.strat"]
+        self.record = a["ctl.record"]
+        self.replay = a["ctl.replay"]
+        self.prng = SharedPrng(a["ctl.prng"])
+        self.fail_buf = a["ctl.fail"]
+        self.wait[:] = -1
+
+    # -- names ------------------------------------------------------------------------------------------
+    def label(self, tid: int) -> str:
+        if tid < 0:
+            return "runner"
+        return f"{self.kind_names.get(int(self.kind[tid]), 'task')}#{tid}"
+
+    def clock(self) -> tuple[int, str]:
+        """(step, running task) for reports: deterministic, no pids or times."""
+        return int(self.meta[STEP]), self.label(self.me)
+
+    # -- runner side -------------------------------------------------------------------------------------
+    def add_task(self, kind: int, args: tuple[int, ...] = ()) -> int:
+        """Register an initial task before the run starts (or a fork's child during it); -1 if none free."""
+        free = np.flatnonzero(self.state == UNUSED)
+        if not free.size:
+            return -1
+        tid = int(free[0])
+        self.kind[tid] = kind
+        self.arg[tid, :] = 0
+        self.arg[tid, : len(args)] = args
+        self.state[tid] = RUNNABLE
+        return tid
+
+    def start(self, seed: int) -> None:
+        """Seed the PRNG, let the strategy set up, and grant the first task (step 0's decision)."""
+        self.prng.seed(seed)
+        self.strategy.setup(self)
+        runnable = np.flatnonzero(self.state == RUNNABLE).tolist()
+        first = self.strategy.pick(self, runnable, -1, 0, False)
+        self.record[0] = first
+        self.meta[CURRENT] = first
+        self.sems[first].release()
+
+    @property
+    def steps(self) -> int:
+        return int(self.meta[STEP])
+
+    @property
+    def outcome(self) -> int:
+        return int(self.meta[OUTCOME])
+
+    def failure(self) -> dict[str, Any] | None:
+        n = int(self.meta[FAIL_LEN])
+        if not n:
+            return None
+        return json.loads(bytes(self.fail_buf[:n]).decode())
+
+    def schedule(self) -> bytes:
+        return bytes(self.record[: self.steps + 1])
+
+    # -- task side ---------------------------------------------------------------------------------------
+    def wait_turn(self) -> None:
+        """Park until granted; a stopped run ends the process here."""
+        self.sems[self.me].acquire()
+        if self.meta[STOP]:
+            os._exit(0)
+
+    def point(self, site: str, yielding: bool = False) -> None:
+        """A scheduling point: maybe hand control to another task. `yielding` marks a sleep / cond_resched."""
+        meta = self.meta
+        step = int(meta[STEP]) + 1
+        meta[STEP] = step
+        if step >= self.max_steps:
+            raise Failure("hang", f"no quiescence after {self.max_steps} scheduling points (livelock?) at {site}",
+                          {"step": step, "site": site, "task": self.label(self.me)})
+        runnable = np.flatnonzero(self.state == RUNNABLE).tolist()
+        if not runnable:
+            self._deadlock(site)
+        nxt = self.strategy.pick(self, runnable, self.me, step, yielding)
+        self.record[step] = nxt
+        if nxt != self.me:
+            meta[CURRENT] = nxt
+            meta[HANDOFFS] += 1
+            self.sems[nxt].release()
+            self.wait_turn()
+
+    def block_on(self, lid: int, site: str) -> None:
+        """Mark the running task blocked on lock `lid` and switch away until a release wakes it."""
+        self.state[self.me] = BLOCKED
+        self.wait[self.me] = lid
+        self.point(site)
+
+    def wake(self, lid: int) -> None:
+        """Make every task blocked on `lid` runnable again (they retry the acquire)."""
+        for t in np.flatnonzero((self.state == BLOCKED) & (self.wait == lid)).tolist():
+            self.state[t] = RUNNABLE
+            self.wait[t] = -1
+
+    def spawn(self, kind: int, args: tuple[int, ...]) -> int:
+        tid = self.add_task(kind, args)
+        if tid >= 0:
+            self.strategy.on_new_task(self, tid)
+        return tid
+
+    def exit_current(self) -> None:
+        """The running task is done: hand control on for the last time, or end the run cleanly."""
+        self.state[self.me] = EXITED
+        runnable = np.flatnonzero(self.state == RUNNABLE).tolist()
+        if not runnable:
+            if (self.state == BLOCKED).any():
+                self._deadlock("task exit")
+            self.meta[OUTCOME] = CLEAN
+            self.meta[STOP] = 1
+            self.done.release()
+            return
+        step = int(self.meta[STEP]) + 1
+        self.meta[STEP] = step
+        nxt = self.strategy.pick(self, runnable, self.me, step, True)
+        self.record[step] = nxt
+        self.meta[CURRENT] = nxt
+        self.meta[HANDOFFS] += 1
+        self.sems[nxt].release()
+
+    def report(self, failure: dict[str, Any]) -> None:
+        """Publish a failure found by the running task and stop the run."""
+        data = json.dumps(failure, sort_keys=True).encode()[: FAIL_BUF]
+        self.fail_buf[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+        self.meta[FAIL_LEN] = len(data)
+        self.meta[OUTCOME] = FAILED
+        self.meta[STOP] = 1
+        self.done.release()
+
+    def _deadlock(self, site: str) -> None:
+        blocked = np.flatnonzero(self.state == BLOCKED).tolist()
+        if self.explain_deadlock is not None:
+            msg, details = self.explain_deadlock(blocked)
+        else:
+            msg, details = f"tasks {blocked} blocked", {}
+        raise Failure("deadlock", f"no runnable task at {site}: {msg}", details)

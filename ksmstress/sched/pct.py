@@ -1,0 +1,61 @@
+"""PCT (Burckhardt et al., ASPLOS'10): probabilistic concurrency testing with priority change points.
+
+Every task gets a random distinct priority; the highest-priority runnable task always runs. At d-1 change
+points, drawn uniformly from the first k steps, the running task drops to priority i (below every initial
+priority). A bug of depth d is then found in one run with probability at least 1/(n * k^(d-1)).
+
+Two adaptations for a kernel with daemons: a task that yields (a sleep or cond_resched of ksmd, reclaim or a
+workload pause) drops below every other live task, as shuttle does, so a daemon's endless loop cannot starve the
+tasks it waits for; a forked task gets a fresh random priority among the initial ones.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .control import Control
+
+_SPREAD = 1 << 20  # initial priorities live in [depth*_SPREAD, ...), change points use 1..depth-1
+
+
+class PctStrategy:
+    name = "pct"
+
+    def __init__(self, depth: int = 3, steps: int = 5000) -> None:
+        self.depth = depth
+        self.steps = steps
+
+    def setup(self, ctl: Control) -> None:
+        n = ctl.ntasks
+        order = list(range(n))
+        for i in range(n - 1, 0, -1):  # Fisher-Yates with the shared PRNG
+            j = ctl.prng.below(i + 1)
+            order[i], order[j] = order[j], order[i]
+        for rank, tid in enumerate(order):
+            ctl.prio[tid] = (self.depth + rank) * _SPREAD
+        points = sorted(1 + ctl.prng.below(self.steps) for _ in range(self.depth - 1))
+        ctl.strat[0] = len(points)
+        for i, p in enumerate(points):
+            ctl.strat[1 + i] = p
+        ctl.strat[32] = self.depth * _SPREAD - 1  # yield floor: each yielder goes below the previous one
+
+    def on_new_task(self, ctl: Control, tid: int) -> None:
+        ctl.prio[tid] = (self.depth + ctl.prng.below(ctl.ntasks)) * _SPREAD + 1 + ctl.prng.below(_SPREAD - 1)
+
+    def pick(self, ctl: Control, runnable: list[int], current: int, step: int, yielding: bool) -> int:
+        if current >= 0:
+            npts = int(ctl.strat[0])
+            for i in range(npts):
+                if int(ctl.strat[1 + i]) == step:
+                    ctl.prio[current] = self.depth - 1 - i  # i-th change point: lower than all others so far
+            if yielding and ctl.prio[current] >= self.depth:
+                floor = max(int(ctl.strat[32]), self.depth)  # never into the change-point band
+                ctl.prio[current] = floor
+                ctl.strat[32] = floor - 1
+        if len(runnable) == 1:
+            return runnable[0]
+        pr = ctl.prio[runnable]
+        return runnable[int(np.argmax(pr))]

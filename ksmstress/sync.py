@@ -1,0 +1,241 @@
+"""Emulated kernel locks living in shared memory: spinlocks, mutexes, the mmap_sem rwsem and the page bit-lock.
+
+A lock is one cell of shared arrays (owner task, reader count) identified by a lock id; each lock class owns a
+contiguous range of ids, one per object (mm, page frame, anon_vma) or one for a global lock. Every acquire and
+release is a scheduling point. Blocking goes through a `Waiter` (the controlled scheduler parks the task until
+the release wakes it); the model code only ever calls `Locks`, so a free-running waiter with real cross-process
+blocking can be dropped in without touching the model.
+
+The classes and their 2.6.33 order (top of mm/rmap.c): ksm_thread_mutex -> mmap_sem -> page lock ->
+anon_vma->lock -> page_table_lock; ksm_mmlist_lock is a leaf.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from .arena import SharedBlock
+from .failures import Failure
+
+# lock classes, in the kernel's order
+KSM_THREAD_MUTEX, MMAP_SEM, PAGE_LOCK, ANON_VMA_LOCK, PAGE_TABLE_LOCK, KSM_MMLIST_LOCK = range(6)
+CLASS_NAMES = ("ksm_thread_mutex", "mmap_sem", "page_lock", "anon_vma->lock", "page_table_lock",
+               "ksm_mmlist_lock")
+SLEEPING = frozenset({KSM_THREAD_MUTEX, MMAP_SEM, PAGE_LOCK})
+MAX_HELD = 16
+READ, WRITE = 1, 2
+
+
+class Waiter(Protocol):
+    """What a lock needs from the scheduler."""
+
+    me: int
+
+    def point(self, site: str, yielding: bool = False) -> None: ...
+
+    def block_on(self, lid: int, site: str) -> None: ...
+
+    def wake(self, lid: int) -> None: ...
+
+    def clock(self) -> tuple[int, str]: ...
+
+    def label(self, tid: int) -> str: ...
+
+
+class LockHooks(Protocol):
+    """What detectors (lockdep) hear about lock traffic."""
+
+    def lock_acquired(self, tid: int, lid: int, mode: int, site: str) -> None: ...
+
+    def lock_released(self, tid: int, lid: int, site: str) -> None: ...
+
+
+class NoLockHooks:
+    def lock_acquired(self, tid: int, lid: int, mode: int, site: str) -> None:
+        pass
+
+    def lock_released(self, tid: int, lid: int, site: str) -> None:
+        pass
+
+
+class LockSpace:
+    """The shared lock words for one run: per-class id ranges, owners, readers and per-task held stacks."""
+
+    def __init__(self, block: SharedBlock, counts: dict[int, int], ntasks: int) -> None:
+        self.base: dict[int, int] = {}
+        self.counts = counts
+        n = 0
+        for cls in range(len(CLASS_NAMES)):
+            self.base[cls] = n
+            n += counts.get(cls, 1)
+        self.n = n
+        self.ntasks = ntasks
+        block.want("lock.owner", np.int64, n)
+        block.want("lock.readers", np.int64, n)
+        block.want("lock.held", np.int64, (ntasks, MAX_HELD))
+        block.want("lock.nheld", np.int64, ntasks)
+        self._cls_of = np.zeros(n, dtype=np.int8)
+        for cls, b in self.base.items():
+            self._cls_of[b: b + counts.get(cls, 1)] = cls
+
+    def bind(self, a: dict[str, np.ndarray]) -> None:
+        self.owner = a["lock.owner"]
+        self.readers = a["lock.readers"]
+        self.held = a["lock.held"]
+        self.nheld = a["lock.nheld"]
+        self.owner[:] = -1
+
+    def lid(self, cls: int, slot: int = 0) -> int:
+        return self.base[cls] + slot
+
+    def cls_of(self, lid: int) -> int:
+        return int(self._cls_of[lid])
+
+    def name(self, lid: int) -> str:
+        cls = self.cls_of(lid)
+        if self.counts.get(cls, 1) == 1:
+            return CLASS_NAMES[cls]
+        obj = {MMAP_SEM: "mm", PAGE_LOCK: "page", ANON_VMA_LOCK: "anon_vma", PAGE_TABLE_LOCK: "mm"}[cls]
+        return f"{obj}[{lid - self.base[cls]}].{CLASS_NAMES[cls].split('->')[-1]}"
+
+    def holders(self, lid: int) -> list[int]:
+        return [t for t in range(self.ntasks) if lid in self.held[t, : int(self.nheld[t])].tolist()]
+
+    def held_by(self, tid: int) -> list[int]:
+        return self.held[tid, : int(self.nheld[tid])].tolist()
+
+    def any_held(self) -> list[tuple[int, int]]:
+        return [(t, lid) for t in range(self.ntasks) for lid in self.held_by(t)]
+
+    def explain(self, blocked: list[int], wait_of: np.ndarray, label: Any) -> tuple[str, dict[str, Any]]:
+        """Build the wait-for graph of blocked tasks and name its cycle, with every blocked task's held locks."""
+        edges: dict[int, list[int]] = {}
+        for t in blocked:
+            lid = int(wait_of[t])
+            edges[t] = [h for h in self.holders(lid) if h != t] if lid >= 0 else []
+        cycle: list[int] = []
+        for start in blocked:
+            path, seen, t = [start], {start}, start
+            while edges.get(t):
+                t = edges[t][0]
+                if t in seen:
+                    cycle = path[path.index(t):] + [t]
+                    break
+                seen.add(t)
+                path.append(t)
+            if cycle:
+                break
+        parts = []
+        for t in cycle[:-1] or blocked:
+            lid = int(wait_of[t])
+            held = ", ".join(self.name(x) for x in self.held_by(t)) or "nothing"
+            parts.append(f"{label(t)} waits for {self.name(lid) if lid >= 0 else '?'} holding {held}")
+        msg = ("wait-for cycle " + " -> ".join(label(t) for t in cycle) + ": " if cycle else "") + "; ".join(parts)
+        details = {
+            "cycle": [label(t) for t in cycle],
+            "blocked": {label(t): {"waits_for": self.name(int(wait_of[t])) if int(wait_of[t]) >= 0 else None,
+                                   "holds": [self.name(x) for x in self.held_by(t)]} for t in blocked},
+        }
+        return msg, details
+
+
+class Locks:
+    """The lock API the model calls. Each process has one, bound to its scheduler handle."""
+
+    def __init__(self, space: LockSpace, waiter: Waiter, hooks: LockHooks | None = None) -> None:
+        self.s = space
+        self.w = waiter
+        self.hooks: LockHooks = hooks or NoLockHooks()
+
+    # -- bookkeeping --------------------------------------------------------------------------------------
+    def _push(self, lid: int, mode: int, site: str) -> None:
+        me = self.w.me
+        n = int(self.s.nheld[me])
+        if n >= MAX_HELD:
+            raise Failure("bug-on", f"{self.w.label(me)} holds more than {MAX_HELD} locks at {site}")
+        self.s.held[me, n] = lid
+        self.s.nheld[me] = n + 1
+        self.hooks.lock_acquired(me, lid, mode, site)
+
+    def _pop(self, lid: int, site: str) -> None:
+        me = self.w.me
+        n = int(self.s.nheld[me])
+        row = self.s.held[me, :n].tolist()
+        if lid not in row:
+            step, who = self.w.clock()
+            raise Failure("bug-on", f"{who} releases {self.s.name(lid)} that it does not hold at {site} "
+                                    f"(step {step})", {"lock": self.s.name(lid), "site": site})
+        i = len(row) - 1 - row[::-1].index(lid)
+        row.pop(i)
+        self.s.held[me, : n - 1] = row
+        self.s.nheld[me] = n - 1
+        self.hooks.lock_released(me, lid, site)
+
+    def _self_deadlock(self, lid: int, site: str) -> None:
+        step, who = self.w.clock()
+        raise Failure("deadlock", f"{who} takes {self.s.name(lid)} which it already holds, at {site} "
+                                  f"(step {step}): AA deadlock",
+                      {"cycle": [who, who], "lock": self.s.name(lid), "site": site})
+
+    # -- exclusive: spinlocks, mutexes, page lock, down_write ------------------------------------------------
+    def lock(self, lid: int, site: str) -> None:
+        self.w.point(site)
+        owner, readers = self.s.owner, self.s.readers
+        while True:
+            if owner[lid] < 0 and readers[lid] == 0:
+                owner[lid] = self.w.me
+                self._push(lid, WRITE, site)
+                return
+            if owner[lid] == self.w.me:
+                self._self_deadlock(lid, site)
+            self.w.block_on(lid, site)
+
+    def trylock(self, lid: int, site: str) -> bool:
+        self.w.point(site)
+        if self.s.owner[lid] < 0 and self.s.readers[lid] == 0:
+            self.s.owner[lid] = self.w.me
+            self._push(lid, WRITE, site)
+            return True
+        return False
+
+    def unlock(self, lid: int, site: str) -> None:
+        if self.s.owner[lid] != self.w.me:
+            step, who = self.w.clock()
+            raise Failure("bug-on", f"{who} unlocks {self.s.name(lid)} owned by "
+                                    f"{self.w.label(int(self.s.owner[lid]))} at {site} (step {step})",
+                          {"lock": self.s.name(lid), "site": site})
+        self.s.owner[lid] = -1
+        self._pop(lid, site)
+        self.w.wake(lid)
+        self.w.point(site)
+
+    # -- shared: down_read / up_read ----------------------------------------------------------------------
+    def down_read(self, lid: int, site: str) -> None:
+        """Readers block only while a writer holds the rwsem (simplified: no writer-waiting fairness)."""
+        self.w.point(site)
+        while True:
+            if self.s.owner[lid] < 0:
+                self.s.readers[lid] += 1
+                self._push(lid, READ, site)
+                return
+            if self.s.owner[lid] == self.w.me:
+                self._self_deadlock(lid, site)
+            self.w.block_on(lid, site)
+
+    def up_read(self, lid: int, site: str) -> None:
+        if self.s.readers[lid] <= 0:
+            raise Failure("bug-on", f"up_read of {self.s.name(lid)} with no readers at {site}")
+        self.s.readers[lid] -= 1
+        self._pop(lid, site)
+        if self.s.readers[lid] == 0:
+            self.w.wake(lid)
+        self.w.point(site)
+
+    down_write = lock
+    up_write = unlock
+
+    def held(self, lid: int) -> bool:
+        """Whether the running task holds `lid` (for assertions that mirror lockdep_assert_held)."""
+        return lid in self.s.held_by(self.w.me)
