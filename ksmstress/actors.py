@@ -57,7 +57,7 @@ class MmTask:
             v = ref_slot(vref)
             self.mapped.update(range(int(k.vm["start"][v]), int(k.vm["end"][v])))
 
-    # -- the program ----------------------------------------------------------------------------------------------
+    # -- the program -----------------------------------------------------------------------------------------
     def run(self) -> None:
         cfg = self.cfg
         if not self.child:
@@ -141,7 +141,7 @@ class MmTask:
         elif op == "sleep":
             k.point("user:sleep", yielding=True)
 
-    # -- system calls and memory accesses -------------------------------------------------------------------------------
+    # -- system calls and memory accesses --------------------------------------------------------------------
     def write(self, addr: int, p: int) -> None:
         if addr not in self.mapped:
             return
@@ -161,7 +161,7 @@ class MmTask:
     def do_mmap(self, start: int, n: int) -> None:
         if mmm.sys_mmap(self.k, self.mref, start, n, 0):
             self.mapped.update(range(start, start + n))
-            self.k.st.expect[self.m, start: start + n] = -1
+            self.k.st.expect[self.m, start : start + n] = -1
             if self.cfg.mergeable:
                 mmm.sys_madvise(self.k, self.mref, start, start + n, ksm.MADV_MERGEABLE)
 
@@ -176,12 +176,15 @@ class MmTask:
 
     def fork(self) -> None:
         k = self.k
-        if self.forks_left <= 0 or not (k.ctl.state == 0).any() or not (k.st.mm.state == 0).any():
-            return  # -EAGAIN: no task or mm_struct left for a child
+        if self.forks_left <= 0 or not (k.st.mm.state == 0).any():
+            return  # -EAGAIN: no mm_struct left for a child
+        tid = k.ctl.reserve()  # no scheduling point since the check: dup_mmap's mm_alloc cannot fail
+        if tid < 0:
+            return  # -EAGAIN: no task left
         cref = mmm.dup_mmap(k, self.mref)
         k.st.expect[ref_slot(cref), :] = k.st.expect[self.m, :]  # the child's memory is the parent's
         k.g[G_MM_LIVE] += 1
-        k.ctl.spawn(MM, (cref, self.cfg_idx, 1, self.forks_left - 1))
+        k.ctl.spawn(tid, MM, (cref, self.cfg_idx, 1, self.forks_left - 1))
         self.forks_left -= 1
 
 
@@ -256,8 +259,13 @@ def run_task(k: K, sc: Scenario, seed: int, tid: int) -> None:
         ctl.report(f.to_dict())
     except Exception as e:  # a defect of the framework itself: report it, never hang the run
         step, who = ctl.clock()
-        ctl.report({"class": "crash", "message": f"{who} raised {type(e).__name__}: {e} at step {step}",
-                    "details": {"traceback": traceback.format_exc()}})
+        ctl.report(
+            {
+                "class": "crash",
+                "message": f"{who} raised {type(e).__name__}: {e} at step {step}",
+                "details": {"traceback": traceback.format_exc()},
+            }
+        )
     os._exit(0)
 
 

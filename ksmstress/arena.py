@@ -85,7 +85,12 @@ class Table:
     """
 
     def __init__(
-        self, block: SharedBlock, name: str, capacity: int, fields: tuple[str, ...], quarantine: int,
+        self,
+        block: SharedBlock,
+        name: str,
+        capacity: int,
+        fields: tuple[str, ...],
+        quarantine: int,
         reserved: int = 0,
     ) -> None:
         self.name = name
@@ -129,7 +134,7 @@ class Table:
         if quar.size:
             ripe = quar[self.free_order[quar] < nfreed - self.quarantine]
             st[ripe] = FREE
-        free = np.flatnonzero(st[self.reserved:] == FREE)
+        free = np.flatnonzero(st[self.reserved :] == FREE)
         if free.size:
             slot = int(free[0]) + self.reserved
         else:
@@ -164,8 +169,13 @@ class Table:
                 "double-free",
                 f"{self.name}[{slot}] freed twice: by {who} at step {step} ({site}); "
                 f"first freed by {self._freed_text(slot)}",
-                {"object": f"{self.name}[{slot}]", "site": site, "step": step, "task": who,
-                 "first_free": self._freed_info(slot)},
+                {
+                    "object": f"{self.name}[{slot}]",
+                    "site": site,
+                    "step": step,
+                    "task": who,
+                    "first_free": self._freed_info(slot),
+                },
             )
         step, who = self.clock()
         self.state[slot] = QUARANTINE
@@ -190,8 +200,15 @@ class Table:
             "use-after-free",
             f"{self.name}[{slot}] touched by {who} at step {step} in {site} after it was freed by "
             f"{self._freed_text(slot)}" + (" (slot since reused)" if reused else ""),
-            {"object": f"{self.name}[{slot}]", "generation": ref >> 32, "site": site, "step": step,
-             "task": who, "freed": self._freed_info(slot), "reused": bool(reused)},
+            {
+                "object": f"{self.name}[{slot}]",
+                "generation": ref >> 32,
+                "site": site,
+                "step": step,
+                "task": who,
+                "freed": self._freed_info(slot),
+                "reused": bool(reused),
+            },
         )
 
     def is_live(self, ref: int) -> bool:
@@ -203,7 +220,7 @@ class Table:
         return make_ref(slot, int(self.gen[slot]))
 
     def live_slots(self) -> np.ndarray:
-        return np.flatnonzero(self.state[self.reserved:] == LIVE) + self.reserved
+        return np.flatnonzero(self.state[self.reserved :] == LIVE) + self.reserved
 
     @property
     def live(self) -> int:
@@ -215,8 +232,11 @@ class Table:
 
     # -- reporting ------------------------------------------------------------------------------------
     def _freed_info(self, slot: int) -> dict[str, Any]:
-        return {"step": int(self.freed_step[slot]), "site": self.freed_site[slot].decode(),
-                "task": self.freed_by[slot].decode()}
+        return {
+            "step": int(self.freed_step[slot]),
+            "site": self.freed_site[slot].decode(),
+            "task": self.freed_by[slot].decode(),
+        }
 
     def _freed_text(self, slot: int) -> str:
         i = self._freed_info(slot)
@@ -224,5 +244,8 @@ class Table:
 
     def _oops(self, site: str, what: str) -> None:
         step, who = self.clock()
-        raise Failure("oops", f"NULL {self.name} {what} by {who} at step {step} in {site}",
-                      {"table": self.name, "site": site, "step": step, "task": who})
+        raise Failure(
+            "oops",
+            f"NULL {self.name} {what} by {who} at step {step} in {site}",
+            {"table": self.name, "site": site, "step": step, "task": who},
+        )

@@ -42,6 +42,14 @@ VARIANTS: dict[str, Variant] = {
             "traversal",
             "seed-fork-race.toml",
         ),
+        Variant(
+            "scan-exit-race",
+            "2.6.33's scan_get_next_rmap_item as it was: no recheck after taking ksm_mmlist_lock, so a __ksm_exit "
+            "that frees the last mm_slot between list_empty() and the lock leaves ksmd on ksm_mm_head and its NULL "
+            "mm (CVE-2011-2183, fixed in 3.0; found by ksmstress on the faithful model)",
+            "oops",
+            "scan-exit-race.toml",
+        ),
     )
 }
 

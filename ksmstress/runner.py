@@ -61,13 +61,26 @@ class RunResult:
 def sizes_for(sc: Scenario) -> Sizes:
     """Arena dimensions that a scenario cannot outgrow: every mm may map every page, twice over for COW."""
     per_mm = sc.vpages * sc.max_mm
-    return Sizes(page_size=sc.page_size, vpages=sc.vpages, max_mm=sc.max_mm, max_vmas=sc.max_vmas,
-                 frames=2 * per_mm + 64, swap=2 * per_mm + 64, rmap_items=per_mm + 64, stable_nodes=per_mm + 64,
-                 anon_vmas=sc.max_mm * sc.max_vmas + 64, quarantine=16)
+    return Sizes(
+        page_size=sc.page_size,
+        vpages=sc.vpages,
+        max_mm=sc.max_mm,
+        max_vmas=sc.max_vmas,
+        frames=2 * per_mm + 64,
+        swap=2 * per_mm + 64,
+        rmap_items=per_mm + 64,
+        stable_nodes=per_mm + 64,
+        anon_vmas=sc.max_mm * sc.max_vmas + 64,
+        quarantine=16,
+    )
 
 
 def _pick_cpu(cpu: int | None) -> int:
+    """The CPU a controlled run's processes share: --cpu, else $KSMSTRESS_CPU (one per parallel job), else the
+    last CPU this process may use."""
     allowed = sorted(os.sched_getaffinity(0))
+    if cpu is None and os.environ.get("KSMSTRESS_CPU", "").isdigit():
+        cpu = int(os.environ["KSMSTRESS_CPU"])
     if cpu is not None and cpu in allowed:
         return cpu
     return allowed[-1]
@@ -83,14 +96,20 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def run_one(sc: Scenario, seed: int, strategy: str = "random", bugs: list[str] | tuple[str, ...] = (),
-            schedule: bytes | None = None, cpu: int | None = None, pct_depth: int | None = None,
-            timeout: float = 120.0) -> RunResult:
+def run_one(
+    sc: Scenario,
+    seed: int,
+    strategy: str = "random",
+    bugs: list[str] | tuple[str, ...] = (),
+    schedule: bytes | None = None,
+    cpu: int | None = None,
+    pct_depth: int | None = None,
+    timeout: float = 120.0,
+) -> RunResult:
     """Run one seed of a scenario under the controlled scheduler and return its verdict."""
     bugset = validate(list(bugs))
     strat_name = "replay" if schedule is not None else strategy
-    strat = make_strategy(strat_name, depth=pct_depth or sc.pct_depth, steps=sc.pct_steps,
-                          schedule=schedule or b"")
+    strat = make_strategy(strat_name, depth=pct_depth or sc.pct_depth, steps=sc.pct_steps, schedule=schedule or b"")
     nsys = int(sc.ksmd) + int(sc.reclaim) + int(sc.admin_unmerge_every > 0)
     ntasks = nsys + sc.max_mm
     block = SharedBlock()
@@ -128,22 +147,29 @@ def run_one(sc: Scenario, seed: int, strategy: str = "random", bugs: list[str] |
 
     ctx = multiprocess.get_context("fork")
     procs = [ctx.Process(target=child_main, args=(tid,), daemon=True) for tid in range(ntasks)]
-    t0 = time.perf_counter()
     failure: dict[str, Any] | None = None
     try:
         for p in procs:
             p.start()
+        t0 = time.perf_counter()  # steps/s measures the run, not the forks that set it up
         ctl.start(seed)
         deadline = time.monotonic() + timeout
         while not ctl.done.acquire(timeout=0.2):
             dead = [i for i, p in enumerate(procs) if p.exitcode not in (None, 0)]
             if dead:
-                failure = Failure("crash", f"{ctl.label(dead[0])} died (exit code {procs[dead[0]].exitcode}) "
-                                           f"at step {ctl.steps}", {"step": ctl.steps}).to_dict()
+                failure = Failure(
+                    "crash",
+                    f"{ctl.label(dead[0])} died (exit code {procs[dead[0]].exitcode}) at step {ctl.steps}",
+                    {"step": ctl.steps},
+                ).to_dict()
                 break
             if time.monotonic() > deadline:
-                failure = Failure("hang", f"no end after {timeout:.0f}s wall clock at step {ctl.steps} "
-                                          f"(running: {ctl.label(int(ctl.meta[1]))})", {"step": ctl.steps}).to_dict()
+                failure = Failure(
+                    "hang",
+                    f"no end after {timeout:.0f}s wall clock at step {ctl.steps} "
+                    f"(running: {ctl.label(int(ctl.meta[1]))})",
+                    {"step": ctl.steps},
+                ).to_dict()
                 break
         elapsed = time.perf_counter() - t0
         if failure is None and ctl.outcome == FAILED:
@@ -162,15 +188,31 @@ def run_one(sc: Scenario, seed: int, strategy: str = "random", bugs: list[str] |
             if p.pid is not None:
                 p.join()
     return RunResult(
-        scenario=sc.name, path=sc.path, seed=seed, strategy=strat_name, bugs=sorted(bugset),
-        verdict="failure" if failure else "clean", failure=failure, steps=ctl.steps,
-        handoffs=int(ctl.meta[HANDOFFS]), elapsed=elapsed, schedule=ctl.schedule(),
+        scenario=sc.name,
+        path=sc.path,
+        seed=seed,
+        strategy=strat_name,
+        bugs=sorted(bugset),
+        verdict="failure" if failure else "clean",
+        failure=failure,
+        steps=ctl.steps,
+        handoffs=int(ctl.meta[HANDOFFS]),
+        elapsed=elapsed,
+        schedule=ctl.schedule(),
         max_refcount=int(st.g[G_MAX_REFCOUNT]),
     )
 
 
-def run_many(sc: Scenario, seed: int, runs: int, strategy: str = "random", bugs: tuple[str, ...] = (),
-             pct_depth: int | None = None, cpu: int | None = None, progress: Any = None) -> tuple[RunResult, int]:
+def run_many(
+    sc: Scenario,
+    seed: int,
+    runs: int,
+    strategy: str = "random",
+    bugs: tuple[str, ...] = (),
+    pct_depth: int | None = None,
+    cpu: int | None = None,
+    progress: Any = None,
+) -> tuple[RunResult, int]:
     """Seeds seed..seed+runs-1, stopping at the first failure. Returns (failing-or-last result, runs done)."""
     res: RunResult | None = None
     done = 0

@@ -35,8 +35,14 @@ class TaskCfg:
     child_ops: int = 15
     max_forks: int = 1
     mergeable: bool = True
-    weights: tuple[tuple[str, float], ...] = (("write", 3.0), ("read", 3.0), ("fork", 0.5), ("munmap", 0.5),
-                                              ("mmap", 0.5), ("sleep", 2.0))
+    weights: tuple[tuple[str, float], ...] = (
+        ("write", 3.0),
+        ("read", 3.0),
+        ("fork", 0.5),
+        ("munmap", 0.5),
+        ("mmap", 0.5),
+        ("sleep", 2.0),
+    )
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,8 @@ def _script(r: _Reader, key: str) -> tuple[str, ...]:
         if not isinstance(s, str) or not SCRIPT_RE.match(s):
             raise ScenarioError(
                 f"{r.path}: key '{r._key(key)}': bad step {s!r}; expected fill[:P], read-all, wait-scans:N, "
-                f"wait-merged:N, sleep:N, fork, munmap-all, munmap-half, unmergeable, mergeable, write:A:P or exit")
+                f"wait-merged:N, sleep:N, fork, munmap-all, munmap-half, unmergeable, mergeable, write:A:P or exit"
+            )
     return tuple(raw)
 
 
@@ -174,8 +181,10 @@ def parse(text: str, path: str = "<string>") -> Scenario:
         raise ScenarioError(f"{path}: key 'arena.max_mm': expected at least the {sc.initial_tasks} initial tasks")
     for i, t in enumerate(tasks):
         if t.region + 1 > sc.vpages:
-            raise ScenarioError(f"{path}: key 'task[{i}].region': expected at most arena.vpages - 1 = "
-                                f"{sc.vpages - 1} pages, got {t.region}")
+            raise ScenarioError(
+                f"{path}: key 'task[{i}].region': expected at most arena.vpages - 1 = "
+                f"{sc.vpages - 1} pages, got {t.region}"
+            )
     return sc
 
 
@@ -212,6 +221,7 @@ def resolve(names: list[str]) -> list[Path]:
         elif (d / f"{n}.toml").exists():
             out.append(d / f"{n}.toml")
         else:
-            raise ScenarioError(f"{n}: no such scenario file (shipped ones: "
-                                f"{', '.join(sorted(x.stem for x in d.glob('*.toml')))})")
+            raise ScenarioError(
+                f"{n}: no such scenario file (shipped ones: {', '.join(sorted(x.stem for x in d.glob('*.toml')))})"
+            )
     return out

@@ -21,8 +21,7 @@ from .failures import Failure
 
 # lock classes, in the kernel's order
 KSM_THREAD_MUTEX, MMAP_SEM, PAGE_LOCK, ANON_VMA_LOCK, PAGE_TABLE_LOCK, KSM_MMLIST_LOCK = range(6)
-CLASS_NAMES = ("ksm_thread_mutex", "mmap_sem", "page_lock", "anon_vma->lock", "page_table_lock",
-               "ksm_mmlist_lock")
+CLASS_NAMES = ("ksm_thread_mutex", "mmap_sem", "page_lock", "anon_vma->lock", "page_table_lock", "ksm_mmlist_lock")
 SLEEPING = frozenset({KSM_THREAD_MUTEX, MMAP_SEM, PAGE_LOCK})
 MAX_HELD = 16
 READ, WRITE = 1, 2
@@ -78,7 +77,7 @@ class LockSpace:
         block.want("lock.nheld", np.int64, ntasks)
         self._cls_of = np.zeros(n, dtype=np.int8)
         for cls, b in self.base.items():
-            self._cls_of[b: b + counts.get(cls, 1)] = cls
+            self._cls_of[b : b + counts.get(cls, 1)] = cls
 
     def bind(self, a: dict[str, np.ndarray]) -> None:
         self.owner = a["lock.owner"]
@@ -121,7 +120,7 @@ class LockSpace:
             while edges.get(t):
                 t = edges[t][0]
                 if t in seen:
-                    cycle = path[path.index(t):] + [t]
+                    cycle = path[path.index(t) :] + [t]
                     break
                 seen.add(t)
                 path.append(t)
@@ -135,8 +134,13 @@ class LockSpace:
         msg = ("wait-for cycle " + " -> ".join(label(t) for t in cycle) + ": " if cycle else "") + "; ".join(parts)
         details = {
             "cycle": [label(t) for t in cycle],
-            "blocked": {label(t): {"waits_for": self.name(int(wait_of[t])) if int(wait_of[t]) >= 0 else None,
-                                   "holds": [self.name(x) for x in self.held_by(t)]} for t in blocked},
+            "blocked": {
+                label(t): {
+                    "waits_for": self.name(int(wait_of[t])) if int(wait_of[t]) >= 0 else None,
+                    "holds": [self.name(x) for x in self.held_by(t)],
+                }
+                for t in blocked
+            },
         }
         return msg, details
 
@@ -165,8 +169,11 @@ class Locks:
         row = self.s.held[me, :n].tolist()
         if lid not in row:
             step, who = self.w.clock()
-            raise Failure("bug-on", f"{who} releases {self.s.name(lid)} that it does not hold at {site} "
-                                    f"(step {step})", {"lock": self.s.name(lid), "site": site})
+            raise Failure(
+                "bug-on",
+                f"{who} releases {self.s.name(lid)} that it does not hold at {site} (step {step})",
+                {"lock": self.s.name(lid), "site": site},
+            )
         i = len(row) - 1 - row[::-1].index(lid)
         row.pop(i)
         self.s.held[me, : n - 1] = row
@@ -175,9 +182,11 @@ class Locks:
 
     def _self_deadlock(self, lid: int, site: str) -> None:
         step, who = self.w.clock()
-        raise Failure("deadlock", f"{who} takes {self.s.name(lid)} which it already holds, at {site} "
-                                  f"(step {step}): AA deadlock",
-                      {"cycle": [who, who], "lock": self.s.name(lid), "site": site})
+        raise Failure(
+            "deadlock",
+            f"{who} takes {self.s.name(lid)} which it already holds, at {site} (step {step}): AA deadlock",
+            {"cycle": [who, who], "lock": self.s.name(lid), "site": site},
+        )
 
     # -- exclusive: spinlocks, mutexes, page lock, down_write ------------------------------------------------
     def lock(self, lid: int, site: str) -> None:
@@ -203,9 +212,12 @@ class Locks:
     def unlock(self, lid: int, site: str) -> None:
         if self.s.owner[lid] != self.w.me:
             step, who = self.w.clock()
-            raise Failure("bug-on", f"{who} unlocks {self.s.name(lid)} owned by "
-                                    f"{self.w.label(int(self.s.owner[lid]))} at {site} (step {step})",
-                          {"lock": self.s.name(lid), "site": site})
+            raise Failure(
+                "bug-on",
+                f"{who} unlocks {self.s.name(lid)} owned by "
+                f"{self.w.label(int(self.s.owner[lid]))} at {site} (step {step})",
+                {"lock": self.s.name(lid), "site": site},
+            )
         self.s.owner[lid] = -1
         self._pop(lid, site)
         self.w.wake(lid)

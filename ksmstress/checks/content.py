@@ -36,6 +36,5 @@ def check_read(data: np.ndarray, expected: int, who: str, m: int, addr: int, ste
             "data-loss",
             f"{who} read mm[{m}] address {addr} at step {step}: byte {first} is {got[first]:#04x}, "
             f"its record says pattern {expected} ({want[first]:#04x})",
-            {"task": who, "mm": m, "address": addr, "step": step, "expected_pattern": expected,
-             "offset": first},
+            {"task": who, "mm": m, "address": addr, "step": step, "expected_pattern": expected, "offset": first},
         )

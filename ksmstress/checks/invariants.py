@@ -16,8 +16,12 @@ from ..mm.state import G_PAGES_SHARED, G_PAGES_SHARING, G_PAGES_UNSHARED, G_RMAP
 if TYPE_CHECKING:
     from ..mm.state import State
 
-COUNTERS = {"pages_shared": G_PAGES_SHARED, "pages_sharing": G_PAGES_SHARING,
-            "pages_unshared": G_PAGES_UNSHARED, "rmap_items": G_RMAP_ITEMS}
+COUNTERS = {
+    "pages_shared": G_PAGES_SHARED,
+    "pages_sharing": G_PAGES_SHARING,
+    "pages_unshared": G_PAGES_UNSHARED,
+    "rmap_items": G_RMAP_ITEMS,
+}
 
 
 def check_quiescence(st: State, label: object = str) -> Failure | None:

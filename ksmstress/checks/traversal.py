@@ -7,8 +7,8 @@ walk never examined is a miss. page_referenced walks stop, as in the kernel, onc
 mappings is used up (a concurrent replace_page, or a pass-1 revisit, can use it up early: that makes
 page_referenced advisory, not wrong), so only a walk that returns with mappings still uncounted, or an unmap
 walk, is held to the snapshot. Ptes are keyed by the mm's generation-tagged reference, so an mm slot reused
-during the walk is not mistaken for the mm that was there. The snapshot reads the arena raw (never through the KASAN check): a freed
-anon_vma is the walk's own use-after-free to report, not the detector's.
+during the walk is not mistaken for the mm that was there. The snapshot reads the arena raw (never through the
+KASAN check): a freed anon_vma is the walk's own use-after-free to report, not the detector's.
 """
 
 from __future__ import annotations
@@ -72,8 +72,14 @@ def reachable(k: K, pref: int) -> dict[tuple[int, int], tuple[int, str]]:
                 mref = int(k.vm["mm"][v])
                 m = ref_slot(mref)
                 if _maps(k, m, addr, pref):
-                    out.setdefault((m, addr), (mref, f"vma[{v}] [{int(k.vm['start'][v])},{int(k.vm['end'][v])}) "
-                                                     f"on anon_vma[{ref_slot(avref)}] via {via}"))
+                    out.setdefault(
+                        (m, addr),
+                        (
+                            mref,
+                            f"vma[{v}] [{int(k.vm['start'][v])},{int(k.vm['end'][v])}) "
+                            f"on anon_vma[{ref_slot(avref)}] via {via}",
+                        ),
+                    )
     return out
 
 
@@ -90,8 +96,11 @@ class TraversalCheck:
         None for an unmap walk, which is bound to every mapping."""
         if token is None or uncounted == 0:
             return
-        missed = sorted(key for key, (mref, _via) in token.expected.items()
-                        if key not in token.visited and k.st.mm.is_live(mref) and _maps(k, *key, token.page))
+        missed = sorted(
+            key
+            for key, (mref, _via) in token.expected.items()
+            if key not in token.visited and k.st.mm.is_live(mref) and _maps(k, *key, token.page)
+        )
         if missed:
             m, addr = missed[0]
             step, who = k.ctl.clock()
@@ -99,8 +108,16 @@ class TraversalCheck:
                 "traversal",
                 f"{token.kind} of page[{ref_slot(token.page)}] by {who} returned at step {step} without visiting "
                 f"mm[{m}] address {addr} ({token.expected[(m, addr)][1]}), which maps it",
-                {"walk": token.kind, "page": ref_slot(token.page), "mm": m, "address": addr, "step": step,
-                 "task": who, "missed": [list(x) for x in missed], "via": token.expected[(m, addr)][1]},
+                {
+                    "walk": token.kind,
+                    "page": ref_slot(token.page),
+                    "mm": m,
+                    "address": addr,
+                    "step": step,
+                    "task": who,
+                    "missed": [list(x) for x in missed],
+                    "via": token.expected[(m, addr)][1],
+                },
             )
 
     def page_freeing(self, k: K, pref: int, site: str) -> None:
@@ -112,6 +129,13 @@ class TraversalCheck:
                 "traversal",
                 f"page[{ref_slot(pref)}] freed by {who} at step {step} ({site}) while mm[{m}] still maps it at "
                 f"address {addr}",
-                {"page": ref_slot(pref), "mm": m, "address": addr, "site": site, "step": step, "task": who,
-                 "mappings": [[int(a), int(b)] for a, b in hits.tolist()]},
+                {
+                    "page": ref_slot(pref),
+                    "mm": m,
+                    "address": addr,
+                    "site": site,
+                    "step": step,
+                    "task": who,
+                    "mappings": [[int(a), int(b)] for a, b in hits.tolist()],
+                },
             )

@@ -19,7 +19,7 @@ import zlib
 from ..arena import ref_slot
 from ..failures import Failure
 from . import memory, rmap
-from .mm import find_vma, ksm_test_exit, mmdrop
+from . import mm as _mm  # mm.py calls back into this module: bind names at call time
 from .state import (
     G_MAX_REFCOUNT,
     G_PAGES_SHARED,
@@ -73,7 +73,7 @@ def _dec(k: K, cell: int, what: str) -> None:
     k.g[cell] -= 1
 
 
-# -- anon_vma references (the commit under test) -----------------------------------------------------------------
+# -- anon_vma references (the commit under test) -------------------------------------------------------------
 def hold_anon_vma(k: K, iref: int, avref: int) -> None:
     """Record the page's anon_vma in the rmap_item and take a reference (ksm_refcount++)."""
     i = k.st.rmap_item.deref(iref, "hold_anon_vma")
@@ -84,8 +84,11 @@ def hold_anon_vma(k: K, iref: int, avref: int) -> None:
     c = int(k.av["refcount"][a]) + 1
     bits = int(k.g[G_REFCOUNT_BITS])
     if c >= 1 << (bits - 1):  # atomic_t is signed: the next value is negative
-        raise Failure("refcount-overflow", f"anon_vma[{a}] ksm_refcount wrapped at {bits} bits",
-                      k.fail_details(object=f"anon_vma[{a}]", count=c))
+        raise Failure(
+            "refcount-overflow",
+            f"anon_vma[{a}] ksm_refcount wrapped at {bits} bits",
+            k.fail_details(object=f"anon_vma[{a}]", count=c),
+        )
     k.av["refcount"][a] = c
     if c > k.g[G_MAX_REFCOUNT]:
         k.g[G_MAX_REFCOUNT] = c
@@ -101,8 +104,11 @@ def drop_anon_vma(k: K, iref: int) -> None:
     a = k.st.anon_vma.deref(avref, "drop_anon_vma")
     c = int(k.av["refcount"][a])
     if c <= 0:
-        raise Failure("refcount-underflow", f"anon_vma[{a}] ksm_refcount dropped below zero",
-                      k.fail_details(object=f"anon_vma[{a}]", site="drop_anon_vma"))
+        raise Failure(
+            "refcount-underflow",
+            f"anon_vma[{a}] ksm_refcount dropped below zero",
+            k.fail_details(object=f"anon_vma[{a}]", site="drop_anon_vma"),
+        )
     if c != 1:  # atomic_add_unless(-1, 1): not the last reference, no lock
         k.av["refcount"][a] = c - 1
         return
@@ -119,7 +125,7 @@ def drop_anon_vma(k: K, iref: int) -> None:
         k.locks.unlock(lid, "drop_anon_vma")
 
 
-# -- stable tree ---------------------------------------------------------------------------------------------------
+# -- stable tree ---------------------------------------------------------------------------------------------
 def _hlist(k: K, nref: int, site: str) -> list[int]:
     n = k.st.stable_node.deref(nref, site)
     out, iref = [], int(k.sn["hfirst"][n])
@@ -165,8 +171,7 @@ def get_ksm_page(k: K, nref: int) -> int:
     n = k.st.stable_node.deref(nref, "get_ksm_page")
     s = int(k.sn["kpfn"][n])
     pg = k.st.page
-    if (pg.state[s] == 1 and int(k.pg["mapping"][s]) == nref and k.pg["flags"][s] & PG_KSM
-            and k.pg["count"][s] > 0):
+    if pg.state[s] == 1 and int(k.pg["mapping"][s]) == nref and k.pg["flags"][s] & PG_KSM and k.pg["count"][s] > 0:
         k.pg["count"][s] += 1  # get_page_unless_zero
         return k.page_ref(s)
     remove_node_from_stable_tree(k, nref)
@@ -238,7 +243,7 @@ def stable_tree_insert(k: K, kpref: int) -> int:
     return nref
 
 
-# -- removing rmap_items ---------------------------------------------------------------------------------------------
+# -- removing rmap_items -------------------------------------------------------------------------------------
 def remove_rmap_item_from_tree(k: K, iref: int) -> None:
     i = k.st.rmap_item.deref(iref, "remove_rmap_item_from_tree")
     flags = int(k.ri["flags"][i])
@@ -260,8 +265,7 @@ def remove_rmap_item_from_tree(k: K, iref: int) -> None:
     elif flags & UNSTABLE_FLAG:
         age = (int(k.g[G_SEQNR]) - int(k.ri["seqnr"][i])) & SEQNR_MASK
         if age > 1:
-            raise Failure("bug-on", f"rmap_item[{i}] unstable age {age} > 1",
-                          k.fail_details(object=f"rmap_item[{i}]"))
+            raise Failure("bug-on", f"rmap_item[{i}] unstable age {age} > 1", k.fail_details(object=f"rmap_item[{i}]"))
         if age == 0:
             unstable_tree(k).erase(iref)
         _dec(k, G_PAGES_UNSHARED, "pages_unshared")
@@ -298,7 +302,7 @@ def remove_trailing_rmap_items(k: K, kind: int, ref: int) -> None:
         free_rmap_item(k, iref)
 
 
-# -- breaking COW ------------------------------------------------------------------------------------------------------
+# -- breaking COW --------------------------------------------------------------------------------------------
 def break_ksm(k: K, vref: int, addr: int) -> int:
     """Fault a write on a KSM page until the pte no longer maps one (the caller holds mmap_sem)."""
     v = k.st.vma.deref(vref, "break_ksm")
@@ -319,7 +323,7 @@ def break_ksm(k: K, vref: int, addr: int) -> int:
 
 def _vma_for_item(k: K, m: int, addr: int, site: str) -> int:
     """find_vma + the vm_start check, and the VM_MERGEABLE / anon_vma checks of break_cow and friends."""
-    vref = find_vma(k, m, addr)
+    vref = _mm.find_vma(k, m, addr)
     if not vref:
         return 0
     v = k.st.vma.deref(vref, site)
@@ -335,7 +339,7 @@ def break_cow(k: K, iref: int) -> None:
     drop_anon_vma(k, iref)
     m = k.st.mm.deref(mref, "break_cow")
     k.locks.down_read(k.mmap_sem(m), "break_cow")
-    if not ksm_test_exit(k, m):
+    if not _mm.ksm_test_exit(k, m):
         vref = _vma_for_item(k, m, addr, "break_cow")
         if vref:
             break_ksm(k, vref, addr)
@@ -348,7 +352,7 @@ def get_mergeable_page(k: K, iref: int) -> int:
     m = k.st.mm.deref(mref, "get_mergeable_page")
     k.locks.down_read(k.mmap_sem(m), "get_mergeable_page")
     page = 0
-    if not ksm_test_exit(k, m) and _vma_for_item(k, m, addr, "get_mergeable_page"):
+    if not _mm.ksm_test_exit(k, m) and _vma_for_item(k, m, addr, "get_mergeable_page"):
         page = memory.follow_page(k, m, addr, "get_mergeable_page")
         if page and not memory.PageAnon(k, ref_slot(page)):
             memory.put_page(k, page, "get_mergeable_page")
@@ -357,7 +361,7 @@ def get_mergeable_page(k: K, iref: int) -> int:
     return page
 
 
-# -- merging -------------------------------------------------------------------------------------------------------------
+# -- merging -------------------------------------------------------------------------------------------------
 def write_protect_page(k: K, vref: int, pref: int) -> tuple[int, tuple[int, int]]:
     """Make the page's pte read-only, refusing if someone holds an extra reference (O_DIRECT, GUP, reclaim).
 
@@ -436,8 +440,8 @@ def try_to_merge_with_ksm_page(k: K, iref: int, pref: int, kpref: int) -> int:
     m = k.st.mm.deref(mref, "try_to_merge_with_ksm_page")
     k.locks.down_read(k.mmap_sem(m), "try_to_merge_with_ksm_page")
     err = EFAULT
-    if not ksm_test_exit(k, m):
-        vref = find_vma(k, m, addr)
+    if not _mm.ksm_test_exit(k, m):
+        vref = _mm.find_vma(k, m, addr)
         if vref and k.vm["start"][k.st.vma.deref(vref, "try_to_merge_with_ksm_page")] <= addr:
             err = try_to_merge_one_page(k, vref, pref, kpref)
             if not err:
@@ -517,7 +521,7 @@ def cmp_and_merge_page(k: K, pref: int, iref: int) -> None:
         break_cow(k, iref)
 
 
-# -- the scan ----------------------------------------------------------------------------------------------------------------
+# -- the scan ------------------------------------------------------------------------------------------------
 def _list_del(k: K, sref: int) -> None:
     s = k.st.mm_slot.deref(sref, "list_del")
     prv, nxt = int(k.ms["prev"][s]), int(k.ms["next"][s])
@@ -575,13 +579,18 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
         sref = int(k.ms["next"][0])
         g[G_SCAN_SLOT] = sref
         k.locks.unlock(k.ksm_mmlist_lock, "scan_get_next_rmap_item")
+        # Deviation from 2.6.33, which lacks this recheck: a racing __ksm_exit of the last mm may have emptied the
+        # list since list_empty() above, leaving ksmd on ksm_mm_head's NULL mm (CVE-2011-2183, fixed in 3.0).
+        # Variant scan-exit-race restores the 2.6.33 code.
+        if sref == head and not k.bug("scan-exit-race"):
+            return 0, 0
         g[G_SCAN_ADDRESS], g[G_SCAN_RL_KIND], g[G_SCAN_RL_REF] = 0, RL_SLOT, sref
     while True:  # next_mm:
         s = k.st.mm_slot.deref(sref, "scan_get_next_rmap_item")
         mref = int(k.ms["mm"][s])
         m = k.st.mm.deref(mref, "scan_get_next_rmap_item")
         k.locks.down_read(k.mmap_sem(m), "scan_get_next_rmap_item")
-        vref = 0 if ksm_test_exit(k, m) else find_vma(k, m, int(g[G_SCAN_ADDRESS]))
+        vref = 0 if _mm.ksm_test_exit(k, m) else _mm.find_vma(k, m, int(g[G_SCAN_ADDRESS]))
         while vref:
             v = k.st.vma.deref(vref, "scan_get_next_rmap_item")
             if k.vm["flags"][v] & VM_MERGEABLE:
@@ -590,7 +599,7 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
                 if not k.vm["anon_vma"][v]:
                     g[G_SCAN_ADDRESS] = k.vm["end"][v]
                 while g[G_SCAN_ADDRESS] < k.vm["end"][v]:
-                    if ksm_test_exit(k, m):
+                    if _mm.ksm_test_exit(k, m):
                         break
                     addr = int(g[G_SCAN_ADDRESS])
                     page = memory.follow_page(k, m, addr, "scan_get_next_rmap_item")
@@ -604,10 +613,10 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
                         memory.put_page(k, page, "scan_get_next_rmap_item")
                     g[G_SCAN_ADDRESS] = addr + 1
                     k.point("scan_get_next_rmap_item:cond_resched")
-                if ksm_test_exit(k, m):
+                if _mm.ksm_test_exit(k, m):
                     break
             vref = int(k.vm["next"][k.st.vma.deref(vref, "scan_get_next_rmap_item")])
-        if ksm_test_exit(k, m):
+        if _mm.ksm_test_exit(k, m):
             g[G_SCAN_ADDRESS], g[G_SCAN_RL_KIND], g[G_SCAN_RL_REF] = 0, RL_SLOT, sref
         # nuke all the rmap_items that are above this current rmap
         remove_trailing_rmap_items(k, int(g[G_SCAN_RL_KIND]), int(g[G_SCAN_RL_REF]))
@@ -620,7 +629,7 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
             k.st.mm_slot.free(sref, "free_mm_slot")
             k.mmc["flags"][k.st.mm.deref(mref, "clear_bit")] &= ~MMF_VM_MERGEABLE
             k.locks.up_read(k.mmap_sem(m), "scan_get_next_rmap_item")
-            mmdrop(k, mref, "scan_get_next_rmap_item")
+            _mm.mmdrop(k, mref, "scan_get_next_rmap_item")
         else:
             k.locks.unlock(k.ksm_mmlist_lock, "scan_get_next_rmap_item")
             k.locks.up_read(k.mmap_sem(m), "scan_get_next_rmap_item")
@@ -651,12 +660,12 @@ def ksmd_should_run(k: K) -> bool:
     return bool(k.g[G_RUN] & KSM_RUN_MERGE) and int(k.ms["next"][0]) != k.st.ksm_mm_head
 
 
-# -- madvise, fork, exit -------------------------------------------------------------------------------------------------
+# -- madvise, fork, exit -------------------------------------------------------------------------------------
 def unmerge_ksm_pages(k: K, vref: int, start: int, end: int) -> int:
     v = k.st.vma.deref(vref, "unmerge_ksm_pages")
     m = k.st.mm.deref(int(k.vm["mm"][v]), "unmerge_ksm_pages")
     for addr in range(start, end):
-        if ksm_test_exit(k, m):
+        if _mm.ksm_test_exit(k, m):
             break
         err = break_ksm(k, vref, addr)
         if err:
@@ -719,7 +728,7 @@ def __ksm_exit(k: K, mref: int) -> None:  # noqa: N807
     if easy_to_free:
         k.st.mm_slot.free(sref, "free_mm_slot")
         k.mmc["flags"][k.st.mm.deref(mref, "__ksm_exit")] &= ~MMF_VM_MERGEABLE
-        mmdrop(k, mref, "__ksm_exit")
+        _mm.mmdrop(k, mref, "__ksm_exit")
     elif sref:
         k.locks.down_write(k.mmap_sem(m), "__ksm_exit")
         k.locks.up_write(k.mmap_sem(m), "__ksm_exit")
@@ -735,7 +744,7 @@ def ksm_fork(k: K, mref: int, oldref: int) -> None:
         __ksm_enter(k, mref)
 
 
-# -- run=2 --------------------------------------------------------------------------------------------------------------------
+# -- run=2 ---------------------------------------------------------------------------------------------------
 def unmerge_and_remove_all_rmap_items(k: K) -> int:
     g = k.g
     head = k.st.ksm_mm_head
@@ -749,7 +758,7 @@ def unmerge_and_remove_all_rmap_items(k: K) -> int:
         k.locks.down_read(k.mmap_sem(m), "unmerge_and_remove_all_rmap_items")
         vref = int(k.mmc["mmap"][m])
         while vref:
-            if ksm_test_exit(k, m):  # before touching the vma: exit_mmap may be freeing them
+            if _mm.ksm_test_exit(k, m):  # before touching the vma: exit_mmap may be freeing them
                 break
             v = k.st.vma.deref(vref, "unmerge_and_remove_all_rmap_items")
             if k.vm["flags"][v] & VM_MERGEABLE and k.vm["anon_vma"][v]:
@@ -758,13 +767,13 @@ def unmerge_and_remove_all_rmap_items(k: K) -> int:
         remove_trailing_rmap_items(k, RL_SLOT, sref)
         k.locks.lock(k.ksm_mmlist_lock, "unmerge_and_remove_all_rmap_items")
         g[G_SCAN_SLOT] = k.ms["next"][k.st.mm_slot.deref(sref, "unmerge_and_remove_all_rmap_items")]
-        if ksm_test_exit(k, m):
+        if _mm.ksm_test_exit(k, m):
             _free_mm_slot(k, sref, mref)
             k.locks.unlock(k.ksm_mmlist_lock, "unmerge_and_remove_all_rmap_items")
             k.st.mm_slot.free(sref, "free_mm_slot")
             k.mmc["flags"][m] &= ~MMF_VM_MERGEABLE
             k.locks.up_read(k.mmap_sem(m), "unmerge_and_remove_all_rmap_items")
-            mmdrop(k, mref, "unmerge_and_remove_all_rmap_items")
+            _mm.mmdrop(k, mref, "unmerge_and_remove_all_rmap_items")
         else:
             k.locks.unlock(k.ksm_mmlist_lock, "unmerge_and_remove_all_rmap_items")
             k.locks.up_read(k.mmap_sem(m), "unmerge_and_remove_all_rmap_items")
@@ -798,7 +807,7 @@ def prune_stale_stable_nodes(k: K) -> None:
     k.locks.unlock(k.ksm_thread_mutex, "prune_stale_stable_nodes")
 
 
-# -- rmap walks of a KSM page ---------------------------------------------------------------------------------------------
+# -- rmap walks of a KSM page --------------------------------------------------------------------------------
 def _walk_items(k: K, pref: int, site: str) -> tuple[int, list[int]]:
     s = k.st.page.deref(pref, site)
     nref = int(k.pg["mapping"][s])

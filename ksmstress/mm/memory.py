@@ -38,8 +38,11 @@ def put_page(k: K, pref: int, site: str) -> None:
     s = k.st.page.deref(pref, site)
     c = int(k.pg["count"][s]) - 1
     if c < 0:
-        raise Failure("refcount-underflow", f"page[{s}] _count below zero at {site}",
-                      k.fail_details(object=f"page[{s}]", site=site))
+        raise Failure(
+            "refcount-underflow",
+            f"page[{s}] _count below zero at {site}",
+            k.fail_details(object=f"page[{s}]", site=site),
+        )
     k.pg["count"][s] = c
     if c == 0:
         k.hooks.page_freeing(k, pref, site)
@@ -201,14 +204,17 @@ def swap_free(k: K, sref: int, site: str) -> None:
     ss = k.st.swap.deref(sref, site)
     c = int(k.st.swap.c["count"][ss]) - 1
     if c < 0:
-        raise Failure("refcount-underflow", f"swap[{ss}] count below zero at {site}",
-                      k.fail_details(object=f"swap[{ss}]", site=site))
+        raise Failure(
+            "refcount-underflow",
+            f"swap[{ss}] count below zero at {site}",
+            k.fail_details(object=f"swap[{ss}]", site=site),
+        )
     k.st.swap.c["count"][ss] = c
     if c == 0:
         k.st.swap.free(sref, site)
 
 
-# -- fork and unmap ---------------------------------------------------------------------------------------------
+# -- fork and unmap ------------------------------------------------------------------------------------------
 def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
     """copy_one_pte for every pte of vma: anon and KSM ptes are shared read-only (COW), mapcount++ and a page
     reference each; swap entries get one more swap count. No rmap_item is made: ksmd has not seen the child."""
@@ -248,7 +254,7 @@ def zap_pte_range(k: K, m: int, start: int, end: int) -> None:
     k.locks.unlock(ptl, "zap_pte_range")
 
 
-# -- the CPU: user-space loads and stores --------------------------------------------------------------------------
+# -- the CPU: user-space loads and stores --------------------------------------------------------------------
 def user_write(k: K, m: int, addr: int, data: np.ndarray) -> bool:
     """A store of a whole page from user space; False is SIGSEGV (no vma).
 

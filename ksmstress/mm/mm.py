@@ -12,7 +12,7 @@ from . import ksm, memory, rmap
 from .state import PTE_NONE, K
 
 
-# -- mm_struct -------------------------------------------------------------------------------------------------
+# -- mm_struct -----------------------------------------------------------------------------------------------
 def mm_alloc(k: K) -> int:
     """A new mm with one user and one count (mm_users / mm_count)."""
     mref = k.st.mm.alloc("mm_alloc")
@@ -38,8 +38,11 @@ def mmdrop(k: K, mref: int, site: str) -> None:
     m = k.st.mm.deref(mref, site)
     c = int(k.mmc["mmcount"][m]) - 1
     if c < 0:
-        raise Failure("refcount-underflow", f"mm_struct[{m}] mm_count below zero at {site}",
-                      k.fail_details(object=f"mm_struct[{m}]", site=site))
+        raise Failure(
+            "refcount-underflow",
+            f"mm_struct[{m}] mm_count below zero at {site}",
+            k.fail_details(object=f"mm_struct[{m}]", site=site),
+        )
     k.mmc["mmcount"][m] = c
     if c == 0:
         k.st.mm.free(mref, site)
@@ -68,7 +71,7 @@ def exit_mmap(k: K, mref: int) -> None:
     k.mmc["mmap"][m] = 0
 
 
-# -- the vma list ------------------------------------------------------------------------------------------------
+# -- the vma list --------------------------------------------------------------------------------------------
 def vma_list(k: K, m: int) -> list[int]:
     out, vref = [], int(k.mmc["mmap"][m])
     while vref:
@@ -190,7 +193,7 @@ def do_munmap(k: K, mref: int, start: int, end: int) -> bool:
     return True
 
 
-# -- fork ------------------------------------------------------------------------------------------------------------
+# -- fork ----------------------------------------------------------------------------------------------------
 def dup_mmap(k: K, oldref: int) -> int:
     """fork(): a new mm whose vmas copy the parent's, join the same anon_vmas, and share its pages COW.
 
@@ -218,7 +221,7 @@ def dup_mmap(k: K, oldref: int) -> int:
     return mref
 
 
-# -- syscalls as a user task issues them ---------------------------------------------------------------------------
+# -- syscalls as a user task issues them ---------------------------------------------------------------------
 def sys_mmap(k: K, mref: int, start: int, npages: int, flags: int) -> int:
     m = k.st.mm.deref(mref, "sys_mmap")
     k.locks.down_write(k.mmap_sem(m), "sys_mmap")

@@ -41,9 +41,24 @@ SEQNR_MASK = 0xFF
 PTE_NONE, PTE_PRESENT, PTE_SWAP = 0, 1, 2
 
 # ksm globals (cells of `k.g`)
-(G_RUN, G_PAGES_TO_SCAN, G_SCAN_SLOT, G_SCAN_ADDRESS, G_SCAN_RL_KIND, G_SCAN_RL_REF, G_SEQNR, G_STABLE_ROOT,
- G_UNSTABLE_ROOT, G_PAGES_SHARED, G_PAGES_SHARING, G_PAGES_UNSHARED, G_RMAP_ITEMS, G_MM_LIVE,
- G_MAX_REFCOUNT, G_REFCOUNT_BITS) = range(16)
+(
+    G_RUN,
+    G_PAGES_TO_SCAN,
+    G_SCAN_SLOT,
+    G_SCAN_ADDRESS,
+    G_SCAN_RL_KIND,
+    G_SCAN_RL_REF,
+    G_SEQNR,
+    G_STABLE_ROOT,
+    G_UNSTABLE_ROOT,
+    G_PAGES_SHARED,
+    G_PAGES_SHARING,
+    G_PAGES_UNSHARED,
+    G_RMAP_ITEMS,
+    G_MM_LIVE,
+    G_MAX_REFCOUNT,
+    G_REFCOUNT_BITS,
+) = range(16)
 RL_SLOT, RL_ITEM = 0, 1  # ksm_scan.rmap_list points into an mm_slot's head or into an rmap_item's next
 
 KSM_RUN_STOP, KSM_RUN_MERGE, KSM_RUN_UNMERGE = 0, 1, 2
@@ -74,19 +89,47 @@ class State:
         nvma = sz.max_mm * sz.max_vmas
         self.page = Table(block, "page", sz.frames, ("flags", "count", "mapcount", "mapping", "index"), q)
         self.mm = Table(block, "mm_struct", sz.max_mm, ("users", "mmcount", "flags", "mmap", "slot"), 0)
-        self.vma = Table(block, "vma", nvma, ("mm", "start", "end", "flags", "anon_vma", "next", "av_next",
-                                              "av_prev"), q)
+        self.vma = Table(
+            block, "vma", nvma, ("mm", "start", "end", "flags", "anon_vma", "next", "av_next", "av_prev"), q
+        )
         self.anon_vma = Table(block, "anon_vma", sz.anon_vmas, ("refcount", "head", "tail"), q)
-        self.rmap_item = Table(block, "rmap_item", sz.rmap_items,
-                               ("mm", "address", "flags", "seqnr", "oldchecksum", "anon_vma", "rmap_next",
-                                "head", "hnext", "hprev", "left", "right", "parent"), q)
-        self.stable_node = Table(block, "stable_node", sz.stable_nodes, ("kpfn", "hfirst", "left", "right",
-                                                                         "parent"), q)
+        self.rmap_item = Table(
+            block,
+            "rmap_item",
+            sz.rmap_items,
+            (
+                "mm",
+                "address",
+                "flags",
+                "seqnr",
+                "oldchecksum",
+                "anon_vma",
+                "rmap_next",
+                "head",
+                "hnext",
+                "hprev",
+                "left",
+                "right",
+                "parent",
+            ),
+            q,
+        )
+        self.stable_node = Table(
+            block, "stable_node", sz.stable_nodes, ("kpfn", "hfirst", "left", "right", "parent"), q
+        )
         # slot 0 is ksm_mm_head, the permanent list head
         self.mm_slot = Table(block, "mm_slot", sz.max_mm + 1, ("mm", "rmap_list", "next", "prev"), 0, reserved=1)
         self.swap = Table(block, "swap", sz.swap, ("count",), q)
-        self.tables = (self.page, self.mm, self.vma, self.anon_vma, self.rmap_item, self.stable_node,
-                       self.mm_slot, self.swap)
+        self.tables = (
+            self.page,
+            self.mm,
+            self.vma,
+            self.anon_vma,
+            self.rmap_item,
+            self.stable_node,
+            self.mm_slot,
+            self.swap,
+        )
         block.want("frames", np.uint8, (sz.frames, sz.page_size))
         block.want("swapdata", np.uint8, (sz.swap, sz.page_size))
         block.want("pte.kind", np.int8, (sz.max_mm, sz.vpages))
@@ -94,8 +137,11 @@ class State:
         block.want("pte.write", np.int8, (sz.max_mm, sz.vpages))
         block.want("expect", np.int64, (sz.max_mm, sz.vpages))
         block.want("ksm.g", np.int64, 16)
-        self.locks = LockSpace(block, {MMAP_SEM: sz.max_mm, PAGE_LOCK: sz.frames, ANON_VMA_LOCK: sz.anon_vmas,
-                                       PAGE_TABLE_LOCK: sz.max_mm}, ntasks)
+        self.locks = LockSpace(
+            block,
+            {MMAP_SEM: sz.max_mm, PAGE_LOCK: sz.frames, ANON_VMA_LOCK: sz.anon_vmas, PAGE_TABLE_LOCK: sz.max_mm},
+            ntasks,
+        )
 
     def bind(self, a: dict[str, np.ndarray]) -> None:
         for t in self.tables:

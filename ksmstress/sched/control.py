@@ -22,7 +22,7 @@ from ..failures import Failure
 from .base import Strategy
 from .prng import SharedPrng
 
-UNUSED, RUNNABLE, BLOCKED, EXITED = 0, 1, 2, 3
+UNUSED, RUNNABLE, BLOCKED, EXITED, RESERVED = 0, 1, 2, 3, 4
 
 # meta cells
 STEP, CURRENT, STOP, OUTCOME, HANDOFFS, FAIL_LEN, LAST_EXIT = range(7)
@@ -35,8 +35,9 @@ FAIL_BUF = 1 << 16
 class Control:
     """Shared scheduler state for one controlled run, plus the semaphores the processes park on."""
 
-    def __init__(self, block: SharedBlock, ntasks: int, max_steps: int, strategy: Strategy,
-                 kind_names: dict[int, str]) -> None:
+    def __init__(
+        self, block: SharedBlock, ntasks: int, max_steps: int, strategy: Strategy, kind_names: dict[int, str]
+    ) -> None:
         self.ntasks = ntasks
         self.max_steps = max_steps
         self.strategy = strategy
@@ -136,8 +137,11 @@ class Control:
         step = int(meta[STEP]) + 1
         meta[STEP] = step
         if step >= self.max_steps:
-            raise Failure("hang", f"no quiescence after {self.max_steps} scheduling points (livelock?) at {site}",
-                          {"step": step, "site": site, "task": self.label(self.me)})
+            raise Failure(
+                "hang",
+                f"no quiescence after {self.max_steps} scheduling points (livelock?) at {site}",
+                {"step": step, "site": site, "task": self.label(self.me)},
+            )
         runnable = np.flatnonzero(self.state == RUNNABLE).tolist()
         if not runnable:
             self._deadlock(site)
@@ -161,11 +165,22 @@ class Control:
             self.state[t] = RUNNABLE
             self.wait[t] = -1
 
-    def spawn(self, kind: int, args: tuple[int, ...]) -> int:
-        tid = self.add_task(kind, args)
-        if tid >= 0:
-            self.strategy.on_new_task(self, tid)
+    def reserve(self) -> int:
+        """Claim a task slot for a fork's child before the fork's scheduling points; -1 if none is left."""
+        free = np.flatnonzero(self.state == UNUSED)
+        if not free.size:
+            return -1
+        tid = int(free[0])
+        self.state[tid] = RESERVED
         return tid
+
+    def spawn(self, tid: int, kind: int, args: tuple[int, ...]) -> None:
+        """Make a reserved slot a runnable task (its parked process starts the body when first picked)."""
+        self.kind[tid] = kind
+        self.arg[tid, :] = 0
+        self.arg[tid, : len(args)] = args
+        self.state[tid] = RUNNABLE
+        self.strategy.on_new_task(self, tid)
 
     def exit_current(self) -> None:
         """The running task is done: hand control on for the last time, or end the run cleanly."""
@@ -188,7 +203,7 @@ class Control:
 
     def report(self, failure: dict[str, Any]) -> None:
         """Publish a failure found by the running task and stop the run."""
-        data = json.dumps(failure, sort_keys=True).encode()[: FAIL_BUF]
+        data = json.dumps(failure, sort_keys=True).encode()[:FAIL_BUF]
         self.fail_buf[: len(data)] = np.frombuffer(data, dtype=np.uint8)
         self.meta[FAIL_LEN] = len(data)
         self.meta[OUTCOME] = FAILED

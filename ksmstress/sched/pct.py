@@ -4,9 +4,9 @@ Every task gets a random distinct priority; the highest-priority runnable task a
 points, drawn uniformly from the first k steps, the running task drops to priority i (below every initial
 priority). A bug of depth d is then found in one run with probability at least 1/(n * k^(d-1)).
 
-Two adaptations for a kernel with daemons: a task that yields (a sleep or cond_resched of ksmd, reclaim or a
-workload pause) drops below every other live task, as shuttle does, so a daemon's endless loop cannot starve the
-tasks it waits for; a forked task gets a fresh random priority among the initial ones.
+Two adaptations for a kernel with daemons: a task that yields (a sleep of ksmd, reclaim or a workload pause)
+drops below every other live task, as shuttle does, so a daemon's endless loop cannot starve the tasks it waits
+for, not even one a change point has lowered; a forked task gets a fresh random priority among the initial ones.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ class PctStrategy:
         ctl.strat[0] = len(points)
         for i, p in enumerate(points):
             ctl.strat[1 + i] = p
-        ctl.strat[32] = self.depth * _SPREAD - 1  # yield floor: each yielder goes below the previous one
 
     def on_new_task(self, ctl: Control, tid: int) -> None:
         ctl.prio[tid] = (self.depth + ctl.prng.below(ctl.ntasks)) * _SPREAD + 1 + ctl.prng.below(_SPREAD - 1)
@@ -51,10 +50,10 @@ class PctStrategy:
             for i in range(npts):
                 if int(ctl.strat[1 + i]) == step:
                     ctl.prio[current] = self.depth - 1 - i  # i-th change point: lower than all others so far
-            if yielding and ctl.prio[current] >= self.depth:
-                floor = max(int(ctl.strat[32]), self.depth)  # never into the change-point band
-                ctl.prio[current] = floor
-                ctl.strat[32] = floor - 1
+            if yielding:
+                others = (ctl.state != 3) & (np.arange(ctl.ntasks) != current)  # every live task but this one
+                if others.any():
+                    ctl.prio[current] = int(ctl.prio[others].min()) - 1
         if len(runnable) == 1:
             return runnable[0]
         pr = ctl.prio[runnable]

@@ -26,11 +26,16 @@ class ReplayStrategy:
 
     def pick(self, ctl: Control, runnable: list[int], current: int, step: int, yielding: bool) -> int:
         if step >= int(ctl.strat[0]):
-            raise Failure("replay-diverged", f"replay diverged at step {step}: the recorded schedule ended",
-                          {"step": step, "runnable": runnable})
+            raise Failure(
+                "replay-diverged",
+                f"replay diverged at step {step}: the recorded schedule ended",
+                {"step": step, "runnable": runnable},
+            )
         want = int(ctl.replay[step])
         if want not in runnable:
-            raise Failure("replay-diverged",
-                          f"replay diverged at step {step}: recorded task {want} is not runnable {runnable}",
-                          {"step": step, "recorded": want, "runnable": runnable})
+            raise Failure(
+                "replay-diverged",
+                f"replay diverged at step {step}: recorded task {want} is not runnable {runnable}",
+                {"step": step, "recorded": want, "runnable": runnable},
+            )
         return want

@@ -1,0 +1,110 @@
+"""Failure artifacts (write and read back for replay), verdict dictionaries, and structlog setup.
+
+An artifact is self-contained JSON: the scenario's text (so a replay does not depend on the file still being the
+same), seed, strategy, variants, the recorded schedule (zlib + base64) and the failure. Replaying it follows the
+recorded schedule step by step.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from . import __version__
+from .runner import RunResult
+from .scenario import Scenario
+
+ARTIFACT_FORMAT = 1
+
+
+class ArtifactError(ValueError):
+    """An unreadable or malformed artifact (a user's mistake: exit status 2)."""
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """structlog to stderr: key=value on a terminal, JSON lines otherwise (CI)."""
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=False) if sys.stderr.isatty() else (structlog.processors.JSONRenderer())
+    )
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"), renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if verbose else logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def verdict_dict(res: RunResult, runs: int, artifact: str | None = None) -> dict[str, Any]:
+    """The machine-readable verdict of `run --json` / `replay --json` (timings live under their own keys)."""
+    d: dict[str, Any] = {
+        "verdict": res.verdict,
+        "scenario": res.scenario,
+        "seed": res.seed,
+        "runs": runs,
+        "strategy": res.strategy,
+        "bugs": res.bugs,
+        "steps": res.steps,
+        "handoffs": res.handoffs,
+        "schedule_digest": res.schedule_digest,
+        "failure": None,
+        "max_ksm_refcount": res.max_refcount,
+        "steps_per_second": round(res.steps_per_second, 1),
+        "elapsed_seconds": round(res.elapsed, 4),
+    }
+    if res.failure:
+        d["failure"] = {
+            "class": res.failure.get("class"),
+            "message": res.failure.get("message"),
+            "details": res.failure.get("details", {}),
+        }
+    if artifact:
+        d["artifact"] = artifact
+        d["replay"] = f"ksmstress replay {artifact}"
+    return d
+
+
+def write_artifact(directory: Path, sc: Scenario, res: RunResult, pct_depth: int | None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    cls = (res.failure or {}).get("class", "clean")
+    path = directory / f"{sc.name}-{res.strategy}-seed{res.seed}-{cls}.json"
+    text = Path(sc.path).read_text() if Path(sc.path).exists() else ""
+    data = {
+        "format": ARTIFACT_FORMAT,
+        "ksmstress": __version__,
+        "scenario": {"name": sc.name, "path": sc.path, "text": text},
+        "seed": res.seed,
+        "strategy": res.strategy,
+        "pct_depth": pct_depth,
+        "bugs": res.bugs,
+        "steps": res.steps,
+        "schedule_digest": res.schedule_digest,
+        "schedule": base64.b64encode(zlib.compress(res.schedule, 9)).decode(),
+        "failure": res.failure,
+    }
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def read_artifact(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except OSError as e:
+        raise ArtifactError(f"{p}: cannot read artifact: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{p}: not a ksmstress artifact (invalid JSON: {e.msg})") from None
+    for key, kind in (("scenario", dict), ("seed", int), ("strategy", str), ("bugs", list), ("schedule", str)):
+        if not isinstance(data.get(key), kind):
+            raise ArtifactError(f"{p}: key '{key}': expected {kind.__name__} in a ksmstress artifact")
+    try:
+        data["schedule_bytes"] = zlib.decompress(base64.b64decode(data["schedule"]))
+    except (ValueError, zlib.error):
+        raise ArtifactError(f"{p}: key 'schedule': expected base64 zlib data") from None
+    return data

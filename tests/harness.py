@@ -1,0 +1,123 @@
+"""A single-task kernel for deterministic model tests: the test itself is the only runnable task.
+
+With one runnable task every scheduling point returns at once, so a test drives the model step by step, as one
+kernel thread after another, and checks exact counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ksmstress.arena import SharedBlock, ref_slot
+from ksmstress.checks import Detectors
+from ksmstress.checks.content import pattern_bytes
+from ksmstress.mm import ksm, memory
+from ksmstress.mm import mm as mmm
+from ksmstress.mm.hooks import NoHooks
+from ksmstress.mm.state import G_PAGES_SHARED, G_PAGES_SHARING, G_PAGES_UNSHARED, G_RMAP_ITEMS, G_SEQNR, K, Sizes, State
+from ksmstress.sched.control import Control
+from ksmstress.sched.random import RandomStrategy
+
+PAGE = 32
+
+
+class Recorder(Detectors):
+    """The real detectors, plus a record of every pte each rmap walk visited."""
+
+    def __init__(self) -> None:
+        self.visits: list[tuple[int, int]] = []
+
+    def walk_visit(self, token: Any, mm_slot: int, address: int) -> None:
+        self.visits.append((mm_slot, address))
+        super().walk_visit(token, mm_slot, address)
+
+
+def make_kernel(bugs: tuple[str, ...] = (), hooks: Any = None, **sizes: int) -> K:
+    sz = Sizes(
+        **{
+            "page_size": PAGE,
+            "vpages": 16,
+            "max_mm": 6,
+            "max_vmas": 6,
+            "frames": 128,
+            "swap": 64,
+            "rmap_items": 128,
+            "stable_nodes": 64,
+            "anon_vmas": 32,
+            "quarantine": 4,
+            **sizes,
+        }
+    )
+    block = SharedBlock()
+    st = State(block, sz, 1)
+    ctl = Control(block, 1, 10**9, RandomStrategy(), {1: "test"})
+    arrays = block.allocate()
+    st.bind(arrays)
+    ctl.bind(arrays)
+    ctl.add_task(1)
+    ctl.me = 0
+    ctl.prng.seed(0)
+    k = K(st, ctl, Recorder() if hooks is None else hooks, frozenset(bugs))
+    ctl.explain_deadlock = lambda blocked: st.locks.explain(blocked, ctl.wait, ctl.label)
+    return k
+
+
+def quiet_kernel(**kw: Any) -> K:
+    return make_kernel(hooks=NoHooks(), **kw)
+
+
+def new_program(k: K, npages: int, start: int = 1, mergeable: bool = True) -> tuple[int, int]:
+    """exec + mmap + madvise(MADV_MERGEABLE): returns (mm ref, mm slot)."""
+    mref = mmm.mm_alloc(k)
+    assert mmm.sys_mmap(k, mref, start, npages, 0)
+    if mergeable:
+        mmm.sys_madvise(k, mref, start, start + npages, ksm.MADV_MERGEABLE)
+    return mref, ref_slot(mref)
+
+
+def write(k: K, m: int, addr: int, p: int) -> None:
+    assert memory.user_write(k, m, addr, pattern_bytes(p, k.st.sz.page_size))
+
+
+def read(k: K, m: int, addr: int) -> bytes:
+    data = memory.user_read(k, m, addr)
+    assert data is not None
+    return data.tobytes()
+
+
+def content(k: K, p: int) -> bytes:
+    return pattern_bytes(p, k.st.sz.page_size).tobytes()
+
+
+def scan(k: K, passes: int = 1) -> None:
+    """Let ksmd run until `passes` more full scans have completed (ksm_scan_thread's loop)."""
+    target = int(k.g[G_SEQNR]) + passes
+    for _ in range(10_000):
+        if int(k.g[G_SEQNR]) >= target or not ksm.ksmd_should_run(k):
+            return
+        k.locks.lock(k.ksm_thread_mutex, "test")
+        ksm.ksm_do_scan(k, 100)
+        k.locks.unlock(k.ksm_thread_mutex, "test")
+    raise AssertionError("ksmd made no progress")
+
+
+def counters(k: K) -> dict[str, int]:
+    g = k.g
+    return {
+        "shared": int(g[G_PAGES_SHARED]),
+        "sharing": int(g[G_PAGES_SHARING]),
+        "unshared": int(g[G_PAGES_UNSHARED]),
+        "rmap_items": int(g[G_RMAP_ITEMS]),
+    }
+
+
+def pte_page(k: K, m: int, addr: int) -> int:
+    kind, ref, _w = memory.pte_get(k, m, addr)
+    assert kind == 1, f"pte ({m}, {addr}) not present"
+    return ref
+
+
+def mapped_pages(k: K) -> np.ndarray:
+    return np.flatnonzero((k.st.page.state == 1) & (k.pg["mapcount"] > 0))

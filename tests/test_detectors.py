@@ -1,0 +1,147 @@
+"""Each detector fires on a defect built in the test, and stays quiet on the correct model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ksmstress.arena import ref_slot
+from ksmstress.checks.content import check_read, pattern_bytes
+from ksmstress.checks.invariants import check_quiescence
+from ksmstress.failures import Failure
+from ksmstress.mm import memory, rmap
+from ksmstress.mm import mm as mmm
+from ksmstress.mm.state import PTE_PRESENT
+
+from .harness import make_kernel, new_program, pte_page, scan, write
+
+
+def test_use_after_free_names_who_freed_and_who_touched():
+    k = make_kernel()
+    ref = k.st.anon_vma.alloc("test_alloc")
+    k.st.anon_vma.free(ref, "test_free_site")
+    with pytest.raises(Failure) as e:
+        k.st.anon_vma.deref(ref, "test_touch_site")
+    f = e.value
+    assert f.cls == "use-after-free"
+    assert "test_free_site" in f.message and "test_touch_site" in f.message
+    assert f.details["freed"]["site"] == "test_free_site"
+
+
+def test_use_after_free_survives_slot_reuse_through_the_generation():
+    k = make_kernel(quarantine=0)
+    ref = k.st.anon_vma.alloc("a")
+    k.st.anon_vma.free(ref, "f")
+    again = k.st.anon_vma.alloc("b")
+    assert ref_slot(again) == ref_slot(ref) and again != ref
+    with pytest.raises(Failure) as e:
+        k.st.anon_vma.deref(ref, "stale")
+    assert e.value.cls == "use-after-free" and e.value.details["reused"]
+
+
+def test_quarantine_delays_reuse():
+    k = make_kernel(quarantine=4)
+    ref = k.st.anon_vma.alloc("a")
+    k.st.anon_vma.free(ref, "f")
+    fresh = [k.st.anon_vma.alloc("b") for _ in range(3)]
+    assert all(ref_slot(x) != ref_slot(ref) for x in fresh)
+
+
+def test_double_free():
+    k = make_kernel()
+    ref = k.st.vma.alloc("a")
+    k.st.vma.free(ref, "first")
+    with pytest.raises(Failure) as e:
+        k.st.vma.free(ref, "second")
+    assert e.value.cls == "double-free" and "first" in e.value.message
+
+
+def test_refcount_underflow_on_put_page_and_mapcount():
+    k = make_kernel()
+    page = memory.alloc_page(k, "t")
+    memory.get_page(k, page, "t")
+    k.pg["count"][ref_slot(page)] = 0  # a lost get_page
+    with pytest.raises(Failure) as e:
+        memory.put_page(k, page, "t")
+    assert e.value.cls == "refcount-underflow"
+    page = memory.alloc_page(k, "t")
+    with pytest.raises(Failure) as e:
+        rmap.page_remove_rmap(k, page, "t")
+    assert e.value.cls == "refcount-underflow" and "mapcount" in e.value.message
+
+
+def test_ksm_refcount_underflow():
+    k = make_kernel()
+    _a, a = new_program(k, 1)
+    _b, b = new_program(k, 1, start=2)
+    write(k, a, 1, 1)
+    write(k, b, 2, 1)
+    scan(k, 3)
+    for i in k.st.rmap_item.live_slots():  # a drop the code never matched with a hold
+        k.av["refcount"][ref_slot(int(k.ri["anon_vma"][i]))] = 0
+    with pytest.raises(Failure) as e:
+        mmm.sys_madvise(k, _a, 1, 2, 13)
+        scan(k, 2)
+    assert e.value.cls == "refcount-underflow" and "ksm_refcount" in e.value.message
+
+
+def test_leak_at_quiescence():
+    k = make_kernel()
+    mmm.mm_alloc(k)
+    f = check_quiescence(k.st)
+    assert f is not None and f.cls == "leak" and "mm_struct" in f.message
+
+
+def test_data_loss_on_read_back():
+    data = pattern_bytes(2, 32)
+    check_read(data, 2, "mm#3", 0, 1, 10)
+    with pytest.raises(Failure) as e:
+        check_read(data, 1, "mm#3", 0, 1, 10)
+    assert e.value.cls == "data-loss" and "pattern 1" in e.value.message
+
+
+def test_traversal_when_a_page_is_freed_while_mapped():
+    """A pte copied without mapcount/reference (the fork-no-mapcount defect, built by hand)."""
+    k = make_kernel()
+    aref, a = new_program(k, 1)
+    bref, b = new_program(k, 1)
+    write(k, a, 1, 1)
+    page = pte_page(k, a, 1)
+    memory.pte_set(k, b, 1, PTE_PRESENT, page, 0)
+    with pytest.raises(Failure) as e:
+        mmm.sys_munmap(k, aref, 1, 2)
+    assert e.value.cls == "traversal" and "still maps" in e.value.message and e.value.details["mm"] == b
+
+
+def test_traversal_when_a_walk_skips_a_reachable_pte():
+    """An rmap walk that stops early: a mapcount lower than the ptes (built by hand)."""
+    k = make_kernel()
+    aref, a = new_program(k, 1, mergeable=False)
+    write(k, a, 1, 1)
+    cref = mmm.dup_mmap(k, aref)
+    page = pte_page(k, a, 1)
+    k.pg["mapcount"][ref_slot(page)] = 1
+    sref = k.st.swap.alloc("t")
+    with pytest.raises(Failure) as e:
+        rmap.try_to_unmap(k, page, sref)
+    assert e.value.cls == "traversal" and e.value.details["mm"] == ref_slot(cref)
+
+
+def test_detectors_quiet_on_the_correct_model():
+    k = make_kernel()
+    aref, a = new_program(k, 4)
+    for x in range(1, 5):
+        write(k, a, x, x % 2)
+    scan(k, 3)
+    cref = mmm.dup_mmap(k, aref)
+    for s in np.flatnonzero(k.st.page.state == 1).tolist():
+        page = k.page_ref(s)
+        if rmap.page_mapped(k, s):
+            rmap.page_referenced(k, page)
+    mmm.mmput(k, aref)
+    mmm.mmput(k, cref)
+    scan(k, 2)
+    from ksmstress.mm.ksm import prune_stale_stable_nodes
+
+    prune_stale_stable_nodes(k)
+    assert check_quiescence(k.st) is None

@@ -1,0 +1,213 @@
+"""The model's semantics in small deterministic cases: one task drives the kernel step by step."""
+
+from __future__ import annotations
+
+import pytest
+
+from ksmstress.arena import ref_slot
+from ksmstress.checks.invariants import check_quiescence
+from ksmstress.failures import Failure
+from ksmstress.mm import ksm, memory, rmap
+from ksmstress.mm import mm as mmm
+from ksmstress.mm.state import G_SEQNR, KSM_RUN_MERGE, KSM_RUN_UNMERGE, PG_KSM, STABLE_FLAG
+
+from .harness import content, counters, make_kernel, mapped_pages, new_program, pte_page, read, scan, write
+
+
+def merged(k, programs):
+    """Fill each program's pages with the given patterns and let ksmd settle (checksum pass + merge pass)."""
+    out = []
+    for pats in programs:
+        mref, m = new_program(k, len(pats))
+        for i, p in enumerate(pats):
+            write(k, m, 1 + i, p)
+        out.append((mref, m))
+    scan(k, 3)
+    return out
+
+
+def exit_all(k, progs):
+    for mref, _m in progs:
+        mmm.mmput(k, mref)
+    scan(k, 2)
+    ksm.prune_stale_stable_nodes(k)
+
+
+def test_identical_pages_merge_into_one_ksm_page():
+    k = make_kernel()
+    ((_mref, m),) = merged(k, [[7] * 5])
+    assert counters(k) == {"shared": 1, "sharing": 4, "unshared": 0, "rmap_items": 5}
+    pages = {pte_page(k, m, a) for a in range(1, 6)}
+    assert len(pages) == 1
+    s = ref_slot(pages.pop())
+    assert k.pg["flags"][s] & PG_KSM and k.pg["mapcount"][s] == 5
+    assert all(read(k, m, a) == content(k, 7) for a in range(1, 6))
+
+
+def test_ltp_ksm01_phases_counts():
+    """LTP ksm01: three programs c/a/a -> 2 shared; one page differing in its last byte stays unshared."""
+    k = make_kernel()
+    n = 4
+    progs = merged(k, [[2] * n, [0] * n, [0] * n])
+    assert counters(k)["shared"] == 2 and counters(k)["sharing"] == 3 * n - 2
+    # d/d/d then one page of the second program differs only in its last byte (pattern 255+3 vs 3)
+    for _mref, m in progs:
+        for a in range(1, n + 1):
+            write(k, m, a, 3)
+    write(k, progs[1][1], n, 3 + 255)
+    scan(k, 4)
+    c = counters(k)
+    assert (c["shared"], c["sharing"], c["unshared"]) == (1, 3 * n - 2, 1)
+    assert content(k, 3)[:-1] == content(k, 258)[:-1] and content(k, 3) != content(k, 258)
+
+
+def test_fork_of_ksm_page_and_pass1_finds_the_child():
+    k = make_kernel()
+    ((aref, a),) = merged(k, [[5, 5]])
+    page = pte_page(k, a, 1)
+    cref = mmm.dup_mmap(k, aref)
+    c = ref_slot(cref)
+    assert pte_page(k, c, 1) == page and pte_page(k, c, 2) == page
+    assert k.pg["mapcount"][ref_slot(page)] == 4
+    assert not any(k.ri["mm"][i] == cref for i in k.st.rmap_item.live_slots())  # ksmd has not seen the child
+    k.hooks.visits.clear()
+    assert rmap.page_referenced(k, page) == 4
+    assert {(c, 1), (c, 2)} <= set(k.hooks.visits)  # only pass 1 can reach them
+
+
+def test_single_pass_walk_misses_the_forked_pte():
+    k = make_kernel(bugs=("single-pass-walk",))
+    ((aref, a),) = merged(k, [[5, 5]])
+    page = pte_page(k, a, 1)
+    mmm.dup_mmap(k, aref)
+    with pytest.raises(Failure) as e:
+        rmap.page_referenced(k, page)
+    assert e.value.cls == "traversal" and "without visiting" in e.value.message
+
+
+def test_try_to_unmap_ksm_swaps_every_pte_and_data_survives():
+    k = make_kernel()
+    ((aref, a),) = merged(k, [[5, 5]])
+    page = pte_page(k, a, 1)
+    cref = mmm.dup_mmap(k, aref)
+    c = ref_slot(cref)
+    s = ref_slot(page)
+    memory.get_page(k, page, "test")
+    assert k.locks.trylock(k.page_lock(s), "test")
+    sref = k.st.swap.alloc("test")
+    k.st.swap.c["count"][ref_slot(sref)] = 1
+    rmap.try_to_unmap(k, page, sref)
+    assert not rmap.page_mapped(k, s)
+    assert k.st.swap.c["count"][ref_slot(sref)] == 5  # four ptes plus the swap cache
+    memory.swap_free(k, sref, "test")
+    k.locks.unlock(k.page_lock(s), "test")
+    memory.put_page(k, page, "test")
+    assert k.st.page.state[s] != 1  # the KSM page is freed
+    assert read(k, a, 2) == content(k, 5) and read(k, c, 1) == content(k, 5)  # swapped back in, per mm
+
+
+def test_anon_vma_outlives_munmap_while_referenced_and_is_freed_on_the_last_drop():
+    k = make_kernel()
+    (aref, a), (bref, b) = merged(k, [[4], [4]])
+    av = int(k.vm["anon_vma"][ref_slot(mmm.find_vma(k, a, 1))])
+    assert k.av["refcount"][ref_slot(av)] == 1
+    mmm.sys_munmap(k, aref, 1, 2)
+    assert k.st.anon_vma.is_live(av)  # list empty, but the stable rmap_item holds it
+    assert k.av["head"][ref_slot(av)] == 0 and k.av["refcount"][ref_slot(av)] == 1
+    scan(k, 1)  # ksmd finds the address gone and removes the rmap_item: the last drop frees it
+    assert not k.st.anon_vma.is_live(av)
+    assert read(k, b, 1) == content(k, 4)
+
+
+def test_free_on_empty_list_is_a_use_after_free():
+    k = make_kernel(bugs=("free-on-empty-list",))
+    (aref, a), _b = merged(k, [[4], [4]])
+    mmm.sys_munmap(k, aref, 1, 2)
+    with pytest.raises(Failure) as e:
+        scan(k, 1)
+    assert e.value.cls == "use-after-free" and "anon_vma" in e.value.message and "anon_vma_unlink" in e.value.message
+
+
+def test_no_anon_vma_ref_walk_touches_freed_anon_vma():
+    k = make_kernel(bugs=("no-anon-vma-ref",))
+    (aref, a), (bref, b) = merged(k, [[4], [4]])
+    page = pte_page(k, b, 1)
+    mmm.sys_munmap(k, aref, 1, 2)
+    mmm.dup_mmap(k, bref)  # a forked pte only pass 1 finds: pass 0 must try every rmap_item, A's too
+    with pytest.raises(Failure) as e:
+        rmap.page_referenced(k, page)
+    assert e.value.cls == "use-after-free"
+
+
+def test_cow_breaks_a_ksm_page():
+    k = make_kernel()
+    ((_aref, a),) = merged(k, [[6, 6, 6]])
+    kpage = pte_page(k, a, 1)
+    write(k, a, 2, 9)
+    new = pte_page(k, a, 2)
+    assert new != kpage and not k.pg["flags"][ref_slot(new)] & PG_KSM
+    assert memory.pte_get(k, a, 2)[2] == 1  # writable private copy
+    assert k.pg["mapcount"][ref_slot(kpage)] == 2
+    assert read(k, a, 2) == content(k, 9) and read(k, a, 1) == content(k, 6)
+
+
+def test_do_wp_page_reuses_an_exclusive_anon_page_and_copies_a_shared_one():
+    k = make_kernel()
+    aref, a = new_program(k, 2, mergeable=False)
+    write(k, a, 1, 1)
+    page = pte_page(k, a, 1)
+    cref = mmm.dup_mmap(k, aref)
+    c = ref_slot(cref)
+    write(k, c, 1, 2)  # shared: the child copies
+    assert pte_page(k, c, 1) != page and read(k, a, 1) == content(k, 1)
+    write(k, a, 1, 3)  # now exclusive again: reused in place
+    assert pte_page(k, a, 1) == page and read(k, c, 1) == content(k, 2)
+
+
+def test_run2_unmerges_everything_and_counters_return_to_zero():
+    k = make_kernel()
+    progs = merged(k, [[1, 1, 2], [1, 2, 2]])
+    assert counters(k)["shared"] == 2
+    ksm.run_store(k, KSM_RUN_UNMERGE)
+    assert counters(k) == {"shared": 0, "sharing": 0, "unshared": 0, "rmap_items": 0}
+    assert int(k.g[G_SEQNR]) == 0
+    assert not any(k.pg["flags"][s] & PG_KSM for s in mapped_pages(k))
+    assert [read(k, progs[0][1], x) for x in (1, 2, 3)] == [content(k, p) for p in (1, 1, 2)]
+    ksm.run_store(k, KSM_RUN_MERGE)
+    scan(k, 3)
+    assert counters(k)["shared"] == 2
+
+
+def test_exit_and_ksmd_leave_nothing_behind():
+    k = make_kernel()
+    progs = merged(k, [[1, 1, 2], [1, 2, 2]])
+    cref = mmm.dup_mmap(k, progs[0][0])
+    exit_all(k, progs + [(cref, ref_slot(cref))])
+    assert check_quiescence(k.st) is None
+
+
+def test_unmergeable_breaks_ksm_pages_of_the_vma():
+    k = make_kernel()
+    (aref, a), (_b, b) = merged(k, [[3, 3], [3]])
+    mmm.sys_madvise(k, aref, 1, 3, ksm.MADV_UNMERGEABLE)
+    assert not any(k.pg["flags"][ref_slot(pte_page(k, a, x))] & PG_KSM for x in (1, 2))
+    scan(k, 2)
+    # B's page stays a KSM page with its one rmap_item (2.6.33 does not unshare a lone KSM page); A has none left
+    assert (counters(k)["shared"], counters(k)["sharing"]) == (1, 0)
+    assert not any(k.ri["mm"][i] == aref for i in k.st.rmap_item.live_slots())
+    assert sum(bool(k.ri["flags"][i] & STABLE_FLAG) for i in k.st.rmap_item.live_slots()) == 1
+    assert read(k, b, 1) == content(k, 3)
+
+
+def test_munmap_splits_a_vma_and_both_halves_stay_on_the_anon_vma():
+    k = make_kernel()
+    aref, a = new_program(k, 6)
+    for x in range(1, 7):
+        write(k, a, x, x)
+    assert mmm.sys_munmap(k, aref, 3, 5)
+    vmas = mmm.vma_list(k, a)
+    assert [(int(k.vm["start"][ref_slot(v)]), int(k.vm["end"][ref_slot(v)])) for v in vmas] == [(1, 3), (5, 7)]
+    av = int(k.vm["anon_vma"][ref_slot(vmas[0])])
+    assert rmap.anon_vma_vmas(k, av, "test") == vmas or sorted(rmap.anon_vma_vmas(k, av, "test")) == sorted(vmas)
+    assert memory.user_read(k, a, 3) is None  # SIGSEGV in the hole
+    assert read(k, a, 6) == content(k, 6)

@@ -1,0 +1,52 @@
+"""Whole runs with real processes: every variant caught by its detector in its scenario, the model clean."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ksmstress.bugs import VARIANTS
+from ksmstress.runner import run_one
+from ksmstress.scenario import load
+
+SCEN = os.path.join(os.path.dirname(__file__), "..", "scenarios")
+SHIPPED = sorted(f[:-5] for f in os.listdir(SCEN) if f.endswith(".toml"))
+
+
+def _scenario(name: str):
+    return load(os.path.join(SCEN, name if name.endswith(".toml") else f"{name}.toml"))
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variant_is_caught_by_its_detector_in_its_scenario(variant):
+    v = VARIANTS[variant]
+    sc = _scenario(v.scenario)
+    classes = []
+    for seed in range(60):
+        r = run_one(sc, seed, "random", [variant])
+        if r.failure:
+            classes.append(r.failure["class"])
+            if len(classes) == 3:
+                break
+    assert classes, f"{variant} never caught in 60 seeds"
+    assert set(classes) == {v.detector}, classes
+
+
+@pytest.mark.parametrize("strategy", ["random", "pct"])
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_scenarios_are_clean_without_variants(name, strategy):
+    sc = _scenario(name)
+    for seed in range(6):
+        r = run_one(sc, seed, strategy)
+        assert r.verdict == "clean", r.failure
+
+
+@pytest.mark.stress
+@pytest.mark.parametrize("strategy", ["random", "pct"])
+@pytest.mark.parametrize("name", SHIPPED)
+def test_soak_shipped_scenarios_clean(name, strategy):
+    sc = _scenario(name)
+    for seed in range(1000, 1200):
+        r = run_one(sc, seed, strategy)
+        assert r.verdict == "clean", (seed, r.failure)
