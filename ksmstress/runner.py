@@ -96,6 +96,26 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def solo_kernel(sz: Sizes, bugs: tuple[str, ...] = (), hooks: Any = None) -> K:
+    """A kernel driven by the calling process alone: one task, so every scheduling point returns at once.
+
+    For deterministic step-by-step use (unit tests, the kernel oracle's model side): the caller is the only task
+    and calls model functions (user_write, sys_madvise, ksm_do_scan under ksm_thread_mutex, ...) in program order.
+    """
+    block = SharedBlock()
+    st = State(block, sz, 1)
+    ctl = Control(block, 1, 1 << 62, make_strategy("random"), {actors.MM: "solo"})
+    arrays = block.allocate()
+    st.bind(arrays)
+    ctl.bind(arrays)
+    ctl.add_task(actors.MM)
+    ctl.me = 0
+    ctl.prng.seed(0)
+    k = K(st, ctl, Detectors() if hooks is None else hooks, validate(list(bugs)))
+    ctl.explain_deadlock = lambda blocked: st.locks.explain(blocked, ctl.wait, ctl.label)
+    return k
+
+
 def run_one(
     sc: Scenario,
     seed: int,

@@ -10,15 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from ksmstress.arena import SharedBlock, ref_slot
+from ksmstress.arena import ref_slot
 from ksmstress.checks import Detectors
 from ksmstress.checks.content import pattern_bytes
 from ksmstress.mm import ksm, memory
 from ksmstress.mm import mm as mmm
 from ksmstress.mm.hooks import NoHooks
-from ksmstress.mm.state import G_PAGES_SHARED, G_PAGES_SHARING, G_PAGES_UNSHARED, G_RMAP_ITEMS, G_SEQNR, K, Sizes, State
-from ksmstress.sched.control import Control
-from ksmstress.sched.random import RandomStrategy
+from ksmstress.mm.state import G_PAGES_SHARED, G_PAGES_SHARING, G_PAGES_UNSHARED, G_RMAP_ITEMS, G_SEQNR, K, Sizes
+from ksmstress.runner import solo_kernel
 
 PAGE = 32
 
@@ -35,33 +34,9 @@ class Recorder(Detectors):
 
 
 def make_kernel(bugs: tuple[str, ...] = (), hooks: Any = None, **sizes: int) -> K:
-    sz = Sizes(
-        **{
-            "page_size": PAGE,
-            "vpages": 16,
-            "max_mm": 6,
-            "max_vmas": 6,
-            "frames": 128,
-            "swap": 64,
-            "rmap_items": 128,
-            "stable_nodes": 64,
-            "anon_vmas": 32,
-            "quarantine": 4,
-            **sizes,
-        }
-    )
-    block = SharedBlock()
-    st = State(block, sz, 1)
-    ctl = Control(block, 1, 10**9, RandomStrategy(), {1: "test"})
-    arrays = block.allocate()
-    st.bind(arrays)
-    ctl.bind(arrays)
-    ctl.add_task(1)
-    ctl.me = 0
-    ctl.prng.seed(0)
-    k = K(st, ctl, Recorder() if hooks is None else hooks, frozenset(bugs))
-    ctl.explain_deadlock = lambda blocked: st.locks.explain(blocked, ctl.wait, ctl.label)
-    return k
+    sz = Sizes(**{"page_size": PAGE, "vpages": 16, "max_mm": 6, "max_vmas": 6, "frames": 128, "swap": 64,
+                  "rmap_items": 128, "stable_nodes": 64, "anon_vmas": 32, "quarantine": 4, **sizes})
+    return solo_kernel(sz, bugs, Recorder() if hooks is None else hooks)
 
 
 def quiet_kernel(**kw: Any) -> K:
