@@ -104,7 +104,7 @@ def solo_kernel(sz: Sizes, bugs: tuple[str, ...] = (), hooks: Any = None) -> K:
     """
     block = SharedBlock()
     st = State(block, sz, 1)
-    ctl = Control(block, 1, 1 << 62, make_strategy("random"), {actors.MM: "solo"})
+    ctl = Control(block, 1, 1 << 26, make_strategy("random"), {actors.MM: "solo"})
     arrays = block.allocate()
     st.bind(arrays)
     ctl.bind(arrays)
