@@ -208,10 +208,10 @@ def reclaim_body(k: K, sc: Scenario, seed: int, tid: int) -> None:
     st = k.st
     while k.g[G_MM_LIVE] > 0:
         k.point("reclaim:sleep", yielding=True)
-        cand = np.flatnonzero((st.page.state == 1) & (k.pg["mapcount"] > 0))
+        cand = np.flatnonzero((st.page.state == 1) & (st.page.c["mapcount"] > 0))
         if not cand.size:
             continue
-        ksm_cand = cand[(k.pg["flags"][cand] & PG_KSM) != 0]
+        ksm_cand = cand[(st.page.c["flags"][cand] & PG_KSM) != 0]
         pool = ksm_cand if ksm_cand.size and rng.random() < sc.reclaim_ksm_bias else cand
         s = int(pool[rng.randrange(pool.size)])
         page = k.page_ref(s)

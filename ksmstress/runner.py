@@ -10,6 +10,7 @@ outlives a run, and the arena is an anonymous mapping that leaves nothing in /de
 from __future__ import annotations
 
 import ctypes
+import gc
 import hashlib
 import os
 import signal
@@ -48,6 +49,7 @@ class RunResult:
     elapsed: float
     schedule: bytes = field(repr=False, default=b"")
     max_refcount: int = 0
+    spawn_seconds: float = 0.0  # forking and parking the task processes, before the run's clock starts
 
     @property
     def schedule_digest(self) -> str:
@@ -86,11 +88,14 @@ def _pick_cpu(cpu: int | None) -> int:
     return allowed[-1]
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded once in the runner, inherited by every task
+
+
 def _die_with_parent(parent: int) -> None:
     """PR_SET_PDEATHSIG: if the runner is SIGKILLed (or pytest-timeout os._exit()s), its tasks die too."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except AttributeError:
         pass
     if os.getppid() != parent:
         os._exit(1)
@@ -158,20 +163,30 @@ def run_one(
     parent = os.getpid()
 
     def child_main(tid: int) -> None:
+        gc.disable()  # a collection would touch (and so copy) every inherited page; tasks make no cycles to speak of
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle
         _die_with_parent(parent)
         os.sched_setaffinity(0, {the_cpu})
         ctl.me = tid
+        ready.release()
         ctl.wait_turn()
         actors.run_task(k, sc, seed, tid)
 
     ctx = multiprocess.get_context("fork")
+    ready = ctx.Semaphore(0)
     procs = [ctx.Process(target=child_main, args=(tid,), daemon=True) for tid in range(ntasks)]
     failure: dict[str, Any] | None = None
+    spawn_seconds = 0.0
+    gc.freeze()  # keep the inherited heap out of the children's collections (fewer copy-on-write faults)
     try:
         for p in procs:
             p.start()
+        t_spawn = time.perf_counter()
+        for _ in procs:  # every task parked and pinned: the run's clock starts now
+            if not ready.acquire(timeout=max(timeout, 30.0)):
+                raise RuntimeError("a task process did not start within 30 s")
         t0 = time.perf_counter()  # steps/s measures the run, not the forks that set it up
+        spawn_seconds = t0 - t_spawn
         ctl.start(seed)
         deadline = time.monotonic() + timeout
         while not ctl.done.acquire(timeout=0.2):
@@ -198,6 +213,7 @@ def run_one(
             leak = check_quiescence(st, ctl.label)
             failure = leak.to_dict() if leak else None
     finally:
+        gc.unfreeze()
         for p in procs:
             if p.pid is not None and p.exitcode is None:
                 try:
@@ -220,6 +236,7 @@ def run_one(
         elapsed=elapsed,
         schedule=ctl.schedule(),
         max_refcount=int(st.g[G_MAX_REFCOUNT]),
+        spawn_seconds=spawn_seconds,
     )
 
 

@@ -85,6 +85,10 @@ class LockSpace:
         self.held = a["lock.held"]
         self.nheld = a["lock.nheld"]
         self.owner[:] = -1
+        self._owner = memoryview(self.owner)  # hot path: plain ints
+        self._readers = memoryview(self.readers)
+        self._held = memoryview(self.held.reshape(-1))
+        self._nheld = memoryview(self.nheld)
 
     def lid(self, cls: int, slot: int = 0) -> int:
         return self.base[cls] + slot
@@ -146,38 +150,46 @@ class LockSpace:
 
 
 class Locks:
-    """The lock API the model calls. Each process has one, bound to its scheduler handle."""
+    """The lock API the model calls. Each process has one, bound to its scheduler handle.
+
+    The running task's held-lock stack is kept in a process-local list (only that task changes it) and mirrored
+    into shared memory, where deadlock reports and the quiescence check read it.
+    """
 
     def __init__(self, space: LockSpace, waiter: Waiter, hooks: LockHooks | None = None) -> None:
         self.s = space
         self.w = waiter
         self.hooks: LockHooks = hooks or NoLockHooks()
+        self.mine: list[int] = []
 
     # -- bookkeeping --------------------------------------------------------------------------------------
     def _push(self, lid: int, mode: int, site: str) -> None:
         me = self.w.me
-        n = int(self.s.nheld[me])
+        mine = self.mine
+        n = len(mine)
         if n >= MAX_HELD:
             raise Failure("bug-on", f"{self.w.label(me)} holds more than {MAX_HELD} locks at {site}")
-        self.s.held[me, n] = lid
-        self.s.nheld[me] = n + 1
+        mine.append(lid)
+        self.s._held[me * MAX_HELD + n] = lid
+        self.s._nheld[me] = n + 1
         self.hooks.lock_acquired(me, lid, mode, site)
 
     def _pop(self, lid: int, site: str) -> None:
         me = self.w.me
-        n = int(self.s.nheld[me])
-        row = self.s.held[me, :n].tolist()
-        if lid not in row:
+        mine = self.mine
+        if lid not in mine:
             step, who = self.w.clock()
             raise Failure(
                 "bug-on",
                 f"{who} releases {self.s.name(lid)} that it does not hold at {site} (step {step})",
                 {"lock": self.s.name(lid), "site": site},
             )
-        i = len(row) - 1 - row[::-1].index(lid)
-        row.pop(i)
-        self.s.held[me, : n - 1] = row
-        self.s.nheld[me] = n - 1
+        i = len(mine) - 1 - mine[::-1].index(lid)
+        del mine[i]
+        held, base = self.s._held, me * MAX_HELD
+        for j in range(i, len(mine)):
+            held[base + j] = mine[j]
+        self.s._nheld[me] = len(mine)
         self.hooks.lock_released(me, lid, site)
 
     def _self_deadlock(self, lid: int, site: str) -> None:
@@ -191,7 +203,7 @@ class Locks:
     # -- exclusive: spinlocks, mutexes, page lock, down_write ------------------------------------------------
     def lock(self, lid: int, site: str) -> None:
         self.w.point(site)
-        owner, readers = self.s.owner, self.s.readers
+        owner, readers = self.s._owner, self.s._readers
         while True:
             if owner[lid] < 0 and readers[lid] == 0:
                 owner[lid] = self.w.me
@@ -203,14 +215,14 @@ class Locks:
 
     def trylock(self, lid: int, site: str) -> bool:
         self.w.point(site)
-        if self.s.owner[lid] < 0 and self.s.readers[lid] == 0:
-            self.s.owner[lid] = self.w.me
+        if self.s._owner[lid] < 0 and self.s._readers[lid] == 0:
+            self.s._owner[lid] = self.w.me
             self._push(lid, WRITE, site)
             return True
         return False
 
     def unlock(self, lid: int, site: str) -> None:
-        if self.s.owner[lid] != self.w.me:
+        if self.s._owner[lid] != self.w.me:
             step, who = self.w.clock()
             raise Failure(
                 "bug-on",
@@ -218,7 +230,7 @@ class Locks:
                 f"{self.w.label(int(self.s.owner[lid]))} at {site} (step {step})",
                 {"lock": self.s.name(lid), "site": site},
             )
-        self.s.owner[lid] = -1
+        self.s._owner[lid] = -1
         self._pop(lid, site)
         self.w.wake(lid)
         self.w.point(site)
@@ -227,21 +239,23 @@ class Locks:
     def down_read(self, lid: int, site: str) -> None:
         """Readers block only while a writer holds the rwsem (simplified: no writer-waiting fairness)."""
         self.w.point(site)
+        owner, readers = self.s._owner, self.s._readers
         while True:
-            if self.s.owner[lid] < 0:
-                self.s.readers[lid] += 1
+            if owner[lid] < 0:
+                readers[lid] += 1
                 self._push(lid, READ, site)
                 return
-            if self.s.owner[lid] == self.w.me:
+            if owner[lid] == self.w.me:
                 self._self_deadlock(lid, site)
             self.w.block_on(lid, site)
 
     def up_read(self, lid: int, site: str) -> None:
-        if self.s.readers[lid] <= 0:
+        readers = self.s._readers
+        if readers[lid] <= 0:
             raise Failure("bug-on", f"up_read of {self.s.name(lid)} with no readers at {site}")
-        self.s.readers[lid] -= 1
+        readers[lid] -= 1
         self._pop(lid, site)
-        if self.s.readers[lid] == 0:
+        if readers[lid] == 0:
             self.w.wake(lid)
         self.w.point(site)
 
@@ -250,4 +264,4 @@ class Locks:
 
     def held(self, lid: int) -> bool:
         """Whether the running task holds `lid` (for assertions that mirror lockdep_assert_held)."""
-        return lid in self.s.held_by(self.w.me)
+        return lid in self.mine

@@ -95,4 +95,4 @@ def pte_page(k: K, m: int, addr: int) -> int:
 
 
 def mapped_pages(k: K) -> np.ndarray:
-    return np.flatnonzero((k.st.page.state == 1) & (k.pg["mapcount"] > 0))
+    return np.flatnonzero((k.st.page.state == 1) & (k.st.page.c["mapcount"] > 0))

@@ -185,14 +185,14 @@ class K:
         self._av_lock = ls.base[ANON_VMA_LOCK]
         for t in st.tables:
             t.clock = ctl.clock
-        # column shortcuts: the model reads like the kernel (pg["mapcount"][slot])
-        self.pg = st.page.c
-        self.mmc = st.mm.c
-        self.vm = st.vma.c
-        self.av = st.anon_vma.c
-        self.ri = st.rmap_item.c
-        self.sn = st.stable_node.c
-        self.ms = st.mm_slot.c
+        # column shortcuts (memoryviews: plain ints): the model reads like the kernel (pg["mapcount"][slot])
+        self.pg = st.page.v
+        self.mmc = st.mm.v
+        self.vm = st.vma.v
+        self.av = st.anon_vma.v
+        self.ri = st.rmap_item.v
+        self.sn = st.stable_node.v
+        self.ms = st.mm_slot.v
         self.g = st.g
 
     def bug(self, name: str) -> bool:

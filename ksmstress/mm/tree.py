@@ -16,9 +16,9 @@ class Tree:
         self.k = k
         self.t = table
         self.cell = root_cell
-        self.left = table.c["left"]
-        self.right = table.c["right"]
-        self.parent = table.c["parent"]
+        self.left = table.v["left"]
+        self.right = table.v["right"]
+        self.parent = table.v["parent"]
 
     @property
     def root(self) -> int:

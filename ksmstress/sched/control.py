@@ -25,7 +25,7 @@ from .prng import SharedPrng
 UNUSED, RUNNABLE, BLOCKED, EXITED, RESERVED = 0, 1, 2, 3, 4
 
 # meta cells
-STEP, CURRENT, STOP, OUTCOME, HANDOFFS, FAIL_LEN, LAST_EXIT = range(7)
+STEP, CURRENT, STOP, OUTCOME, HANDOFFS, FAIL_LEN, NBLOCKED = range(7)
 RUNNING, CLEAN, FAILED = 0, 1, 2
 
 NARGS = 8
@@ -73,6 +73,12 @@ class Control:
         self.prng = SharedPrng(a["ctl.prng"])
         self.fail_buf = a["ctl.fail"]
         self.wait[:] = -1
+        # the hot path reads and writes through memoryviews: plain Python ints, ~5x cheaper than numpy scalars
+        self._meta = memoryview(self.meta)
+        self._state = memoryview(self.state)
+        self._wait = memoryview(self.wait)
+        self._record = memoryview(self.record)
+        self._tids = range(self.ntasks)
 
     # -- names ------------------------------------------------------------------------------------------
     def label(self, tid: int) -> str:
@@ -128,13 +134,17 @@ class Control:
     def wait_turn(self) -> None:
         """Park until granted; a stopped run ends the process here."""
         self.sems[self.me].acquire()
-        if self.meta[STOP]:
+        if self._meta[STOP]:
             os._exit(0)
+
+    def runnable(self) -> list[int]:
+        st = self._state
+        return [t for t in self._tids if st[t] == RUNNABLE]
 
     def point(self, site: str, yielding: bool = False) -> None:
         """A scheduling point: maybe hand control to another task. `yielding` marks a sleep / cond_resched."""
-        meta = self.meta
-        step = int(meta[STEP]) + 1
+        meta = self._meta
+        step = meta[STEP] + 1
         meta[STEP] = step
         if step >= self.max_steps:
             raise Failure(
@@ -142,28 +152,38 @@ class Control:
                 f"no quiescence after {self.max_steps} scheduling points (livelock?) at {site}",
                 {"step": step, "site": site, "task": self.label(self.me)},
             )
-        runnable = np.flatnonzero(self.state == RUNNABLE).tolist()
+        st = self._state
+        runnable = [t for t in self._tids if st[t] == RUNNABLE]
         if not runnable:
             self._deadlock(site)
-        nxt = self.strategy.pick(self, runnable, self.me, step, yielding)
-        self.record[step] = nxt
-        if nxt != self.me:
+        me = self.me
+        nxt = self.strategy.pick(self, runnable, me, step, yielding)
+        self._record[step] = nxt
+        if nxt != me:
             meta[CURRENT] = nxt
             meta[HANDOFFS] += 1
             self.sems[nxt].release()
-            self.wait_turn()
+            self.sems[me].acquire()
+            if meta[STOP]:
+                os._exit(0)
 
     def block_on(self, lid: int, site: str) -> None:
         """Mark the running task blocked on lock `lid` and switch away until a release wakes it."""
-        self.state[self.me] = BLOCKED
-        self.wait[self.me] = lid
+        self._state[self.me] = BLOCKED
+        self._wait[self.me] = lid
+        self._meta[NBLOCKED] += 1
         self.point(site)
 
     def wake(self, lid: int) -> None:
         """Make every task blocked on `lid` runnable again (they retry the acquire)."""
-        for t in np.flatnonzero((self.state == BLOCKED) & (self.wait == lid)).tolist():
-            self.state[t] = RUNNABLE
-            self.wait[t] = -1
+        if not self._meta[NBLOCKED]:
+            return
+        st, wait = self._state, self._wait
+        for t in self._tids:
+            if st[t] == BLOCKED and wait[t] == lid:
+                st[t] = RUNNABLE
+                wait[t] = -1
+                self._meta[NBLOCKED] -= 1
 
     def reserve(self) -> int:
         """Claim a task slot for a fork's child before the fork's scheduling points; -1 if none is left."""

@@ -24,15 +24,17 @@ class SharedPrng:
     """splitmix64 over one uint64 cell of a shared array."""
 
     def __init__(self, cell: np.ndarray) -> None:
-        self.cell = cell  # shape (1,), dtype uint64
+        self.cell = memoryview(cell)  # shape (1,), dtype uint64: plain Python ints in and out
 
     def seed(self, seed: int) -> None:
         self.cell[0] = mix64(seed ^ 0x6A09E667F3BCC908)
 
     def next64(self) -> int:
-        s = (int(self.cell[0]) + 0x9E3779B97F4A7C15) & M64
+        s = (self.cell[0] + 0x9E3779B97F4A7C15) & M64
         self.cell[0] = s
-        return mix64(s)
+        z = ((s ^ (s >> 30)) * 0xBF58476D1CE4E5B9) & M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+        return z ^ (z >> 31)
 
     def below(self, n: int) -> int:
         """A uniform integer in [0, n) (modulo bias is < 2^-50 for the small n used here)."""
