@@ -16,7 +16,7 @@ import numpy as np
 from .arena import ref_slot
 from .checks.content import check_read, pattern_bytes
 from .failures import Failure
-from .mm import ksm, memory, rmap
+from .mm import ksm, memory, vmscan
 from .mm import mm as mmm
 from .mm.state import (
     G_MM_LIVE,
@@ -34,7 +34,7 @@ KSMD, RECLAIM, ADMIN, MM = 1, 2, 3, 4
 KIND_NAMES = {KSMD: "ksmd", RECLAIM: "reclaim", ADMIN: "admin", MM: "mm"}
 # mm task arguments (ctl.arg row)
 A_MM, A_CFG, A_CHILD, A_FORKS = range(4)
-WAIT_CAP = 3_000  # yields a wait-* script step may spend before giving up
+WAIT_CAP = 3_000  # yields a wait-* script step may spend before giving up (wait-merged:N:CAP overrides)
 
 
 class MmTask:
@@ -87,12 +87,12 @@ class MmTask:
                 self.read(a)
         elif name == "wait-scans":  # as LTP's wait_ksmd_full_scan: watch full_scans in sysfs
             target = int(k.g[G_SEQNR]) + int(args[0])
-            for _ in range(WAIT_CAP):
+            for _ in range(int(args[1]) if len(args) > 1 else WAIT_CAP):
                 if int(k.g[G_SEQNR]) >= target or not self.ksmd_alive():
                     break
                 k.point("user:wait-scans", yielding=True)
         elif name == "wait-merged":
-            for _ in range(WAIT_CAP):
+            for _ in range(int(args[1]) if len(args) > 1 else WAIT_CAP):
                 if int(k.g[G_PAGES_SHARING]) >= int(args[0]) or not self.ksmd_alive():
                     break
                 k.point("user:wait-merged", yielding=True)
@@ -194,6 +194,7 @@ def ksmd_body(k: K, sc: Scenario) -> None:
         k.locks.lock(k.ksm_thread_mutex, "ksm_scan_thread")
         if ksm.ksmd_should_run(k):
             ksm.ksm_do_scan(k, sc.pages_to_scan)
+        k.hooks.ksm_quiescent(k, "ksm_scan_thread")
         k.locks.unlock(k.ksm_thread_mutex, "ksm_scan_thread")
         if k.g[G_MM_LIVE] == 0 and int(k.ms["next"][0]) == k.st.ksm_mm_head:
             break
@@ -202,8 +203,8 @@ def ksmd_body(k: K, sc: Scenario) -> None:
 
 
 def reclaim_body(k: K, sc: Scenario, seed: int, tid: int) -> None:
-    """shrink_page_list over seeded picks: lock a mapped anon or KSM page, walk it (page_referenced), and
-    sometimes swap it out (add_to_swap + try_to_unmap). Simplified: no LRU; the pick is the PRNG's."""
+    """kswapd over seeded picks: a mapped anon or KSM page (KSM ones preferred by ksm_bias) goes through
+    shrink_page, which walks it and sometimes swaps it out. Simplified: no LRU; the pick is the PRNG's."""
     rng = random.Random(f"{seed}:{tid}")
     st = k.st
     while k.g[G_MM_LIVE] > 0:
@@ -214,19 +215,7 @@ def reclaim_body(k: K, sc: Scenario, seed: int, tid: int) -> None:
         ksm_cand = cand[(st.page.c["flags"][cand] & PG_KSM) != 0]
         pool = ksm_cand if ksm_cand.size and rng.random() < sc.reclaim_ksm_bias else cand
         s = int(pool[rng.randrange(pool.size)])
-        page = k.page_ref(s)
-        memory.get_page(k, page, "isolate_lru_page")
-        if not k.locks.trylock(k.page_lock(s), "shrink_page_list:trylock_page"):
-            memory.put_page(k, page, "putback_lru_page")
-            continue
-        rmap.page_referenced(k, page)
-        if rng.random() < sc.reclaim_swap and rmap.page_mapped(k, s):
-            sref = st.swap.alloc("add_to_swap")
-            st.swap.c["count"][ref_slot(sref)] = 1  # the swap cache's own reference (SWAP_HAS_CACHE)
-            rmap.try_to_unmap(k, page, sref)
-            memory.swap_free(k, sref, "delete_from_swap_cache")
-        k.locks.unlock(k.page_lock(s), "shrink_page_list:unlock_page")
-        memory.put_page(k, page, "shrink_page_list")
+        vmscan.shrink_page(k, k.page_ref(s), rng.random() < sc.reclaim_swap)
 
 
 def admin_body(k: K, sc: Scenario) -> None:
@@ -254,6 +243,7 @@ def run_task(k: K, sc: Scenario, seed: int, tid: int) -> None:
             reclaim_body(k, sc, seed, tid)
         elif kind == ADMIN:
             admin_body(k, sc)
+        k.hooks.task_exit(k)
         ctl.exit_current()
     except Failure as f:
         ctl.report(f.to_dict())

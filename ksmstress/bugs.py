@@ -16,6 +16,11 @@ class Variant:
     breaks: str
     detector: str
     scenario: str
+    also: tuple[str, ...] = ()  # other classes of the same detector family that may fire first
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return (self.detector, *self.also)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -41,6 +46,47 @@ VARIANTS: dict[str, Variant] = {
             "gave them an rmap_item are never visited",
             "traversal",
             "seed-fork-race.toml",
+        ),
+        Variant(
+            "unlocked-refcount-drop",
+            "drop_anon_vma decrements ksm_refcount to 0 and tests the vma list outside anon_vma->lock, so a "
+            "racing anon_vma_unlink frees the anon_vma in between",
+            "use-after-free",
+            "drop-unlink-race.toml",
+            also=("double-free",),
+        ),
+        Variant(
+            "narrow-refcount",
+            "anon_vma->ksm_refcount is 8 bits wide: 128 stable rmap_items on one anon_vma wrap it",
+            "refcount-overflow",
+            "refcount-width.toml",
+        ),
+        Variant(
+            "inverted-lock-order",
+            "reclaim's walk takes anon_vma->lock before the page lock (2.6.33: page lock -> anon_vma->lock)",
+            "lockdep",
+            "seed-fork-race.toml",
+        ),
+        Variant(
+            "ksmd-no-mmap-sem",
+            "ksmd walks an mm's vmas (scan_get_next_rmap_item) without mmap_sem, while the owner unmaps them",
+            "use-after-free",
+            "scan-munmap-race.toml",
+        ),
+        Variant(
+            "merge-without-wrprotect",
+            "try_to_merge_one_page merges without write_protect_page, and replace_page does not recheck the pte: "
+            "a write between the compare and the replace is lost",
+            "data-loss",
+            "merge-write-race.toml",
+        ),
+        Variant(
+            "fork-no-mapcount",
+            "copy_page_range maps a KSM page into the child without raising its mapcount: the last unmaps drive "
+            "it below zero, or an unmap walk stops early (page_mapped false) with the child's pte still there",
+            "refcount-underflow",
+            "seed-fork-race.toml",
+            also=("traversal",),
         ),
         Variant(
             "scan-exit-race",

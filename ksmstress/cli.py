@@ -16,6 +16,8 @@ from typing import Any, NoReturn
 from . import bench as benchmod
 from .bugs import VARIANTS, UnknownBug, validate
 from .failures import CLASSES
+from .kernel import WorkloadError
+from .kernel import add_parser as add_kernel_parser
 from .report import ArtifactError, configure_logging, read_artifact, verdict_dict, write_artifact
 from .runner import RunResult, run_one
 from .scenario import ScenarioError, default_dir, load, parse, resolve
@@ -185,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_scenarios)
 
     benchmod.add_parser(sub)
+    add_kernel_parser(sub)
     return ap
 
 
@@ -196,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         _usage_error(f"--runs: expected a positive number of runs, got {a.runs}")
     try:
         return int(a.fn(a))
-    except (ScenarioError, UnknownBug, ArtifactError) as e:
+    except (ScenarioError, UnknownBug, ArtifactError, WorkloadError) as e:
         _usage_error(str(e))
     except KeyboardInterrupt:
         print("ksmstress: interrupted", file=sys.stderr)

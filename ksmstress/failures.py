@@ -21,6 +21,7 @@ CLASSES: dict[str, str] = {
     "data-loss": "a task read back bytes other than the ones it wrote",
     "counters": "KSM's statistics disagree with its trees",
     "deadlock": "no task can run: a wait-for cycle",
+    "lockdep": "a lock order against 2.6.33's, a sleeping lock under a spinlock, or a lock held at exit",
     "hang": "the run made no progress (step budget or wall clock exhausted)",
     "bug-on": "a kernel BUG_ON / VM_BUG_ON condition was hit",
     "oops": "a NULL pointer was dereferenced",

@@ -24,6 +24,7 @@ from . import actors
 from .arena import SharedBlock
 from .bugs import validate
 from .checks import Detectors
+from .checks.lockdep import Lockdep, LockdepState
 from .checks.invariants import check_quiescence
 from .failures import Failure
 from .mm.mm import mm_alloc
@@ -33,6 +34,7 @@ from .sched import make_strategy
 from .sched.control import CLEAN, FAILED, HANDOFFS, Control
 
 PR_SET_PDEATHSIG = 1
+NESTED_SITES = frozenset({"dup_mmap:nested"})  # down_write_nested(&mm->mmap_sem, SINGLE_DEPTH_NESTING)
 
 
 @dataclass
@@ -110,13 +112,18 @@ def solo_kernel(sz: Sizes, bugs: tuple[str, ...] = (), hooks: Any = None) -> K:
     block = SharedBlock()
     st = State(block, sz, 1)
     ctl = Control(block, 1, 1 << 26, make_strategy("random"), {actors.MM: "solo"})
+    lds = LockdepState(block)
     arrays = block.allocate()
     st.bind(arrays)
     ctl.bind(arrays)
+    lds.bind(arrays)
     ctl.add_task(actors.MM)
     ctl.me = 0
     ctl.prng.seed(0)
-    k = K(st, ctl, Detectors() if hooks is None else hooks, validate(list(bugs)))
+    hooks = Detectors() if hooks is None else hooks
+    if isinstance(hooks, Detectors) and hooks.lockdep is None:
+        hooks.lockdep = Lockdep(lds, st.locks, ctl.clock, NESTED_SITES)
+    k = K(st, ctl, hooks, validate(list(bugs)))
     ctl.explain_deadlock = lambda blocked: st.locks.explain(blocked, ctl.wait, ctl.label)
     return k
 
@@ -140,10 +147,12 @@ def run_one(
     block = SharedBlock()
     st = State(block, sizes_for(sc), ntasks)
     ctl = Control(block, ntasks, sc.max_steps, strat, actors.KIND_NAMES)
+    lds = LockdepState(block)
     arrays = block.allocate()
     st.bind(arrays)
     ctl.bind(arrays)
-    k = K(st, ctl, Detectors(), bugset)
+    lds.bind(arrays)
+    k = K(st, ctl, Detectors(Lockdep(lds, st.locks, ctl.clock, NESTED_SITES)), bugset)
     ctl.explain_deadlock = lambda blocked: st.locks.explain(blocked, ctl.wait, ctl.label)
     st.g[G_PAGES_TO_SCAN] = sc.pages_to_scan
     st.g[G_REFCOUNT_BITS] = sc.refcount_bits

@@ -15,7 +15,7 @@ from typing import Any
 
 OPS = ("write", "read", "fork", "munmap", "mmap", "unmergeable", "mergeable", "sleep")
 SCRIPT_RE = re.compile(
-    r"^(fill(:\d+)?|read-all|wait-scans:\d+|wait-merged:\d+|sleep:\d+|fork|munmap-all|munmap-half|"
+    r"^(fill(:\d+)?|read-all|wait-scans:\d+(:\d+)?|wait-merged:\d+(:\d+)?|sleep:\d+|fork|munmap-all|munmap-half|"
     r"unmergeable|mergeable|write:\d+:\d+|exit)$"
 )
 
@@ -111,8 +111,8 @@ def _script(r: _Reader, key: str) -> tuple[str, ...]:
     for s in raw:
         if not isinstance(s, str) or not SCRIPT_RE.match(s):
             raise ScenarioError(
-                f"{r.path}: key '{r._key(key)}': bad step {s!r}; expected fill[:P], read-all, wait-scans:N, "
-                f"wait-merged:N, sleep:N, fork, munmap-all, munmap-half, unmergeable, mergeable, write:A:P or exit"
+                f"{r.path}: key '{r._key(key)}': bad step {s!r}; expected fill[:P], read-all, wait-scans:N[:CAP], "
+                f"wait-merged:N[:CAP], sleep:N, fork, munmap-all, munmap-half, unmergeable, mergeable, write:A:P or exit"
             )
     return tuple(raw)
 

@@ -46,12 +46,17 @@ class Waiter(Protocol):
 class LockHooks(Protocol):
     """What detectors (lockdep) hear about lock traffic."""
 
+    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool) -> None: ...
+
     def lock_acquired(self, tid: int, lid: int, mode: int, site: str) -> None: ...
 
     def lock_released(self, tid: int, lid: int, site: str) -> None: ...
 
 
 class NoLockHooks:
+    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool) -> None:
+        pass
+
     def lock_acquired(self, tid: int, lid: int, mode: int, site: str) -> None:
         pass
 
@@ -203,6 +208,7 @@ class Locks:
     # -- exclusive: spinlocks, mutexes, page lock, down_write ------------------------------------------------
     def lock(self, lid: int, site: str) -> None:
         self.w.point(site)
+        self.hooks.lock_acquiring(self.w.me, lid, site, False)
         owner, readers = self.s._owner, self.s._readers
         while True:
             if owner[lid] < 0 and readers[lid] == 0:
@@ -215,6 +221,7 @@ class Locks:
 
     def trylock(self, lid: int, site: str) -> bool:
         self.w.point(site)
+        self.hooks.lock_acquiring(self.w.me, lid, site, True)
         if self.s._owner[lid] < 0 and self.s._readers[lid] == 0:
             self.s._owner[lid] = self.w.me
             self._push(lid, WRITE, site)
@@ -239,6 +246,7 @@ class Locks:
     def down_read(self, lid: int, site: str) -> None:
         """Readers block only while a writer holds the rwsem (simplified: no writer-waiting fairness)."""
         self.w.point(site)
+        self.hooks.lock_acquiring(self.w.me, lid, site, False)
         owner, readers = self.s._owner, self.s._readers
         while True:
             if owner[lid] < 0:

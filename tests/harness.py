@@ -26,6 +26,7 @@ class Recorder(Detectors):
     """The real detectors, plus a record of every pte each rmap walk visited."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.visits: list[tuple[int, int]] = []
 
     def walk_visit(self, token: Any, mm_slot: int, address: int) -> None:
@@ -74,6 +75,7 @@ def scan(k: K, passes: int = 1) -> None:
             return
         k.locks.lock(k.ksm_thread_mutex, "test")
         ksm.ksm_do_scan(k, 100)
+        k.hooks.ksm_quiescent(k, "test")
         k.locks.unlock(k.ksm_thread_mutex, "test")
     raise AssertionError("ksmd made no progress")
 

@@ -145,3 +145,97 @@ def test_detectors_quiet_on_the_correct_model():
 
     prune_stale_stable_nodes(k)
     assert check_quiescence(k.st) is None
+
+
+# -- lockdep -------------------------------------------------------------------------------------------------------
+def test_lockdep_reports_an_inversion_before_any_deadlock():
+    k = make_kernel()
+    aref, a = new_program(k, 1)
+    write(k, a, 1, 1)
+    page = pte_page(k, a, 1)
+    av = int(k.vm["anon_vma"][ref_slot(mmm.find_vma(k, a, 1))])
+    k.locks.lock(k.av_lock(ref_slot(av)), "test:anon_vma_first")
+    with pytest.raises(Failure) as e:
+        k.locks.lock(k.page_lock(ref_slot(page)), "test:then_page")
+    f = e.value
+    assert f.cls == "lockdep" and "inversion" in f.message
+    assert "test:anon_vma_first" in f.details["chain"] and "test:then_page" in f.details["chain"]
+
+
+def test_lockdep_names_the_chain_that_established_the_order():
+    k = make_kernel()
+    aref, a = new_program(k, 1)
+    write(k, a, 1, 1)
+    ptl = k.ptl(a)
+    k.locks.down_read(k.mmap_sem(a), "good:mmap_sem")
+    k.locks.lock(ptl, "good:ptl")
+    k.locks.unlock(ptl, "good:ptl")
+    k.locks.up_read(k.mmap_sem(a), "good:mmap_sem")
+    k.locks.lock(ptl, "bad:ptl")
+    with pytest.raises(Failure) as e:
+        k.locks.down_read(k.mmap_sem(a), "bad:mmap_sem")
+    est = e.value.details["established"]  # the first chain seen: the write's page fault, before "good:"
+    assert "mmap_sem@do_page_fault" in est and "page_table_lock@handle_mm_fault" in est
+
+
+def test_lockdep_sleeping_lock_under_spinlock_and_trylock_exemption():
+    k = make_kernel()
+    aref, a = new_program(k, 1)
+    write(k, a, 1, 1)
+    page = pte_page(k, a, 1)
+    k.locks.lock(k.ptl(a), "spin")
+    assert k.locks.trylock(k.page_lock(ref_slot(page)), "trylock is fine under a spinlock")
+    k.locks.unlock(k.page_lock(ref_slot(page)), "t")
+    with pytest.raises(Failure) as e:
+        k.locks.lock(k.page_lock(ref_slot(page)), "sleeps")
+    assert e.value.cls == "lockdep"
+
+
+def test_lockdep_same_class_needs_a_nesting_annotation():
+    k = make_kernel()
+    aref, a = new_program(k, 1)
+    bref, b = new_program(k, 1)
+    k.locks.down_write(k.mmap_sem(a), "first")
+    k.locks.down_write(k.mmap_sem(b), "dup_mmap:nested")  # annotated, as dup_mmap's
+    k.locks.up_write(k.mmap_sem(b), "x")
+    with pytest.raises(Failure) as e:
+        k.locks.down_write(k.mmap_sem(b), "unannotated")
+    assert e.value.cls == "lockdep" and "nesting" in e.value.message
+
+
+def test_lockdep_lock_held_at_task_exit():
+    k = make_kernel()
+    k.locks.lock(k.ksm_thread_mutex, "forgotten")
+    with pytest.raises(Failure) as e:
+        k.hooks.task_exit(k)
+    assert e.value.cls == "lockdep" and "forgotten" in e.value.message
+
+
+# -- counters ------------------------------------------------------------------------------------------------------
+def test_counters_agree_with_the_trees_and_catch_a_drift():
+    from ksmstress.checks.counters import check_counters
+    from ksmstress.mm.state import G_PAGES_SHARING
+
+    k = make_kernel()
+    _a, a = new_program(k, 3)
+    for x in (1, 2, 3):
+        write(k, a, x, 4)
+    scan(k, 3)
+    check_counters(k, "test")  # quiet on the correct model
+    k.g[G_PAGES_SHARING] += 1
+    with pytest.raises(Failure) as e:
+        check_counters(k, "test")
+    assert e.value.cls == "counters" and "pages_sharing" in e.value.message
+
+
+def test_refcount_overflow_at_the_configured_width():
+    from ksmstress.mm.state import G_REFCOUNT_BITS
+
+    k = make_kernel()
+    k.g[G_REFCOUNT_BITS] = 3  # signed 3-bit: the 4th reference wraps
+    _a, a = new_program(k, 5)
+    for x in range(1, 6):
+        write(k, a, x, 1)
+    with pytest.raises(Failure) as e:
+        scan(k, 3)
+    assert e.value.cls == "refcount-overflow" and "3 bits" in e.value.message

@@ -30,7 +30,7 @@ def test_variant_is_caught_by_its_detector_in_its_scenario(variant):
             if len(classes) == 3:
                 break
     assert classes, f"{variant} never caught in 60 seeds"
-    assert set(classes) == {v.detector}, classes
+    assert set(classes) <= set(v.classes), classes
 
 
 @pytest.mark.parametrize("strategy", ["random", "pct"])

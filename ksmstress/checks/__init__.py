@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from .counters import check_counters
+from .lockdep import Lockdep
 from .traversal import TraversalCheck
 
 
 class Detectors(TraversalCheck):
-    """Every in-run detector behind the model's hook interface (lock hooks are silent until lockdep lands)."""
+    """Every in-run detector behind the model's hook interface: traversal, lockdep, counters."""
+
+    def __init__(self, lockdep: Lockdep | None = None) -> None:
+        self.lockdep = lockdep
+
+    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool) -> None:
+        if self.lockdep is not None:
+            self.lockdep.acquiring(lid, site, trylock)
 
     def lock_acquired(self, tid: int, lid: int, mode: int, site: str) -> None:
-        pass
+        if self.lockdep is not None:
+            self.lockdep.acquired(lid, site)
 
     def lock_released(self, tid: int, lid: int, site: str) -> None:
-        pass
+        if self.lockdep is not None:
+            self.lockdep.released(lid)
+
+    def task_exit(self, k: Any) -> None:
+        if self.lockdep is not None:
+            self.lockdep.task_exit()
+
+    def ksm_quiescent(self, k: Any, where: str) -> None:
+        check_counters(k, where)

@@ -23,9 +23,18 @@ class Hooks(Protocol):
     def walk_end(self, k: Any, token: Any, uncounted: int | None = None) -> None:
         """The walk returned; a page_referenced walk passes the mappings it had left to count."""
 
+    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool) -> None:
+        """About to take a lock (before any wait): lockdep checks the order here."""
+
     def lock_acquired(self, tid: int, lid: int, mode: int, site: str) -> None: ...
 
     def lock_released(self, tid: int, lid: int, site: str) -> None: ...
+
+    def task_exit(self, k: Any) -> None:
+        """The running task is about to exit."""
+
+    def ksm_quiescent(self, k: Any, where: str) -> None:
+        """ksmd (or run=2) holds ksm_thread_mutex between batches: trees and counters are consistent."""
 
 
 class NoHooks:
@@ -43,8 +52,17 @@ class NoHooks:
     def walk_end(self, k: Any, token: Any, uncounted: int | None = None) -> None:
         pass
 
+    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool) -> None:
+        pass
+
     def lock_acquired(self, tid: int, lid: int, mode: int, site: str) -> None:
         pass
 
     def lock_released(self, tid: int, lid: int, site: str) -> None:
+        pass
+
+    def task_exit(self, k: Any) -> None:
+        pass
+
+    def ksm_quiescent(self, k: Any, where: str) -> None:
         pass

@@ -73,16 +73,26 @@ def _dec(k: K, cell: int, what: str) -> None:
     k.g[cell] -= 1
 
 
+def _anon_vma_refcounted(k: K) -> bool:
+    """Whether rmap_items reference their anon_vma (db114b83ab); variant no-anon-vma-ref is the lifetime before."""
+    return not k.bug("no-anon-vma-ref")
+
+
+def _rmap_walk_passes(k: K) -> int:
+    """Pass 0 (the rmap_item's own mm), then pass 1 (other mms: ptes forked since); single-pass-walk stops at 0."""
+    return 1 if k.bug("single-pass-walk") else 2
+
+
 # -- anon_vma references (the commit under test) -------------------------------------------------------------
 def hold_anon_vma(k: K, iref: int, avref: int) -> None:
     """Record the page's anon_vma in the rmap_item and take a reference (ksm_refcount++)."""
     i = k.st.rmap_item.deref(iref, "hold_anon_vma")
     k.ri["anon_vma"][i] = avref
-    if k.bug("no-anon-vma-ref"):
+    if not _anon_vma_refcounted(k):
         return  # the pre-db114b83ab lifetime: recorded, not referenced
     a = k.st.anon_vma.deref(avref, "hold_anon_vma")
     c = int(k.av["refcount"][a]) + 1
-    bits = int(k.g[G_REFCOUNT_BITS])
+    bits = 8 if k.bug("narrow-refcount") else int(k.g[G_REFCOUNT_BITS])
     if c >= 1 << (bits - 1):  # atomic_t is signed: the next value is negative
         raise Failure(
             "refcount-overflow",
@@ -97,7 +107,7 @@ def hold_anon_vma(k: K, iref: int, avref: int) -> None:
 def drop_anon_vma(k: K, iref: int) -> None:
     """atomic_dec_and_lock(&ksm_refcount, &anon_vma->lock): the last reference frees an anon_vma whose vma list
     is already empty."""
-    if k.bug("no-anon-vma-ref"):
+    if not _anon_vma_refcounted(k):
         return
     i = k.st.rmap_item.deref(iref, "drop_anon_vma")
     avref = int(k.ri["anon_vma"][i])
@@ -111,6 +121,14 @@ def drop_anon_vma(k: K, iref: int) -> None:
         )
     if c != 1:  # atomic_add_unless(-1, 1): not the last reference, no lock
         k.av["refcount"][a] = c - 1
+        return
+    if k.bug("unlocked-refcount-drop"):
+        # the defect: the last decrement and the list test without anon_vma->lock, so anon_vma_unlink can see
+        # refcount 0 and an empty list in between and free it under us
+        k.av["refcount"][a] = 0
+        k.point("drop_anon_vma:unlocked")
+        if k.av["head"][k.st.anon_vma.deref(avref, "drop_anon_vma:list_empty")] == 0:
+            rmap.anon_vma_free(k, avref, "drop_anon_vma")
         return
     lid = k.av_lock(a)
     k.locks.lock(lid, "drop_anon_vma")
@@ -388,7 +406,7 @@ def write_protect_page(k: K, vref: int, pref: int) -> tuple[int, tuple[int, int]
     return err, (ref, 0)
 
 
-def replace_page(k: K, vref: int, pref: int, kpref: int, orig: tuple[int, int]) -> int:
+def replace_page(k: K, vref: int, pref: int, kpref: int, orig: tuple[int, int], check: bool = True) -> int:
     """Point the pte that maps `page` (and still equals orig_pte) at the KSM page `kpage`."""
     v = k.st.vma.deref(vref, "replace_page")
     m = k.st.mm.deref(int(k.vm["mm"][v]), "replace_page")
@@ -397,7 +415,7 @@ def replace_page(k: K, vref: int, pref: int, kpref: int, orig: tuple[int, int]) 
         return EFAULT
     k.locks.lock(k.ptl(m), "replace_page")
     kind, ref, w = memory.pte_get(k, m, addr)
-    if kind != PTE_PRESENT or (ref, w) != orig:
+    if kind != PTE_PRESENT or ref != pref or check and (ref, w) != orig:
         k.locks.unlock(k.ptl(m), "replace_page:pte_changed")
         return EFAULT
     memory.get_page(k, kpref, "replace_page")
@@ -422,14 +440,18 @@ def try_to_merge_one_page(k: K, vref: int, pref: int, kpref: int) -> int:
     if not k.locks.trylock(k.page_lock(s), "try_to_merge_one_page:trylock_page"):
         return EFAULT
     err = EFAULT
-    wp, orig = write_protect_page(k, vref, pref)
+    careful = not k.bug("merge-without-wrprotect")
+    if careful:
+        wp, orig = write_protect_page(k, vref, pref)
+    else:  # the defect: no write protection, no page_count check, and replace_page will not recheck the pte
+        wp, orig = 0, (pref, 0)
     if wp == 0:
         if not kpref:
             k.pg["flags"][s] = PG_ANON | PG_KSM  # set_page_stable_node(page, NULL)
             k.pg["mapping"][s] = 0
             err = 0
         elif memcmp_pages(k, pref, kpref) == 0:  # pages_identical
-            err = replace_page(k, vref, pref, kpref, orig)
+            err = replace_page(k, vref, pref, kpref, orig, careful)
     k.locks.unlock(k.page_lock(s), "try_to_merge_one_page:unlock_page")
     return err
 
@@ -589,7 +611,9 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
         s = k.st.mm_slot.deref(sref, "scan_get_next_rmap_item")
         mref = int(k.ms["mm"][s])
         m = k.st.mm.deref(mref, "scan_get_next_rmap_item")
-        k.locks.down_read(k.mmap_sem(m), "scan_get_next_rmap_item")
+        sem = not k.bug("ksmd-no-mmap-sem")  # the defect: walk the vmas while their owner may unmap them
+        if sem:
+            k.locks.down_read(k.mmap_sem(m), "scan_get_next_rmap_item")
         vref = 0 if _mm.ksm_test_exit(k, m) else _mm.find_vma(k, m, int(g[G_SCAN_ADDRESS]))
         while vref:
             v = k.st.vma.deref(vref, "scan_get_next_rmap_item")
@@ -607,7 +631,8 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
                         iref = get_next_rmap_item(k, sref, int(g[G_SCAN_RL_KIND]), int(g[G_SCAN_RL_REF]), addr)
                         g[G_SCAN_RL_KIND], g[G_SCAN_RL_REF] = RL_ITEM, iref
                         g[G_SCAN_ADDRESS] = addr + 1
-                        k.locks.up_read(k.mmap_sem(m), "scan_get_next_rmap_item")
+                        if sem:
+                            k.locks.up_read(k.mmap_sem(m), "scan_get_next_rmap_item")
                         return iref, page
                     if page:
                         memory.put_page(k, page, "scan_get_next_rmap_item")
@@ -628,11 +653,13 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
             k.locks.unlock(k.ksm_mmlist_lock, "scan_get_next_rmap_item")
             k.st.mm_slot.free(sref, "free_mm_slot")
             k.mmc["flags"][k.st.mm.deref(mref, "clear_bit")] &= ~MMF_VM_MERGEABLE
-            k.locks.up_read(k.mmap_sem(m), "scan_get_next_rmap_item")
+            if sem:
+                k.locks.up_read(k.mmap_sem(m), "scan_get_next_rmap_item")
             _mm.mmdrop(k, mref, "scan_get_next_rmap_item")
         else:
             k.locks.unlock(k.ksm_mmlist_lock, "scan_get_next_rmap_item")
-            k.locks.up_read(k.mmap_sem(m), "scan_get_next_rmap_item")
+            if sem:
+                k.locks.up_read(k.mmap_sem(m), "scan_get_next_rmap_item")
         sref = int(g[G_SCAN_SLOT])
         if sref == head:
             break
@@ -788,6 +815,7 @@ def run_store(k: K, value: int) -> None:
         k.g[G_RUN] = value
         if value & KSM_RUN_UNMERGE:
             unmerge_and_remove_all_rmap_items(k)
+            k.hooks.ksm_quiescent(k, "run_store")
     k.locks.unlock(k.ksm_thread_mutex, "run_store")
 
 
@@ -844,7 +872,7 @@ def try_to_unmap_ksm(k: K, pref: int, swap: int) -> int:
             k.locks.unlock(lid, "try_to_unmap_ksm")
             if done:
                 break
-        if done or search_new_forks or k.bug("single-pass-walk"):
+        if done or search_new_forks + 1 >= _rmap_walk_passes(k):
             break
         search_new_forks = 1
     k.hooks.walk_end(k, token)
@@ -878,7 +906,7 @@ def page_referenced_ksm(k: K, pref: int) -> int:
             k.locks.unlock(lid, "page_referenced_ksm")
             if not mapcount[0]:
                 break
-        if not mapcount[0] or search_new_forks or k.bug("single-pass-walk"):
+        if not mapcount[0] or search_new_forks + 1 >= _rmap_walk_passes(k):
             break
         search_new_forks = 1
     k.hooks.walk_end(k, token, mapcount[0])

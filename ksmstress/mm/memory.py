@@ -222,12 +222,14 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
     v = st.vma.deref(vref, "copy_page_range")
     start, end = int(k.vm["start"][v]), int(k.vm["end"][v])
     ptl = k.ptl(src)
+    skip_ksm = k.bug("fork-no-mapcount")  # the defect: a KSM pte copied without raising the page's mapcount
     k.locks.lock(ptl, "copy_page_range")
     for addr in range(start, end):
         kind, ref, _w = pte_get(k, src, addr)
         if kind == PTE_PRESENT:
             get_page(k, ref, "copy_one_pte")
-            rmap.page_dup_rmap(k, ref)
+            if not (skip_ksm and k.pg["flags"][k.st.page.deref(ref, "copy_one_pte")] & PG_KSM):
+                rmap.page_dup_rmap(k, ref)
             st.pte_write[src, addr] = 0  # ptep_set_wrprotect: COW in the parent
             pte_set(k, dst, addr, PTE_PRESENT, ref, 0)
         elif kind == PTE_SWAP:

@@ -1,0 +1,45 @@
+"""Reclaim of one page, as shrink_page_list does it for an anon or KSM page (mm/vmscan.c, simplified: no LRU,
+no dirty/writeback states; the caller picks the page and decides whether to swap it)."""
+
+from __future__ import annotations
+
+from ..arena import ref_slot
+from . import memory, rmap
+from .state import PG_KSM, K
+
+
+def page_anon_vma_of(k: K, s: int) -> int:
+    """The anon_vma an rmap walk of page slot s would lock first (KSM: its first rmap_item's)."""
+    if k.pg["flags"][s] & PG_KSM:
+        nref = k.pg["mapping"][s]
+        if not nref:
+            return 0
+        first = k.sn["hfirst"][k.st.stable_node.deref(nref, "page_anon_vma")]
+        return k.ri["anon_vma"][k.st.rmap_item.deref(first, "page_anon_vma")] if first else 0
+    return k.pg["mapping"][s]
+
+
+def shrink_page(k: K, page: int, swap: bool) -> None:
+    """isolate, trylock_page, page_referenced, and if asked add_to_swap + try_to_unmap; then unlock, put back."""
+    s = ref_slot(page)
+    memory.get_page(k, page, "isolate_lru_page")
+    if k.bug("inverted-lock-order"):
+        # the defect: the walk's anon_vma lock first, then the page lock (2.6.33: page lock -> anon_vma->lock)
+        avref = page_anon_vma_of(k, s)
+        lid = k.av_lock(ref_slot(avref)) if avref else -1
+        if avref:
+            k.locks.lock(lid, "shrink_page_list:anon_vma_lock")
+        k.locks.lock(k.page_lock(s), "shrink_page_list:lock_page")
+        if avref:
+            k.locks.unlock(lid, "shrink_page_list:anon_vma_unlock")
+    elif not k.locks.trylock(k.page_lock(s), "shrink_page_list:trylock_page"):
+        memory.put_page(k, page, "putback_lru_page")
+        return
+    rmap.page_referenced(k, page)
+    if swap and rmap.page_mapped(k, s):
+        sref = k.st.swap.alloc("add_to_swap")
+        k.st.swap.v["count"][ref_slot(sref)] = 1  # the swap cache's own reference (SWAP_HAS_CACHE)
+        rmap.try_to_unmap(k, page, sref)
+        memory.swap_free(k, sref, "delete_from_swap_cache")
+    k.locks.unlock(k.page_lock(s), "shrink_page_list:unlock_page")
+    memory.put_page(k, page, "shrink_page_list")
