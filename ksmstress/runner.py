@@ -24,8 +24,8 @@ from . import actors
 from .arena import SharedBlock
 from .bugs import validate
 from .checks import Detectors
-from .checks.lockdep import Lockdep, LockdepState
 from .checks.invariants import check_quiescence
+from .checks.lockdep import Lockdep, LockdepState
 from .failures import Failure
 from .mm.mm import mm_alloc
 from .mm.state import G_MAX_REFCOUNT, G_MM_LIVE, G_PAGES_TO_SCAN, G_REFCOUNT_BITS, K, Sizes, State

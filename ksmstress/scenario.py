@@ -112,7 +112,7 @@ def _script(r: _Reader, key: str) -> tuple[str, ...]:
         if not isinstance(s, str) or not SCRIPT_RE.match(s):
             raise ScenarioError(
                 f"{r.path}: key '{r._key(key)}': bad step {s!r}; expected fill[:P], read-all, wait-scans:N[:CAP], "
-                f"wait-merged:N[:CAP], sleep:N, fork, munmap-all, munmap-half, unmergeable, mergeable, write:A:P or exit"
+                "wait-merged:N[:CAP], sleep:N, fork, munmap-all, munmap-half, unmergeable, mergeable, write:A:P or exit"
             )
     return tuple(raw)
 
