@@ -1,8 +1,13 @@
-"""`ksmstress bench`: throughput of the controlled scheduler beside the machine's raw hand-off rate.
+"""`ksmstress bench`: detection power of every bug variant, and the scheduler's throughput beside the raw rate.
 
-The raw rate is a semaphore ping-pong between two processes pinned to the same CPU, measured in the same
-invocation, so the ratio is meaningful on a shared, noisy machine. Scheduling points/s and hand-offs/s are summed
-over the runs' own wall time (process start-up excluded).
+Detection: for each variant (in its own scenario) and each strategy (random, PCT depth 2 and 3), seeds 0..R-1 are
+run (within a time budget); the table gives the per-run detection rate, the failure classes seen (they must be the
+variant's), and the median / 90th percentile of steps and seconds to the first detection. Those come from every
+starting seed i: the steps (seconds) of runs i, i+1, ... up to and including the first run that detects.
+
+Throughput: scheduling points and hand-offs per second on mixed.toml, and of the bare scheduler (tasks that do
+nothing but reach scheduling points), beside a raw semaphore ping-pong between two processes on the same CPU,
+measured in the same invocation so the ratios mean something on a shared, noisy machine.
 """
 
 from __future__ import annotations
@@ -10,21 +15,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+import sys
 import time
 from typing import Any
 
 import multiprocess
 
+from .arena import SharedBlock
+from .bugs import VARIANTS
 from .runner import run_one
 from .scenario import load, resolve
+from .sched import make_strategy
+from .sched.control import HANDOFFS, Control
+
+STRATEGIES = (("random", None), ("pct", 2), ("pct", 3))
 
 
-def semaphore_pingpong(seconds: float = 1.0, cpu: int | None = None) -> float:
+def _cpu(cpu: int | None) -> int:
+    return cpu if cpu is not None else sorted(os.sched_getaffinity(0))[-1]
+
+
+def semaphore_pingpong(n: int = 20_000, cpu: int | None = None) -> float:
     """Round trips per second of a Semaphore pair between two processes on one CPU (2 hand-offs each)."""
     ctx = multiprocess.get_context("fork")
     ping, pong = ctx.Semaphore(0), ctx.Semaphore(0)
-    the_cpu = cpu if cpu is not None else sorted(os.sched_getaffinity(0))[-1]
-    n = 20_000
+    the_cpu = _cpu(cpu)
 
     def echo() -> None:
         os.sched_setaffinity(0, {the_cpu})
@@ -51,8 +67,43 @@ def semaphore_pingpong(seconds: float = 1.0, cpu: int | None = None) -> float:
         if p.is_alive():
             p.kill()
             p.join()
-    del seconds
     return n / dt
+
+
+def bare_scheduler(ntasks: int = 2, points: int = 20_000, cpu: int | None = None) -> dict[str, float]:
+    """Hand-offs/s of the controlled scheduler alone: `ntasks` processes that only reach scheduling points."""
+    block = SharedBlock()
+    ctl = Control(block, ntasks, ntasks * points + 10, make_strategy("random"), {1: "bare"})
+    ctl.bind(block.allocate())
+    for _ in range(ntasks):
+        ctl.add_task(1)
+    the_cpu = _cpu(cpu)
+
+    def body(tid: int) -> None:
+        os.sched_setaffinity(0, {the_cpu})
+        ctl.me = tid
+        ctl.wait_turn()
+        for _ in range(points):
+            ctl.point("bare")
+        ctl.exit_current()
+        os._exit(0)
+
+    ctx = multiprocess.get_context("fork")
+    procs = [ctx.Process(target=body, args=(t,), daemon=True) for t in range(ntasks)]
+    try:
+        for p in procs:
+            p.start()
+        t0 = time.perf_counter()
+        ctl.start(1)
+        if not ctl.done.acquire(timeout=120):
+            raise RuntimeError("bare scheduler benchmark did not finish")
+        dt = time.perf_counter() - t0
+    finally:
+        for p in procs:
+            if p.exitcode is None:
+                p.kill()
+            p.join()
+    return {"points_per_second": ctl.steps / dt, "handoffs_per_second": int(ctl.meta[HANDOFFS]) / dt}
 
 
 def throughput(scenario: str, strategy: str, runs: int, seed: int = 0) -> dict[str, Any]:
@@ -77,29 +128,174 @@ def throughput(scenario: str, strategy: str, runs: int, seed: int = 0) -> dict[s
     }
 
 
+def _quantiles(xs: list[float]) -> tuple[float | None, float | None]:
+    if not xs:
+        return None, None
+    xs = sorted(xs)
+    return statistics.median(xs), xs[min(len(xs) - 1, int(0.9 * len(xs)))]
+
+
+def detection_cell(variant: str, strategy: str, depth: int | None, runs: int, seconds: float) -> dict[str, Any]:
+    """Run one (variant, strategy) campaign: seeds 0.. until `runs` runs or `seconds` of wall time."""
+    v = VARIANTS[variant]
+    sc = load(resolve([v.scenario])[0])
+    results: list[tuple[bool, int, float, str | None]] = []
+    t_end = time.monotonic() + seconds
+    for seed in range(runs):
+        r = run_one(sc, seed, strategy, [variant], pct_depth=depth)
+        cls = (r.failure or {}).get("class")
+        results.append((cls is not None, r.steps, r.elapsed + r.spawn_seconds, cls))
+        if time.monotonic() > t_end:
+            break
+    to_first_steps, to_first_secs = [], []
+    for i in range(len(results)):
+        steps = secs = 0.0
+        for hit, st, el, _cls in results[i:]:
+            steps += st
+            secs += el
+            if hit:
+                to_first_steps.append(steps)
+                to_first_secs.append(secs)
+                break
+    classes = sorted({c for _h, _s, _e, c in results if c})
+    med_st, p90_st = _quantiles(to_first_steps)
+    med_s, p90_s = _quantiles(to_first_secs)
+    n = len(results)
+    hits = sum(h for h, *_ in results)
+    return {
+        "variant": variant,
+        "scenario": sc.name,
+        "strategy": strategy if depth is None else f"pct-d{depth}",
+        "runs": n,
+        "detections": hits,
+        "rate": hits / n if n else 0.0,
+        "classes": classes,
+        "expected": list(v.classes),
+        "class_ok": bool(classes) and set(classes) <= set(v.classes),
+        "median_steps_to_first": med_st,
+        "p90_steps_to_first": p90_st,
+        "median_seconds_to_first": med_s,
+        "p90_seconds_to_first": p90_s,
+    }
+
+
+def _worker(cells: list[tuple[str, str, int | None]], runs: int, seconds: float, cpu: int, conn: Any) -> None:
+    os.environ["KSMSTRESS_CPU"] = str(cpu)
+    for cell in cells:
+        conn.send_bytes(json.dumps(detection_cell(*cell, runs, seconds)).encode())
+    conn.close()
+
+
+def detection_power(
+    variants: list[str], runs: int, seconds: float, jobs: int, progress: Any = None
+) -> list[dict[str, Any]]:
+    """Every (variant, strategy) cell, spread over `jobs` worker processes (one CPU each)."""
+    cells = [(v, s, d) for v in variants for s, d in STRATEGIES]
+    cpus = sorted(os.sched_getaffinity(0))
+    jobs = max(1, min(jobs, len(cpus), len(cells)))
+    ctx = multiprocess.get_context("fork")
+    workers, conns = [], []
+    for j in range(jobs):
+        parent_end, child_end = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_worker, args=(cells[j::jobs], runs, seconds, cpus[-1 - j], child_end))
+        p.start()
+        child_end.close()
+        workers.append(p)
+        conns.append(parent_end)
+    out: list[dict[str, Any]] = []
+    try:
+        open_conns = list(conns)
+        while open_conns:
+            for c in multiprocess.connection.wait(open_conns):
+                try:
+                    row = json.loads(c.recv_bytes())
+                except EOFError:
+                    open_conns.remove(c)
+                    continue
+                out.append(row)
+                if progress:
+                    progress(len(out), len(cells), row)
+    finally:
+        for p in workers:
+            if p.is_alive():
+                p.kill()
+            p.join()
+    order = {(v, s if d is None else f"pct-d{d}"): i for i, (v, s, d) in enumerate(cells)}
+    return sorted(out, key=lambda r: order[(r["variant"], r["strategy"])])
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, total: int, row: dict[str, Any]) -> None:
+        msg = (
+            f"[{done}/{total}] {row['variant']} {row['strategy']}: {row['detections']}/{row['runs']} "
+            f"({', '.join(row['classes']) or 'none'})"
+        )
+        print(("\r\033[K" if tty else "") + msg, end="" if tty else "\n", file=sys.stderr, flush=True)
+
+    out: dict[str, Any] = {}
+    if not a.skip_detection:
+        variants = a.variant or sorted(VARIANTS)
+        rows = detection_power(variants, a.runs, a.seconds, a.jobs, progress)
+        if tty:
+            print(file=sys.stderr)
+        out["detection"] = rows
     raw = semaphore_pingpong()
-    rows = [throughput(a.scenario, st, a.runs) for st in ("random", "pct")]
-    raw_handoffs = 2 * raw
-    for r in rows:
-        r["handoff_ratio_to_raw"] = r["handoffs_per_second"] / raw_handoffs
-    out = {"raw_semaphore_round_trips_per_second": raw, "raw_handoffs_per_second": raw_handoffs, "throughput": rows}
+    bare = bare_scheduler()
+    out["raw_semaphore_round_trips_per_second"] = raw
+    out["raw_handoffs_per_second"] = 2 * raw
+    out["bare_scheduler"] = {**bare, "handoff_ratio_to_raw": bare["handoffs_per_second"] / (2 * raw)}
+    rows_t = [throughput(a.scenario, st, a.throughput_runs) for st in ("random", "pct")]
+    for r in rows_t:
+        r["handoff_ratio_to_raw"] = r["handoffs_per_second"] / (2 * raw)
+    out["throughput"] = rows_t
     if a.json:
         print(json.dumps(out, indent=1))
         return 0
-    print(f"raw same-CPU semaphore ping-pong: {raw:,.0f} round trips/s = {raw_handoffs:,.0f} hand-offs/s")
+    if "detection" in out:
+        print(
+            f"{'variant':<24}{'strategy':<9}{'rate':>10}{'class':>20}{'med steps':>11}{'p90 steps':>11}"
+            f"{'med s':>8}{'p90 s':>8}"
+        )
+        for r in out["detection"]:
+            cls = ",".join(r["classes"]) or "-"
+            mark = "" if r["class_ok"] else " !"
+            print(
+                f"{r['variant']:<24}{r['strategy']:<9}{r['detections']:>4}/{r['runs']:<3} {r['rate']:>4.0%}"
+                f"{cls + mark:>20}{_fmt(r['median_steps_to_first'], ',.0f'):>11}"
+                f"{_fmt(r['p90_steps_to_first'], ',.0f'):>11}{_fmt(r['median_seconds_to_first'], '.2f'):>8}"
+                f"{_fmt(r['p90_seconds_to_first'], '.2f'):>8}"
+            )
+        print()
+    print(f"raw same-CPU semaphore ping-pong: {raw:,.0f} round trips/s = {2 * raw:,.0f} hand-offs/s")
+    b = out["bare_scheduler"]
+    print(
+        f"bare controlled scheduler (2 tasks): {b['points_per_second']:,.0f} points/s, "
+        f"{b['handoffs_per_second']:,.0f} hand-offs/s = {b['handoff_ratio_to_raw']:.2f} of raw"
+    )
     print(f"{'scenario':<14}{'strategy':<9}{'runs':>5}{'steps':>10}{'steps/s':>11}{'hand-offs/s':>13}{'vs raw':>8}")
-    for r in rows:
+    for r in rows_t:
         print(
             f"{r['scenario']:<14}{r['strategy']:<9}{r['runs']:>5}{r['steps']:>10}{r['steps_per_second']:>11,.0f}"
             f"{r['handoffs_per_second']:>13,.0f}{r['handoff_ratio_to_raw']:>8.2f}"
         )
-    return 0
+    bad = [r for r in out.get("detection", []) if r["detections"] and not r["class_ok"]]
+    return 1 if bad else 0
 
 
 def add_parser(sub: Any) -> None:
-    b = sub.add_parser("bench", help="scheduler throughput beside the raw same-CPU hand-off rate")
-    b.add_argument("--scenario", default="mixed")
-    b.add_argument("--runs", type=int, default=10)
+    b = sub.add_parser("bench", help="detection power of every variant, and scheduler throughput beside raw")
+    b.add_argument("--runs", type=int, default=40, help="seeds per (variant, strategy) cell")
+    b.add_argument("--seconds", type=float, default=60.0, help="wall-time budget per cell")
+    b.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)), help="parallel workers (one CPU each)")
+    b.add_argument("--variant", action="append", default=[], help="only these variants (repeatable)")
+    b.add_argument("--skip-detection", action="store_true", help="throughput only")
+    b.add_argument("--scenario", default="mixed", help="scenario for the throughput rows")
+    b.add_argument("--throughput-runs", type=int, default=10)
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=cmd_bench)
