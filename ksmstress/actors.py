@@ -73,7 +73,7 @@ class MmTask:
                     break
                 self.op(self.rng.choices(ops, weights)[0])
         mmm.mmput(self.k, self.mref)
-        self.k.g[G_MM_LIVE] -= 1
+        self.k.atomic_add(self.k.g, G_MM_LIVE, -1)
 
     def script_step(self, step: str) -> bool:
         """Run one fixed step; True ends the program (exit)."""
@@ -183,7 +183,7 @@ class MmTask:
             return  # -EAGAIN: no task left
         cref = mmm.dup_mmap(k, self.mref)
         k.st.expect[ref_slot(cref), :] = k.st.expect[self.m, :]  # the child's memory is the parent's
-        k.g[G_MM_LIVE] += 1
+        k.atomic_add(k.g, G_MM_LIVE, 1)
         k.ctl.spawn(tid, MM, (cref, self.cfg_idx, 1, self.forks_left - 1))
         self.forks_left -= 1
 
@@ -215,7 +215,10 @@ def reclaim_body(k: K, sc: Scenario, seed: int, tid: int) -> None:
         ksm_cand = cand[(st.page.c["flags"][cand] & PG_KSM) != 0]
         pool = ksm_cand if ksm_cand.size and rng.random() < sc.reclaim_ksm_bias else cand
         s = int(pool[rng.randrange(pool.size)])
-        vmscan.shrink_page(k, k.page_ref(s), rng.random() < sc.reclaim_swap)
+        page = memory.get_page_unless_zero(k, s)  # isolate_lru_page: the page may be freed meanwhile
+        if page:
+            vmscan.shrink_page(k, page, rng.random() < sc.reclaim_swap)
+            memory.put_page(k, page, "putback_lru_page")
 
 
 def admin_body(k: K, sc: Scenario) -> None:

@@ -77,6 +77,19 @@ def _no_clock() -> tuple[int, str]:
     return 0, "runner"
 
 
+class NoGuard:
+    """The guard when one task runs at a time: allocation needs no lock. Free mode puts a real mutex here."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+NO_GUARD = NoGuard()
+
+
 class Table:
     """A table of one kernel object type: int64 columns plus generation/state bookkeeping.
 
@@ -111,6 +124,7 @@ class Table:
             block.want(f"{name}.{f}", np.int64, capacity)
         self.c: dict[str, np.ndarray] = {}
         self.clock: Callable[[], tuple[int, str]] = _no_clock
+        self.guard: Any = NO_GUARD
 
     def bind(self, arrays: dict[str, np.ndarray]) -> None:
         n = self.name
@@ -132,6 +146,10 @@ class Table:
     # -- allocation -----------------------------------------------------------------------------------
     def alloc(self, site: str) -> int:
         """Allocate a zeroed slot and return its reference; oldest-quarantined slots ripen first."""
+        with self.guard:
+            return self._alloc(site)
+
+    def _alloc(self, site: str) -> int:
         st = self.state
         nfreed = int(self.meta[0])
         quar = np.flatnonzero(st == QUARANTINE)
@@ -164,6 +182,10 @@ class Table:
 
     def free(self, ref: int, site: str) -> None:
         """Free the object `ref` names: a `double-free` if it is not live, else it enters the quarantine."""
+        with self.guard:
+            self._free(ref, site)
+
+    def _free(self, ref: int, site: str) -> None:
         slot, gen = ref_slot(ref), ref_gen(ref)
         if ref == NULL:
             self._oops(site, "free")

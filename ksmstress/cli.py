@@ -1,4 +1,4 @@
-"""`ksmstress`: run, replay, bugs, scenarios, bench.
+"""`ksmstress`: run, replay, bugs, scenarios, bench, kernel.
 
 Exit status: 0 clean, 1 a failure was found, 2 bad input (one line naming the file, the key and what was
 expected; never a traceback for a user's mistake).
@@ -197,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(a.verbose)
     if getattr(a, "runs", 1) < 1:
         _usage_error(f"--runs: expected a positive number of runs, got {a.runs}")
+    t = getattr(a, "timeout", 1.0)
+    if not (t > 0 and t != float("inf")):  # also refuses NaN
+        _usage_error(f"--timeout: expected a positive number of seconds, got {t}")
+    if getattr(a, "pct_depth", None) is not None and a.pct_depth < 1:
+        _usage_error(f"--pct-depth: expected a depth of at least 1, got {a.pct_depth}")
     try:
         return int(a.fn(a))
     except (ScenarioError, UnknownBug, ArtifactError, WorkloadError) as e:

@@ -71,9 +71,9 @@ def verdict_dict(res: RunResult, runs: int, artifact: str | None = None) -> dict
 
 
 def write_artifact(directory: Path, sc: Scenario, res: RunResult, pct_depth: int | None) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
     cls = (res.failure or {}).get("class", "clean")
-    path = directory / f"{sc.name}-{res.strategy}-seed{res.seed}-{cls}.json"
+    bugs = "".join(f"-{b}" for b in res.bugs)
+    path = directory / f"{sc.name}{bugs}-{res.strategy}-seed{res.seed}-{cls}.json"
     text = Path(sc.path).read_text() if Path(sc.path).exists() else ""
     data = {
         "format": ARTIFACT_FORMAT,
@@ -88,7 +88,12 @@ def write_artifact(directory: Path, sc: Scenario, res: RunResult, pct_depth: int
         "schedule": base64.b64encode(zlib.compress(res.schedule, 9)).decode(),
         "failure": res.failure,
     }
-    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    except OSError as e:
+        raise ArtifactError(f"{directory}: cannot write the artifact there ({e.strerror}); expected a writable "
+                            f"directory for --artifacts") from None
     return path
 
 
@@ -98,11 +103,25 @@ def read_artifact(path: str | Path) -> dict[str, Any]:
         data = json.loads(p.read_text())
     except OSError as e:
         raise ArtifactError(f"{p}: cannot read artifact: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{p}: not a ksmstress artifact (expected UTF-8 JSON)") from None
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{p}: not a ksmstress artifact (invalid JSON: {e.msg})") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{p}: not a ksmstress artifact (expected a JSON object)")
     for key, kind in (("scenario", dict), ("seed", int), ("strategy", str), ("bugs", list), ("schedule", str)):
-        if not isinstance(data.get(key), kind):
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
             raise ArtifactError(f"{p}: key '{key}': expected {kind.__name__} in a ksmstress artifact")
+    if not all(isinstance(b, str) for b in data["bugs"]):
+        raise ArtifactError(f"{p}: key 'bugs': expected a list of variant names")
+    text, path = data["scenario"].get("text"), data["scenario"].get("path")
+    if not isinstance(text, str) or not (text or isinstance(path, str)):
+        raise ArtifactError(f"{p}: key 'scenario.text': expected the scenario's TOML text")
+    if data.get("failure") is not None and not isinstance(data["failure"], dict):
+        raise ArtifactError(f"{p}: key 'failure': expected an object or null")
+    depth = data.get("pct_depth")
+    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 1):
+        raise ArtifactError(f"{p}: key 'pct_depth': expected a positive integer or null")
     try:
         data["schedule_bytes"] = zlib.decompress(base64.b64decode(data["schedule"]))
     except (ValueError, zlib.error):

@@ -128,6 +128,23 @@ def solo_kernel(sz: Sizes, bugs: tuple[str, ...] = (), hooks: Any = None) -> K:
     return k
 
 
+def _await_ready(procs: list[Any], ready: Any, ctl: Control, limit: float = 30.0) -> dict[str, Any] | None:
+    """Wait until every task is parked and pinned; a task that dies or never parks is a failure, not a hang."""
+    deadline = time.monotonic() + limit
+    parked = 0
+    while parked < len(procs):
+        if ready.acquire(timeout=0.2):
+            parked += 1
+            continue
+        dead = [i for i, p in enumerate(procs) if p.exitcode is not None]
+        if dead:
+            return Failure("crash", f"{ctl.label(dead[0])} died while starting (exit code {procs[dead[0]].exitcode})",
+                           {"step": 0}).to_dict()
+        if time.monotonic() > deadline:
+            return Failure("hang", f"task processes did not start within {limit:.0f}s", {"step": 0}).to_dict()
+    return None
+
+
 def run_one(
     sc: Scenario,
     seed: int,
@@ -141,7 +158,8 @@ def run_one(
     """Run one seed of a scenario under the controlled scheduler and return its verdict."""
     bugset = validate(list(bugs))
     strat_name = "replay" if schedule is not None else strategy
-    strat = make_strategy(strat_name, depth=pct_depth or sc.pct_depth, steps=sc.pct_steps, schedule=schedule or b"")
+    depth = pct_depth if pct_depth is not None else sc.pct_depth
+    strat = make_strategy(strat_name, depth=depth, steps=sc.pct_steps, schedule=schedule or b"")
     nsys = int(sc.ksmd) + int(sc.reclaim) + int(sc.admin_unmerge_every > 0)
     ntasks = nsys + sc.max_mm
     block = SharedBlock()
@@ -173,7 +191,8 @@ def run_one(
 
     def child_main(tid: int) -> None:
         gc.disable()  # a collection would touch (and so copy) every inherited page; tasks make no cycles to speak of
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle (blocked until here)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         _die_with_parent(parent)
         os.sched_setaffinity(0, {the_cpu})
         ctl.me = tid
@@ -187,18 +206,27 @@ def run_one(
     failure: dict[str, Any] | None = None
     spawn_seconds = 0.0
     gc.freeze()  # keep the inherited heap out of the children's collections (fewer copy-on-write faults)
+    t0 = time.perf_counter()
     try:
-        for p in procs:
-            p.start()
+        # Ctrl-C while forking would land in CPython's after-fork hooks (and be dropped) or in a task before it
+        # ignores SIGINT: hold it until every task exists, then let it reach the runner.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for p in procs:
+                p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         t_spawn = time.perf_counter()
-        for _ in procs:  # every task parked and pinned: the run's clock starts now
-            if not ready.acquire(timeout=max(timeout, 30.0)):
-                raise RuntimeError("a task process did not start within 30 s")
+        failure = _await_ready(procs, ready, ctl)
         t0 = time.perf_counter()  # steps/s measures the run, not the forks that set it up
         spawn_seconds = t0 - t_spawn
-        ctl.start(seed)
+        if failure is None:
+            try:
+                ctl.start(seed)
+            except Failure as f:  # a replay whose very first decision diverges
+                failure = f.to_dict()
         deadline = time.monotonic() + timeout
-        while not ctl.done.acquire(timeout=0.2):
+        while failure is None and not ctl.done.acquire(timeout=0.2):
             dead = [i for i, p in enumerate(procs) if p.exitcode not in (None, 0)]
             if dead:
                 failure = Failure(

@@ -80,6 +80,7 @@ class _Reader:
         self.path, self.where, self.data, self.seen = path, where, data, set[str]()
 
     def _key(self, key: str) -> str:
+        key = key.encode("unicode_escape").decode()  # a quoted key may hold a newline: keep the error one line
         return f"{self.where}.{key}" if self.where else key
 
     def get(self, key: str, kind: type, default: Any, lo: float | None = None, hi: float | None = None) -> Any:
@@ -92,7 +93,7 @@ class _Reader:
             v, ok = float(v), True
         if not ok:
             raise ScenarioError(f"{self.path}: key '{self._key(key)}': expected {kind.__name__}, got {v!r}")
-        if lo is not None and v < lo or hi is not None and v > hi:
+        if kind in (int, float) and not ((lo is None or v >= lo) and (hi is None or v <= hi)):  # NaN fails too
             raise ScenarioError(f"{self.path}: key '{self._key(key)}': expected a value in [{lo}, {hi}], got {v!r}")
         return v
 
@@ -109,7 +110,7 @@ class _Reader:
 def _script(r: _Reader, key: str) -> tuple[str, ...]:
     raw = r.get(key, list, [])
     for s in raw:
-        if not isinstance(s, str) or not SCRIPT_RE.match(s):
+        if not isinstance(s, str) or not SCRIPT_RE.fullmatch(s):
             raise ScenarioError(
                 f"{r.path}: key '{r._key(key)}': bad step {s!r}; expected fill[:P], read-all, wait-scans:N[:CAP], "
                 "wait-merged:N[:CAP], sleep:N, fork, munmap-all, munmap-half, unmergeable, mergeable, write:A:P or exit"
@@ -194,6 +195,8 @@ def load(path: str | Path) -> Scenario:
         text = p.read_text()
     except OSError as e:
         raise ScenarioError(f"{p}: cannot read scenario: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{p}: not a scenario: expected UTF-8 TOML text") from None
     return parse(text, str(p))
 
 

@@ -32,11 +32,18 @@ class Waiter(Protocol):
 
     me: int
 
+    guard: Any  # a context manager: the lock words' atomicity (no-op when one task runs at a time)
+
     def point(self, site: str, yielding: bool = False) -> None: ...
 
-    def block_on(self, lid: int, site: str) -> None: ...
+    def prepare_block(self, lid: int) -> None:
+        """Under the guard: register the running task as waiting for `lid`."""
 
-    def wake(self, lid: int) -> None: ...
+    def block(self, lid: int, site: str) -> None:
+        """Outside the guard: sleep until a release of `lid` wakes the task."""
+
+    def wake(self, lid: int) -> None:
+        """Under the guard: wake every task waiting for `lid`."""
 
     def clock(self) -> tuple[int, str]: ...
 
@@ -206,66 +213,88 @@ class Locks:
         )
 
     # -- exclusive: spinlocks, mutexes, page lock, down_write ------------------------------------------------
+    # The check-and-take runs under the waiter's guard (a no-op when one task runs at a time, a real cross-process
+    # mutex in free mode); a task that must wait registers under the guard and sleeps outside it, so a release
+    # between the two cannot be lost.
     def lock(self, lid: int, site: str) -> None:
-        self.w.point(site)
-        self.hooks.lock_acquiring(self.w.me, lid, site, False)
+        w = self.w
+        w.point(site)
+        self.hooks.lock_acquiring(w.me, lid, site, False)
         owner, readers = self.s._owner, self.s._readers
         while True:
-            if owner[lid] < 0 and readers[lid] == 0:
-                owner[lid] = self.w.me
+            with w.guard:
+                free = owner[lid] < 0 and readers[lid] == 0
+                if free:
+                    owner[lid] = w.me
+                elif owner[lid] != w.me:
+                    w.prepare_block(lid)
+            if free:
                 self._push(lid, WRITE, site)
                 return
-            if owner[lid] == self.w.me:
+            if owner[lid] == w.me:
                 self._self_deadlock(lid, site)
-            self.w.block_on(lid, site)
+            w.block(lid, site)
 
     def trylock(self, lid: int, site: str) -> bool:
-        self.w.point(site)
-        self.hooks.lock_acquiring(self.w.me, lid, site, True)
-        if self.s._owner[lid] < 0 and self.s._readers[lid] == 0:
-            self.s._owner[lid] = self.w.me
+        w = self.w
+        w.point(site)
+        self.hooks.lock_acquiring(w.me, lid, site, True)
+        with w.guard:
+            free = self.s._owner[lid] < 0 and self.s._readers[lid] == 0
+            if free:
+                self.s._owner[lid] = w.me
+        if free:
             self._push(lid, WRITE, site)
-            return True
-        return False
+        return free
 
     def unlock(self, lid: int, site: str) -> None:
-        if self.s._owner[lid] != self.w.me:
-            step, who = self.w.clock()
+        w = self.w
+        if self.s._owner[lid] != w.me:
+            step, who = w.clock()
             raise Failure(
                 "bug-on",
                 f"{who} unlocks {self.s.name(lid)} owned by "
-                f"{self.w.label(int(self.s.owner[lid]))} at {site} (step {step})",
+                f"{w.label(int(self.s.owner[lid]))} at {site} (step {step})",
                 {"lock": self.s.name(lid), "site": site},
             )
-        self.s._owner[lid] = -1
         self._pop(lid, site)
-        self.w.wake(lid)
-        self.w.point(site)
+        with w.guard:
+            self.s._owner[lid] = -1
+            w.wake(lid)
+        w.point(site)
 
     # -- shared: down_read / up_read ----------------------------------------------------------------------
     def down_read(self, lid: int, site: str) -> None:
         """Readers block only while a writer holds the rwsem (simplified: no writer-waiting fairness)."""
-        self.w.point(site)
-        self.hooks.lock_acquiring(self.w.me, lid, site, False)
+        w = self.w
+        w.point(site)
+        self.hooks.lock_acquiring(w.me, lid, site, False)
         owner, readers = self.s._owner, self.s._readers
         while True:
-            if owner[lid] < 0:
-                readers[lid] += 1
+            with w.guard:
+                free = owner[lid] < 0
+                if free:
+                    readers[lid] += 1
+                elif owner[lid] != w.me:
+                    w.prepare_block(lid)
+            if free:
                 self._push(lid, READ, site)
                 return
-            if owner[lid] == self.w.me:
+            if owner[lid] == w.me:
                 self._self_deadlock(lid, site)
-            self.w.block_on(lid, site)
+            w.block(lid, site)
 
     def up_read(self, lid: int, site: str) -> None:
+        w = self.w
         readers = self.s._readers
         if readers[lid] <= 0:
             raise Failure("bug-on", f"up_read of {self.s.name(lid)} with no readers at {site}")
-        readers[lid] -= 1
         self._pop(lid, site)
-        if readers[lid] == 0:
-            self.w.wake(lid)
-        self.w.point(site)
+        with w.guard:
+            readers[lid] -= 1
+            if readers[lid] == 0:
+                w.wake(lid)
+        w.point(site)
 
     down_write = lock
     up_write = unlock

@@ -20,8 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+except ImportError:  # not in the [test] extra: the property tests skip, the rest of the file still runs
+    st = None
 
 from ksmstress.bugs import VARIANTS
 from ksmstress.cli import main
@@ -97,12 +101,13 @@ def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
 
 
 # -- run: clean, --json, determinism ------------------------------------------------------------------------------
-def test_run_default_scenario_is_clean() -> None:
-    r = run_cli("run")
+def test_run_default_scenario_is_clean(tmp_path: Path) -> None:
+    r = run_cli("run", cwd=tmp_path)  # outside the checkout: the shipped scenarios are found all the same
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     assert "mixed: 1 run(s) clean" in r.stdout
     assert "ksmstress replay" not in r.stdout
+    assert not list(tmp_path.iterdir()), "a clean run wrote something"
 
 
 @pytest.mark.parametrize("strategy", ["random", "pct"])
@@ -125,10 +130,10 @@ def test_run_json_is_one_object_and_deterministic(strategy: str, tmp_path: Path)
     assert not list(tmp_path.iterdir()), "a clean run wrote an artifact"
 
 
-def test_different_seeds_give_different_schedules(capsys: pytest.CaptureFixture[str]) -> None:
+def test_different_seeds_give_different_schedules(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     digests = set()
     for seed in ("0", "1"):
-        code, out, _err = cli(capsys, "run", "--seed", seed, "--json")
+        code, out, _err = cli(capsys, "run", "--seed", seed, "--json", "--artifacts", str(tmp_path))
         assert code == 0
         digests.add(one_json_object(out)["schedule_digest"])
     assert len(digests) == 2
@@ -320,26 +325,22 @@ def test_usage_errors_end_to_end(tmp_path: Path) -> None:
         assert_usage_error(r.returncode, r.stdout, r.stderr, *needles)
 
 
-# -- bad input the CLI does not handle yet (each xfail documents a bug; strict: the fix must remove the marker) ----
-@pytest.mark.xfail(strict=True, reason="BUG: Path.read_text() raises UnicodeDecodeError, which load() lets escape")
+# -- bad input found by these tests and fixed: each stays a regression test ---------------------------------------
 def test_non_utf8_scenario(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     p = write(tmp_path, "binary.toml", b"\xff\xfe\x00[arena]\n")
     assert_usage_error(*cli(capsys, "run", str(p)), "binary.toml")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: read_artifact() lets UnicodeDecodeError escape")
 def test_non_utf8_artifact(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     p = write(tmp_path, "binary.json", b"\xff\xfe{}")
     assert_usage_error(*cli(capsys, "replay", str(p)), "binary.json")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: read_artifact() calls data.get() on a JSON value that is not an object")
 def test_artifact_that_is_not_an_object(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     p = write(tmp_path, "list.json", "[1, 2]")
     assert_usage_error(*cli(capsys, "replay", str(p)), "list.json")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cmd_replay calls .get() on an artifact 'failure' that is not an object")
 def test_artifact_failure_not_an_object(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     p = write(tmp_path, "failure.json", _artifact_text(scenario={"text": "[[task]]\n", "path": "x.toml"},
                                                        failure="use-after-free"))
@@ -347,13 +348,11 @@ def test_artifact_failure_not_an_object(capsys: pytest.CaptureFixture[str], tmp_
     assert code in (0, 1, 2) and "Traceback" not in err
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an artifact whose scenario.text is not a string reaches tomllib")
 def test_artifact_scenario_text_not_a_string(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     p = write(tmp_path, "text.json", _artifact_text(scenario={"text": 5, "path": "x.toml"}))
     assert_usage_error(*cli(capsys, "replay", str(p)), "scenario")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Control.start() raises replay-diverged at step 0 in the runner, uncaught")
 @pytest.mark.parametrize("schedule", [b"", b"\xff" * 50], ids=["empty", "task-255"])
 def test_replay_schedule_that_diverges_at_step_0(schedule: bytes, capsys: pytest.CaptureFixture[str],
                                                  tmp_path: Path) -> None:
@@ -379,7 +378,6 @@ def test_replay_schedule_that_diverges_later(capsys: pytest.CaptureFixture[str],
     assert d["reproduced"] is False
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: write_artifact()'s mkdir error escapes as a traceback")
 def test_artifacts_dir_that_cannot_be_created(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     blocker = write(tmp_path, "a-file", "")
     code, out, err = cli(capsys, "run", "seed-fork-race", "--bug", "single-pass-walk", "--runs", "50",
@@ -387,22 +385,26 @@ def test_artifacts_dir_that_cannot_be_created(capsys: pytest.CaptureFixture[str]
     assert_usage_error(code, "", err, "a-file")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the range check `v < lo or v > hi` is False for NaN, so NaN is accepted")
+@pytest.mark.parametrize("args", [("--timeout", "0"), ("--timeout", "-1"), ("--timeout", "nan"),
+                                  ("--strategy", "pct", "--pct-depth", "0"),
+                                  ("--strategy", "pct", "--pct-depth", "-1")],
+                         ids=["timeout-0", "timeout-neg", "timeout-nan", "pct-depth-0", "pct-depth-neg"])
+def test_numeric_options_are_validated(args: tuple[str, ...], capsys: pytest.CaptureFixture[str],
+                                       tmp_path: Path) -> None:
+    assert_usage_error(*cli(capsys, "run", *args, "--artifacts", str(tmp_path)), args[-2])
+
+
 @pytest.mark.parametrize("text", ["[reclaim]\nksm_bias = nan\n", "[[task]]\n[task.weights]\nwrite = nan\n"])
 def test_nan_is_out_of_range(text: str) -> None:
     with pytest.raises(ScenarioError):
         parse(text, "nan.toml")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: SCRIPT_RE.match with '$' accepts a trailing newline; the step is "
-                                       "then silently ignored ('fill\\n' matches no branch of script_step)")
 def test_script_step_with_trailing_newline_is_refused() -> None:
     with pytest.raises(ScenarioError):
         parse('[[task]]\nscript = ["fill\\n", "exit\\n"]\n', "nl.toml")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an unknown key's name is printed raw, so a quoted key with '\\n' "
-                                       "splits the error over two lines")
 def test_unknown_key_with_newline_stays_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     p = write(tmp_path, "nl.toml", '"a\\nb" = 1\n')
     assert_usage_error(*cli(capsys, "run", str(p)), "nl.toml", "unknown key")
@@ -418,25 +420,6 @@ def _check_parse(text: str) -> None:
         assert isinstance(sc, Scenario)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.text(max_size=400))
-def test_parse_arbitrary_text(text: str) -> None:
-    _check_parse(text)
-
-
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.text(max_size=200))
-def test_load_arbitrary_utf8_file(text: str, tmp_path: Path) -> None:
-    p = tmp_path / "fuzz.toml"
-    p.write_bytes(text.encode())
-    try:
-        sc = load(p)
-    except ScenarioError as e:
-        assert str(e).startswith(str(p))
-    else:
-        assert isinstance(sc, Scenario)
-
-
 _TABLES = {
     "": ["name", "description", "max_steps", "extra"],
     "arena": ["page_size", "vpages", "max_vmas", "max_mm", "extra"],
@@ -447,6 +430,7 @@ _TABLES = {
     "ksmd": ["enabled"],
 }
 _TASK_KEYS = ["count", "region", "patterns", "ops", "script", "child_script", "child_ops", "max_forks", "mergeable"]
+_WEIGHT_KEYS = ["write", "read", "fork", "munmap", "mmap", "sleep", "dance"]
 _STEPS = ["fill", "fill:2", "read-all", "wait-scans:1", "wait-merged:2", "sleep:3", "fork", "munmap-all",
           "munmap-half", "unmergeable", "mergeable", "write:1:1", "exit", "jump", "fill:", ""]
 
@@ -463,22 +447,7 @@ def _toml_value(v: Any) -> str:
     return "[" + ", ".join(_toml_value(x) for x in v) + "]"
 
 
-_values = st.one_of(
-    st.integers(-3, 70), st.integers(), st.floats(allow_nan=True), st.booleans(), st.text(max_size=8),
-    st.lists(st.sampled_from(_STEPS), max_size=4), st.lists(st.integers(0, 3), max_size=2),
-)
-_table = st.dictionaries(st.sampled_from(sorted({k for ks in _TABLES.values() for k in ks})), _values, max_size=3)
-
-
-@settings(max_examples=25, deadline=None)
-@given(tables=st.dictionaries(st.sampled_from(list(_TABLES)), _table, max_size=4),
-       tasks=st.lists(st.tuples(st.dictionaries(st.sampled_from(_TASK_KEYS), _values, max_size=4),
-                                st.none() | st.dictionaries(st.sampled_from(["write", "read", "fork", "munmap", "mmap",
-                                                                             "sleep", "dance"]), _values, max_size=3)),
-                      max_size=2))
-def test_parse_structured_scenarios(tables: dict[str, dict[str, Any]],
-                                    tasks: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
-    """Near-miss scenarios (real keys, random values and types) parse or fail with ScenarioError only."""
+def _toml(tables: dict[str, dict[str, Any]], tasks: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> str:
     lines = [f"{k} = {_toml_value(v)}" for k, v in tables.get("", {}).items()]
     for name, body in tables.items():
         if name:
@@ -490,7 +459,51 @@ def test_parse_structured_scenarios(tables: dict[str, dict[str, Any]],
         if weights is not None:
             lines.append("[task.weights]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in weights.items()]
-    _check_parse("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+if st is None:
+
+    @pytest.mark.skip(reason="hypothesis is not installed")
+    def test_scenario_parser_properties() -> None:
+        pass
+
+else:
+    _FEW = settings(max_examples=25, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+    _values = st.one_of(
+        st.integers(-3, 70), st.integers(), st.floats(allow_nan=True), st.booleans(), st.text(max_size=8),
+        st.lists(st.sampled_from(_STEPS), max_size=4), st.lists(st.integers(0, 3), max_size=2),
+    )
+    _keys = st.sampled_from(sorted({k for ks in _TABLES.values() for k in ks}))
+    _tables = st.dictionaries(st.sampled_from(list(_TABLES)), st.dictionaries(_keys, _values, max_size=3), max_size=4)
+    _tasks = st.lists(st.tuples(st.dictionaries(st.sampled_from(_TASK_KEYS), _values, max_size=4),
+                                st.none() | st.dictionaries(st.sampled_from(_WEIGHT_KEYS), _values, max_size=3)),
+                      max_size=2)
+
+    @_FEW
+    @given(text=st.text(max_size=400))
+    def test_parse_arbitrary_text(text: str) -> None:
+        _check_parse(text)
+
+    @_FEW
+    @given(text=st.text(max_size=200))
+    def test_load_arbitrary_utf8_file(text: str, tmp_path: Path) -> None:
+        p = tmp_path / "fuzz.toml"
+        p.write_bytes(text.encode())
+        try:
+            sc = load(p)
+        except ScenarioError as e:
+            assert str(e).startswith(str(p))
+        else:
+            assert isinstance(sc, Scenario)
+
+    @_FEW
+    @given(tables=_tables, tasks=_tasks)
+    def test_parse_structured_scenarios(tables: dict[str, dict[str, Any]],
+                                        tasks: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
+        """Near-miss scenarios (real keys, random values and types) parse or fail with ScenarioError only."""
+        _check_parse(_toml(tables, tasks))
 
 
 def test_shipped_scenarios_parse() -> None:

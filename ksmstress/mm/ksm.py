@@ -91,15 +91,14 @@ def hold_anon_vma(k: K, iref: int, avref: int) -> None:
     if not _anon_vma_refcounted(k):
         return  # the pre-db114b83ab lifetime: recorded, not referenced
     a = k.st.anon_vma.deref(avref, "hold_anon_vma")
-    c = int(k.av["refcount"][a]) + 1
+    c = k.atomic_add(k.av["refcount"], a, 1)  # atomic_inc
     bits = 8 if k.bug("narrow-refcount") else int(k.g[G_REFCOUNT_BITS])
-    if c >= 1 << (bits - 1):  # atomic_t is signed: the next value is negative
+    if c >= 1 << (bits - 1):  # atomic_t is signed: this value is negative
         raise Failure(
             "refcount-overflow",
             f"anon_vma[{a}] ksm_refcount wrapped at {bits} bits",
             k.fail_details(object=f"anon_vma[{a}]", count=c),
         )
-    k.av["refcount"][a] = c
     if c > k.g[G_MAX_REFCOUNT]:
         k.g[G_MAX_REFCOUNT] = c
 
@@ -112,20 +111,22 @@ def drop_anon_vma(k: K, iref: int) -> None:
     i = k.st.rmap_item.deref(iref, "drop_anon_vma")
     avref = int(k.ri["anon_vma"][i])
     a = k.st.anon_vma.deref(avref, "drop_anon_vma")
-    c = int(k.av["refcount"][a])
+    with k.guard:  # atomic_add_unless(-1, 1): not the last reference, no lock
+        c = int(k.av["refcount"][a])
+        if c > 1:
+            k.av["refcount"][a] = c - 1
     if c <= 0:
         raise Failure(
             "refcount-underflow",
             f"anon_vma[{a}] ksm_refcount dropped below zero",
             k.fail_details(object=f"anon_vma[{a}]", site="drop_anon_vma"),
         )
-    if c != 1:  # atomic_add_unless(-1, 1): not the last reference, no lock
-        k.av["refcount"][a] = c - 1
+    if c != 1:
         return
     if k.bug("unlocked-refcount-drop"):
         # the defect: the last decrement and the list test without anon_vma->lock, so anon_vma_unlink can see
         # refcount 0 and an empty list in between and free it under us
-        k.av["refcount"][a] = 0
+        k.atomic_add(k.av["refcount"], a, -1)
         k.point("drop_anon_vma:unlocked")
         if k.av["head"][k.st.anon_vma.deref(avref, "drop_anon_vma:list_empty")] == 0:
             rmap.anon_vma_free(k, avref, "drop_anon_vma")
@@ -133,8 +134,7 @@ def drop_anon_vma(k: K, iref: int) -> None:
     lid = k.av_lock(a)
     k.locks.lock(lid, "drop_anon_vma")
     a = k.st.anon_vma.deref(avref, "drop_anon_vma")
-    k.av["refcount"][a] -= 1
-    if k.av["refcount"][a] == 0:
+    if k.atomic_add(k.av["refcount"], a, -1) == 0:
         empty = k.av["head"][a] == 0
         k.locks.unlock(lid, "drop_anon_vma")
         if empty:
@@ -189,9 +189,10 @@ def get_ksm_page(k: K, nref: int) -> int:
     n = k.st.stable_node.deref(nref, "get_ksm_page")
     s = int(k.sn["kpfn"][n])
     pg = k.st.page
-    if pg.state[s] == 1 and int(k.pg["mapping"][s]) == nref and k.pg["flags"][s] & PG_KSM and k.pg["count"][s] > 0:
-        k.pg["count"][s] += 1  # get_page_unless_zero
-        return k.page_ref(s)
+    with k.guard:  # get_page_unless_zero, then the mapping recheck
+        if pg._state[s] == 1 and k.pg["mapping"][s] == nref and k.pg["flags"][s] & PG_KSM and k.pg["count"][s] > 0:
+            k.pg["count"][s] += 1
+            return k.page_ref(s)
     remove_node_from_stable_tree(k, nref)
     return 0
 
@@ -733,7 +734,7 @@ def __ksm_enter(k: K, mref: int) -> None:  # noqa: N807 - the kernel's name
     k.locks.unlock(k.ksm_mmlist_lock, "__ksm_enter")
     m = k.st.mm.deref(mref, "__ksm_enter")
     k.mmc["flags"][m] |= MMF_VM_MERGEABLE
-    k.mmc["mmcount"][m] += 1
+    k.atomic_add(k.mmc["mmcount"], m, 1)
 
 
 def __ksm_exit(k: K, mref: int) -> None:  # noqa: N807

@@ -30,20 +30,29 @@ def alloc_page(k: K, site: str) -> int:
 
 def get_page(k: K, pref: int, site: str) -> None:
     s = k.st.page.deref(pref, site)
-    k.pg["count"][s] += 1
+    k.atomic_add(k.pg["count"], s, 1)
+
+
+def get_page_unless_zero(k: K, s: int) -> int:
+    """A reference on the page in frame s if it is still allocated (an LRU isolate of a page that may be freed
+    concurrently); 0 if it is gone."""
+    with k.guard:
+        if k.st.page._state[s] != 1 or k.pg["count"][s] <= 0:
+            return 0
+        k.pg["count"][s] += 1
+        return k.page_ref(s)
 
 
 def put_page(k: K, pref: int, site: str) -> None:
     """Drop a reference; the last one frees the frame (the traversal detector checks no pte still maps it)."""
     s = k.st.page.deref(pref, site)
-    c = int(k.pg["count"][s]) - 1
+    c = k.atomic_add(k.pg["count"], s, -1)
     if c < 0:
         raise Failure(
             "refcount-underflow",
             f"page[{s}] _count below zero at {site}",
             k.fail_details(object=f"page[{s}]", site=site),
         )
-    k.pg["count"][s] = c
     if c == 0:
         k.hooks.page_freeing(k, pref, site)
         k.pg["flags"][s] = 0
@@ -202,14 +211,13 @@ def do_swap_page(k: K, m: int, vref: int, addr: int, write: bool) -> int:
 
 def swap_free(k: K, sref: int, site: str) -> None:
     ss = k.st.swap.deref(sref, site)
-    c = int(k.st.swap.c["count"][ss]) - 1
+    c = k.atomic_add(k.st.swap.v["count"], ss, -1)
     if c < 0:
         raise Failure(
             "refcount-underflow",
             f"swap[{ss}] count below zero at {site}",
             k.fail_details(object=f"swap[{ss}]", site=site),
         )
-    k.st.swap.c["count"][ss] = c
     if c == 0:
         k.st.swap.free(sref, site)
 
@@ -234,7 +242,7 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
             pte_set(k, dst, addr, PTE_PRESENT, ref, 0)
         elif kind == PTE_SWAP:
             ss = st.swap.deref(ref, "copy_one_pte:swap_duplicate")
-            st.swap.c["count"][ss] += 1
+            k.atomic_add(st.swap.v["count"], ss, 1)
             pte_set(k, dst, addr, PTE_SWAP, ref, 0)
     k.locks.unlock(ptl, "copy_page_range")
 

@@ -36,14 +36,13 @@ def ksm_test_exit(k: K, m: int) -> bool:
 
 def mmdrop(k: K, mref: int, site: str) -> None:
     m = k.st.mm.deref(mref, site)
-    c = int(k.mmc["mmcount"][m]) - 1
+    c = k.atomic_add(k.mmc["mmcount"], m, -1)
     if c < 0:
         raise Failure(
             "refcount-underflow",
             f"mm_struct[{m}] mm_count below zero at {site}",
             k.fail_details(object=f"mm_struct[{m}]", site=site),
         )
-    k.mmc["mmcount"][m] = c
     if c == 0:
         k.st.mm.free(mref, site)
 
@@ -51,8 +50,7 @@ def mmdrop(k: K, mref: int, site: str) -> None:
 def mmput(k: K, mref: int) -> None:
     """The last user is gone: ksm_exit (with its mmap_sem handshake), then exit_mmap, then mmdrop."""
     m = k.st.mm.deref(mref, "mmput")
-    k.mmc["users"][m] -= 1
-    if k.mmc["users"][m] == 0:
+    if k.atomic_add(k.mmc["users"], m, -1) == 0:
         ksm.ksm_exit(k, mref)
         exit_mmap(k, mref)
         mmdrop(k, mref, "mmput")

@@ -131,18 +131,18 @@ def page_add_new_anon_rmap(k: K, pref: int, vref: int, addr: int) -> None:
 def page_add_anon_rmap(k: K, pref: int) -> None:
     """One more pte maps an already-mapped anon or KSM page (replace_page's kpage)."""
     s = k.st.page.deref(pref, "page_add_anon_rmap")
-    k.pg["mapcount"][s] += 1
+    k.atomic_add(k.pg["mapcount"], s, 1)
 
 
 def page_dup_rmap(k: K, pref: int) -> None:
     """fork's copy_one_pte: one more mapping of the same page."""
     s = k.st.page.deref(pref, "page_dup_rmap")
-    k.pg["mapcount"][s] += 1
+    k.atomic_add(k.pg["mapcount"], s, 1)
 
 
 def page_remove_rmap(k: K, pref: int, site: str) -> None:
     s = k.st.page.deref(pref, site)
-    c = int(k.pg["mapcount"][s]) - 1
+    c = k.atomic_add(k.pg["mapcount"], s, -1)
     if c < 0:
         raise Failure(
             "refcount-underflow",
@@ -172,7 +172,7 @@ def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, swap: int, token: ob
         # the bytes as they are once this pte is gone (the kernel writes back the dirty page after unmapping;
         # a page mapped more than once is read-only everywhere, so every pte converted sees the same bytes)
         k.st.swapdata[ss, :] = k.st.frames[k.st.page.deref(pref, "try_to_unmap_one"), :]
-        k.st.swap.c["count"][ss] += 1
+        k.atomic_add(k.st.swap.v["count"], ss, 1)
         memory.pte_set(k, m, addr, PTE_SWAP, swap, 0)
         page_remove_rmap(k, pref, "try_to_unmap_one")
         memory.put_page(k, pref, "try_to_unmap_one")

@@ -183,8 +183,10 @@ class K:
         self._ptl = ls.base[PAGE_TABLE_LOCK]
         self._page_lock = ls.base[PAGE_LOCK]
         self._av_lock = ls.base[ANON_VMA_LOCK]
+        self.guard = ctl.guard
         for t in st.tables:
             t.clock = ctl.clock
+            t.guard = ctl.guard
         # column shortcuts (memoryviews: plain ints): the model reads like the kernel (pg["mapcount"][slot])
         self.pg = st.page.v
         self.mmc = st.mm.v
@@ -194,6 +196,14 @@ class K:
         self.sn = st.stable_node.v
         self.ms = st.mm_slot.v
         self.g = st.g
+
+    def atomic_add(self, view: Any, i: int, delta: int) -> int:
+        """atomic_add_return: one read-modify-write that no other task can interleave (page _count, _mapcount,
+        swap_map, ksm_refcount, mm_users...); the guard is a real mutex only in free mode."""
+        with self.guard:
+            v = view[i] + delta
+            view[i] = v
+        return int(v)
 
     def bug(self, name: str) -> bool:
         """Whether bug variant `name` is switched on (each variant is consulted at exactly one place)."""

@@ -20,9 +20,9 @@ def page_anon_vma_of(k: K, s: int) -> int:
 
 
 def shrink_page(k: K, page: int, swap: bool) -> None:
-    """isolate, trylock_page, page_referenced, and if asked add_to_swap + try_to_unmap; then unlock, put back."""
+    """The caller holds a reference (isolated). trylock_page, page_referenced, and if asked add_to_swap +
+    try_to_unmap; then unlock."""
     s = ref_slot(page)
-    memory.get_page(k, page, "isolate_lru_page")
     if k.bug("inverted-lock-order"):
         # the defect: the walk's anon_vma lock first, then the page lock (2.6.33: page lock -> anon_vma->lock)
         avref = page_anon_vma_of(k, s)
@@ -33,7 +33,6 @@ def shrink_page(k: K, page: int, swap: bool) -> None:
         if avref:
             k.locks.unlock(lid, "shrink_page_list:anon_vma_unlock")
     elif not k.locks.trylock(k.page_lock(s), "shrink_page_list:trylock_page"):
-        memory.put_page(k, page, "putback_lru_page")
         return
     rmap.page_referenced(k, page)
     if swap and rmap.page_mapped(k, s):
@@ -42,4 +41,3 @@ def shrink_page(k: K, page: int, swap: bool) -> None:
         rmap.try_to_unmap(k, page, sref)
         memory.swap_free(k, sref, "delete_from_swap_cache")
     k.locks.unlock(k.page_lock(s), "shrink_page_list:unlock_page")
-    memory.put_page(k, page, "shrink_page_list")

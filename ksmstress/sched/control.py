@@ -17,7 +17,7 @@ from typing import Any
 import multiprocess
 import numpy as np
 
-from ..arena import SharedBlock
+from ..arena import NO_GUARD, SharedBlock
 from ..failures import Failure
 from .base import Strategy
 from .prng import SharedPrng
@@ -30,6 +30,8 @@ RUNNING, CLEAN, FAILED = 0, 1, 2
 
 NARGS = 8
 FAIL_BUF = 1 << 16
+
+
 
 
 class Control:
@@ -58,6 +60,7 @@ class Control:
         self.sems = [ctx.Semaphore(0) for _ in range(ntasks)]
         self.done = ctx.Semaphore(0)
         self.me = -1
+        self.guard = NO_GUARD  # one task runs at a time: nothing to make atomic
         self.explain_deadlock: Callable[[list[int]], tuple[str, dict[str, Any]]] | None = None
 
     def bind(self, a: dict[str, np.ndarray]) -> None:
@@ -167,11 +170,14 @@ class Control:
             if meta[STOP]:
                 os._exit(0)
 
-    def block_on(self, lid: int, site: str) -> None:
-        """Mark the running task blocked on lock `lid` and switch away until a release wakes it."""
+    def prepare_block(self, lid: int) -> None:
+        """The running task will wait for lock `lid`: not runnable until a release wakes it."""
         self._state[self.me] = BLOCKED
         self._wait[self.me] = lid
         self._meta[NBLOCKED] += 1
+
+    def block(self, lid: int, site: str) -> None:
+        """Switch away (the strategy cannot pick a blocked task) until woken and picked again."""
         self.point(site)
 
     def wake(self, lid: int) -> None:
@@ -187,12 +193,13 @@ class Control:
 
     def reserve(self) -> int:
         """Claim a task slot for a fork's child before the fork's scheduling points; -1 if none is left."""
-        free = np.flatnonzero(self.state == UNUSED)
-        if not free.size:
-            return -1
-        tid = int(free[0])
-        self.state[tid] = RESERVED
-        return tid
+        with self.guard:
+            free = np.flatnonzero(self.state == UNUSED)
+            if not free.size:
+                return -1
+            tid = int(free[0])
+            self.state[tid] = RESERVED
+            return tid
 
     def spawn(self, tid: int, kind: int, args: tuple[int, ...]) -> None:
         """Make a reserved slot a runnable task (its parked process starts the body when first picked)."""
