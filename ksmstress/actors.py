@@ -199,6 +199,9 @@ def ksmd_body(k: K, sc: Scenario) -> None:
         if k.g[G_MM_LIVE] == 0 and int(k.ms["next"][0]) == k.st.ksm_mm_head:
             break
         k.point("ksmd:sleep", yielding=True)
+    # quiescence means every other task is gone: reclaim may still hold a KSM page's reference until it exits
+    while any(int(k.ctl.state[t]) not in (0, 3) for t in range(k.ctl.ntasks) if t != k.ctl.me):
+        k.point("ksmd:sleep", yielding=True)
     ksm.prune_stale_stable_nodes(k)
 
 

@@ -55,6 +55,7 @@ def verdict_dict(res: RunResult, runs: int, artifact: str | None = None) -> dict
         "schedule_digest": res.schedule_digest,
         "failure": None,
         "max_ksm_refcount": res.max_refcount,
+        "mode": res.mode,
         "steps_per_second": round(res.steps_per_second, 1),
         "elapsed_seconds": round(res.elapsed, 4),
     }
@@ -64,6 +65,8 @@ def verdict_dict(res: RunResult, runs: int, artifact: str | None = None) -> dict
             "message": res.failure.get("message"),
             "details": res.failure.get("details", {}),
         }
+    if res.reproduced is not None:
+        d["reproduced_rate"] = res.reproduced
     if artifact:
         d["artifact"] = artifact
         d["replay"] = f"ksmstress replay {artifact}"
@@ -81,6 +84,8 @@ def write_artifact(directory: Path, sc: Scenario, res: RunResult, pct_depth: int
         "scenario": {"name": sc.name, "path": sc.path, "text": text},
         "seed": res.seed,
         "strategy": res.strategy,
+        "mode": res.mode,
+        "reproduced": res.reproduced,
         "pct_depth": pct_depth,
         "bugs": res.bugs,
         "steps": res.steps,
@@ -92,8 +97,10 @@ def write_artifact(directory: Path, sc: Scenario, res: RunResult, pct_depth: int
         directory.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     except OSError as e:
-        raise ArtifactError(f"{directory}: cannot write the artifact there ({e.strerror}); expected a writable "
-                            f"directory for --artifacts") from None
+        raise ArtifactError(
+            f"{directory}: cannot write the artifact there ({e.strerror}); expected a writable "
+            f"directory for --artifacts"
+        ) from None
     return path
 
 

@@ -10,15 +10,19 @@ outlives a run, and the arena is an anonymous mapping that leaves nothing in /de
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import gc
 import hashlib
 import os
+import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import multiprocess
+import numpy as np
 
 from . import actors
 from .arena import SharedBlock
@@ -31,10 +35,12 @@ from .mm.mm import mm_alloc
 from .mm.state import G_MAX_REFCOUNT, G_MM_LIVE, G_PAGES_TO_SCAN, G_REFCOUNT_BITS, K, Sizes, State
 from .scenario import Scenario
 from .sched import make_strategy
-from .sched.control import CLEAN, FAILED, HANDOFFS, Control
+from .sched.chaos import ChaosPolicy, FreeControl
+from .sched.control import BLOCKED, CLEAN, FAILED, HANDOFFS, STEP, Control
 
 PR_SET_PDEATHSIG = 1
-NESTED_SITES = frozenset({"dup_mmap:nested"})  # down_write_nested(&mm->mmap_sem, SINGLE_DEPTH_NESTING)
+# lock sites annotated *_nested in 2.6.33 (a second lock of the same class, in a fixed order)
+NESTED_SITES = frozenset({"dup_mmap:nested", "copy_pte_range:src_ptl"})
 
 
 @dataclass
@@ -52,6 +58,8 @@ class RunResult:
     schedule: bytes = field(repr=False, default=b"")
     max_refcount: int = 0
     spawn_seconds: float = 0.0  # forking and parking the task processes, before the run's clock starts
+    mode: str = "controlled"
+    reproduced: str | None = None  # free mode: "k/M" reruns of the seed that failed the same way
 
     @property
     def schedule_digest(self) -> str:
@@ -145,6 +153,24 @@ def _await_ready(procs: list[Any], ready: Any, ctl: Control, limit: float = 30.0
     return None
 
 
+def _stacks(procs: list[Any], ctl: Control, stackdir: str) -> dict[str, str]:
+    """Every live task's Python stack, through the faulthandler each one registered on SIGUSR1."""
+    for p in procs:
+        if p.pid is not None and p.exitcode is None:
+            try:
+                os.kill(p.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+    time.sleep(0.3)
+    out = {}
+    for tid in range(len(procs)):
+        path = os.path.join(stackdir, f"{tid}.txt")
+        if os.path.exists(path) and os.path.getsize(path):
+            with open(path) as f:
+                out[ctl.label(tid)] = f.read()
+    return out
+
+
 def run_one(
     sc: Scenario,
     seed: int,
@@ -154,6 +180,8 @@ def run_one(
     cpu: int | None = None,
     pct_depth: int | None = None,
     timeout: float = 120.0,
+    mode: str = "controlled",
+    hang_seconds: float = 10.0,
 ) -> RunResult:
     """Run one seed of a scenario under the controlled scheduler and return its verdict."""
     bugset = validate(list(bugs))
@@ -164,7 +192,14 @@ def run_one(
     ntasks = nsys + sc.max_mm
     block = SharedBlock()
     st = State(block, sizes_for(sc), ntasks)
-    ctl = Control(block, ntasks, sc.max_steps, strat, actors.KIND_NAMES)
+    if mode == "free":
+        chaos = ChaosPolicy(sc.chaos_yield, sc.chaos_sleep, sc.chaos_sleep_us)
+        ctl: Control = FreeControl(block, ntasks, sc.max_steps, strat, actors.KIND_NAMES, seed, chaos)
+        strat_name = "free"
+    elif mode == "controlled":
+        ctl = Control(block, ntasks, sc.max_steps, strat, actors.KIND_NAMES)
+    else:
+        raise ValueError(f"unknown mode {mode!r}; expected controlled or free")
     lds = LockdepState(block)
     arrays = block.allocate()
     st.bind(arrays)
@@ -188,13 +223,16 @@ def run_one(
 
     the_cpu = _pick_cpu(cpu)
     parent = os.getpid()
+    stackdir = tempfile.mkdtemp(prefix="ksmstress-stacks-")
 
     def child_main(tid: int) -> None:
         gc.disable()  # a collection would touch (and so copy) every inherited page; tasks make no cycles to speak of
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle (blocked until here)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         _die_with_parent(parent)
-        os.sched_setaffinity(0, {the_cpu})
+        faulthandler.register(signal.SIGUSR1, open(os.path.join(stackdir, f"{tid}.txt"), "w"), all_threads=False)
+        if mode == "controlled":  # one CPU for the whole run; free mode lets the OS use them all
+            os.sched_setaffinity(0, {the_cpu})
         ctl.me = tid
         ready.release()
         ctl.wait_turn()
@@ -226,7 +264,18 @@ def run_one(
             except Failure as f:  # a replay whose very first decision diverges
                 failure = f.to_dict()
         deadline = time.monotonic() + timeout
+        last_step, last_change = -1, time.monotonic()
         while failure is None and not ctl.done.acquire(timeout=0.2):
+            step, now = int(ctl.meta[STEP]), time.monotonic()
+            if step != last_step:
+                last_step, last_change = step, now
+            elif mode == "free" and now - last_change > hang_seconds:
+                blocked = np.flatnonzero(ctl.state == BLOCKED).tolist()
+                msg, det = st.locks.explain(blocked, ctl.wait, ctl.label) if blocked else ("no task blocked", {})
+                cls = "deadlock" if det.get("cycle") else "hang"
+                failure = Failure(cls, f"no progress for {hang_seconds:.0f}s at step {step}: {msg}",
+                                  {"step": step, **det, "stacks": _stacks(procs, ctl, stackdir)}).to_dict()
+                break
             dead = [i for i, p in enumerate(procs) if p.exitcode not in (None, 0)]
             if dead:
                 failure = Failure(
@@ -240,7 +289,7 @@ def run_one(
                     "hang",
                     f"no end after {timeout:.0f}s wall clock at step {ctl.steps} "
                     f"(running: {ctl.label(int(ctl.meta[1]))})",
-                    {"step": ctl.steps},
+                    {"step": ctl.steps, "stacks": _stacks(procs, ctl, stackdir)},
                 ).to_dict()
                 break
         elapsed = time.perf_counter() - t0
@@ -251,6 +300,7 @@ def run_one(
             failure = leak.to_dict() if leak else None
     finally:
         gc.unfreeze()
+        shutil.rmtree(stackdir, ignore_errors=True)
         for p in procs:
             if p.pid is not None and p.exitcode is None:
                 try:
@@ -274,7 +324,18 @@ def run_one(
         schedule=ctl.schedule(),
         max_refcount=int(st.g[G_MAX_REFCOUNT]),
         spawn_seconds=spawn_seconds,
+        mode=mode,
     )
+
+
+def reproduction(sc: Scenario, res: RunResult, reruns: int, timeout: float = 120.0) -> str:
+    """Free mode: rerun the failing seed `reruns` times; "k/M" counts the reruns that failed the same way."""
+    cls = (res.failure or {}).get("class")
+    hits = sum(
+        (run_one(sc, res.seed, "random", res.bugs, mode=res.mode, timeout=timeout).failure or {}).get("class") == cls
+        for _ in range(reruns)
+    )
+    return f"{hits}/{reruns}"
 
 
 def run_many(

@@ -64,6 +64,9 @@ class Scenario:
     admin_unmerge_every: int = 0
     pct_depth: int = 3
     pct_steps: int = 4000
+    chaos_yield: float = 0.05  # free mode: chance a scheduling point yields the CPU
+    chaos_sleep: float = 0.01  # ... or sleeps up to chaos_sleep_us microseconds
+    chaos_sleep_us: float = 50.0
     tasks: tuple[TaskCfg, ...] = field(default_factory=lambda: (TaskCfg(),))
 
     @property
@@ -149,6 +152,7 @@ def parse(text: str, path: str = "<string>") -> Scenario:
         raise ScenarioError(f"{path}: not valid TOML: {e}") from None
     r = _Reader(path, "", data)
     a, k, rc, ad, p = r.table("arena"), r.table("ksm"), r.table("reclaim"), r.table("admin"), r.table("pct")
+    ch = r.table("chaos")
     r.seen.update({"task", "ksmd"})
     raw_tasks = data.get("task", [{}])
     if not isinstance(raw_tasks, list) or not raw_tasks:
@@ -173,9 +177,12 @@ def parse(text: str, path: str = "<string>") -> Scenario:
         admin_unmerge_every=ad.get("unmerge_every", int, 0, 0, 10_000_000),
         pct_depth=p.get("depth", int, 3, 1, 16),
         pct_steps=p.get("steps", int, 4000, 1, 100_000_000),
+        chaos_yield=ch.get("yield", float, 0.05, 0.0, 1.0),
+        chaos_sleep=ch.get("sleep", float, 0.01, 0.0, 1.0),
+        chaos_sleep_us=ch.get("sleep_us", float, 50.0, 0.0, 1_000_000.0),
         tasks=tasks,
     )
-    for sub in (a, k, rc, ad, p, kd):
+    for sub in (a, k, rc, ad, p, kd, ch):
         sub.done()
     r.done()
     if sc.initial_tasks > sc.max_mm:

@@ -229,9 +229,10 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
     st = k.st
     v = st.vma.deref(vref, "copy_page_range")
     start, end = int(k.vm["start"][v]), int(k.vm["end"][v])
-    ptl = k.ptl(src)
+    ptl, dst_ptl = k.ptl(src), k.ptl(dst)
     skip_ksm = k.bug("fork-no-mapcount")  # the defect: a KSM pte copied without raising the page's mapcount
-    k.locks.lock(ptl, "copy_page_range")
+    k.locks.lock(dst_ptl, "copy_pte_range")  # the child's ptes are reachable by rmap walks already
+    k.locks.lock(ptl, "copy_pte_range:src_ptl")  # spin_lock_nested(src_ptl, SINGLE_DEPTH_NESTING)
     for addr in range(start, end):
         kind, ref, _w = pte_get(k, src, addr)
         if kind == PTE_PRESENT:
@@ -244,7 +245,8 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
             ss = st.swap.deref(ref, "copy_one_pte:swap_duplicate")
             k.atomic_add(st.swap.v["count"], ss, 1)
             pte_set(k, dst, addr, PTE_SWAP, ref, 0)
-    k.locks.unlock(ptl, "copy_page_range")
+    k.locks.unlock(ptl, "copy_pte_range:src_ptl")
+    k.locks.unlock(dst_ptl, "copy_pte_range")
 
 
 def zap_pte_range(k: K, m: int, start: int, end: int) -> None:

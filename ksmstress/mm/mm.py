@@ -1,7 +1,7 @@
 """mm_struct and vmas: mmap, munmap (with vma splitting), fork's dup_mmap, exit, madvise and the fault entry.
 
-Simplifications: no vma merging (vma_merge) on mmap; madvise applies to whole vmas (no split on a partial
-range); rlimits are a fixed per-mm vma budget (`max_vmas`).
+Simplifications: no vma merging (vma_merge) on mmap or madvise; rlimits are a fixed per-mm vma budget
+(`max_vmas`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..arena import ref_slot
 from ..failures import Failure
 from . import ksm, memory, rmap
-from .state import PTE_NONE, K
+from .state import PTE_NONE, VM_MERGEABLE, K
 
 
 # -- mm_struct -----------------------------------------------------------------------------------------------
@@ -237,14 +237,26 @@ def sys_munmap(k: K, mref: int, start: int, end: int) -> bool:
 
 
 def sys_madvise(k: K, mref: int, start: int, end: int, advice: int) -> int:
-    """MADV_MERGEABLE / MADV_UNMERGEABLE over every vma that overlaps [start, end); mmap_sem held for write."""
+    """MADV_MERGEABLE / MADV_UNMERGEABLE over [start, end) under mmap_sem (write). As madvise_behavior does, a vma
+    whose flags change is split at the range's edges first, so only the range changes; -ENOMEM when a split
+    would exceed the vma budget."""
     m = k.st.mm.deref(mref, "sys_madvise")
+    want = advice == ksm.MADV_MERGEABLE
     k.locks.down_write(k.mmap_sem(m), "sys_madvise")
     err = 0
     for vref in vma_list(k, m):
         v = k.st.vma.deref(vref, "sys_madvise")
-        if k.vm["start"][v] < end and k.vm["end"][v] > start:
-            err = ksm.ksm_madvise(k, vref, advice) or err
+        vs, ve = int(k.vm["start"][v]), int(k.vm["end"][v])
+        if ve <= start or vs >= end or bool(k.vm["flags"][v] & VM_MERGEABLE) == want:
+            continue
+        if len(vma_list(k, m)) + int(vs < start) + int(ve > end) > k.st.sz.max_vmas:
+            err = -12
+            break
+        if vs < start:
+            vref = split_vma(k, m, vref, start)
+        if ve > end:
+            split_vma(k, m, vref, end)
+        err = ksm.ksm_madvise(k, vref, advice) or err
     k.locks.up_write(k.mmap_sem(m), "sys_madvise")
     return err
 

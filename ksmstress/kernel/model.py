@@ -1,0 +1,183 @@
+"""The model's side of a kernel workload: the same processes and pages on a single-task model kernel.
+
+Processes are mms (exec is mm_alloc + mmap + madvise, fork is dup_mmap, exit is mmput); a write is a user store
+of the pattern's bytes; ksmd is ksm_do_scan under ksm_thread_mutex, run pass by pass until the counters settle.
+Pages are `PAGE` bytes here against 4096 on the kernel: a pattern fills either page size the same way, so the
+same pages are equal on both sides.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..arena import ref_slot
+from ..checks.content import pattern_bytes
+from ..mm import ksm, memory
+from ..mm import mm as mmm
+from ..mm.state import (
+    G_PAGES_SHARED,
+    G_PAGES_SHARING,
+    G_PAGES_UNSHARED,
+    G_RUN,
+    G_SEQNR,
+    KSM_RUN_MERGE,
+    STABLE_FLAG,
+    K,
+    Sizes,
+)
+from ..runner import solo_kernel
+from .workload import Action, Figures, Workload
+
+PAGE = 16  # model page size: patterns stay distinct down to 2 bytes
+SCAN_BATCH = 10_000  # pages_to_scan, as the kernel side sets it
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A phase's outcome on one side: the figures, the full scans it took, and whether they settled."""
+
+    figures: Figures
+    scans: int
+    seconds: float
+    settled: bool = True
+
+
+def region_bases(w: Workload) -> list[int]:
+    """Model address of each region index: regions one after another from page 1, a page of gap between."""
+    most = max(len(regs) for regs in w.layout().values())
+    widest = [max((regs[i].pages for regs in w.layout().values() if i < len(regs)), default=0) for i in range(most)]
+    bases, addr = [], 1
+    for n in widest:
+        bases.append(addr)
+        addr += n + 1
+    return bases
+
+
+def sizes_for(w: Workload) -> Sizes:
+    """Arena dimensions no run of `w` can outgrow."""
+    layout = w.layout()
+    bases = region_bases(w)
+    widest = max(bases[len(regs) - 1] + regs[-1].pages for regs in layout.values())
+    range_ops = sum(1 for ph in w.phases for a in ph.actions if a.kind in ("munmap", "mergeable", "unmergeable"))
+    nregions = max(len(regs) for regs in layout.values())
+    total = w.total_pages
+    nmm = len(layout)
+    max_vmas = nregions + 2 * range_ops + 2
+    return Sizes(
+        page_size=PAGE,
+        vpages=widest + 2,
+        max_mm=nmm,
+        max_vmas=max_vmas,
+        frames=2 * total + 64,
+        swap=16,
+        rmap_items=total + 64,
+        stable_nodes=total + 64,
+        anon_vmas=nmm * max_vmas + 64,
+        quarantine=4,
+    )
+
+
+class ModelSide:
+    """One workload on a fresh model kernel, driven action by action (`apply`) and phase by phase (`settle`)."""
+
+    def __init__(self, w: Workload, min_scans: int = 4, max_scans: int = 400) -> None:
+        self.w = w
+        self.min_scans, self.max_scans = min_scans, max_scans
+        self.k: K = solo_kernel(sizes_for(w))
+        self.bases = region_bases(w)
+        self.mms: dict[str, int] = {}  # live process -> mm reference
+        for p in w.processes:
+            mref = mmm.mm_alloc(self.k)
+            for i, r in enumerate(p.regions):
+                if not mmm.sys_mmap(self.k, mref, self.bases[i], r.pages, 0):
+                    raise RuntimeError(f"model: mmap of {p.name}.{i} failed")
+                if r.mergeable:
+                    mmm.sys_madvise(self.k, mref, self.bases[i], self.bases[i] + r.pages, ksm.MADV_MERGEABLE)
+            self.mms[p.name] = mref
+
+    # -- actions ---------------------------------------------------------------------------------------------
+    def apply(self, a: Action) -> None:
+        k = self.k
+        if a.kind == "run":
+            ksm.run_store(k, a.value)
+            return
+        mref = self.mms[a.proc]
+        m = ref_slot(mref)
+        if a.kind == "write":
+            for region, page, pat in a.page_patterns():
+                if not memory.user_write(k, m, self.bases[region] + page, pattern_bytes(pat, PAGE)):
+                    raise RuntimeError(f"model: SIGSEGV writing {a.proc}.{region}[{page}]")
+        elif a.kind == "fork":
+            self.mms[a.child] = mmm.dup_mmap(k, mref)
+        elif a.kind == "exit":
+            mmm.mmput(k, mref)
+            del self.mms[a.proc]
+        elif a.kind == "munmap":
+            for s in a.spans:
+                if not mmm.sys_munmap(k, mref, self.bases[s.region] + s.start, self.bases[s.region] + s.end):
+                    raise RuntimeError(f"model: munmap of {a.text!r} ran out of vmas")
+        else:
+            advice = ksm.MADV_MERGEABLE if a.kind == "mergeable" else ksm.MADV_UNMERGEABLE
+            for s in a.spans:
+                self.madvise(mref, self.bases[s.region] + s.start, self.bases[s.region] + s.end, advice)
+
+    def madvise(self, mref: int, start: int, end: int, advice: int) -> None:
+        """madvise(2) as the program would call it (the model splits vmas at the range's edges, as 2.6.33)."""
+        if mmm.sys_madvise(self.k, mref, start, end, advice):
+            raise RuntimeError(f"model: madvise [{start}, {end}) ran out of vmas")
+
+    # -- ksmd ------------------------------------------------------------------------------------------------
+    def full_scan(self) -> None:
+        """ksm_scan_thread until one more full scan has completed (seqnr++)."""
+        k = self.k
+        target = int(k.g[G_SEQNR]) + 1
+        while int(k.g[G_SEQNR]) < target and ksm.ksmd_should_run(k):
+            k.locks.lock(k.ksm_thread_mutex, "ksm_scan_thread")
+            ksm.ksm_do_scan(k, SCAN_BATCH)
+            k.locks.unlock(k.ksm_thread_mutex, "ksm_scan_thread")
+
+    def figures(self) -> Figures:
+        """The counters, and per live process its rmap_items in the stable tree (what ksm_merging_pages counts)."""
+        k = self.k
+        ri = k.st.rmap_item.c  # numpy columns (k.ri is the scalar view)
+        items = k.st.rmap_item.live_slots()
+        owners = ri["mm"][items[(ri["flags"][items] & STABLE_FLAG) != 0]]
+        return Figures(
+            shared=int(k.g[G_PAGES_SHARED]),
+            sharing=int(k.g[G_PAGES_SHARING]),
+            unshared=int(k.g[G_PAGES_UNSHARED]),
+            merging={name: int(np.count_nonzero(owners == mref)) for name, mref in self.mms.items()},
+        )
+
+    def settle(self) -> Settled:
+        """Full scans until at least `min_scans` have run and two in a row left the figures unchanged (no scans
+        at all when ksmd would not run: run is 0 or 2, or no mm is registered)."""
+        t0 = time.perf_counter()
+        if not int(self.k.g[G_RUN]) & KSM_RUN_MERGE:
+            return Settled(self.figures(), 0, time.perf_counter() - t0)
+        prev, scans = self.figures(), 0
+        while scans < self.max_scans:
+            if not ksm.ksmd_should_run(self.k):
+                break
+            self.full_scan()
+            scans += 1
+            cur = self.figures()
+            if scans >= self.min_scans and cur == prev:
+                return Settled(cur, scans, time.perf_counter() - t0)
+            prev = cur
+        return Settled(self.figures(), scans, time.perf_counter() - t0, settled=scans < self.max_scans)
+
+
+def run_model(w: Workload, min_scans: int = 4) -> tuple[list[Settled], float]:
+    """Every phase of `w` on the model: the settled figures per phase and the total wall time."""
+    t0 = time.perf_counter()
+    side = ModelSide(w, min_scans)
+    out = []
+    for ph in w.phases:
+        for a in ph.actions:
+            side.apply(a)
+        out.append(side.settle())
+    return out, time.perf_counter() - t0

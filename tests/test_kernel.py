@@ -1,0 +1,303 @@
+"""The real kernel as oracle: workload files, the model against recorded kernel figures, the model against the
+running kernel (marked `kernel`: skipped with the reason where the kernel's KSM cannot be used), and the sysfs
+restore after a clean run, a run that raises, Ctrl-C, SIGTERM and SIGKILL.
+
+Kernel runs are serialised across processes by the file lock every run takes (xdist workers wait for each other);
+before/after snapshots of the knobs are taken under the same lock, so a concurrent run cannot be caught mid-way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from ksmstress.cli import main
+from ksmstress.kernel import sysfs
+from ksmstress.kernel.compare import compare_recorded, render, run_against_kernel
+from ksmstress.kernel.model import run_model
+from ksmstress.kernel.real import RealSide
+from ksmstress.kernel.workload import WorkloadError, generate, generate_text, load, parse, resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "scenarios" / "kernel").glob("*.toml"))
+REQUIRED = {"ltp-ksm01", "ksm-tests-merge", "ksm-tests-unmerge", "fork-write", "unmergeable-half"}
+GOOD = """
+name = "t"
+[[process]]
+name = "a"
+regions = [4]
+[[phase]]
+do = ["write a 1"]
+"""
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(args))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def knobs() -> dict[str, str]:
+    """Every writable KSM value, read while no other run can be half-way (under the run lock)."""
+    with sysfs.ksm_lock():
+        return {n: sysfs.read(n) for n in sysfs.writable()}
+
+
+def kernel_or_skip() -> None:
+    reason = sysfs.availability()
+    if reason:
+        pytest.skip(f"the kernel's KSM cannot be used: {reason}")
+
+
+def on_kernel(workloads: list[Any], **kw: Any) -> list[Any]:
+    kernel_or_skip()
+    try:
+        reports, _s = run_against_kernel(workloads, **kw)
+    except sysfs.Unavailable as e:
+        pytest.skip(f"the kernel's KSM cannot be used: {e}")
+    return reports
+
+
+def no_children_left() -> None:
+    deadline = time.monotonic() + 5
+    while (kids := psutil.Process().children(recursive=True)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not kids, f"processes left behind: {kids}"
+
+
+# -- workload files ----------------------------------------------------------------------------------------
+def test_shipped_workloads_cover_the_issue_and_record_every_phase() -> None:
+    names = {p.stem for p in SHIPPED}
+    assert REQUIRED <= names
+    for p in SHIPPED:
+        w = load(p)
+        assert all(ph.expect is not None for ph in w.phases), f"{p.name}: a phase without recorded figures"
+    assert [str(p) for p in resolve([])] == [str(p) for p in SHIPPED]
+
+
+BAD = [
+    ("name = ", "not valid TOML"),
+    ("colour = 1\n" + GOOD, "key 'colour': unknown key"),
+    (GOOD + "colour = 1\n", "key 'phase[0].colour': unknown key"),
+    ('[[phase]]\ndo = ["run 1"]\n', "key 'process': expected one or more [[process]] tables"),
+    (GOOD.replace("regions = [4]", "regions = [0]"), "key 'process[0].regions': expected a non-empty list"),
+    (GOOD.replace("regions = [4]", 'regions = "4"'), "key 'process[0].regions': expected list"),
+    (GOOD.replace('name = "a"', 'name = "1a"'), "key 'process[0].name': expected a name"),
+    (GOOD.replace('"write a 1"', '"scribble a 1"'), "key 'phase[0].do[0]': expected an action"),
+    (GOOD.replace('"write a 1"', '"write b 1"'), "key 'phase[0].do[0]': expected a live process, got unknown 'b'"),
+    (GOOD.replace('"write a 1"', '"write a.1 1"'), "key 'phase[0].do[0]': expected a region of a in [0, 0]"),
+    (GOOD.replace('"write a 1"', '"write a.0[3:9] 1"'), "expected pages [A:B] with 0 <= A < B <= 4"),
+    (GOOD.replace('"write a 1"', '"write a 1x"'), "key 'phase[0].do[0]': expected patterns"),
+    (GOOD.replace('"write a 1"', '"write a 99999"'), "expected patterns"),
+    (GOOD.replace('"write a 1"', '"munmap a.0[0:2]", "write a.0[1:3] 1"'), "expected mapped pages, got page 1"),
+    (GOOD.replace('"write a 1"', '"exit a", "write a 1"'), "expected a live process, got exited 'a'"),
+    (GOOD.replace('"write a 1"', '"fork a a"'), "expected a new process name for the child"),
+    (GOOD.replace('"write a 1"', '"run 3"'), "expected run 0, 1 or 2"),
+    (GOOD.replace('do = ["write a 1"]', "do = []"), "key 'phase[0].do': expected a non-empty list of actions"),
+    (GOOD + "expect = { shared = -1 }\n", "key 'phase[0].expect.shared': expected an integer in"),
+    (GOOD + "expect = { merging = { b = 1 } }\n", "key 'phase[0].expect.merging.b': expected a process alive"),
+    (GOOD + "expect = { sharred = 1 }\n", "key 'phase[0].expect.sharred': unknown key"),
+]
+
+
+@pytest.mark.parametrize(("text", "want"), BAD, ids=[w for _t, w in BAD])
+def test_bad_workloads_are_one_line_errors_naming_file_and_key(text: str, want: str) -> None:
+    with pytest.raises(WorkloadError) as e:
+        parse(text, "w.toml")
+    msg = str(e.value)
+    assert msg.startswith("w.toml: ") and "\n" not in msg and want in msg, msg
+
+
+def test_bad_workload_through_the_cli_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace('"write a 1"', '"write a.0[0:5] 1"'))
+    code, out, err = cli(capsys, "kernel", str(bad))
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and str(bad) in err and "phase[0].do[0]" in err and "Traceback" not in err
+    for args in (["kernel", "no-such-workload"], ["kernel", "--min-scans", "1"], ["kernel", "--generate", "2",
+                                                                                    "--recorded"]):
+        code, out, err = cli(capsys, *args)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (args, err)
+
+
+def test_generated_workloads_are_valid_and_reproducible() -> None:
+    for seed in range(300):
+        assert generate_text(seed) == generate_text(seed)
+        w = generate(seed)
+        assert w.phases and w.phases[0].name == "fill"
+    kinds = {a.kind for s in range(300) for ph in generate(s).phases for a in ph.actions}
+    assert kinds == {"write", "fork", "unmergeable", "mergeable", "munmap", "exit", "run"}
+
+
+# -- the model against recorded kernel figures ------------------------------------------------------------------
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_model_matches_the_recorded_kernel_figures(path: Path) -> None:
+    rep = compare_recorded(load(path))
+    assert rep.verdict == "agree", render(rep)
+
+
+def test_a_wrong_recorded_figure_is_a_mismatch_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = (ROOT / "scenarios/kernel/ksm-tests-merge.toml").read_text().replace("sharing = 63", "sharing = 62")
+    p = tmp_path / "wrong.toml"
+    p.write_text(text)
+    code, out, _err = cli(capsys, "kernel", "--recorded", str(p))
+    assert code == 1
+    assert "63 ! 62" in out and "<- sharing 63 != 62" in out and "verdict: mismatch" in out
+    code, out, _err = cli(capsys, "kernel", "--recorded", "--json", str(p))
+    d = json.loads(out)
+    assert code == 1 and d["verdict"] == "mismatch" and d["workloads"][0]["phases"][0]["recorded"]["sharing"] == 62
+
+
+def test_recorded_comparison_through_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _err = cli(capsys, "kernel", "--recorded")
+    assert code == 0 and out.count(": agree (model") == len(SHIPPED)
+
+
+def test_model_side_is_deterministic() -> None:
+    w = generate(7)
+    a, _ = run_model(w)
+    b, _ = run_model(w)
+    assert [r.figures for r in a] == [r.figures for r in b]
+
+
+# -- where the kernel cannot be used ------------------------------------------------------------------------------
+def test_not_root_is_skipped_with_the_reason_exit_0() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to nobody")
+    code = textwrap.dedent("""
+        import os, sys
+        from ksmstress.cli import main
+        os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+        sys.exit(main(["kernel", "--json"]))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    d = json.loads(r.stdout)
+    assert r.returncode == 0 and d["verdict"] == "skipped" and "not root" in d["reason"]
+
+
+@pytest.mark.kernel
+def test_a_held_lock_means_busy_not_a_silent_pass() -> None:
+    kernel_or_skip()
+    w = load(SHIPPED[0])
+    with sysfs.ksm_lock():
+        with pytest.raises(sysfs.Unavailable, match="KSM busy: another ksmstress kernel run"):
+            run_against_kernel([w], lock_timeout=0.3)
+
+
+# -- the model against the running kernel ---------------------------------------------------------------------
+@pytest.mark.kernel
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_model_agrees_with_the_running_kernel(path: Path) -> None:
+    w = load(path)
+    (rep,) = on_kernel([w])
+    assert rep.verdict == "agree", render(rep)
+    # and the kernel still shows the figures recorded in the file
+    for ph, row in zip(w.phases, rep.rows, strict=True):
+        assert ph.expect is not None and not ph.expect.mismatches(row.other), (ph.name, row.other)
+    no_children_left()
+
+
+@pytest.mark.kernel
+def test_generated_workloads_agree_with_the_running_kernel() -> None:
+    reps = on_kernel([generate(s) for s in range(1000, 1012)])
+    bad = [render(r) for r in reps if r.verdict != "agree"]
+    assert not bad, "\n\n".join(bad)
+    no_children_left()
+
+
+# -- every sysfs value back ---------------------------------------------------------------------------------------
+@pytest.mark.kernel
+def test_sysfs_restored_after_a_run_and_after_a_run_that_raises() -> None:
+    kernel_or_skip()
+    before = knobs()
+    on_kernel([load(SHIPPED[0])])
+    assert knobs() == before
+    w = load(ROOT / "scenarios/kernel/ltp-ksm01.toml")
+    try:
+        with pytest.raises(RuntimeError, match="mid-run"):
+            with sysfs.ksm_session() as s:
+                assert not sysfs.present("smart_scan") or sysfs.read("smart_scan") == "0"
+                with RealSide(w, s) as side:
+                    for a in w.phases[0].actions:
+                        side.apply(a)
+                    assert side.settle().figures.shared == 2
+                    raise RuntimeError("mid-run")
+    except sysfs.Unavailable as e:
+        pytest.skip(str(e))
+    assert knobs() == before
+    with sysfs.ksm_lock():
+        assert sysfs.counters()["pages_sharing"] == 0
+    no_children_left()
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _interrupted_run(sig: int) -> subprocess.CompletedProcess[str]:
+    """`ksmstress kernel` slowed down (ksmd sleeping 50 ms, 40 scans a phase), hit by `sig` once it runs."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "ksmstress.cli", "kernel", "ltp-ksm01", "--sleep-millisecs", "50", "--min-scans", "40"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120  # may wait for another run's lock
+        while time.monotonic() < deadline and p.poll() is None:
+            if sysfs.read("sleep_millisecs") == "50" and psutil.Process(p.pid).children():
+                break
+            time.sleep(0.02)
+        time.sleep(0.5)  # in the middle of a settle
+        kids = [c.pid for c in psutil.Process(p.pid).children(recursive=True)] if p.poll() is None else []
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    deadline = time.monotonic() + 10  # after SIGKILL the workload processes die on their own (PDEATHSIG, EOF)
+    for pid in kids:
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _running(pid), f"workload process {pid} outlived the run"
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_sysfs_restored_after_a_signal_mid_run(sig: int) -> None:
+    kernel_or_skip()
+    before = knobs()
+    r = _interrupted_run(sig)
+    if "skipped" in r.stdout:
+        pytest.skip(r.stdout)
+    assert r.returncode == 130 and "interrupted" in r.stderr, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert knobs() == before
+
+
+@pytest.mark.kernel
+def test_values_a_killed_run_left_are_restored_by_the_next() -> None:
+    kernel_or_skip()
+    before = knobs()
+    r = _interrupted_run(signal.SIGKILL)
+    if "skipped" in r.stdout:
+        pytest.skip(r.stdout)
+    assert r.returncode == -signal.SIGKILL  # nothing could restore: the originals wait beside the lock
+    on_kernel([load(ROOT / "scenarios/kernel/ksm-tests-unmerge.toml")])
+    assert knobs() == before and not sysfs.saved_path().exists()
