@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import bench as benchmod
+from . import soak as soakmod
 from .bugs import VARIANTS, UnknownBug, validate
 from .failures import CLASSES
 from .kernel import WorkloadError
 from .kernel import add_parser as add_kernel_parser
 from .report import ArtifactError, configure_logging, read_artifact, verdict_dict, write_artifact
-from .runner import RunResult, run_one
+from .runner import RunResult, reproduction, run_one
 from .scenario import ScenarioError, default_dir, load, parse, resolve
 from .sched import STRATEGIES
 
@@ -48,6 +49,8 @@ def _print_failure(res: RunResult, artifact: Path | None) -> None:
     for key in ("task", "object", "site", "freed", "mm", "address", "cycle", "blocked", "walk", "via"):
         if key in details:
             print(f"  {key}: {details[key]}")
+    if res.reproduced is not None:
+        print(f"  reproduced {res.reproduced} (free mode: the same seed rerun, the OS interleaving differs)")
     if artifact is not None:
         print(f"  artifact: {artifact}")
         print(f"  replay:   ksmstress replay {shlex.quote(str(artifact))}")
@@ -64,7 +67,17 @@ def cmd_run(a: argparse.Namespace) -> int:
         steps = elapsed = 0.0
         done = 0
         for seed in range(a.seed, a.seed + a.runs):
-            res = run_one(sc, seed, a.strategy, sorted(bugs), cpu=a.cpu, pct_depth=a.pct_depth, timeout=a.timeout)
+            res = run_one(
+                sc,
+                seed,
+                a.strategy,
+                sorted(bugs),
+                cpu=a.cpu,
+                pct_depth=a.pct_depth,
+                timeout=a.timeout,
+                mode=a.mode,
+                hang_seconds=a.hang_seconds,
+            )
             done += 1
             total_runs += 1
             steps += res.steps
@@ -76,6 +89,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         sps = steps / elapsed if elapsed else 0.0
         summaries.append({"scenario": sc.name, "runs": done, "verdict": last.verdict, "steps_per_second": round(sps)})
         if last.verdict == "failure":
+            if a.mode == "free" and a.reruns:
+                last.reproduced = reproduction(sc, last, a.reruns, a.timeout)
             artifact = write_artifact(Path(a.artifacts), sc, last, a.pct_depth)
             if a.json:
                 d = verdict_dict(last, total_runs, str(artifact))
@@ -106,15 +121,20 @@ def cmd_replay(a: argparse.Namespace) -> int:
     except KeyError:
         _usage_error(f"{a.artifact}: key 'scenario.path': expected the scenario's text or path")
     bugs = validate(art["bugs"])
-    res = run_one(
-        sc,
-        art["seed"],
-        art["strategy"],
-        sorted(bugs),
-        schedule=art["schedule_bytes"],
-        pct_depth=art.get("pct_depth"),
-        timeout=a.timeout,
-    )
+    if art.get("mode") == "free":  # nothing to replay step by step: rerun the seed and say how often it fails
+        res = run_one(sc, art["seed"], "random", sorted(bugs), timeout=a.timeout, mode="free")
+        if res.failure:
+            res.reproduced = reproduction(sc, res, a.reruns, a.timeout)
+    else:
+        res = run_one(
+            sc,
+            art["seed"],
+            art["strategy"],
+            sorted(bugs),
+            schedule=art["schedule_bytes"],
+            pct_depth=art.get("pct_depth"),
+            timeout=a.timeout,
+        )
     recorded = (art.get("failure") or {}).get("class")
     if a.json:
         d = verdict_dict(res, 1, str(a.artifact))
@@ -171,12 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--artifacts", default="ksmstress-artifacts", help="where failure artifacts go")
     r.add_argument("--cpu", type=int, default=None, help="CPU to pin the run's processes to")
     r.add_argument("--timeout", type=float, default=120.0, help="wall-clock seconds per run before 'hang'")
+    r.add_argument(
+        "--mode",
+        choices=("controlled", "free"),
+        default="controlled",
+        help="controlled: one task at a time, reproducible; free: all at once on every CPU",
+    )
+    r.add_argument("--reruns", type=int, default=10, help="free mode: reruns of a failing seed for its rate")
+    r.add_argument("--hang-seconds", type=float, default=10.0, help="free mode: no progress this long is a hang")
     r.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("replay", help="replay a failure artifact step by step")
     p.add_argument("artifact")
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--reruns", type=int, default=10, help="free-mode artifacts: reruns for the reproduction rate")
     p.set_defaults(fn=cmd_replay)
 
     b = sub.add_parser("bugs", help="list the bug variants")
@@ -187,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_scenarios)
 
     benchmod.add_parser(sub)
+    soakmod.add_parser(sub)
     add_kernel_parser(sub)
     return ap
 

@@ -35,15 +35,19 @@ from ksmstress.scenario import Scenario, ScenarioError, load, parse
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"
 REQUIRED_KEYS = {"verdict", "seed", "runs", "steps", "schedule_digest", "failure", "steps_per_second"}
-EXPECTED_DETECTORS = {"no-anon-vma-ref": "use-after-free", "free-on-empty-list": "use-after-free",
-                      "single-pass-walk": "traversal"}
+EXPECTED_DETECTORS = {
+    "no-anon-vma-ref": "use-after-free",
+    "free-on-empty-list": "use-after-free",
+    "single-pass-walk": "traversal",
+}
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
 def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """`python -m ksmstress.cli ARGS` in a fresh interpreter."""
-    return subprocess.run([sys.executable, "-m", "ksmstress.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ksmstress.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -141,8 +145,9 @@ def test_different_seeds_give_different_schedules(capsys: pytest.CaptureFixture[
 
 # -- variant detection and replay ---------------------------------------------------------------------------------
 def test_single_pass_walk_is_caught_and_replays(tmp_path: Path) -> None:
-    r = run_cli("run", "seed-fork-race", "--bug", "single-pass-walk", "--runs", "50", "--artifacts",
-                str(tmp_path / "art"))
+    r = run_cli(
+        "run", "seed-fork-race", "--bug", "single-pass-walk", "--runs", "50", "--artifacts", str(tmp_path / "art")
+    )
     assert r.returncode == 1, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
     assert "FAILURE traversal" in r.stdout
@@ -181,8 +186,9 @@ def test_single_pass_walk_is_caught_and_replays(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bug", ["no-anon-vma-ref", "free-on-empty-list"])
 def test_unmap_race_variants_are_use_after_free(bug: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = cli(capsys, "run", "seed-unmap-race", "--bug", bug, "--runs", "30", "--json",
-                         "--artifacts", str(tmp_path))
+    code, out, err = cli(
+        capsys, "run", "seed-unmap-race", "--bug", bug, "--runs", "30", "--json", "--artifacts", str(tmp_path)
+    )
     assert code == 1, out + err
     d = one_json_object(out)
     assert d["verdict"] == "failure"
@@ -219,44 +225,53 @@ def test_malformed_toml(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
     assert_usage_error(*cli(capsys, "run", str(p)), str(p), "TOML")
 
 
-@pytest.mark.parametrize(("text", "key"), [
-    ("colour = 1\n", "colour"),
-    ("[arena]\nwibble = 3\n", "arena.wibble"),
-    ("[[task]]\nbogus = 1\n", "task[0].bogus"),
-    ("[[task]]\n[task.weights]\nteleport = 1\n", "task[0].weights.teleport"),
-    ("[gpu]\nenabled = true\n", "gpu"),
-])
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("colour = 1\n", "colour"),
+        ("[arena]\nwibble = 3\n", "arena.wibble"),
+        ("[[task]]\nbogus = 1\n", "task[0].bogus"),
+        ("[[task]]\n[task.weights]\nteleport = 1\n", "task[0].weights.teleport"),
+        ("[gpu]\nenabled = true\n", "gpu"),
+    ],
+)
 def test_unknown_key(text: str, key: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     p = write(tmp_path, "unknown-key.toml", text)
     assert_usage_error(*cli(capsys, "run", str(p)), "unknown-key.toml", f"'{key}'", "unknown key")
 
 
-@pytest.mark.parametrize(("text", "key", "expected"), [
-    ('[arena]\npage_size = "big"\n', "arena.page_size", "expected int"),
-    ("[arena]\nvpages = 1.5\n", "arena.vpages", "expected int"),
-    ("[arena]\nmax_mm = true\n", "arena.max_mm", "expected int"),
-    ('[reclaim]\nenabled = "yes"\n', "reclaim.enabled", "expected bool"),
-    ('[reclaim]\nswap = "lots"\n', "reclaim.swap", "expected float"),
-    ("name = 3\n", "name", "expected str"),
-    ('[[task]]\nscript = "fill"\n', "task[0].script", "expected list"),
-    ('[[task]]\nscript = ["fill", "teleport"]\n', "task[0].script", "bad step"),
-    ("arena = 3\n", "arena", "expected a table"),
-    ("task = 3\n", "task", "[[task]]"),
-])
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ('[arena]\npage_size = "big"\n', "arena.page_size", "expected int"),
+        ("[arena]\nvpages = 1.5\n", "arena.vpages", "expected int"),
+        ("[arena]\nmax_mm = true\n", "arena.max_mm", "expected int"),
+        ('[reclaim]\nenabled = "yes"\n', "reclaim.enabled", "expected bool"),
+        ('[reclaim]\nswap = "lots"\n', "reclaim.swap", "expected float"),
+        ("name = 3\n", "name", "expected str"),
+        ('[[task]]\nscript = "fill"\n', "task[0].script", "expected list"),
+        ('[[task]]\nscript = ["fill", "teleport"]\n', "task[0].script", "bad step"),
+        ("arena = 3\n", "arena", "expected a table"),
+        ("task = 3\n", "task", "[[task]]"),
+    ],
+)
 def test_wrong_type(text: str, key: str, expected: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     p = write(tmp_path, "wrong-type.toml", text)
     assert_usage_error(*cli(capsys, "run", str(p)), "wrong-type.toml", key, expected)
 
 
-@pytest.mark.parametrize(("text", "key"), [
-    ("[arena]\nvpages = 8\n[[task]]\nregion = 20\n", "task[0].region"),
-    ("[arena]\nvpages = 8\n[[task]]\nregion = 8\n", "task[0].region"),  # page 0 is never mapped
-    ("[arena]\nmax_mm = 2\n[[task]]\ncount = 3\n", "arena.max_mm"),
-    ("[arena]\npage_size = 1\n", "arena.page_size"),
-    ("[arena]\nvpages = 100000\n", "arena.vpages"),
-    ("max_steps = -5\n", "max_steps"),
-    ("[reclaim]\nksm_bias = 1.5\n", "reclaim.ksm_bias"),
-])
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[arena]\nvpages = 8\n[[task]]\nregion = 20\n", "task[0].region"),
+        ("[arena]\nvpages = 8\n[[task]]\nregion = 8\n", "task[0].region"),  # page 0 is never mapped
+        ("[arena]\nmax_mm = 2\n[[task]]\ncount = 3\n", "arena.max_mm"),
+        ("[arena]\npage_size = 1\n", "arena.page_size"),
+        ("[arena]\nvpages = 100000\n", "arena.vpages"),
+        ("max_steps = -5\n", "max_steps"),
+        ("[reclaim]\nksm_bias = 1.5\n", "reclaim.ksm_bias"),
+    ],
+)
 def test_impossible_size(text: str, key: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     p = write(tmp_path, "impossible.toml", text)
     assert_usage_error(*cli(capsys, "run", str(p)), "impossible.toml", key, "expected")
@@ -272,36 +287,49 @@ def test_runs_must_be_positive(runs: str, capsys: pytest.CaptureFixture[str]) ->
     assert_usage_error(*cli(capsys, "run", "--runs", runs), "--runs")
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (("run", "--strategy", "dfs"), "--strategy"),
-    (("run", "--seed", "many"), "--seed"),
-    (("launch",), "launch"),
-    ((), "required"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("run", "--strategy", "dfs"), "--strategy"),
+        (("run", "--seed", "many"), "--seed"),
+        (("launch",), "launch"),
+        ((), "required"),
+    ],
+)
 def test_argument_errors(args: tuple[str, ...], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert_usage_error(*cli(capsys, *args), needle)
 
 
 def _artifact_text(**overrides: Any) -> str:
-    art = {"format": 1, "scenario": {"name": "x", "path": "x.toml", "text": ""}, "seed": 0, "strategy": "random",
-           "bugs": [], "schedule": base64.b64encode(zlib.compress(b"\x00" * 10)).decode(), "failure": None}
+    art = {
+        "format": 1,
+        "scenario": {"name": "x", "path": "x.toml", "text": ""},
+        "seed": 0,
+        "strategy": "random",
+        "bugs": [],
+        "schedule": base64.b64encode(zlib.compress(b"\x00" * 10)).decode(),
+        "failure": None,
+    }
     art.update(overrides)
     return json.dumps(art)
 
 
-@pytest.mark.parametrize(("content", "needle"), [
-    ('{"scenario": ', "invalid JSON"),
-    ("", "invalid JSON"),
-    (_artifact_text(seed="zero"), "'seed'"),
-    (_artifact_text(bugs="single-pass-walk"), "'bugs'"),
-    (json.dumps({"hello": "world"}), "'scenario'"),
-    (_artifact_text(schedule="not base64!!"), "'schedule'"),
-    (_artifact_text(schedule=base64.b64encode(b"not zlib").decode()), "'schedule'"),
-    (_artifact_text(scenario={"name": "x"}), "scenario"),
-    (_artifact_text(scenario={"text": "[arena\n", "path": "x.toml"}), "TOML"),
-    (_artifact_text(scenario={"text": "", "path": "/nonexistent/x.toml"}), "/nonexistent/x.toml"),
-    (_artifact_text(scenario={"text": "[[task]]\n", "path": "x.toml"}, bugs=["no-such-bug"]), "no-such-bug"),
-])
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ('{"scenario": ', "invalid JSON"),
+        ("", "invalid JSON"),
+        (_artifact_text(seed="zero"), "'seed'"),
+        (_artifact_text(bugs="single-pass-walk"), "'bugs'"),
+        (json.dumps({"hello": "world"}), "'scenario'"),
+        (_artifact_text(schedule="not base64!!"), "'schedule'"),
+        (_artifact_text(schedule=base64.b64encode(b"not zlib").decode()), "'schedule'"),
+        (_artifact_text(scenario={"name": "x"}), "scenario"),
+        (_artifact_text(scenario={"text": "[arena\n", "path": "x.toml"}), "TOML"),
+        (_artifact_text(scenario={"text": "", "path": "/nonexistent/x.toml"}), "/nonexistent/x.toml"),
+        (_artifact_text(scenario={"text": "[[task]]\n", "path": "x.toml"}, bugs=["no-such-bug"]), "no-such-bug"),
+    ],
+)
 def test_corrupt_artifact(content: str, needle: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     p = write(tmp_path, "corrupt.json", content)
     assert_usage_error(*cli(capsys, "replay", str(p)), needle)
@@ -342,8 +370,11 @@ def test_artifact_that_is_not_an_object(capsys: pytest.CaptureFixture[str], tmp_
 
 
 def test_artifact_failure_not_an_object(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    p = write(tmp_path, "failure.json", _artifact_text(scenario={"text": "[[task]]\n", "path": "x.toml"},
-                                                       failure="use-after-free"))
+    p = write(
+        tmp_path,
+        "failure.json",
+        _artifact_text(scenario={"text": "[[task]]\n", "path": "x.toml"}, failure="use-after-free"),
+    )
     code, out, err = cli(capsys, "replay", str(p))
     assert code in (0, 1, 2) and "Traceback" not in err
 
@@ -354,13 +385,19 @@ def test_artifact_scenario_text_not_a_string(capsys: pytest.CaptureFixture[str],
 
 
 @pytest.mark.parametrize("schedule", [b"", b"\xff" * 50], ids=["empty", "task-255"])
-def test_replay_schedule_that_diverges_at_step_0(schedule: bytes, capsys: pytest.CaptureFixture[str],
-                                                 tmp_path: Path) -> None:
+def test_replay_schedule_that_diverges_at_step_0(
+    schedule: bytes, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     """A schedule that diverges at step 3 ends in a clean `replay-diverged` verdict (exit 1); one that diverges at
     step 0 must too (or be refused with exit 2), never a traceback."""
-    p = write(tmp_path, "diverge.json", _artifact_text(
-        scenario={"text": (SCENARIOS / "seed-fork-race.toml").read_text(), "path": "seed-fork-race.toml"},
-        schedule=base64.b64encode(zlib.compress(schedule)).decode()))
+    p = write(
+        tmp_path,
+        "diverge.json",
+        _artifact_text(
+            scenario={"text": (SCENARIOS / "seed-fork-race.toml").read_text(), "path": "seed-fork-race.toml"},
+            schedule=base64.b64encode(zlib.compress(schedule)).decode(),
+        ),
+    )
     code, out, err = cli(capsys, "replay", str(p), "--json")
     assert code in (1, 2)
     if code == 1:
@@ -368,9 +405,15 @@ def test_replay_schedule_that_diverges_at_step_0(schedule: bytes, capsys: pytest
 
 
 def test_replay_schedule_that_diverges_later(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    p = write(tmp_path, "diverge.json", _artifact_text(
-        scenario={"text": (SCENARIOS / "seed-fork-race.toml").read_text(), "path": "seed-fork-race.toml"},
-        schedule=base64.b64encode(zlib.compress(bytes([0, 1, 2]))).decode(), failure={"class": "traversal"}))
+    p = write(
+        tmp_path,
+        "diverge.json",
+        _artifact_text(
+            scenario={"text": (SCENARIOS / "seed-fork-race.toml").read_text(), "path": "seed-fork-race.toml"},
+            schedule=base64.b64encode(zlib.compress(bytes([0, 1, 2]))).decode(),
+            failure={"class": "traversal"},
+        ),
+    )
     code, out, _err = cli(capsys, "replay", str(p), "--json")
     assert code == 1
     d = one_json_object(out)
@@ -380,17 +423,34 @@ def test_replay_schedule_that_diverges_later(capsys: pytest.CaptureFixture[str],
 
 def test_artifacts_dir_that_cannot_be_created(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     blocker = write(tmp_path, "a-file", "")
-    code, out, err = cli(capsys, "run", "seed-fork-race", "--bug", "single-pass-walk", "--runs", "50",
-                         "--artifacts", str(blocker / "sub"))
+    code, out, err = cli(
+        capsys,
+        "run",
+        "seed-fork-race",
+        "--bug",
+        "single-pass-walk",
+        "--runs",
+        "50",
+        "--artifacts",
+        str(blocker / "sub"),
+    )
     assert_usage_error(code, "", err, "a-file")
 
 
-@pytest.mark.parametrize("args", [("--timeout", "0"), ("--timeout", "-1"), ("--timeout", "nan"),
-                                  ("--strategy", "pct", "--pct-depth", "0"),
-                                  ("--strategy", "pct", "--pct-depth", "-1")],
-                         ids=["timeout-0", "timeout-neg", "timeout-nan", "pct-depth-0", "pct-depth-neg"])
-def test_numeric_options_are_validated(args: tuple[str, ...], capsys: pytest.CaptureFixture[str],
-                                       tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--timeout", "0"),
+        ("--timeout", "-1"),
+        ("--timeout", "nan"),
+        ("--strategy", "pct", "--pct-depth", "0"),
+        ("--strategy", "pct", "--pct-depth", "-1"),
+    ],
+    ids=["timeout-0", "timeout-neg", "timeout-nan", "pct-depth-0", "pct-depth-neg"],
+)
+def test_numeric_options_are_validated(
+    args: tuple[str, ...], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     assert_usage_error(*cli(capsys, "run", *args, "--artifacts", str(tmp_path)), args[-2])
 
 
@@ -431,8 +491,24 @@ _TABLES = {
 }
 _TASK_KEYS = ["count", "region", "patterns", "ops", "script", "child_script", "child_ops", "max_forks", "mergeable"]
 _WEIGHT_KEYS = ["write", "read", "fork", "munmap", "mmap", "sleep", "dance"]
-_STEPS = ["fill", "fill:2", "read-all", "wait-scans:1", "wait-merged:2", "sleep:3", "fork", "munmap-all",
-          "munmap-half", "unmergeable", "mergeable", "write:1:1", "exit", "jump", "fill:", ""]
+_STEPS = [
+    "fill",
+    "fill:2",
+    "read-all",
+    "wait-scans:1",
+    "wait-merged:2",
+    "sleep:3",
+    "fork",
+    "munmap-all",
+    "munmap-half",
+    "unmergeable",
+    "mergeable",
+    "write:1:1",
+    "exit",
+    "jump",
+    "fill:",
+    "",
+]
 
 
 def _toml_value(v: Any) -> str:
@@ -469,17 +545,27 @@ if st is None:
         pass
 
 else:
-    _FEW = settings(max_examples=25, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+    _FEW = settings(
+        max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
     _values = st.one_of(
-        st.integers(-3, 70), st.integers(), st.floats(allow_nan=True), st.booleans(), st.text(max_size=8),
-        st.lists(st.sampled_from(_STEPS), max_size=4), st.lists(st.integers(0, 3), max_size=2),
+        st.integers(-3, 70),
+        st.integers(),
+        st.floats(allow_nan=True),
+        st.booleans(),
+        st.text(max_size=8),
+        st.lists(st.sampled_from(_STEPS), max_size=4),
+        st.lists(st.integers(0, 3), max_size=2),
     )
     _keys = st.sampled_from(sorted({k for ks in _TABLES.values() for k in ks}))
     _tables = st.dictionaries(st.sampled_from(list(_TABLES)), st.dictionaries(_keys, _values, max_size=3), max_size=4)
-    _tasks = st.lists(st.tuples(st.dictionaries(st.sampled_from(_TASK_KEYS), _values, max_size=4),
-                                st.none() | st.dictionaries(st.sampled_from(_WEIGHT_KEYS), _values, max_size=3)),
-                      max_size=2)
+    _tasks = st.lists(
+        st.tuples(
+            st.dictionaries(st.sampled_from(_TASK_KEYS), _values, max_size=4),
+            st.none() | st.dictionaries(st.sampled_from(_WEIGHT_KEYS), _values, max_size=3),
+        ),
+        max_size=2,
+    )
 
     @_FEW
     @given(text=st.text(max_size=400))
@@ -500,8 +586,9 @@ else:
 
     @_FEW
     @given(tables=_tables, tasks=_tasks)
-    def test_parse_structured_scenarios(tables: dict[str, dict[str, Any]],
-                                        tasks: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
+    def test_parse_structured_scenarios(
+        tables: dict[str, dict[str, Any]], tasks: list[tuple[dict[str, Any], dict[str, Any] | None]]
+    ) -> None:
         """Near-miss scenarios (real keys, random values and types) parse or fail with ScenarioError only."""
         _check_parse(_toml(tables, tasks))
 

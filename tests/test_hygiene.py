@@ -110,11 +110,14 @@ def test_clean_run_leaves_nothing(shm_unchanged: None) -> None:
     assert new_children_after(before) == []
 
 
-@pytest.mark.parametrize(("scenario", "bug", "cls"), [
-    ("seed-unmap-race", "no-anon-vma-ref", "use-after-free"),
-    ("seed-unmap-race", "free-on-empty-list", "use-after-free"),
-    ("seed-fork-race", "single-pass-walk", "traversal"),
-])
+@pytest.mark.parametrize(
+    ("scenario", "bug", "cls"),
+    [
+        ("seed-unmap-race", "no-anon-vma-ref", "use-after-free"),
+        ("seed-unmap-race", "free-on-empty-list", "use-after-free"),
+        ("seed-fork-race", "single-pass-walk", "traversal"),
+    ],
+)
 def test_failing_run_leaves_nothing(scenario: str, bug: str, cls: str, shm_unchanged: None) -> None:
     """A detector stops the run with the other tasks parked mid-operation: they are killed and reaped."""
     before = own_children()
@@ -203,9 +206,24 @@ class Runner:
         self.out = (tmp_path / "stdout").open("w+")
         self.err = (tmp_path / "stderr").open("w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ksmstress.cli", "run", scenario, "--runs", "1000", "--timeout", "120",
-             "--artifacts", str(tmp_path / "artifacts")],
-            cwd=ROOT, stdout=self.out, stderr=self.err, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "ksmstress.cli",
+                "run",
+                scenario,
+                "--runs",
+                "1000",
+                "--timeout",
+                "120",
+                "--artifacts",
+                str(tmp_path / "artifacts"),
+            ],
+            cwd=ROOT,
+            stdout=self.out,
+            stderr=self.err,
+            start_new_session=True,
+        )
         self.ps = psutil.Process(self.proc.pid)
         self.seen: dict[int, psutil.Process] = {}
 
@@ -290,8 +308,9 @@ def test_ctrl_c_while_forking_is_honoured(tmp_path: Path, shm_unchanged: None) -
             try:
                 code = r.proc.wait(6)  # an honoured Ctrl-C ends the runner in well under a second
             except subprocess.TimeoutExpired:
-                raise AssertionError(f"try {attempt}: the runner ignored Ctrl-C during a fork; stderr:\n"
-                                     f"{r.stderr()}") from None
+                raise AssertionError(
+                    f"try {attempt}: the runner ignored Ctrl-C during a fork; stderr:\n{r.stderr()}"
+                ) from None
             err = r.stderr()
             assert code == 130, f"try {attempt}: exit status {code}; stderr:\n{err}"
             assert "Traceback" not in err, f"try {attempt}: traceback on Ctrl-C:\n{err}"
@@ -313,7 +332,9 @@ def test_sigkill_of_the_runner_leaves_nothing(scenario: str, tmp_path: Path, shm
         assert r.proc.wait(10) == -signal.SIGKILL
         assert r.seen
         left = wait_all_gone(r.seen.values(), 10.0)
-        assert left == [], (f"task processes survived their runner's SIGKILL: {[p.pid for p in left]} "
-                            f"(alive at the kill: {[p.pid for p in at_kill]})")
+        assert left == [], (
+            f"task processes survived their runner's SIGKILL: {[p.pid for p in left]} "
+            f"(alive at the kill: {[p.pid for p in at_kill]})"
+        )
     finally:
         r.cleanup()
