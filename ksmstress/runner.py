@@ -230,7 +230,10 @@ def run_one(
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle (blocked until here)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         _die_with_parent(parent)
-        faulthandler.register(signal.SIGUSR1, open(os.path.join(stackdir, f"{tid}.txt"), "w"), all_threads=False)
+        try:
+            faulthandler.register(signal.SIGUSR1, open(os.path.join(stackdir, f"{tid}.txt"), "w"), all_threads=False)
+        except OSError:
+            os._exit(1)  # the run is already being torn down
         if mode == "controlled":  # one CPU for the whole run; free mode lets the OS use them all
             os.sched_setaffinity(0, {the_cpu})
         ctl.me = tid
@@ -300,7 +303,6 @@ def run_one(
             failure = leak.to_dict() if leak else None
     finally:
         gc.unfreeze()
-        shutil.rmtree(stackdir, ignore_errors=True)
         for p in procs:
             if p.pid is not None and p.exitcode is None:
                 try:
@@ -310,6 +312,7 @@ def run_one(
         for p in procs:
             if p.pid is not None:
                 p.join()
+        shutil.rmtree(stackdir, ignore_errors=True)  # after the tasks: a late one may still be opening its file
     return RunResult(
         scenario=sc.name,
         path=sc.path,
