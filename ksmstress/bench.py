@@ -264,7 +264,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         )
         for r in out["detection"]:
             cls = ",".join(r["classes"]) or "-"
-            mark = "" if r["class_ok"] else " !"
+            mark = " !" if r["classes"] and not r["class_ok"] else ""
             print(
                 f"{r['variant']:<24}{r['strategy']:<9}{r['detections']:>4}/{r['runs']:<3} {r['rate']:>4.0%}"
                 f"{cls + mark:>20}{_fmt(r['median_steps_to_first'], ',.0f'):>11}"

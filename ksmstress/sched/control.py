@@ -25,7 +25,7 @@ from .prng import SharedPrng
 UNUSED, RUNNABLE, BLOCKED, EXITED, RESERVED = 0, 1, 2, 3, 4
 
 # meta cells
-STEP, CURRENT, STOP, OUTCOME, HANDOFFS, FAIL_LEN, NBLOCKED = range(7)
+STEP, CURRENT, STOP, OUTCOME, HANDOFFS, FAIL_LEN, NBLOCKED, VERSION = range(8)  # VERSION: task states changed
 RUNNING, CLEAN, FAILED = 0, 1, 2
 
 NARGS = 8
@@ -82,6 +82,8 @@ class Control:
         self._wait = memoryview(self.wait)
         self._record = memoryview(self.record)
         self._tids = range(self.ntasks)
+        self._seen_version = -1  # this process's cached runnable list is valid while VERSION stays the same
+        self._runnable: list[int] = []
 
     # -- names ------------------------------------------------------------------------------------------
     def label(self, tid: int) -> str:
@@ -104,6 +106,7 @@ class Control:
         self.arg[tid, :] = 0
         self.arg[tid, : len(args)] = args
         self.state[tid] = RUNNABLE
+        self.meta[VERSION] += 1
         return tid
 
     def start(self, seed: int) -> None:
@@ -155,8 +158,11 @@ class Control:
                 f"no quiescence after {self.max_steps} scheduling points (livelock?) at {site}",
                 {"step": step, "site": site, "task": self.label(self.me)},
             )
-        st = self._state
-        runnable = [t for t in self._tids if st[t] == RUNNABLE]
+        if meta[VERSION] != self._seen_version:
+            self._seen_version = meta[VERSION]
+            st = self._state
+            self._runnable = [t for t in self._tids if st[t] == RUNNABLE]
+        runnable = self._runnable
         if not runnable:
             self._deadlock(site)
         me = self.me
@@ -175,6 +181,7 @@ class Control:
         self._state[self.me] = BLOCKED
         self._wait[self.me] = lid
         self._meta[NBLOCKED] += 1
+        self._meta[VERSION] += 1
 
     def block(self, lid: int, site: str) -> None:
         """Switch away (the strategy cannot pick a blocked task) until woken and picked again."""
@@ -190,6 +197,7 @@ class Control:
                 st[t] = RUNNABLE
                 wait[t] = -1
                 self._meta[NBLOCKED] -= 1
+                self._meta[VERSION] += 1
 
     def reserve(self) -> int:
         """Claim a task slot for a fork's child before the fork's scheduling points; -1 if none is left."""
@@ -207,11 +215,13 @@ class Control:
         self.arg[tid, :] = 0
         self.arg[tid, : len(args)] = args
         self.state[tid] = RUNNABLE
+        self.meta[VERSION] += 1
         self.strategy.on_new_task(self, tid)
 
     def exit_current(self) -> None:
         """The running task is done: hand control on for the last time, or end the run cleanly."""
         self.state[self.me] = EXITED
+        self.meta[VERSION] += 1
         runnable = np.flatnonzero(self.state == RUNNABLE).tolist()
         if not runnable:
             if (self.state == BLOCKED).any():
