@@ -153,14 +153,19 @@ def _await_ready(procs: list[Any], ready: Any, ctl: Control, limit: float = 30.0
     return None
 
 
-def _stacks(procs: list[Any], ctl: Control, stackdir: str) -> dict[str, str]:
-    """Every live task's Python stack, through the faulthandler each one registered on SIGUSR1."""
+def _signal_live(procs: list[Any], sig: int) -> None:
+    """Send `sig` to every task process of this run that is still alive (by pid: only what the run started)."""
     for p in procs:
         if p.pid is not None and p.exitcode is None:
             try:
-                os.kill(p.pid, signal.SIGUSR1)
+                os.kill(p.pid, sig)
             except ProcessLookupError:
                 pass
+
+
+def _stacks(procs: list[Any], ctl: Control, stackdir: str) -> dict[str, str]:
+    """Every live task's Python stack, through the faulthandler each one registered on SIGUSR1."""
+    _signal_live(procs, signal.SIGUSR1)
     time.sleep(0.3)
     out = {}
     for tid in range(len(procs)):
@@ -303,12 +308,7 @@ def run_one(
             failure = leak.to_dict() if leak else None
     finally:
         gc.unfreeze()
-        for p in procs:
-            if p.pid is not None and p.exitcode is None:
-                try:
-                    os.kill(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        _signal_live(procs, signal.SIGKILL)
         for p in procs:
             if p.pid is not None:
                 p.join()

@@ -23,7 +23,7 @@ import numpy as np
 from ..arena import SharedBlock
 from ..failures import Failure
 from .base import Strategy
-from .control import BLOCKED, CLEAN, EXITED, FAILED, HANDOFFS, NBLOCKED, OUTCOME, RUNNABLE, RUNNING, STEP, STOP, Control
+from .control import BLOCKED, CLEAN, EXITED, FAILED, HANDOFFS, OUTCOME, RUNNABLE, RUNNING, STEP, STOP, Control
 
 
 class ChaosPolicy:
@@ -81,16 +81,9 @@ class FreeControl(Control):
         if self._meta[STOP]:
             os._exit(0)
 
-    def wake(self, lid: int) -> None:
-        if not self._meta[NBLOCKED]:
-            return
-        st, wait = self._state, self._wait
-        for t in self._tids:
-            if st[t] == BLOCKED and wait[t] == lid:
-                st[t] = RUNNABLE
-                wait[t] = -1
-                self._meta[NBLOCKED] -= 1
-                self.sems[t].release()
+    def _woken(self, tid: int) -> None:
+        """The woken task is asleep on its semaphore: post it (Control.wake calls this under the guard)."""
+        self.sems[tid].release()
 
     def spawn(self, tid: int, kind: int, args: tuple[int, ...]) -> None:
         with self.guard:

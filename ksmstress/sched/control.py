@@ -198,6 +198,10 @@ class Control:
                 wait[t] = -1
                 self._meta[NBLOCKED] -= 1
                 self._meta[VERSION] += 1
+                self._woken(t)
+
+    def _woken(self, tid: int) -> None:
+        """A woken task waits to be picked again: nothing to post when one task runs at a time."""
 
     def reserve(self) -> int:
         """Claim a task slot for a fork's child before the fork's scheduling points; -1 if none is left."""
