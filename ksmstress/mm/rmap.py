@@ -149,7 +149,6 @@ def page_remove_rmap(k: K, pref: int, site: str) -> None:
             f"page[{s}] mapcount below zero at {site}",
             k.fail_details(object=f"page[{s}]", site=site),
         )
-    k.pg["mapcount"][s] = c
 
 
 def page_mapped(k: K, s: int) -> bool:
