@@ -34,6 +34,22 @@ class Recorder(Detectors):
         super().walk_visit(token, mm_slot, address)
 
 
+class InterleaveAt(NoHooks):
+    """Runs `action` once, as another task would, when the model is about to take a lock at `site`: the single
+    task of a test can then build an exact interleaving (the action stands for the other task's steps). No
+    detectors: lockdep would rightly see one task holding both tasks' locks."""
+
+    def __init__(self, site: str) -> None:
+        super().__init__()
+        self.site = site
+        self.action: Any = None
+
+    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool) -> None:
+        if site == self.site and self.action is not None:
+            action, self.action = self.action, None
+            action()
+
+
 def make_kernel(bugs: tuple[str, ...] = (), hooks: Any = None, **sizes: int) -> K:
     sz = Sizes(**{"page_size": PAGE, "vpages": 16, "max_mm": 6, "max_vmas": 6, "frames": 128, "swap": 64,
                   "rmap_items": 128, "stable_nodes": 64, "anon_vmas": 32, "quarantine": 4, **sizes})

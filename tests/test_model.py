@@ -11,7 +11,18 @@ from ksmstress.mm import ksm, memory, rmap
 from ksmstress.mm import mm as mmm
 from ksmstress.mm.state import G_SEQNR, KSM_RUN_MERGE, KSM_RUN_UNMERGE, PG_KSM, STABLE_FLAG
 
-from .harness import content, counters, make_kernel, mapped_pages, new_program, pte_page, read, scan, write
+from .harness import (
+    InterleaveAt,
+    content,
+    counters,
+    make_kernel,
+    mapped_pages,
+    new_program,
+    pte_page,
+    read,
+    scan,
+    write,
+)
 
 
 def merged(k, programs):
@@ -162,6 +173,34 @@ def test_do_wp_page_reuses_an_exclusive_anon_page_and_copies_a_shared_one():
     assert pte_page(k, c, 1) != page and read(k, a, 1) == content(k, 1)
     write(k, a, 1, 3)  # now exclusive again: reused in place
     assert pte_page(k, a, 1) == page and read(k, c, 1) == content(k, 2)
+
+
+def test_write_fault_racing_a_merge_never_reuses_the_new_ksm_page():
+    """do_wp_page tests PageKsm before it takes the page lock; ksmd can make the page a KSM page in between
+    (write_protect_page before the fault, set_page_stable_node + unlock_page after the test): reuse_swap_page's
+    PageKsm recheck must force a copy, or the write lands in the shared KSM page (found by seed 1295 of
+    merge-write-race)."""
+    k = make_kernel(hooks=InterleaveAt("do_wp_page:trylock_page"))
+    _aref, a = new_program(k, 2)
+    write(k, a, 1, 1)
+    page = pte_page(k, a, 1)
+    s = ref_slot(page)
+    # ksmd: follow_page's reference, lock_page, write_protect_page (try_to_merge_one_page with kpage NULL)
+    assert memory.follow_page(k, a, 1, "test:follow_page") == page
+    assert k.locks.trylock(k.page_lock(s), "test:trylock_page")
+    assert ksm.write_protect_page(k, mmm.find_vma(k, a, 1), page)[0] == 0
+
+    def rest_of_merge() -> None:  # ksmd, after the fault's PageKsm test: set_page_stable_node(page, NULL)
+        k.pg["flags"][s] |= PG_KSM
+        k.pg["mapping"][s] = 0
+        k.locks.unlock(k.page_lock(s), "test:unlock_page")
+
+    k.hooks.action = rest_of_merge
+    write(k, a, 1, 2)
+    assert k.hooks.action is None, "the fault never reached its trylock_page"
+    assert pte_page(k, a, 1) != page  # copied, not reused
+    assert k.st.frames[s].tobytes() == content(k, 1)  # the KSM page keeps its content
+    assert read(k, a, 1) == content(k, 2)
 
 
 def test_run2_unmerges_everything_and_counters_return_to_zero():

@@ -159,7 +159,7 @@ def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
     s = k.st.page.deref(old, "do_wp_page")
     if PageAnon(k, s) and not PageKsm(k, s):
         if k.locks.trylock(k.page_lock(s), "do_wp_page:trylock_page"):
-            reuse = page_mapcount(k, s) == 1  # reuse_swap_page() without a swap cache
+            reuse = reuse_swap_page(k, s)
             k.locks.unlock(k.page_lock(s), "do_wp_page:unlock_page")
             if reuse:
                 k.st.pte_write[m, addr] = 1
@@ -186,6 +186,17 @@ def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
         put_page(k, new, "do_wp_page:raced")
     put_page(k, old, "do_wp_page:ref")
     return ret
+
+
+def reuse_swap_page(k: K, s: int) -> bool:
+    """Whether the faulting mm may write to the locked anon page in place (swapfile.c; no swap cache here).
+
+    The PageKsm recheck matters: do_wp_page tested PageKsm before taking the page lock, and ksmd may have made
+    the page a KSM page (set_page_stable_node, then unlock_page) in between.
+    """
+    if PageKsm(k, s):
+        return False
+    return page_mapcount(k, s) <= 1
 
 
 def do_swap_page(k: K, m: int, vref: int, addr: int, write: bool) -> int:
