@@ -221,15 +221,14 @@ def _xdist_cpu(config: pytest.Config) -> int | None:
 
 @pytest.fixture
 def ksm_run(request: pytest.FixtureRequest, ksm_seed: int, ksm_artifacts: Path) -> Callable[..., KsmVerdict]:
-    """`ksm_run(scenario, bugs=(), runs=None, strategy="random", pct_depth=None, timeout=120.0) -> KsmVerdict`.
+    """`ksm_run(scenario, bugs=(), runs=None, strategy="random", pct_depth=None, timeout=120.0, mode=None)`.
 
     Runs seeds ksm_seed, ksm_seed+1, ... (`runs`, default --ksm-runs or 1) of a shipped scenario name, a path or a
-    Scenario, stopping at the first failure, whose artifact goes to --ksm-artifacts. Several calls in one test use
-    the same seeds (each on its own scenario or variants, typically)."""
+    Scenario, stopping at the first failure, whose artifact goes to --ksm-artifacts, and returns a KsmVerdict.
+    `mode` overrides --ksm-mode for a test that is about one mode. Several calls in one test use the same seeds
+    (each on its own scenario or variants, typically)."""
     config = request.config
     base = config.stash[SEED_KEY]
-    mode = config.getoption("ksm_mode")
-    cpu = _xdist_cpu(config) if mode == "controlled" else None
     verdicts: list[KsmVerdict] = request.node.stash.setdefault(VERDICTS_KEY, [])
 
     def run(
@@ -239,7 +238,12 @@ def ksm_run(request: pytest.FixtureRequest, ksm_seed: int, ksm_artifacts: Path) 
         strategy: str = "random",
         pct_depth: int | None = None,
         timeout: float = 120.0,
+        mode: str | None = None,
     ) -> KsmVerdict:
+        mode = mode or config.getoption("ksm_mode")
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+        cpu = _xdist_cpu(config) if mode == "controlled" else None
         sc = scenario if isinstance(scenario, Scenario) else load(resolve([str(scenario)])[0])
         bugset = sorted(validate(list(bugs or ())))
         n = runs if runs is not None else (config.getoption("ksm_runs") or 1)
