@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import argtypes
 from . import bench as benchmod
 from . import soak as soakmod
 from .bugs import VARIANTS, UnknownBug, validate
@@ -182,30 +183,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run scenarios over seeds N..N+K-1, stop at the first failure")
     r.add_argument("scenario", nargs="*", help="scenario files or shipped names (default: mixed)")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--runs", type=int, default=1)
+    r.add_argument("--seed", type=argtypes.seed, default=0)
+    r.add_argument("--runs", type=argtypes.positive_int, default=1)
     r.add_argument("--strategy", choices=STRATEGIES, default="random")
-    r.add_argument("--pct-depth", type=int, default=None, help="PCT depth d (default: the scenario's)")
+    r.add_argument(
+        "--pct-depth",
+        type=argtypes.positive_int,
+        default=None,
+        help="PCT depth d (default: the scenario's)",
+    )
     r.add_argument("--bug", action="append", default=[], metavar="NAME", help="switch a bug variant on (repeatable)")
     r.add_argument("--json", action="store_true", help="print one machine-readable verdict")
     r.add_argument("--artifacts", default="ksmstress-artifacts", help="where failure artifacts go")
-    r.add_argument("--cpu", type=int, default=None, help="CPU to pin the run's processes to")
-    r.add_argument("--timeout", type=float, default=120.0, help="wall-clock seconds per run before 'hang'")
+    r.add_argument("--cpu", type=argtypes.cpu, default=None, help="CPU to pin the run's processes to")
+    r.add_argument(
+        "--timeout",
+        type=argtypes.positive_seconds,
+        default=120.0,
+        help="wall-clock seconds per run before 'hang'",
+    )
     r.add_argument(
         "--mode",
         choices=("controlled", "free"),
         default="controlled",
         help="controlled: one task at a time, reproducible; free: all at once on every CPU",
     )
-    r.add_argument("--reruns", type=int, default=10, help="free mode: reruns of a failing seed for its rate")
-    r.add_argument("--hang-seconds", type=float, default=10.0, help="free mode: no progress this long is a hang")
+    r.add_argument(
+        "--reruns",
+        type=argtypes.non_negative_int,
+        default=10,
+        help="free mode: reruns of a failing seed for its rate",
+    )
+    r.add_argument(
+        "--hang-seconds",
+        type=argtypes.positive_seconds,
+        default=10.0,
+        help="free mode: no progress this long is a hang",
+    )
     r.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("replay", help="replay a failure artifact step by step")
     p.add_argument("artifact")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--timeout", type=float, default=120.0)
-    p.add_argument("--reruns", type=int, default=10, help="free-mode artifacts: reruns for the reproduction rate")
+    p.add_argument("--timeout", type=argtypes.positive_seconds, default=120.0)
+    p.add_argument(
+        "--reruns",
+        type=argtypes.non_negative_int,
+        default=10,
+        help="free-mode artifacts: reruns for the reproduction rate",
+    )
     p.set_defaults(fn=cmd_replay)
 
     b = sub.add_parser("bugs", help="list the bug variants")
@@ -225,13 +251,6 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
     configure_logging(a.verbose)
-    if getattr(a, "runs", 1) < 1:
-        _usage_error(f"--runs: expected a positive number of runs, got {a.runs}")
-    t = getattr(a, "timeout", 1.0)
-    if not (t > 0 and t != float("inf")):  # also refuses NaN
-        _usage_error(f"--timeout: expected a positive number of seconds, got {t}")
-    if getattr(a, "pct_depth", None) is not None and a.pct_depth < 1:
-        _usage_error(f"--pct-depth: expected a depth of at least 1, got {a.pct_depth}")
     try:
         return int(a.fn(a))
     except (ScenarioError, UnknownBug, ArtifactError, WorkloadError) as e:

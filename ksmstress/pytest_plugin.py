@@ -19,7 +19,6 @@ same seeds whichever worker or host runs it, in whatever order, and `pytest --ks
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import secrets
@@ -32,13 +31,14 @@ from typing import Any
 
 import pytest
 
+from . import argtypes
+from .argtypes import SEED_BITS
 from .bugs import validate
 from .report import write_artifact
 from .runner import RunResult, run_one
 from .scenario import Scenario, load, resolve
 from .soak import reproduced_text, rerun_command, supports_mode
 
-SEED_BITS = 63
 SEED_KEY = pytest.StashKey[int]()
 VERDICTS_KEY = pytest.StashKey[list["KsmVerdict"]]()
 MODES = ("controlled", "free")
@@ -51,38 +51,18 @@ def derive_seed(base: int, nodeid: str) -> int:
     return int.from_bytes(h.digest(), "big") >> (64 - SEED_BITS)
 
 
-def _seed_arg(text: str) -> int:
-    try:
-        n = int(text, 0)
-    except ValueError:
-        n = -1
-    if not 0 <= n < 1 << SEED_BITS:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**{SEED_BITS}), got {text!r}")
-    return n
-
-
-def _runs_arg(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of runs, got {text!r}")
-    return n
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("ksmstress", "ksmstress seeded race runs")
     g.addoption(
         "--ksm-seed",
-        type=_seed_arg,
+        type=argtypes.seed,
         default=None,
         metavar="N",
         help="base seed; every test's seed is derived from it and its node id (default: random, printed in the header)",
     )
     g.addoption(
         "--ksm-runs",
-        type=_runs_arg,
+        type=argtypes.positive_int,
         default=None,
         metavar="K",
         help="seeds per ksm_run call (default 1; a test may choose its own default)",

@@ -42,6 +42,7 @@ from typing import Any
 import multiprocess
 import multiprocess.connection
 
+from . import argtypes
 from .bugs import validate
 from .report import write_artifact
 from .runner import reproduction, run_one
@@ -75,26 +76,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
         raise argparse.ArgumentTypeError(f"expected I/N with 1 <= I <= N (e.g. 2/4), got {text!r}")
     return int(m.group(1)), int(m.group(2))
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return n
-
-
-def _non_negative(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return n
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -663,14 +644,14 @@ def add_parser(sub: Any) -> None:
     bound.add_argument(
         "--runs",
         dest="soak_runs",
-        type=_positive,
+        type=argtypes.positive_int,
         default=None,
         metavar="K",
         help="seeds per scenario instead of a duration",
     )
     s.add_argument(
         "--jobs",
-        type=_positive,
+        type=argtypes.positive_int,
         default=len(os.sched_getaffinity(0)),
         help="parallel worker processes (controlled: at most one per CPU)",
     )
@@ -682,7 +663,7 @@ def add_parser(sub: Any) -> None:
     )
     s.add_argument(
         "--reruns",
-        type=_non_negative,
+        type=argtypes.non_negative_int,
         default=5,
         help="free mode: reruns of each failing seed, for its reproduction rate",
     )
@@ -694,11 +675,21 @@ def add_parser(sub: Any) -> None:
         metavar="I/N",
         help="run only the seeds s with s %% N == I-1 (a CI matrix of N machines covers disjoint seeds)",
     )
-    s.add_argument("--seed", type=_non_negative, default=0, help="base seed (default 0)")
+    s.add_argument("--seed", type=argtypes.seed, default=0, help="base seed (default 0)")
     s.add_argument("--strategy", choices=STRATEGIES, default="random")
-    s.add_argument("--pct-depth", type=int, default=None, help="PCT depth d (default: each scenario's)")
+    s.add_argument(
+        "--pct-depth",
+        type=argtypes.positive_int,
+        default=None,
+        help="PCT depth d (default: each scenario's)",
+    )
     s.add_argument("--bug", action="append", default=[], metavar="NAME", help="switch a bug variant on (repeatable)")
     s.add_argument("--artifacts", default="ksmstress-artifacts", help="directory for every failure's artifact")
-    s.add_argument("--timeout", type=float, default=120.0, help="wall-clock seconds per run before 'hang'")
+    s.add_argument(
+        "--timeout",
+        type=argtypes.positive_seconds,
+        default=120.0,
+        help="wall-clock seconds per run before 'hang'",
+    )
     s.add_argument("--json", action="store_true", help="print one machine-readable summary instead of the table")
     s.set_defaults(fn=cmd_soak)

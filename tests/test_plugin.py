@@ -62,6 +62,25 @@ def test_fixture_failure_names_class_and_replay(pytester: pytest.Pytester):
     r.stdout.fnmatch_lines(["*traversal*", "*ksmstress replay *.json*"])
 
 
+def test_a_test_may_choose_its_mode(pytester: pytest.Pytester):
+    """ksm_run(mode=...) overrides --ksm-mode for a test about one mode; an unknown mode is refused."""
+    pytester.makepyfile(
+        test_it=f'''
+import pytest
+
+def test_free(ksm_run):
+    v = ksm_run("{SCEN / "scan-exit-race.toml"}", runs=2, mode="free")
+    v.assert_clean()
+    assert v.result.mode == "free" and "--mode free" in v.replay
+
+def test_bad_mode(ksm_run):
+    with pytest.raises(ValueError, match="mode"):
+        ksm_run("{SCEN / "scan-exit-race.toml"}", mode="fast")
+'''
+    )
+    pytester.runpytest_subprocess("--ksm-seed=5").assert_outcomes(passed=2)
+
+
 def test_gateway_path_runs_stress_tests(pytester: pytest.Pytester):
     """The multi-host path (--tx ssh=HOST//python=...) is execnet's; here two local popen gateways run it."""
     pytester.makepyfile(

@@ -138,3 +138,15 @@ def test_deadlock_is_reported_with_its_wait_for_cycle():
     assert len(f["details"]["cycle"]) == 3  # t#0 -> t#1 -> t#0
     held = {t: v["holds"] for t, v in f["details"]["blocked"].items()}
     assert sorted(sum(held.values(), [])) == sorted(["ksm_thread_mutex", "mm[1].mmap_sem"])
+
+
+def test_prng_block_stream_is_splitmix64_across_block_boundaries():
+    """The buffered block must give exactly the scalar splitmix64 sequence: seeds keep their meaning."""
+    from ksmstress.sched.prng import BLOCK, GOLDEN, M64, SharedPrng, mix64
+
+    p = SharedPrng(np.zeros(2, np.uint64), np.zeros(BLOCK, np.uint64))
+    p.seed(99)
+    state = mix64(99 ^ 0x6A09E667F3BCC908)
+    for i in range(2 * BLOCK + 3):
+        state = (state + GOLDEN) & M64
+        assert (p.below(1009) == mix64(state) % 1009) if i % 2 else (p.next64() == mix64(state)), i

@@ -20,7 +20,7 @@ import numpy as np
 from ..arena import NO_GUARD, SharedBlock
 from ..failures import Failure
 from .base import Strategy
-from .prng import SharedPrng
+from .prng import BLOCK, SharedPrng
 
 UNUSED, RUNNABLE, BLOCKED, EXITED, RESERVED = 0, 1, 2, 3, 4
 
@@ -53,7 +53,8 @@ class Control:
         block.want("ctl.strat", np.int64, 64)
         block.want("ctl.record", np.uint8, max_steps + 1)
         block.want("ctl.replay", np.uint8, max_steps + 1)
-        block.want("ctl.prng", np.uint64, 1)
+        block.want("ctl.prng", np.uint64, 2)
+        block.want("ctl.prngbuf", np.uint64, BLOCK)
         block.want("ctl.fail", np.uint8, FAIL_BUF)
         ctx = multiprocess.get_context("fork")
         # fork-context semaphores are unlinked from /dev/shm as soon as they are created
@@ -73,7 +74,7 @@ class Control:
         self.strat = a["ctl.strat"]
         self.record = a["ctl.record"]
         self.replay = a["ctl.replay"]
-        self.prng = SharedPrng(a["ctl.prng"])
+        self.prng = SharedPrng(a["ctl.prng"], a["ctl.prngbuf"])
         self.fail_buf = a["ctl.fail"]
         self.wait[:] = -1
         # the hot path reads and writes through memoryviews: plain Python ints, ~5x cheaper than numpy scalars
@@ -82,6 +83,8 @@ class Control:
         self._wait = memoryview(self.wait)
         self._record = memoryview(self.record)
         self._tids = range(self.ntasks)
+        self._pick = self.strategy.pick
+        self._post = [s.release for s in self.sems]  # bound once: the hand-off is the hot path
         self._seen_version = -1  # this process's cached runnable list is valid while VERSION stays the same
         self._runnable: list[int] = []
 
@@ -166,12 +169,12 @@ class Control:
         if not runnable:
             self._deadlock(site)
         me = self.me
-        nxt = self.strategy.pick(self, runnable, me, step, yielding)
+        nxt = self._pick(self, runnable, me, step, yielding)
         self._record[step] = nxt
         if nxt != me:
             meta[CURRENT] = nxt
             meta[HANDOFFS] += 1
-            self.sems[nxt].release()
+            self._post[nxt]()
             self.sems[me].acquire()
             if meta[STOP]:
                 os._exit(0)
