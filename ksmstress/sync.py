@@ -216,24 +216,30 @@ class Locks:
     # The check-and-take runs under the waiter's guard (a no-op when one task runs at a time, a real cross-process
     # mutex in free mode); a task that must wait registers under the guard and sleeps outside it, so a release
     # between the two cannot be lost.
-    def lock(self, lid: int, site: str) -> None:
+    def _acquire(self, lid: int, site: str, shared: bool) -> None:
         w = self.w
         w.point(site)
         self.hooks.lock_acquiring(w.me, lid, site, False)
         owner, readers = self.s._owner, self.s._readers
         while True:
             with w.guard:
-                free = owner[lid] < 0 and readers[lid] == 0
+                free = owner[lid] < 0 and (shared or readers[lid] == 0)
                 if free:
-                    owner[lid] = w.me
+                    if shared:
+                        readers[lid] += 1
+                    else:
+                        owner[lid] = w.me
                 elif owner[lid] != w.me:
                     w.prepare_block(lid)
             if free:
-                self._push(lid, WRITE, site)
+                self._push(lid, READ if shared else WRITE, site)
                 return
             if owner[lid] == w.me:
                 self._self_deadlock(lid, site)
             w.block(lid, site)
+
+    def lock(self, lid: int, site: str) -> None:
+        self._acquire(lid, site, False)
 
     def trylock(self, lid: int, site: str) -> bool:
         w = self.w
@@ -266,23 +272,7 @@ class Locks:
     # -- shared: down_read / up_read ----------------------------------------------------------------------
     def down_read(self, lid: int, site: str) -> None:
         """Readers block only while a writer holds the rwsem (simplified: no writer-waiting fairness)."""
-        w = self.w
-        w.point(site)
-        self.hooks.lock_acquiring(w.me, lid, site, False)
-        owner, readers = self.s._owner, self.s._readers
-        while True:
-            with w.guard:
-                free = owner[lid] < 0
-                if free:
-                    readers[lid] += 1
-                elif owner[lid] != w.me:
-                    w.prepare_block(lid)
-            if free:
-                self._push(lid, READ, site)
-                return
-            if owner[lid] == w.me:
-                self._self_deadlock(lid, site)
-            w.block(lid, site)
+        self._acquire(lid, site, True)
 
     def up_read(self, lid: int, site: str) -> None:
         w = self.w
