@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .tomltable import TableReader
+
 OPS = ("write", "read", "fork", "munmap", "mmap", "unmergeable", "mergeable", "sleep")
 SCRIPT_RE = re.compile(
     r"^(fill(:\d+)?|read-all|wait-scans:\d+(:\d+)?|wait-merged:\d+(:\d+)?|sleep:\d+|fork|munmap-all|munmap-half|"
@@ -74,55 +76,23 @@ class Scenario:
         return sum(t.count for t in self.tasks)
 
 
-class _Reader:
-    """Typed access to one TOML table that remembers which keys were read, so leftovers can be refused."""
-
-    def __init__(self, path: str, where: str, data: Any) -> None:
-        if not isinstance(data, dict):
-            raise ScenarioError(f"{path}: {where or 'top level'}: expected a table")
-        self.path, self.where, self.data, self.seen = path, where, data, set[str]()
-
-    def _key(self, key: str) -> str:
-        key = key.encode("unicode_escape").decode()  # a quoted key may hold a newline: keep the error one line
-        return f"{self.where}.{key}" if self.where else key
-
-    def get(self, key: str, kind: type, default: Any, lo: float | None = None, hi: float | None = None) -> Any:
-        self.seen.add(key)
-        if key not in self.data:
-            return default
-        v = self.data[key]
-        ok = isinstance(v, kind) and not (kind in (int, float) and isinstance(v, bool))
-        if kind is float and isinstance(v, int) and not isinstance(v, bool):
-            v, ok = float(v), True
-        if not ok:
-            raise ScenarioError(f"{self.path}: key '{self._key(key)}': expected {kind.__name__}, got {v!r}")
-        if kind in (int, float) and not ((lo is None or v >= lo) and (hi is None or v <= hi)):  # NaN fails too
-            raise ScenarioError(f"{self.path}: key '{self._key(key)}': expected a value in [{lo}, {hi}], got {v!r}")
-        return v
-
-    def table(self, key: str) -> _Reader:
-        self.seen.add(key)
-        return _Reader(self.path, self._key(key), self.data.get(key, {}))
-
-    def done(self) -> None:
-        extra = sorted(set(self.data) - self.seen)
-        if extra:
-            raise ScenarioError(f"{self.path}: key '{self._key(extra[0])}': unknown key")
+def _table(path: str, where: str, data: Any) -> TableReader:
+    return TableReader(path, where, data, ScenarioError)
 
 
-def _script(r: _Reader, key: str) -> tuple[str, ...]:
+def _script(r: TableReader, key: str) -> tuple[str, ...]:
     raw = r.get(key, list, [])
     for s in raw:
         if not isinstance(s, str) or not SCRIPT_RE.fullmatch(s):
             raise ScenarioError(
-                f"{r.path}: key '{r._key(key)}': bad step {s!r}; expected fill[:P], read-all, wait-scans:N[:CAP], "
+                f"{r.path}: key '{r.key(key)}': bad step {s!r}; expected fill[:P], read-all, wait-scans:N[:CAP], "
                 "wait-merged:N[:CAP], sleep:N, fork, munmap-all, munmap-half, unmergeable, mergeable, write:A:P or exit"
             )
     return tuple(raw)
 
 
 def _task(path: str, i: int, data: Any) -> TaskCfg:
-    r = _Reader(path, f"task[{i}]", data)
+    r = _table(path, f"task[{i}]", data)
     w = r.table("weights")
     weights = tuple((op, w.get(op, float, 0.0, 0.0, 1000.0)) for op in OPS)
     w.done()
@@ -150,7 +120,7 @@ def parse(text: str, path: str = "<string>") -> Scenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{path}: not valid TOML: {e}") from None
-    r = _Reader(path, "", data)
+    r = _table(path, "", data)
     a, k, rc, ad, p = r.table("arena"), r.table("ksm"), r.table("reclaim"), r.table("admin"), r.table("pct")
     ch = r.table("chaos")
     r.seen.update({"task", "ksmd"})

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..scenario import default_dir
+from ..tomltable import TableReader
 
 ACTIONS = ("write", "fork", "unmergeable", "mergeable", "munmap", "exit", "run")
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,15}$")
@@ -149,39 +150,12 @@ class Workload:
 
 
 # -- reading -------------------------------------------------------------------------------------------------
-class _Reader:
-    """Typed access to one table, refusing unknown keys (the scenario reader's rules, for workloads)."""
-
-    def __init__(self, path: str, where: str, data: Any) -> None:
-        if not isinstance(data, dict):
-            raise WorkloadError(f"{path}: key '{where or 'top level'}': expected a table, got {data!r}")
-        self.path, self.where, self.data, self.seen = path, where, data, set[str]()
-
-    def key(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def err(self, key: str, expected: str, got: Any) -> WorkloadError:
-        return WorkloadError(f"{self.path}: key '{self.key(key)}': expected {expected}, got {got!r}")
-
-    def get(self, key: str, kind: type, default: Any, lo: int | None = None, hi: int | None = None) -> Any:
-        self.seen.add(key)
-        if key not in self.data:
-            return default
-        v = self.data[key]
-        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
-            raise self.err(key, kind.__name__, v)
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise self.err(key, f"an integer in [{lo}, {hi}]", v)
-        return v
-
-    def done(self) -> None:
-        extra = sorted(set(self.data) - self.seen)
-        if extra:
-            raise WorkloadError(f"{self.path}: key '{self.key(extra[0])}': unknown key")
+def _table(path: str, where: str, data: Any) -> TableReader:
+    return TableReader(path, where, data, WorkloadError)
 
 
 def _process(path: str, i: int, data: Any) -> Process:
-    r = _Reader(path, f"process[{i}]", data)
+    r = _table(path, f"process[{i}]", data)
     name = r.get("name", str, "")
     if not NAME_RE.match(name):
         raise r.err("name", "a name of letters, digits, '-' or '_' (at most 16, not starting with a digit)", name)
@@ -195,15 +169,15 @@ def _process(path: str, i: int, data: Any) -> Process:
     return Process(name, tuple(Region(n, mergeable) for n in regions))
 
 
-def _expect(r: _Reader) -> Expect | None:
+def _expect(r: TableReader) -> Expect | None:
     if "expect" not in r.data:
         r.seen.add("expect")
         return None
-    e = _Reader(r.path, r.key("expect"), r.get("expect", dict, {}))
+    e = _table(r.path, r.key("expect"), r.get("expect", dict, {}))
     shared = e.get("shared", int, None, 0, 1 << 40)
     sharing = e.get("sharing", int, None, 0, 1 << 40)
     unshared = e.get("unshared", int, None, 0, 1 << 40)
-    m = _Reader(r.path, e.key("merging"), e.get("merging", dict, {}))
+    m = _table(r.path, e.key("merging"), e.get("merging", dict, {}))
     merging = tuple((name, m.get(name, int, 0, 0, 1 << 40)) for name in m.data)
     m.done()
     e.done()
@@ -309,7 +283,7 @@ def parse(text: str, path: str = "<string>") -> Workload:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise WorkloadError(f"{path}: not valid TOML: {e}") from None
-    r = _Reader(path, "", data)
+    r = _table(path, "", data)
     name = r.get("name", str, Path(path).stem)
     description = r.get("description", str, "")
     source = r.get("source", str, "")
@@ -328,7 +302,7 @@ def parse(text: str, path: str = "<string>") -> Workload:
     sim = _Sim(path, procs)
     phases = []
     for i, ph in enumerate(raw_phases):
-        pr = _Reader(path, f"phase[{i}]", ph)
+        pr = _table(path, f"phase[{i}]", ph)
         pname = pr.get("name", str, f"phase {i + 1}")
         do = pr.get("do", list, None)
         if not do:
