@@ -132,7 +132,7 @@ def solo_kernel(sz: Sizes, bugs: tuple[str, ...] = (), hooks: Any = None) -> K:
     if isinstance(hooks, Detectors) and hooks.lockdep is None:
         hooks.lockdep = Lockdep(lds, st.locks, ctl.clock, NESTED_SITES)
     k = K(st, ctl, hooks, validate(list(bugs)))
-    ctl.explain_deadlock = lambda blocked: st.locks.explain(blocked, ctl.wait, ctl.label)
+    ctl.explain_deadlock = st.locks.explain
     return k
 
 
@@ -211,7 +211,7 @@ def run_one(
     ctl.bind(arrays)
     lds.bind(arrays)
     k = K(st, ctl, Detectors(Lockdep(lds, st.locks, ctl.clock, NESTED_SITES)), bugset)
-    ctl.explain_deadlock = lambda blocked: st.locks.explain(blocked, ctl.wait, ctl.label)
+    ctl.explain_deadlock = st.locks.explain
     st.g[G_PAGES_TO_SCAN] = sc.pages_to_scan
     st.g[G_REFCOUNT_BITS] = sc.refcount_bits
     if sc.ksmd:

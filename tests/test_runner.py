@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
@@ -61,3 +62,22 @@ def test_soak_shipped_scenarios_clean(ksm_run, name, strategy, chunk):
 def test_free_mode_soak_shipped_scenarios_clean(ksm_run, name):
     """Free mode on every shipped scenario: the OS interleaves the tasks on every CPU, and still no failure."""
     ksm_run(name, runs=40, mode="free").assert_clean()
+
+
+def test_a_finished_run_frees_its_arena_without_the_cycle_collector():
+    """No reference cycle may hold a run's arena: a soak in one process (a pytest worker, `ksmstress run --runs`)
+    otherwise grows by every run's mapping until a full collection, and each fork copies the bloat."""
+    from ksmstress.arena import SharedBlock
+
+    def blocks() -> int:
+        return sum(isinstance(o, SharedBlock) for o in gc.get_objects())
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = blocks()
+        for seed in range(3):
+            assert run_one(_scenario("scan-exit-race"), seed).verdict == "clean"
+        assert blocks() == before
+    finally:
+        gc.enable()

@@ -93,7 +93,7 @@ def _abba(seed: int) -> dict | None:
     space.bind(a)
     ctl.add_task(1)
     ctl.add_task(1)
-    ctl.explain_deadlock = lambda blocked: space.explain(blocked, ctl.wait, ctl.label)
+    ctl.explain_deadlock = space.explain
     x, y = space.lid(KSM_THREAD_MUTEX), space.lid(MMAP_SEM, 1)
 
     def body(tid: int) -> None:

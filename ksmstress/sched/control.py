@@ -62,7 +62,9 @@ class Control:
         self.done = ctx.Semaphore(0)
         self.me = -1
         self.guard = NO_GUARD  # one task runs at a time: nothing to make atomic
-        self.explain_deadlock: Callable[[list[int]], tuple[str, dict[str, Any]]] | None = None
+        # (blocked, wait, label) -> (message, details): the lock space's explain. Given this Control's arrays as
+        # arguments rather than closing over it, so no reference cycle keeps a finished run's arena alive.
+        self.explain_deadlock: Callable[..., tuple[str, dict[str, Any]]] | None = None
 
     def bind(self, a: dict[str, np.ndarray]) -> None:
         self.meta = a["ctl.meta"]
@@ -257,7 +259,7 @@ class Control:
     def _deadlock(self, site: str) -> None:
         blocked = np.flatnonzero(self.state == BLOCKED).tolist()
         if self.explain_deadlock is not None:
-            msg, details = self.explain_deadlock(blocked)
+            msg, details = self.explain_deadlock(blocked, self.wait, self.label)
         else:
             msg, details = f"tasks {blocked} blocked", {}
         raise Failure("deadlock", f"no runnable task at {site}: {msg}", details)
