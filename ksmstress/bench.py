@@ -72,13 +72,33 @@ def semaphore_pingpong(n: int = 50_000, cpu: int | None = None) -> float:
     return n / dt
 
 
-def bare_scheduler(ntasks: int = 2, points: int = 50_000, cpu: int | None = None) -> dict[str, float]:
-    """Hand-offs/s of the controlled scheduler alone: `ntasks` processes that only reach scheduling points.
+class _Alternate:
+    """A benchmark-only strategy: switch at every point (the pure cost of a hand-off, no staying decisions)."""
+
+    name = "alternate"
+
+    def setup(self, ctl: Control) -> None:
+        pass
+
+    def on_new_task(self, ctl: Control, tid: int) -> None:
+        pass
+
+    def pick(self, ctl: Control, runnable: list[int], current: int, step: int, yielding: bool) -> int:
+        return runnable[0] if runnable[0] != current else runnable[-1]
+
+
+def bare_scheduler(
+    ntasks: int = 2, points: int = 50_000, cpu: int | None = None, strategy: str = "random"
+) -> dict[str, float]:
+    """Hand-offs/s of the controlled scheduler alone: `ntasks` processes that only reach scheduling points, under
+    `random` (half the points stay with the running task when there are two) or `alternate` (every point hands
+    off).
 
     The clock starts when task 0 has made a tenth of its points (every process is forked, pinned and warm, as
     the raw ping-pong is after its warm-up) and stops when the last task exits."""
     block = SharedBlock()
-    ctl = Control(block, ntasks, ntasks * points + 10, make_strategy("random"), {1: "bare"})
+    strat = _Alternate() if strategy == "alternate" else make_strategy(strategy)
+    ctl = Control(block, ntasks, ntasks * points + 10, strat, {1: "bare"})
     block.want("bench.mark", np.float64, 3)  # perf_counter, steps, hand-offs when the clock started
     arrays = block.allocate()
     ctl.bind(arrays)
@@ -260,15 +280,18 @@ def cmd_bench(a: argparse.Namespace) -> int:
             print(file=sys.stderr)
         out["detection"] = rows
     # alternate the two measurements and keep the medians: a shared machine's noise hits both alike
-    raws, bares = [], []
+    raws: list[float] = []
+    bares: dict[str, list[dict[str, float]]] = {"random": [], "alternate": []}
     for _ in range(3):
         raws.append(semaphore_pingpong())
-        bares.append(bare_scheduler())
+        for name, samples in bares.items():
+            samples.append(bare_scheduler(strategy=name))
     raw = statistics.median(raws)
-    bare = {key: statistics.median(b[key] for b in bares) for key in bares[0]}
     out["raw_semaphore_round_trips_per_second"] = raw
     out["raw_handoffs_per_second"] = 2 * raw
-    out["bare_scheduler"] = {**bare, "handoff_ratio_to_raw": bare["handoffs_per_second"] / (2 * raw)}
+    for name, samples in bares.items():
+        med = {key: statistics.median(b[key] for b in samples) for key in samples[0]}
+        out[f"bare_scheduler_{name}"] = {**med, "handoff_ratio_to_raw": med["handoffs_per_second"] / (2 * raw)}
     rows_t = [throughput(a.scenario, st, a.throughput_runs) for st in ("random", "pct")]
     for r in rows_t:
         r["handoff_ratio_to_raw"] = r["handoffs_per_second"] / (2 * raw)
@@ -292,11 +315,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
             )
         print()
     print(f"raw same-CPU semaphore ping-pong: {raw:,.0f} round trips/s = {2 * raw:,.0f} hand-offs/s")
-    b = out["bare_scheduler"]
-    print(
-        f"bare controlled scheduler (2 tasks): {b['points_per_second']:,.0f} points/s, "
-        f"{b['handoffs_per_second']:,.0f} hand-offs/s = {b['handoff_ratio_to_raw']:.2f} of raw"
-    )
+    for name, what in (("random", "random picks"), ("alternate", "a hand-off at every point")):
+        b = out[f"bare_scheduler_{name}"]
+        print(
+            f"bare controlled scheduler (2 tasks, {what}): {b['points_per_second']:,.0f} points/s, "
+            f"{b['handoffs_per_second']:,.0f} hand-offs/s = {b['handoff_ratio_to_raw']:.2f} of raw"
+        )
     print(f"{'scenario':<14}{'strategy':<9}{'runs':>5}{'steps':>10}{'steps/s':>11}{'hand-offs/s':>13}{'vs raw':>8}")
     for r in rows_t:
         print(

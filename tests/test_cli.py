@@ -644,3 +644,23 @@ def test_scenarios_lists_the_shipped_ones() -> None:
     names = [line for line in r.stdout.splitlines() if line and not line.startswith(" ")]
     assert names == sorted(p.stem for p in SCENARIOS.glob("*.toml"))
     assert {"mixed", "seed-fork-race", "seed-unmap-race"} <= set(names)
+
+
+def test_bench_reports_detection_and_throughput_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """A small bench: the variant is caught by its own detector under every strategy, and the throughput section
+    carries the raw rate and both bare-scheduler measurements (figures, not asserted speeds)."""
+    code, out, _err = cli(
+        capsys, "bench", "--variant", "inverted-lock-order", "--runs", "2", "--seconds", "30",
+        "--throughput-runs", "1", "--jobs", "1", "--json",
+    )
+    assert code == 0
+    d = json.loads(out)
+    rows = d["detection"]
+    assert [r["strategy"] for r in rows] == ["random", "pct-d2", "pct-d3"]
+    assert all(r["variant"] == "inverted-lock-order" and r["class_ok"] for r in rows)
+    assert any(r["detections"] and r["classes"] == ["lockdep"] for r in rows)
+    assert d["raw_handoffs_per_second"] > 0
+    for name in ("random", "alternate"):
+        b = d[f"bare_scheduler_{name}"]
+        assert b["handoffs_per_second"] > 0 and b["points_per_second"] >= b["handoffs_per_second"]
+    assert {r["strategy"] for r in d["throughput"]} == {"random", "pct"}
