@@ -301,7 +301,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         return 0
     if "detection" in out:
         print(
-            f"{'variant':<24}{'strategy':<9}{'rate':>10}{'class':>20}{'med steps':>11}{'p90 steps':>11}"
+            f"{'variant':<24}{'strategy':<9}{'rate':>10}{'class':>30}{'med steps':>11}{'p90 steps':>11}"
             f"{'med s':>8}{'p90 s':>8}"
         )
         for r in out["detection"]:
@@ -309,7 +309,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
             mark = " !" if r["classes"] and not r["class_ok"] else ""
             print(
                 f"{r['variant']:<24}{r['strategy']:<9}{r['detections']:>4}/{r['runs']:<3} {r['rate']:>4.0%}"
-                f"{cls + mark:>20}{_fmt(r['median_steps_to_first'], ',.0f'):>11}"
+                f"{cls + mark:>30}{_fmt(r['median_steps_to_first'], ',.0f'):>11}"
                 f"{_fmt(r['p90_steps_to_first'], ',.0f'):>11}{_fmt(r['median_seconds_to_first'], '.2f'):>8}"
                 f"{_fmt(r['p90_seconds_to_first'], '.2f'):>8}"
             )
