@@ -111,6 +111,22 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _assemble(block: SharedBlock, st: State, ctl: Control, bugs: frozenset[str], hooks: Any = None) -> K:
+    """Lay out the arena, bind the model's state, the scheduler and lockdep to it, and make the kernel: the part
+    a solo kernel and a run share. Default hooks are the detectors, with lockdep on this arena."""
+    lds = LockdepState(block)
+    arrays = block.allocate()
+    st.bind(arrays)
+    ctl.bind(arrays)
+    lds.bind(arrays)
+    hooks = Detectors() if hooks is None else hooks
+    if isinstance(hooks, Detectors) and hooks.lockdep is None:
+        hooks.lockdep = Lockdep(lds, st.locks, ctl.clock, NESTED_SITES)
+    k = K(st, ctl, hooks, bugs)
+    ctl.explain_deadlock = st.locks.explain
+    return k
+
+
 def solo_kernel(sz: Sizes, bugs: tuple[str, ...] = (), hooks: Any = None) -> K:
     """A kernel driven by the calling process alone: one task, so every scheduling point returns at once.
 
@@ -120,19 +136,10 @@ def solo_kernel(sz: Sizes, bugs: tuple[str, ...] = (), hooks: Any = None) -> K:
     block = SharedBlock()
     st = State(block, sz, 1)
     ctl = Control(block, 1, 1 << 26, make_strategy("random"), {actors.MM: "solo"})
-    lds = LockdepState(block)
-    arrays = block.allocate()
-    st.bind(arrays)
-    ctl.bind(arrays)
-    lds.bind(arrays)
+    k = _assemble(block, st, ctl, validate(list(bugs)), hooks)
     ctl.add_task(actors.MM)
     ctl.me = 0
     ctl.prng.seed(0)
-    hooks = Detectors() if hooks is None else hooks
-    if isinstance(hooks, Detectors) and hooks.lockdep is None:
-        hooks.lockdep = Lockdep(lds, st.locks, ctl.clock, NESTED_SITES)
-    k = K(st, ctl, hooks, validate(list(bugs)))
-    ctl.explain_deadlock = st.locks.explain
     return k
 
 
@@ -205,13 +212,7 @@ def run_one(
         ctl = Control(block, ntasks, sc.max_steps, strat, actors.KIND_NAMES)
     else:
         raise ValueError(f"unknown mode {mode!r}; expected controlled or free")
-    lds = LockdepState(block)
-    arrays = block.allocate()
-    st.bind(arrays)
-    ctl.bind(arrays)
-    lds.bind(arrays)
-    k = K(st, ctl, Detectors(Lockdep(lds, st.locks, ctl.clock, NESTED_SITES)), bugset)
-    ctl.explain_deadlock = st.locks.explain
+    k = _assemble(block, st, ctl, bugset)
     st.g[G_PAGES_TO_SCAN] = sc.pages_to_scan
     st.g[G_REFCOUNT_BITS] = sc.refcount_bits
     if sc.ksmd:
