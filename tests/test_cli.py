@@ -13,8 +13,6 @@ import json
 import math
 import re
 import shlex
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -28,9 +26,10 @@ except ImportError:  # not in the [test] extra: the property tests skip, the res
     st = None
 
 from ksmstress.bugs import VARIANTS
-from ksmstress.cli import main
 from ksmstress.failures import CLASSES
 from ksmstress.scenario import Scenario, ScenarioError, load, parse
+
+from .clitools import cli, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"
@@ -43,23 +42,6 @@ EXPECTED_DETECTORS = {
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
-def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """`python -m ksmstress.cli ARGS` in a fresh interpreter."""
-    return subprocess.run(
-        [sys.executable, "-m", "ksmstress.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """`ksmstress ARGS` in-process: (exit status, stdout, stderr). Any exception other than SystemExit escapes."""
-    try:
-        code = main(list(args))
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def one_json_object(stdout: str) -> dict[str, Any]:
     """stdout must be exactly one JSON object (one line) and nothing else."""
     lines = stdout.strip().splitlines()

@@ -21,12 +21,13 @@ from typing import Any
 import psutil
 import pytest
 
-from ksmstress.cli import main
 from ksmstress.kernel import sysfs
 from ksmstress.kernel.compare import compare_recorded, render, run_against_kernel
 from ksmstress.kernel.model import run_model
 from ksmstress.kernel.real import RealSide
 from ksmstress.kernel.workload import WorkloadError, generate, generate_text, load, parse, resolve
+
+from .clitools import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "scenarios" / "kernel").glob("*.toml"))
@@ -39,15 +40,6 @@ regions = [4]
 [[phase]]
 do = ["write a 1"]
 """
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def knobs() -> dict[str, str]:
