@@ -12,10 +12,13 @@ SEED_BITS = 63  # seeds are stored and hashed as non-negative int64
 
 
 def _int(text: str) -> int | None:
-    try:
-        return int(text, 0)
-    except ValueError:
-        return None
+    """A decimal integer (leading zeros allowed, as `type=int` did), or 0x/0o/0b-prefixed."""
+    for base in (10, 0):
+        try:
+            return int(text, base)
+        except ValueError:
+            pass
+    return None
 
 
 def positive_int(text: str) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -19,10 +20,10 @@ from .workload import Workload, WorkloadError, generate, load, resolve
 
 def _positive(a: argparse.Namespace) -> None:
     for opt, lo in (("generate", 0), ("min_scans", 2), ("pages_to_scan", 1), ("sleep_millisecs", 0),
-                    ("timeout", 1), ("lock_timeout", 0)):
+                    ("timeout", 1), ("lock_timeout", 0), ("seed", 0)):
         v = getattr(a, opt)
-        if v < lo:
-            raise WorkloadError(f"--{opt.replace('_', '-')}: expected a number >= {lo}, got {v}")
+        if not (math.isfinite(v) and v >= lo):  # NaN and inf would pass a bare comparison
+            raise WorkloadError(f"--{opt.replace('_', '-')}: expected a finite number >= {lo}, got {v}")
 
 
 def _summary(reports: list[Report]) -> tuple[int, int]:
