@@ -22,6 +22,8 @@ import pytest
 from ksmstress.runner import run_one
 from ksmstress.scenario import Scenario, load, parse
 
+from .procwatch import alive, collect_descendants, wait_all_gone
+
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"
 SHM = Path("/dev/shm")
@@ -56,28 +58,6 @@ def shm_unchanged() -> Iterator[None]:
     yield
     new = shm_entries() - before
     assert not new, f"new entries in /dev/shm: {sorted(new)}"
-
-
-def alive(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
-    """The processes that still run (zombies waiting for a reaper are dead for this purpose)."""
-    out = []
-    for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
-def wait_all_gone(procs: Iterable[psutil.Process], grace: float) -> list[psutil.Process]:
-    procs = list(procs)
-    deadline = time.monotonic() + grace
-    left = alive(procs)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = alive(left)
-    return left
 
 
 def own_children() -> dict[int, psutil.Process]:
@@ -224,17 +204,10 @@ class Runner:
             stderr=self.err,
             start_new_session=True,
         )
-        self.ps = psutil.Process(self.proc.pid)
         self.seen: dict[int, psutil.Process] = {}
 
     def collect(self) -> list[psutil.Process]:
-        try:
-            kids = self.ps.children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-        for c in kids:
-            self.seen.setdefault(c.pid, c)
-        return kids
+        return collect_descendants(self.proc.pid, self.seen)
 
     def watch(self, seconds: float) -> None:
         """Collect descendants for `seconds`, then go on until a run has all its task processes forked (so that

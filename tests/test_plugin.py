@@ -13,6 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from .procwatch import collect_descendants, wait_all_gone
+
 pytest_plugins = ["pytester"]
 SCEN = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -116,19 +118,11 @@ def test_timed_out_test_leaves_no_process(tmp_path: Path):
     )
     seen: dict[int, psutil.Process] = {}
     while p.poll() is None:
-        try:
-            for c in psutil.Process(p.pid).children(recursive=True):
-                seen.setdefault(c.pid, c)
-        except psutil.NoSuchProcess:
-            break
+        collect_descendants(p.pid, seen)
         time.sleep(0.05)
     out = p.communicate(timeout=30)[0]
     assert "Timeout" in out and "refcount-width" in out and "seed=" in out
     assert seen
-    deadline = time.monotonic() + 10
-    alive = list(seen.values())
-    while alive and time.monotonic() < deadline:
-        alive = [c for c in alive if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-        time.sleep(0.1)
-    assert not alive, f"left behind: {[c.pid for c in alive]}"
+    left = wait_all_gone(seen.values(), 10)
+    assert not left, f"left behind: {[c.pid for c in left]}"
     assert set(os.listdir("/dev/shm")) <= before

@@ -16,6 +16,8 @@ import pytest
 
 from ksmstress.soak import SeedSpace, parse_duration, parse_shard
 
+from .procwatch import collect_descendants, wait_all_gone
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -103,21 +105,13 @@ def test_ctrl_c_on_a_soak_leaves_no_process(tmp_path: Path):
     )
     seen: dict[int, psutil.Process] = {}
     deadline = time.monotonic() + 4
-    while time.monotonic() < deadline:
-        try:
-            for c in psutil.Process(p.pid).children(recursive=True):
-                seen.setdefault(c.pid, c)
-        except psutil.NoSuchProcess:
-            break
+    while time.monotonic() < deadline and p.poll() is None:
+        collect_descendants(p.pid, seen)
         time.sleep(0.05)
     os.killpg(p.pid, signal.SIGINT)
     p.wait(60)
     assert p.returncode == 130
     assert seen, "no worker or task process was seen"
-    t_end = time.monotonic() + 10
-    alive = [c for c in seen.values() if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-    while alive and time.monotonic() < t_end:
-        time.sleep(0.1)
-        alive = [c for c in alive if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-    assert not alive, f"left behind: {[c.pid for c in alive]}"
+    left = wait_all_gone(seen.values(), 10)
+    assert not left, f"left behind: {[c.pid for c in left]}"
     assert set(os.listdir("/dev/shm")) <= before
