@@ -21,7 +21,7 @@ from .failures import CLASSES
 from .kernel import WorkloadError
 from .kernel import add_parser as add_kernel_parser
 from .report import ArtifactError, configure_logging, read_artifact, verdict_dict, write_artifact
-from .runner import RunResult, reproduction, run_one
+from .runner import MODES, RunResult, reproduction, run_one
 from .scenario import ScenarioError, default_dir, load, parse, resolve
 from .sched import STRATEGIES
 
@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--mode",
-        choices=("controlled", "free"),
+        choices=MODES,
         default="controlled",
         help="controlled: one task at a time, reproducible; free: all at once on every CPU",
     )

@@ -35,13 +35,12 @@ from . import argtypes
 from .argtypes import SEED_BITS
 from .bugs import validate
 from .report import write_artifact
-from .runner import RunResult, run_one
+from .runner import MODES, RunResult, run_one
 from .scenario import Scenario, load, resolve
-from .soak import reproduced_text, rerun_command, supports_mode
+from .soak import reproduced_text, rerun_command
 
 SEED_KEY = pytest.StashKey[int]()
 VERDICTS_KEY = pytest.StashKey[list["KsmVerdict"]]()
-MODES = ("controlled", "free")
 
 
 def derive_seed(base: int, nodeid: str) -> int:
@@ -91,10 +90,6 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         seed = secrets.randbelow(1 << 32)  # short enough to retype from the header
     config.stash[SEED_KEY] = seed
-    if config.getoption("ksm_mode") != "controlled" and not supports_mode():
-        raise pytest.UsageError(
-            f"--ksm-mode {config.getoption('ksm_mode')}: this ksmstress's runner has only the controlled mode"
-        )
 
 
 @pytest.hookimpl(optionalhook=True)

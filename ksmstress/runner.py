@@ -40,6 +40,7 @@ from .sched.control import BLOCKED, CLEAN, FAILED, HANDOFFS, STEP, Control
 
 PR_SET_PDEATHSIG = 1
 # lock sites annotated *_nested in 2.6.33 (a second lock of the same class, in a fixed order)
+MODES = ("controlled", "free")  # controlled: one task at a time, replayable; free: all at once
 NESTED_SITES = frozenset({"dup_mmap:nested", "copy_pte_range:src_ptl"})
 
 
@@ -211,7 +212,7 @@ def run_one(
     elif mode == "controlled":
         ctl = Control(block, ntasks, sc.max_steps, strat, actors.KIND_NAMES)
     else:
-        raise ValueError(f"unknown mode {mode!r}; expected controlled or free")
+        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     k = _assemble(block, st, ctl, bugset)
     st.g[G_PAGES_TO_SCAN] = sc.pages_to_scan
     st.g[G_REFCOUNT_BITS] = sc.refcount_bits

@@ -25,7 +25,6 @@ and ends with one replay command per failure class. Its structure follows `bench
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import re
@@ -45,12 +44,11 @@ import multiprocess.connection
 from . import argtypes
 from .bugs import validate
 from .report import write_artifact
-from .runner import reproduction, run_one
+from .runner import MODES, RunResult, reproduction, run_one
 from .scenario import Scenario, default_dir, load, resolve
 from .sched import STRATEGIES
 
 EXIT_CLEAN, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-MODES = ("controlled", "free")
 DEFAULT_DURATION = 600.0  # neither --duration nor --runs: the issue's example, 10m
 STOP_GRACE = 5.0  # seconds a stopped worker may take to finish the run in hand before it is signalled
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
@@ -106,23 +104,9 @@ class SeedSpace:
         return k % self.nscenarios, self.seed(k // self.nscenarios)
 
 
-def reproduced_text(res: Any) -> str | None:
-    """A free-mode failure's reproduction rate, if the runner reports one (`reproduced` is a forward-compatible
-    attribute: a count with `reruns`, a (hits, tries) pair, or ready-made text)."""
-    rep = getattr(res, "reproduced", None)
-    if rep is None:
-        return None
-    if isinstance(rep, str):
-        return rep if rep.startswith("reproduced") else f"reproduced {rep}"
-    if isinstance(rep, (tuple, list)) and len(rep) == 2:
-        return f"reproduced {rep[0]}/{rep[1]}"
-    reruns = getattr(res, "reruns", None)
-    return f"reproduced {rep}/{reruns}" if isinstance(reruns, int) else f"reproduced {rep}"
-
-
-def supports_mode() -> bool:
-    """Whether this build's run_one takes `mode` (free-running tasks): a later change adds it."""
-    return "mode" in inspect.signature(run_one).parameters
+def reproduced_text(res: RunResult) -> str | None:
+    """A free-mode failure's reproduction rate as the reports print it ("reproduced k/M"), else None."""
+    return f"reproduced {res.reproduced}" if res.reproduced is not None else None
 
 
 def rerun_command(
@@ -595,8 +579,6 @@ def cmd_soak(a: argparse.Namespace) -> int:
     if not paths:
         return _usage(f"{default_dir()}: no shipped scenarios; name scenario files")
     scenarios = tuple(load(p) for p in paths)  # every file validated before any process starts
-    if a.mode != "controlled" and not supports_mode():
-        return _usage(f"--mode {a.mode}: this ksmstress's runner has only the controlled mode")
     runs = a.soak_runs
     duration = None if runs else (a.duration or DEFAULT_DURATION)
     space = SeedSpace(a.seed, len(scenarios), *a.shard)
