@@ -20,10 +20,10 @@ from .bugs import VARIANTS, UnknownBug, validate
 from .failures import CLASSES
 from .kernel import WorkloadError
 from .kernel import add_parser as add_kernel_parser
+from .options import add_run_options
 from .report import ArtifactError, configure_logging, read_artifact, verdict_dict, write_artifact
-from .runner import MODES, RunResult, reproduction, run_one
+from .runner import RunResult, reproduction, run_one
 from .scenario import ScenarioError, default_dir, load, parse, resolve
-from .sched import STRATEGIES
 
 EXIT_CLEAN, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -185,35 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("scenario", nargs="*", help="scenario files or shipped names (default: mixed)")
     r.add_argument("--seed", type=argtypes.seed, default=0)
     r.add_argument("--runs", type=argtypes.positive_int, default=1)
-    r.add_argument("--strategy", choices=STRATEGIES, default="random")
-    r.add_argument(
-        "--pct-depth",
-        type=argtypes.positive_int,
-        default=None,
-        help="PCT depth d (default: the scenario's)",
-    )
-    r.add_argument("--bug", action="append", default=[], metavar="NAME", help="switch a bug variant on (repeatable)")
     r.add_argument("--json", action="store_true", help="print one machine-readable verdict")
-    r.add_argument("--artifacts", default="ksmstress-artifacts", help="where failure artifacts go")
+    add_run_options(r, reruns=10)
     r.add_argument("--cpu", type=argtypes.cpu, default=None, help="CPU to pin the run's processes to")
-    r.add_argument(
-        "--timeout",
-        type=argtypes.positive_seconds,
-        default=120.0,
-        help="wall-clock seconds per run before 'hang'",
-    )
-    r.add_argument(
-        "--mode",
-        choices=MODES,
-        default="controlled",
-        help="controlled: one task at a time, reproducible; free: all at once on every CPU",
-    )
-    r.add_argument(
-        "--reruns",
-        type=argtypes.non_negative_int,
-        default=10,
-        help="free mode: reruns of a failing seed for its rate",
-    )
     r.add_argument(
         "--hang-seconds",
         type=argtypes.positive_seconds,

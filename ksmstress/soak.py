@@ -43,10 +43,10 @@ import multiprocess.connection
 
 from . import argtypes
 from .bugs import validate
+from .options import add_run_options
 from .report import write_artifact
-from .runner import MODES, RunResult, reproduction, run_one
+from .runner import RunResult, reproduction, run_one
 from .scenario import Scenario, default_dir, load, resolve
-from .sched import STRATEGIES
 
 EXIT_CLEAN, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_DURATION = 600.0  # neither --duration nor --runs: the example, 10m
@@ -637,18 +637,7 @@ def add_parser(sub: Any) -> None:
         default=len(os.sched_getaffinity(0)),
         help="parallel worker processes (controlled: at most one per CPU)",
     )
-    s.add_argument(
-        "--mode",
-        choices=MODES,
-        default="controlled",
-        help="controlled (seeded scheduler, replayable) or free (tasks run freely)",
-    )
-    s.add_argument(
-        "--reruns",
-        type=argtypes.non_negative_int,
-        default=5,
-        help="free mode: reruns of each failing seed, for its reproduction rate",
-    )
+    add_run_options(s, reruns=5)
     s.add_argument("--keep-going", action="store_true", help="collect every failure instead of stopping at the first")
     s.add_argument(
         "--shard",
@@ -658,20 +647,5 @@ def add_parser(sub: Any) -> None:
         help="run only the seeds s with s %% N == I-1 (a CI matrix of N machines covers disjoint seeds)",
     )
     s.add_argument("--seed", type=argtypes.seed, default=0, help="base seed (default 0)")
-    s.add_argument("--strategy", choices=STRATEGIES, default="random")
-    s.add_argument(
-        "--pct-depth",
-        type=argtypes.positive_int,
-        default=None,
-        help="PCT depth d (default: each scenario's)",
-    )
-    s.add_argument("--bug", action="append", default=[], metavar="NAME", help="switch a bug variant on (repeatable)")
-    s.add_argument("--artifacts", default="ksmstress-artifacts", help="directory for every failure's artifact")
-    s.add_argument(
-        "--timeout",
-        type=argtypes.positive_seconds,
-        default=120.0,
-        help="wall-clock seconds per run before 'hang'",
-    )
     s.add_argument("--json", action="store_true", help="print one machine-readable summary instead of the table")
     s.set_defaults(fn=cmd_soak)

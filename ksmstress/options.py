@@ -1,0 +1,41 @@
+"""The options `run` and `soak` share, declared once so the two front doors cannot drift apart in name, type,
+default or meaning."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import argtypes
+from .runner import MODES
+from .sched import STRATEGIES
+
+
+def add_run_options(p: argparse.ArgumentParser, reruns: int) -> None:
+    """--strategy, --pct-depth, --bug, --artifacts, --timeout, --mode and --reruns (default `reruns`)."""
+    p.add_argument("--strategy", choices=STRATEGIES, default="random")
+    p.add_argument(
+        "--pct-depth",
+        type=argtypes.positive_int,
+        default=None,
+        help="PCT depth d (default: each scenario's)",
+    )
+    p.add_argument("--bug", action="append", default=[], metavar="NAME", help="switch a bug variant on (repeatable)")
+    p.add_argument("--artifacts", default="ksmstress-artifacts", help="directory for every failure's artifact")
+    p.add_argument(
+        "--timeout",
+        type=argtypes.positive_seconds,
+        default=120.0,
+        help="wall-clock seconds per run before 'hang'",
+    )
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="controlled",
+        help="controlled: one task at a time, seeded and replayable; free: all at once on every CPU",
+    )
+    p.add_argument(
+        "--reruns",
+        type=argtypes.non_negative_int,
+        default=reruns,
+        help="free mode: reruns of each failing seed, for its reproduction rate",
+    )
