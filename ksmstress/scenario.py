@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .tomltable import TableReader
+from .tomltable import TableReader, read_file
 
 OPS = ("write", "read", "fork", "munmap", "mmap", "unmergeable", "mergeable", "sleep")
 SCRIPT_RE = re.compile(
@@ -168,13 +168,7 @@ def parse(text: str, path: str = "<string>") -> Scenario:
 
 def load(path: str | Path) -> Scenario:
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ScenarioError(f"{p}: cannot read scenario: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise ScenarioError(f"{p}: not a scenario: expected UTF-8 TOML text") from None
-    return parse(text, str(p))
+    return parse(read_file(p, "scenario", ScenarioError), str(p))
 
 
 def default_dir() -> Path:

@@ -6,6 +6,7 @@ into exit status 2); keys nobody read are refused, so a typo never silently mean
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -52,3 +53,13 @@ class TableReader:
         extra = sorted(set(self.data) - self.seen)
         if extra:
             raise self.error(f"{self.path}: key '{self.key(extra[0])}': unknown key")
+
+
+def read_file(path: Path, what: str, error: type[ValueError]) -> str:
+    """A TOML file's text, or one line saying why not (unreadable, or not UTF-8): never a traceback."""
+    try:
+        return path.read_text()
+    except OSError as e:
+        raise error(f"{path}: cannot read {what}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a {what}: expected UTF-8 TOML text") from None

@@ -123,6 +123,10 @@ def test_bad_workload_through_the_cli_exits_2_with_one_line(tmp_path: Path, caps
                                                                                     "--recorded"]):
         code, out, err = cli(capsys, *args)
         assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (args, err)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00 not text")
+    code, out, err = cli(capsys, "kernel", str(binary), "--recorded")
+    assert code == 2 and err.count("\n") == 1 and str(binary) in err and "UTF-8" in err
 
 
 def test_generated_workloads_are_valid_and_reproducible() -> None:

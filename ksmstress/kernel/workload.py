@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..scenario import default_dir
-from ..tomltable import TableReader
+from ..tomltable import TableReader, read_file
 
 ACTIONS = ("write", "fork", "unmergeable", "mergeable", "munmap", "exit", "run")
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,15}$")
@@ -327,11 +327,7 @@ def parse(text: str, path: str = "<string>") -> Workload:
 
 def load(path: str | Path) -> Workload:
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise WorkloadError(f"{p}: cannot read workload: {e.strerror}") from None
-    return parse(text, str(p))
+    return parse(read_file(p, "workload", WorkloadError), str(p))
 
 
 def workload_dir() -> Path:
