@@ -20,12 +20,10 @@ from .bugs import VARIANTS, UnknownBug, validate
 from .failures import CLASSES
 from .kernel import WorkloadError
 from .kernel import add_parser as add_kernel_parser
-from .options import add_run_options
+from .options import EXIT_CLEAN, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, add_run_options
 from .report import ArtifactError, configure_logging, read_artifact, verdict_dict, write_artifact
 from .runner import RunResult, reproduction, run_one
 from .scenario import ScenarioError, default_dir, load, parse, resolve
-
-EXIT_CLEAN, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -231,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         _usage_error(str(e))
     except KeyboardInterrupt:
         print("ksmstress: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

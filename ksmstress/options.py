@@ -1,5 +1,5 @@
-"""The options `run` and `soak` share, declared once so the two front doors cannot drift apart in name, type,
-default or meaning."""
+"""The options and exit statuses `run` and `soak` share, declared once so the two front doors cannot drift apart
+in name, type, default or meaning."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import argparse
 from . import argtypes
 from .runner import MODES
 from .sched import STRATEGIES
+
+# every front door's exit statuses: clean, a failure found, a user's mistake, Ctrl-C
+EXIT_CLEAN, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def add_run_options(p: argparse.ArgumentParser, reruns: int) -> None:

@@ -43,12 +43,11 @@ import multiprocess.connection
 
 from . import argtypes
 from .bugs import validate
-from .options import add_run_options
+from .options import EXIT_CLEAN, EXIT_FAILURE, EXIT_INTERRUPTED, add_run_options
 from .report import write_artifact
 from .runner import RunResult, reproduction, run_one
-from .scenario import Scenario, default_dir, load, resolve
+from .scenario import Scenario, ScenarioError, default_dir, load, resolve
 
-EXIT_CLEAN, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_DURATION = 600.0  # neither --duration nor --runs: the example, 10m
 STOP_GRACE = 5.0  # seconds a stopped worker may take to finish the run in hand before it is signalled
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
@@ -568,16 +567,11 @@ def print_summary(d: dict[str, Any]) -> None:
 
 
 # -- the command ----------------------------------------------------------------------------------------------
-def _usage(msg: str) -> int:
-    print(f"ksmstress: error: {msg}", file=sys.stderr)
-    return EXIT_USAGE
-
-
 def cmd_soak(a: argparse.Namespace) -> int:
     bugs = validate(a.bug)
     paths = resolve(a.scenario) if a.scenario else sorted(default_dir().glob("*.toml"))
     if not paths:
-        return _usage(f"{default_dir()}: no shipped scenarios; name scenario files")
+        raise ScenarioError(f"{default_dir()}: no shipped scenarios; name scenario files")  # the CLI's exit 2
     scenarios = tuple(load(p) for p in paths)  # every file validated before any process starts
     runs = a.soak_runs
     duration = None if runs else (a.duration or DEFAULT_DURATION)
