@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import argtypes
+from . import argtypes, catalog
 from . import bench as benchmod
 from . import soak as soakmod
 from .bugs import VARIANTS, UnknownBug, validate
@@ -23,7 +23,7 @@ from .kernel import add_parser as add_kernel_parser
 from .options import EXIT_CLEAN, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, add_run_options
 from .report import ArtifactError, configure_logging, read_artifact, verdict_dict, write_artifact
 from .runner import RunResult, reproduction, run_one
-from .scenario import ScenarioError, default_dir, load, parse, resolve
+from .scenario import ScenarioError, load, parse, resolve
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,7 +57,7 @@ def _print_failure(res: RunResult, artifact: Path | None) -> None:
 
 def cmd_run(a: argparse.Namespace) -> int:
     bugs = validate(a.bug)
-    paths = resolve(a.scenario)
+    paths = resolve(a.scenario, a.scenario_dir)
     scenarios = [load(p) for p in paths]
     last: RunResult | None = None
     total_runs = 0
@@ -168,9 +168,18 @@ def cmd_bugs(a: argparse.Namespace) -> int:
 
 
 def cmd_scenarios(a: argparse.Namespace) -> int:
-    for p in sorted(default_dir().glob("*.toml")):
-        sc = load(p)
-        print(f"{p.stem}\n  {sc.description}")
+    """Every scenario a name can reach, with its origin; a user file that takes a shipped name says so."""
+    found = catalog.entries(a.scenario_dir)
+    if not found:
+        _usage_error("no scenarios found: this install ships none and no --scenario-dir/$KSMSTRESS_SCENARIOS is set")
+    first: dict[str, catalog.Entry] = {}
+    for e in found:
+        first.setdefault(e.name, e)
+    for e in found:
+        sc = load(e.path)
+        where = "shipped" if e.origin == catalog.SHIPPED else f"from {e.origin}"
+        hidden = f"; the name {e.name!r} picks {first[e.name].path}" if first[e.name] is not e else ""
+        print(f"{e.name}  ({where}: {e.path}{hidden})\n  {sc.description}")
     return EXIT_CLEAN
 
 
@@ -210,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=cmd_bugs)
 
-    s = sub.add_parser("scenarios", help="list the shipped scenarios")
+    s = sub.add_parser("scenarios", help="list the scenarios (shipped and from --scenario-dir), with their origin")
+    s.add_argument("--scenario-dir", action="append", default=[], metavar="DIR", help="also list the scenarios here")
     s.set_defaults(fn=cmd_scenarios)
 
     benchmod.add_parser(sub)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from . import argtypes
+from .catalog import ENV_DIRS
 from .runner import MODES
 from .sched import STRATEGIES
 
@@ -15,7 +16,14 @@ EXIT_CLEAN, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 def add_run_options(p: argparse.ArgumentParser, reruns: int) -> None:
     """--strategy, --pct-depth, --bug, --artifacts, --timeout, --mode and --reruns (default `reruns`)."""
-    p.add_argument("--strategy", choices=STRATEGIES, default="random")
+    p.add_argument(
+        "--scenario-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help=f"look for scenario names here before the shipped ones (repeatable; also ${ENV_DIRS})",
+    )
+    p.add_argument("--strategy", choices=STRATEGIES, default="random", help="scheduling strategy (default: random)")
     p.add_argument(
         "--pct-depth",
         type=argtypes.positive_int,

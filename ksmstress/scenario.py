@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import catalog
 from .tomltable import TableReader, read_file
 
 OPS = ("write", "read", "fork", "munmap", "mmap", "unmergeable", "mergeable", "sleep")
@@ -171,31 +172,18 @@ def load(path: str | Path) -> Scenario:
     return parse(read_file(p, "scenario", ScenarioError), str(p))
 
 
-def default_dir() -> Path:
-    """The shipped scenarios: ./scenarios in a checkout, else the copy installed with the package."""
-    here = Path(__file__).resolve().parent
-    for cand in (Path.cwd() / "scenarios", here.parent / "scenarios", here / "scenarios"):
-        if cand.is_dir() and any(cand.glob("*.toml")):
-            return cand
-    return Path.cwd() / "scenarios"
-
-
-def resolve(names: list[str]) -> list[Path]:
-    """Scenario arguments as paths: a file path, or a shipped scenario's name; none means the default set."""
-    d = default_dir()
-    if not names:
-        return [d / "mixed.toml"]
+def resolve(names: list[str], dirs: list[str] | tuple[str, ...] = ()) -> list[Path]:
+    """Scenario arguments as paths (see catalog: a file as given, then the user's directories, then the shipped);
+    none means the default scenario, `mixed`."""
     out = []
-    for n in names:
-        p = Path(n)
-        if p.exists():
-            out.append(p)
-        elif (d / n).exists():
-            out.append(d / n)
-        elif (d / f"{n}.toml").exists():
-            out.append(d / f"{n}.toml")
-        else:
-            raise ScenarioError(
-                f"{n}: no such scenario file (shipped ones: {', '.join(sorted(x.stem for x in d.glob('*.toml')))})"
-            )
+    for n in names or ["mixed"]:
+        p = catalog.find(n, dirs)
+        if p is None:
+            raise ScenarioError(f"{n}: no such scenario file or name (known: {catalog.names(dirs)})")
+        out.append(p)
     return out
+
+
+def every(dirs: list[str] | tuple[str, ...] = ()) -> list[Path]:
+    """The default set of `soak`: every scenario a bare name can reach (the user's directories' and the shipped)."""
+    return [e.path for e in catalog.visible(dirs)]

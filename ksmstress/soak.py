@@ -46,7 +46,7 @@ from .bugs import validate
 from .options import EXIT_CLEAN, EXIT_FAILURE, EXIT_INTERRUPTED, add_run_options
 from .report import write_artifact
 from .runner import RunResult, reproduction, run_one
-from .scenario import Scenario, ScenarioError, default_dir, load, resolve
+from .scenario import Scenario, ScenarioError, every, load, resolve
 
 DEFAULT_DURATION = 600.0  # neither --duration nor --runs: the example, 10m
 STOP_GRACE = 5.0  # seconds a stopped worker may take to finish the run in hand before it is signalled
@@ -569,9 +569,9 @@ def print_summary(d: dict[str, Any]) -> None:
 # -- the command ----------------------------------------------------------------------------------------------
 def cmd_soak(a: argparse.Namespace) -> int:
     bugs = validate(a.bug)
-    paths = resolve(a.scenario) if a.scenario else sorted(default_dir().glob("*.toml"))
+    paths = resolve(a.scenario, a.scenario_dir) if a.scenario else every(a.scenario_dir)
     if not paths:
-        raise ScenarioError(f"{default_dir()}: no shipped scenarios; name scenario files")  # the CLI's exit 2
+        raise ScenarioError("ksmstress: no scenarios found (none shipped with this install); name scenario files")
     scenarios = tuple(load(p) for p in paths)  # every file validated before any process starts
     runs = a.soak_runs
     duration = None if runs else (a.duration or DEFAULT_DURATION)

@@ -3,6 +3,7 @@ interpreter (for what only a real process shows: signals, exit codes, stray outp
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +25,15 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """`python -m ksmstress.cli ARGS` in a fresh interpreter."""
+def run_cli(
+    *args: str, cwd: Path = ROOT, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m ksmstress.cli ARGS` in a fresh interpreter (`env`: variables added to this process's)."""
     return subprocess.run(
-        [sys.executable, "-m", "ksmstress.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "ksmstress.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env} if env else None,
     )

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from ksmstress.catalog import shipped_dir
+
 try:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
@@ -32,7 +34,7 @@ from ksmstress.scenario import Scenario, ScenarioError, load, parse
 from .clitools import cli, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ROOT / "scenarios"
+SCENARIOS = shipped_dir()
 REQUIRED_KEYS = {"verdict", "seed", "runs", "steps", "schedule_digest", "failure", "steps_per_second"}
 EXPECTED_DETECTORS = {
     "no-anon-vma-ref": "use-after-free",
@@ -626,17 +628,52 @@ def test_bugs_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_scenarios_lists_the_shipped_ones() -> None:
     r = run_cli("scenarios")
     assert r.returncode == 0, r.stderr
-    names = [line for line in r.stdout.splitlines() if line and not line.startswith(" ")]
+    names = [line.split()[0] for line in r.stdout.splitlines() if line and not line.startswith(" ")]
     assert names == sorted(p.stem for p in SCENARIOS.glob("*.toml"))
     assert {"mixed", "seed-fork-race", "seed-unmap-race"} <= set(names)
+    assert all("(shipped: " in line for line in r.stdout.splitlines() if line and not line.startswith(" "))
+
+
+def test_a_scenarios_folder_in_the_cwd_hides_nothing(tmp_path: Path) -> None:
+    """Standing in a directory that holds scenarios/mine.toml changes nothing: names resolve to the shipped files;
+    user directories (--scenario-dir, $KSMSTRESS_SCENARIOS) add to the list, with their origin."""
+    (tmp_path / "scenarios").mkdir()
+    mine = (SCENARIOS / "seed-fork-race.toml").read_text().replace('name = "seed-fork-race"', 'name = "mine"')
+    (tmp_path / "scenarios" / "mine.toml").write_text(mine)
+    r = run_cli("run", "seed-fork-race", "--runs", "1", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert one_json_object(r.stdout)["scenario"] == "seed-fork-race"
+    r = run_cli("scenarios", "--scenario-dir", str(tmp_path / "scenarios"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    heads = [line for line in r.stdout.splitlines() if line and not line.startswith(" ")]
+    assert heads[0].startswith(f"mine  (from {tmp_path / 'scenarios'}")
+    assert sum("(shipped: " in h for h in heads) == len(list(SCENARIOS.glob("*.toml")))
+    r = run_cli(
+        "run", "mine", "--runs", "1", "--json", cwd=tmp_path, env={"KSMSTRESS_SCENARIOS": str(tmp_path / "scenarios")}
+    )
+    assert r.returncode == 0, r.stderr
+    assert one_json_object(r.stdout)["scenario"] == "mine"
+    r = run_cli("run", "mine", cwd=tmp_path)
+    assert r.returncode == 2 and "mine: no such scenario file or name" in r.stderr
 
 
 def test_bench_reports_detection_and_throughput_as_json(capsys: pytest.CaptureFixture[str]) -> None:
     """A small bench: the variant is caught by its own detector under every strategy, and the throughput section
     carries the raw rate and both bare-scheduler measurements (figures, not asserted speeds)."""
     code, out, _err = cli(
-        capsys, "bench", "--variant", "inverted-lock-order", "--runs", "2", "--seconds", "30",
-        "--throughput-runs", "1", "--jobs", "1", "--json",
+        capsys,
+        "bench",
+        "--variant",
+        "inverted-lock-order",
+        "--runs",
+        "2",
+        "--seconds",
+        "30",
+        "--throughput-runs",
+        "1",
+        "--jobs",
+        "1",
+        "--json",
     )
     assert code == 0
     d = json.loads(out)

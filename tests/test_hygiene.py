@@ -19,13 +19,14 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ksmstress.catalog import shipped_dir
 from ksmstress.runner import run_one
 from ksmstress.scenario import Scenario, load, parse
 
 from .procwatch import alive, collect_descendants, wait_all_gone
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ROOT / "scenarios"
+SCENARIOS = shipped_dir()
 SHM = Path("/dev/shm")
 
 # One mm task that sleeps for tens of millions of scheduling points: it can only end by the wall clock.

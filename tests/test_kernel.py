@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 import pytest
 
+from ksmstress.catalog import shipped_dir
 from ksmstress.kernel import sysfs
 from ksmstress.kernel.compare import compare_recorded, render, run_against_kernel
 from ksmstress.kernel.model import run_model
@@ -30,7 +31,7 @@ from ksmstress.kernel.workload import WorkloadError, generate, generate_text, lo
 from .clitools import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = sorted((ROOT / "scenarios" / "kernel").glob("*.toml"))
+SHIPPED = sorted(shipped_dir("kernel").glob("*.toml"))
 REQUIRED = {"ltp-ksm01", "ksm-tests-merge", "ksm-tests-unmerge", "fork-write", "unmergeable-half"}
 GOOD = """
 name = "t"
@@ -146,7 +147,7 @@ def test_model_matches_the_recorded_kernel_figures(path: Path) -> None:
 
 
 def test_a_wrong_recorded_figure_is_a_mismatch_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    text = (ROOT / "scenarios/kernel/ksm-tests-merge.toml").read_text().replace("sharing = 63", "sharing = 62")
+    text = (shipped_dir("kernel") / "ksm-tests-merge.toml").read_text().replace("sharing = 63", "sharing = 62")
     p = tmp_path / "wrong.toml"
     p.write_text(text)
     code, out, _err = cli(capsys, "kernel", "--recorded", str(p))
@@ -221,7 +222,7 @@ def test_sysfs_restored_after_a_run_and_after_a_run_that_raises() -> None:
     before = knobs()
     on_kernel([load(SHIPPED[0])])
     assert knobs() == before
-    w = load(ROOT / "scenarios/kernel/ltp-ksm01.toml")
+    w = load(shipped_dir("kernel") / "ltp-ksm01.toml")
     try:
         with pytest.raises(RuntimeError, match="mid-run"):
             with sysfs.ksm_session() as s:
@@ -295,5 +296,5 @@ def test_values_a_killed_run_left_are_restored_by_the_next() -> None:
     if "skipped" in r.stdout:
         pytest.skip(r.stdout)
     assert r.returncode == -signal.SIGKILL  # nothing could restore: the originals wait beside the lock
-    on_kernel([load(ROOT / "scenarios/kernel/ksm-tests-unmerge.toml")])
+    on_kernel([load(shipped_dir("kernel") / "ksm-tests-unmerge.toml")])
     assert knobs() == before and not sysfs.saved_path().exists()

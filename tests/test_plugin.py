@@ -13,10 +13,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ksmstress.catalog import shipped_dir
+
 from .procwatch import collect_descendants, wait_all_gone
 
 pytest_plugins = ["pytester"]
-SCEN = Path(__file__).resolve().parent.parent / "scenarios"
+SCEN = shipped_dir()
 
 TESTS = f'''
 import pytest

@@ -8,10 +8,11 @@ import os
 import pytest
 
 from ksmstress.bugs import VARIANTS
+from ksmstress.catalog import shipped_dir
 from ksmstress.runner import run_one
 from ksmstress.scenario import load
 
-SCEN = os.path.join(os.path.dirname(__file__), "..", "scenarios")
+SCEN = str(shipped_dir())
 SHIPPED = sorted(f[:-5] for f in os.listdir(SCEN) if f.endswith(".toml"))
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ksmstress.arena import SharedBlock
+from ksmstress.catalog import shipped_dir
 from ksmstress.failures import Failure
 from ksmstress.runner import run_one
 from ksmstress.scenario import load
@@ -18,7 +19,7 @@ from ksmstress.sched.control import CLEAN, FAILED, Control
 from ksmstress.sched.pct import PctStrategy
 from ksmstress.sync import KSM_THREAD_MUTEX, MMAP_SEM, Locks, LockSpace
 
-SCEN = os.path.join(os.path.dirname(__file__), "..", "scenarios")
+SCEN = str(shipped_dir())
 
 
 def _scenario(name: str):

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ksmstress.catalog import shipped_dir
 from ksmstress.soak import SeedSpace, parse_duration, parse_shard
 
 from .procwatch import collect_descendants, wait_all_gone
@@ -47,7 +48,7 @@ def test_shards_cover_disjoint_seeds():
 
 def test_soak_keep_going_collects_failures_by_class(tmp_path: Path):
     r = soak(
-        str(ROOT / "scenarios/seed-fork-race.toml"),
+        str(shipped_dir() / "seed-fork-race.toml"),
         "--bug",
         "single-pass-walk",
         "--runs",
@@ -70,7 +71,7 @@ def test_soak_keep_going_collects_failures_by_class(tmp_path: Path):
 
 
 def test_soak_clean_runs_exit_0(tmp_path: Path):
-    r = soak(str(ROOT / "scenarios/seed-unmap-race.toml"), "--runs", "6", "--jobs", "2", cwd=tmp_path)
+    r = soak(str(shipped_dir() / "seed-unmap-race.toml"), "--runs", "6", "--jobs", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "no failures" in r.stdout
 
@@ -90,7 +91,7 @@ def test_ctrl_c_on_a_soak_leaves_no_process(tmp_path: Path):
             "-m",
             "ksmstress.cli",
             "soak",
-            str(ROOT / "scenarios/mixed.toml"),
+            str(shipped_dir() / "mixed.toml"),
             "--duration",
             "2m",
             "--jobs",

@@ -36,7 +36,7 @@ def cmd_kernel(a: argparse.Namespace) -> int:
     shipped: list[Workload] = [load(p) for p in paths]
     generated = [generate(s) for s in range(a.seed, a.seed + a.generate)]
     if not shipped and not generated:
-        raise WorkloadError(f"{sysfs.KSM_DIR}: no workloads to run (none named, none shipped, --generate 0)")
+        raise WorkloadError("ksmstress kernel: no workloads to run (none named, none shipped, --generate 0)")
     out: dict[str, Any] = {"against": "recorded" if a.recorded else "kernel", "kernel": os.uname().release}
     if a.recorded:
         if generated:
@@ -97,7 +97,7 @@ def add_parser(sub: Any) -> None:
     """Register `ksmstress kernel` on the CLI's subparsers."""
     k = sub.add_parser("kernel", help="compare the model with the running kernel's KSM, workload by workload",
                        description=__doc__.split("\n")[0])
-    k.add_argument("workload", nargs="*", help="workload files or shipped names (default: all of scenarios/kernel)")
+    k.add_argument("workload", nargs="*", help="workload files or names (default: every shipped workload)")
     k.add_argument("--json", action="store_true", help="print one machine-readable object")
     k.add_argument("--generate", type=int, default=0, metavar="N", help="also run N generated workloads")
     k.add_argument("--seed", type=int, default=0, help="first seed of the generated workloads")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..scenario import default_dir
+from .. import catalog
 from ..tomltable import TableReader, read_file
 
 ACTIONS = ("write", "fork", "unmergeable", "mergeable", "munmap", "exit", "run")
@@ -330,29 +330,16 @@ def load(path: str | Path) -> Workload:
     return parse(read_file(p, "workload", WorkloadError), str(p))
 
 
-def workload_dir() -> Path:
-    """The shipped workloads: scenarios/kernel in a checkout (or beside the shipped scenarios)."""
-    here = Path(__file__).resolve().parent.parent
-    for cand in (Path.cwd() / "scenarios" / "kernel", here.parent / "scenarios" / "kernel", default_dir() / "kernel"):
-        if cand.is_dir() and any(cand.glob("*.toml")):
-            return cand
-    return default_dir() / "kernel"
-
-
 def resolve(names: list[str]) -> list[Path]:
-    """Workload arguments as paths: a file, or a shipped workload's name; none means every shipped workload."""
-    d = workload_dir()
-    shipped = sorted(d.glob("*.toml"))
+    """Workload arguments as paths: a file, or a workload's name (user directories' `kernel/`, then shipped ones);
+    none means every shipped workload."""
     if not names:
-        return shipped
+        return [e.path for e in catalog.entries(sub="kernel") if e.origin == catalog.SHIPPED]
     out = []
     for n in names:
-        cands = [Path(n), d / n, d / f"{n}.toml"]
-        hit = next((c for c in cands if c.is_file()), None)
+        hit = catalog.find(n, sub="kernel")
         if hit is None:
-            raise WorkloadError(
-                f"{n}: no such workload file (shipped ones: {', '.join(p.stem for p in shipped) or 'none'})"
-            )
+            raise WorkloadError(f"{n}: no such workload file or name (known: {catalog.names(sub='kernel')})")
         out.append(hit)
     return out
 
