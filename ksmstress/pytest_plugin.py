@@ -35,9 +35,9 @@ from . import argtypes
 from .argtypes import SEED_BITS
 from .bugs import validate
 from .report import write_artifact
-from .runner import MODES, RunResult, run_one
+from .runner import MODES, RunResult, run_seeds
 from .scenario import Scenario, load, resolve
-from .soak import reproduced_text, rerun_command
+from .verdict import failure_lines, replay_command, reproduced_text, rerun_command
 
 SEED_KEY = pytest.StashKey[int]()
 VERDICTS_KEY = pytest.StashKey[list["KsmVerdict"]]()
@@ -145,11 +145,7 @@ class KsmVerdict:
         if self.ok:
             return f"ksmstress: clean: {where}\n  rerun: {self.replay}"
         rep = f" ({self.reproduced})" if self.reproduced else ""
-        lines = [f"ksmstress: {self.failure_class} in {where}{rep}", f"  {self.message}"]
-        details = (self.failure or {}).get("details") or {}
-        for key in ("task", "object", "site", "freed", "cycle", "walk", "via"):
-            if key in details:
-                lines.append(f"  {key}: {details[key]}")
+        lines = [f"ksmstress: {self.failure_class} in {where}{rep}", *failure_lines(self.failure)]
         lines.append(f"  replay: {self.replay}")
         if self.base_seed is not None and self.nodeid:
             lines.append(f"  rerun:  pytest --ksm-seed={self.base_seed} {shlex.quote(self.nodeid)}")
@@ -234,16 +230,13 @@ def ksm_run(request: pytest.FixtureRequest, ksm_seed: int, ksm_artifacts: Path) 
         sys.stderr.flush()
         res: RunResult | None = None
         done = 0
-        for i in range(n):
-            seed = (ksm_seed + i) % (1 << SEED_BITS)
-            res = run_one(sc, seed, strategy, bugset, cpu=cpu, pct_depth=pct_depth, timeout=timeout, **extra)
-            done += 1
-            if res.verdict == "failure":
-                break
+        seeds = ((ksm_seed + i) % (1 << SEED_BITS) for i in range(n))
+        for r in run_seeds(sc, seeds, strategy, bugset, cpu=cpu, pct_depth=pct_depth, timeout=timeout, **extra):
+            res, done = r, done + 1
         assert res is not None
         artifact = write_artifact(ksm_artifacts, sc, res, pct_depth) if res.verdict == "failure" else None
         if artifact is not None:
-            replay = f"ksmstress replay {shlex.quote(str(artifact))}"
+            replay = replay_command(artifact)
         else:
             replay = rerun_command(sc, ksm_seed, strategy, bugset, pct_depth, mode, runs=done)
         f = res.failure or {}

@@ -18,6 +18,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -343,25 +344,11 @@ def reproduction(sc: Scenario, res: RunResult, reruns: int, timeout: float = 120
     return f"{hits}/{reruns}"
 
 
-def run_many(
-    sc: Scenario,
-    seed: int,
-    runs: int,
-    strategy: str = "random",
-    bugs: tuple[str, ...] = (),
-    pct_depth: int | None = None,
-    cpu: int | None = None,
-    progress: Any = None,
-) -> tuple[RunResult, int]:
-    """Seeds seed..seed+runs-1, stopping at the first failure. Returns (failing-or-last result, runs done)."""
-    res: RunResult | None = None
-    done = 0
-    for s in range(seed, seed + runs):
-        res = run_one(sc, s, strategy, bugs, cpu=cpu, pct_depth=pct_depth)
-        done += 1
-        if progress is not None:
-            progress(res)
+def run_seeds(sc: Scenario, seeds: Iterable[int], *args: Any, **kw: Any) -> Iterator[RunResult]:
+    """The one seed loop of every front door (`run`, the plugin's `ksm_run`): run_one over `seeds` in order,
+    yielding each result and stopping after the first failure. Extra arguments go to run_one."""
+    for seed in seeds:
+        res = run_one(sc, seed, *args, **kw)
+        yield res
         if res.verdict == "failure":
-            break
-    assert res is not None
-    return res, done
+            return

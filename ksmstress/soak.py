@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import re
-import shlex
 import signal
 import sys
 import time
@@ -44,15 +43,15 @@ import multiprocess.connection
 from . import argtypes
 from .bugs import validate
 from .options import EXIT_CLEAN, EXIT_FAILURE, EXIT_INTERRUPTED, add_run_options
+from .progress import Progress, fmt_duration
 from .report import write_artifact
-from .runner import RunResult, reproduction, run_one
+from .runner import reproduction, run_one
 from .scenario import Scenario, ScenarioError, every, load, resolve
+from .verdict import replay_command, reproduced_text, rerun_command
 
 DEFAULT_DURATION = 600.0  # neither --duration nor --runs: the issue's example, 10m
 STOP_GRACE = 5.0  # seconds a stopped worker may take to finish the run in hand before it is signalled
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
-TTY_REFRESH = 0.5  # seconds between redraws of the progress line on a terminal
-LOG_EVERY = 10.0  # seconds between progress lines when stderr is not a terminal (CI logs)
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smh]?)\s*$")
 
@@ -73,11 +72,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
         raise argparse.ArgumentTypeError(f"expected I/N with 1 <= I <= N (e.g. 2/4), got {text!r}")
     return int(m.group(1)), int(m.group(2))
-
-
-def _fmt_duration(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 # -- the seed space -------------------------------------------------------------------------------------------
@@ -101,35 +95,6 @@ class SeedSpace:
 
     def item(self, k: int) -> tuple[int, int]:
         return k % self.nscenarios, self.seed(k // self.nscenarios)
-
-
-def reproduced_text(res: RunResult) -> str | None:
-    """A free-mode failure's reproduction rate as the reports print it ("reproduced k/M"), else None."""
-    return f"reproduced {res.reproduced}" if res.reproduced is not None else None
-
-
-def rerun_command(
-    sc: Scenario,
-    seed: int,
-    strategy: str,
-    bugs: list[str],
-    pct_depth: int | None,
-    mode: str = "controlled",
-    runs: int = 1,
-) -> str:
-    """The `ksmstress run` command that runs the same seed(s) again from scratch."""
-    parts = ["ksmstress", "run", sc.path, "--seed", str(seed)]
-    if runs != 1:
-        parts += ["--runs", str(runs)]
-    if strategy != "random":
-        parts += ["--strategy", strategy]
-    if pct_depth is not None:
-        parts += ["--pct-depth", str(pct_depth)]
-    for b in bugs:
-        parts += ["--bug", b]
-    if mode != "controlled":
-        parts += ["--mode", mode]
-    return shlex.join(parts)
 
 
 # -- the worker -----------------------------------------------------------------------------------------------
@@ -197,7 +162,7 @@ def _run_item(plan: Plan, k: int, job: int) -> dict[str, Any]:
         row.update(cls=f.get("class"), message=f.get("message"), artifact=None, replay=rerun)
         try:
             art = write_artifact(plan.artifacts, sc, res, plan.pct_depth)
-            row.update(artifact=str(art), replay=f"ksmstress replay {shlex.quote(str(art))}")
+            row.update(artifact=str(art), replay=replay_command(art))
         except OSError as e:
             row["message"] = f"{row['message']} (artifact not written: {e.strerror or e})"
     return row
@@ -254,64 +219,6 @@ class Tally:
 
     def wall(self) -> float:
         return time.monotonic() - self.started
-
-
-class Progress:
-    """One redrawn line on a terminal; a line every LOG_EVERY seconds otherwise. Failures always get a line."""
-
-    def __init__(self, total: int | None, duration: float | None, stream: Any = None) -> None:
-        self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.total, self.duration = total, duration
-        self.last = 0.0 if self.tty else time.monotonic()  # a log's first line after LOG_EVERY, not at 0 runs
-        self.dirty = False
-
-    def _bar(self, frac: float, width: int = 24) -> str:
-        n = int(max(0.0, min(1.0, frac)) * width)
-        return "[" + "#" * n + "-" * (width - n) + "]"
-
-    def line(self, t: Tally) -> str:
-        wall = t.wall()
-        nfail = len(t.failures)
-        if self.total:
-            head = f"{self._bar(t.runs / self.total)} {t.runs}/{self.total} runs"
-        elif self.duration:
-            head = (
-                f"{self._bar(wall / self.duration)} {_fmt_duration(wall)}/{_fmt_duration(self.duration)} {t.runs} runs"
-            )
-        else:
-            head = f"{t.runs} runs"
-        rate = t.runs / wall * 60 if wall > 0 else 0.0
-        sps = t.steps / wall if wall > 0 else 0.0
-        return (
-            f"soak {head} | {rate:,.0f} runs/min | {sps:,.0f} steps/s | "
-            f"{nfail} failure{'s' if nfail != 1 else ''} | {_fmt_duration(wall)}"
-        )
-
-    def update(self, t: Tally, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last < (TTY_REFRESH if self.tty else LOG_EVERY):
-            return
-        self.last = now
-        if self.tty:
-            print("\r\033[K" + self.line(t), end="", file=self.stream, flush=True)
-            self.dirty = True
-        else:
-            print(self.line(t), file=self.stream, flush=True)
-
-    def note(self, text: str) -> None:
-        """A line of its own (a failure), without tearing the progress line."""
-        if self.tty and self.dirty:
-            print("\r\033[K", end="", file=self.stream)
-            self.dirty = False
-        print(text, file=self.stream, flush=True)
-        if self.tty:
-            self.last = 0.0  # redraw the progress line right after
-
-    def finish(self, t: Tally) -> None:
-        self.update(t, force=True)
-        if self.tty:
-            print(file=self.stream, flush=True)
 
 
 class Soak:
@@ -582,7 +489,7 @@ def cmd_soak(a: argparse.Namespace) -> int:
     total = runs * len(scenarios) if runs else None
     progress = Progress(total, duration)
     soak = Soak(plan, a.jobs, total, duration, a.keep_going, progress)
-    bound = f"{runs} seed(s) per scenario" if runs else f"{_fmt_duration(duration or 0)}"
+    bound = f"{runs} seed(s) per scenario" if runs else f"{fmt_duration(duration or 0)}"
     cpus = ", ".join(str(c) for c in soak.cpus) if a.mode == "controlled" else "any"
     print(
         f"ksmstress soak: {len(scenarios)} scenario(s), seeds from {space.first} step {space.shards} "
