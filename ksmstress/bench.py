@@ -344,6 +344,6 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--variant", action="append", default=[], help="only these variants (repeatable)")
     b.add_argument("--skip-detection", action="store_true", help="throughput only")
     b.add_argument("--scenario", default="mixed", help="scenario for the throughput rows")
-    b.add_argument("--throughput-runs", type=argtypes.positive_int, default=10)
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--throughput-runs", type=argtypes.positive_int, default=10, help="runs of --scenario per strategy")
+    b.add_argument("--json", action="store_true", help="print one machine-readable object")
     b.set_defaults(fn=cmd_bench)

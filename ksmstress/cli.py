@@ -1,19 +1,23 @@
-"""`ksmstress`: run, replay, bugs, scenarios, bench, kernel.
+"""`ksmstress`: run, replay, soak, bench, bugs, scenarios, kernel.
 
 Exit status: 0 clean, 1 a failure was found, 2 bad input (one line naming the file, the key and what was
-expected; never a traceback for a user's mistake).
+expected; never a traceback for a user's mistake), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import shlex
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import argtypes, catalog
+import structlog
+
+from . import __version__, argtypes, catalog
 from . import bench as benchmod
 from . import soak as soakmod
 from .bugs import VARIANTS, UnknownBug, validate
@@ -21,12 +25,38 @@ from .failures import CLASSES
 from .kernel import WorkloadError
 from .kernel import add_parser as add_kernel_parser
 from .options import EXIT_CLEAN, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, add_run_options
-from .report import ArtifactError, configure_logging, read_artifact, verdict_dict, write_artifact
-from .runner import RunResult, reproduction, run_one
-from .scenario import ScenarioError, load, parse, resolve
+from .progress import Progress
+from .report import ArtifactError, configure_logging, read_artifact, write_artifact
+from .runner import RunResult, reproduction, run_one, run_seeds
+from .scenario import Scenario, ScenarioError, load, parse, resolve
+from .verdict import failure_lines, replay_command, reproduced_text, where
+
+log = structlog.get_logger("ksmstress")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help shows its default, unless the help already says it or the default means 'off'."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if (
+            "default" in text
+            or d is None
+            or d is False
+            or d == []
+            or d is argparse.SUPPRESS
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        kw.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kw)
+
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
@@ -37,79 +67,190 @@ def _usage_error(msg: str) -> NoReturn:
 
 
 def _print_failure(res: RunResult, artifact: Path | None) -> None:
-    f = res.failure or {}
-    print(
-        f"FAILURE {f.get('class')} in {res.scenario} (seed {res.seed}, {res.strategy}"
-        + (f", bugs {','.join(res.bugs)}" if res.bugs else "")
-        + f") after {res.steps} steps"
-    )
-    print(f"  {f.get('message')}")
-    details = f.get("details") or {}
-    for key in ("task", "object", "site", "freed", "mm", "address", "cycle", "blocked", "walk", "via"):
-        if key in details:
-            print(f"  {key}: {details[key]}")
-    if res.reproduced is not None:
-        print(f"  reproduced {res.reproduced} (free mode: the same seed rerun, the OS interleaving differs)")
+    print(f"FAILURE {(res.failure or {}).get('class')} in {where(res)} after {res.steps} steps")
+    for line in failure_lines(res.failure):
+        print(line)
+    rep = reproduced_text(res)
+    if rep:
+        print(f"  {rep} (free mode: the same seed rerun, the OS interleaving differs)")
     if artifact is not None:
         print(f"  artifact: {artifact}")
-        print(f"  replay:   ksmstress replay {shlex.quote(str(artifact))}")
+        print(f"  replay:   {replay_command(artifact)}")
+
+
+# -- run --------------------------------------------------------------------------------------------------------
+@dataclass
+class _Totals:
+    """What `run` adds up over every run of every scenario (the progress line reads the same fields)."""
+
+    started: float = field(default_factory=time.monotonic)
+    runs: int = 0
+    steps: int = 0
+    handoffs: int = 0
+    run_seconds: float = 0.0
+    max_refcount: int = 0
+    failures: list[RunResult] = field(default_factory=list)
+    digest: Any = field(default_factory=hashlib.sha256)
+
+    def add(self, res: RunResult) -> None:
+        self.runs += 1
+        self.steps += res.steps
+        self.handoffs += res.handoffs
+        self.run_seconds += res.elapsed
+        self.max_refcount = max(self.max_refcount, res.max_refcount)
+        self.digest.update(res.schedule_digest.encode())
+        if res.verdict == "failure":
+            self.failures.append(res)
+
+    def wall(self) -> float:
+        return time.monotonic() - self.started
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "runs": self.runs,
+            "steps": self.steps,
+            "handoffs": self.handoffs,
+            "run_seconds": round(self.run_seconds, 4),
+            "steps_per_second": round(self.steps / self.run_seconds, 1) if self.run_seconds > 0 else 0.0,
+            "max_ksm_refcount": self.max_refcount,
+            # one digest over every run's schedule, in order: two invocations ran the same schedules iff equal
+            "schedule_digest": self.digest.hexdigest()[:16],
+        }
+
+
+def _failure_dict(res: RunResult, artifact: Path | None) -> dict[str, Any]:
+    f = res.failure or {}
+    d: dict[str, Any] = {
+        "scenario": res.scenario,
+        "seed": res.seed,
+        "steps": res.steps,
+        "schedule_digest": res.schedule_digest,
+        "class": f.get("class"),
+        "message": f.get("message"),
+        "details": f.get("details", {}),
+    }
+    if res.reproduced is not None:
+        d["reproduced_rate"] = res.reproduced
+    if artifact is not None:
+        d["artifact"] = str(artifact)
+        d["replay"] = replay_command(artifact)
+    return d
+
+
+def _run_json(a: argparse.Namespace, total: _Totals, per: list[dict[str, Any]], failed: dict[str, Any] | None) -> str:
+    last = per[-1]["seeds"]["last"] if per else a.seed
+    d: dict[str, Any] = {
+        "verdict": "failure" if failed else "clean",
+        **total.figures(),
+        "wall_seconds": round(total.wall(), 3),
+        "seeds": {"first": a.seed, "last": last},
+        "strategy": a.strategy if a.mode == "controlled" else "free",
+        "mode": a.mode,
+        "bugs": sorted(a.bug),
+        "scenarios": per,
+        "failure": failed,
+    }
+    if failed and "artifact" in failed:
+        d["artifact"], d["replay"] = failed["artifact"], failed["replay"]
+    return json.dumps(d, sort_keys=True)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    bugs = validate(a.bug)
-    paths = resolve(a.scenario, a.scenario_dir)
-    scenarios = [load(p) for p in paths]
-    last: RunResult | None = None
-    total_runs = 0
-    summaries: list[dict[str, Any]] = []
+    bugs = sorted(validate(a.bug))
+    scenarios: list[Scenario] = [load(p) for p in resolve(a.scenario, a.scenario_dir)]
+    total = _Totals()
+    count = a.runs * len(scenarios)
+    # a redrawn line on a terminal; with --json or into a log, a line every 10 s on stderr (none for short runs)
+    progress = Progress(count, None, label="run", tty=False if a.json else None) if count > 1 else None
+    per: list[dict[str, Any]] = []
+    log.info("run.start", scenarios=[sc.name for sc in scenarios], seed=a.seed, runs=a.runs, strategy=a.strategy,
+             mode=a.mode, bugs=bugs)
     for sc in scenarios:
-        steps = elapsed = 0.0
-        done = 0
-        for seed in range(a.seed, a.seed + a.runs):
-            res = run_one(
-                sc,
-                seed,
-                a.strategy,
-                sorted(bugs),
-                cpu=a.cpu,
-                pct_depth=a.pct_depth,
-                timeout=a.timeout,
-                mode=a.mode,
-                hang_seconds=a.hang_seconds,
-            )
-            done += 1
-            total_runs += 1
-            steps += res.steps
-            elapsed += res.elapsed
+        mine = _Totals()
+        last: RunResult | None = None
+        seeds = range(a.seed, a.seed + a.runs)
+        for res in run_seeds(sc, seeds, a.strategy, bugs, cpu=a.cpu, pct_depth=a.pct_depth, timeout=a.timeout,
+                             mode=a.mode, hang_seconds=a.hang_seconds):
             last = res
-            if res.verdict == "failure":
-                break
+            total.add(res)
+            mine.add(res)
+            log.debug("run.done", scenario=sc.name, seed=res.seed, verdict=res.verdict, steps=res.steps)
+            if progress:
+                progress.update(total)
         assert last is not None
-        sps = steps / elapsed if elapsed else 0.0
-        summaries.append({"scenario": sc.name, "runs": done, "verdict": last.verdict, "steps_per_second": round(sps)})
+        per.append({"scenario": sc.name, "path": sc.path, "verdict": last.verdict,
+                    "seeds": {"first": a.seed, "last": last.seed}, **mine.figures()})
         if last.verdict == "failure":
+            if progress:
+                progress.clear()
             if a.mode == "free" and a.reruns:
                 last.reproduced = reproduction(sc, last, a.reruns, a.timeout)
             artifact = write_artifact(Path(a.artifacts), sc, last, a.pct_depth)
+            log.info("failure", scenario=sc.name, seed=last.seed, cls=(last.failure or {}).get("class"),
+                        artifact=str(artifact))
             if a.json:
-                d = verdict_dict(last, total_runs, str(artifact))
-                d["scenarios"] = summaries
-                print(json.dumps(d, sort_keys=True))
+                print(_run_json(a, total, per, _failure_dict(last, artifact)))
             else:
                 _print_failure(last, artifact)
             return EXIT_FAILURE
+        if progress:
+            progress.clear()
         if not a.json:
+            fig = mine.figures()
             print(
-                f"{sc.name}: {done} run(s) clean ({a.strategy}, seeds {a.seed}..{a.seed + done - 1}"
-                + (f", bugs {','.join(sorted(bugs))}" if bugs else "")
-                + f"), {sps:,.0f} steps/s"
+                f"{sc.name}: {mine.runs} run(s) clean ({a.strategy if a.mode == 'controlled' else 'free'}, "
+                f"seeds {a.seed}..{last.seed}" + (f", bugs {','.join(bugs)}" if bugs else "")
+                + f"), {fig['steps']:,} steps, {fig['steps_per_second']:,.0f} steps/s"
             )
-    assert last is not None
+    log.info("run.end", runs=total.runs, steps=total.steps, wall_seconds=round(total.wall(), 3))
     if a.json:
-        d = verdict_dict(last, total_runs)
-        d["scenarios"] = summaries
-        print(json.dumps(d, sort_keys=True))
+        print(_run_json(a, total, per, None))
+    elif len(scenarios) > 1 or a.runs > 1:
+        fig = total.figures()
+        print(f"all clean: {total.runs} run(s), {fig['steps']:,} steps in {total.wall():.1f} s "
+              f"({fig['steps_per_second']:,.0f} steps/s while running)")
     return EXIT_CLEAN
+
+
+# -- replay -----------------------------------------------------------------------------------------------------
+def _same_failure(recorded: dict[str, Any] | None, got: dict[str, Any] | None) -> bool:
+    """Controlled mode: the same class, and the same step, site and object where the recording names them."""
+    if not recorded or not got or recorded.get("class") != got.get("class"):
+        return recorded is None and got is None
+    rd, gd = recorded.get("details") or {}, got.get("details") or {}
+    return all(rd.get(k) == gd.get(k) for k in ("step", "site", "object") if k in rd)
+
+
+def _replay_outcome(art: dict[str, Any], res: RunResult) -> tuple[bool, str]:
+    """(reproduced, what to say). Controlled: reproduced means the same failure (class, step, site, object) by
+    the same schedule (digest); anything else is a divergence or a different failure, named."""
+    recorded = art.get("failure")
+    got = res.failure
+    rec_name = (recorded or {}).get("class") or "clean run"
+    if res.mode == "free":
+        same = (recorded or {}).get("class") == (got or {}).get("class")
+        return same, (
+            f"free mode: seed {res.seed} rerun (the seed fixes the workload and the chaos decisions, not the OS's "
+            f"interleaving, so there is no schedule to compare); the recorded {rec_name} "
+            + (f"reproduced {res.reproduced}" if res.reproduced else ("recurred" if same else "did not recur"))
+        )
+    if got and got.get("class") == "replay-diverged":
+        step = (got.get("details") or {}).get("step", "?")
+        return False, f"replay diverged at step {step}: the recorded {rec_name} was not reached"
+    digest_ok = res.schedule_digest == art.get("schedule_digest")
+    if _same_failure(recorded, got) and digest_ok:
+        return True, f"reproduced the recorded {rec_name} (schedule digest {res.schedule_digest})"
+    if got is None:
+        return False, f"clean replay ({res.steps} steps): the recorded {rec_name} did not reproduce"
+    gd = got.get("details") or {}
+    at = f"{got.get('class')} at step {gd.get('step', '?')} ({gd.get('site', '?')}, {gd.get('object', '?')})"
+    if recorded:
+        rd = recorded.get("details") or {}
+        rec = f"{recorded.get('class')} at step {rd.get('step', '?')} ({rd.get('site', '?')}, {rd.get('object', '?')})"
+    else:
+        rec = "a clean run"
+    why = "" if digest_ok else f"; schedule digest {res.schedule_digest}, recorded {art.get('schedule_digest')}"
+    return False, f"different failure: {at} instead of {rec}{why}"
 
 
 def cmd_replay(a: argparse.Namespace) -> int:
@@ -119,42 +260,43 @@ def cmd_replay(a: argparse.Namespace) -> int:
         sc = parse(scd["text"], scd.get("path", a.artifact)) if scd.get("text") else load(scd["path"])
     except KeyError:
         _usage_error(f"{a.artifact}: key 'scenario.path': expected the scenario's text or path")
-    bugs = validate(art["bugs"])
+    bugs = sorted(validate(art["bugs"]))
     if art.get("mode") == "free":  # nothing to replay step by step: rerun the seed and say how often it fails
-        res = run_one(sc, art["seed"], "random", sorted(bugs), timeout=a.timeout, mode="free")
-        if res.failure:
-            res.reproduced = reproduction(sc, res, a.reruns, a.timeout)
+        res = run_one(sc, art["seed"], "random", bugs, timeout=a.timeout, mode="free")
+        if a.reruns:
+            res.reproduced = reproduction(sc, res, a.reruns, a.timeout, cls=(art.get("failure") or {}).get("class"))
     else:
-        res = run_one(
-            sc,
-            art["seed"],
-            art["strategy"],
-            sorted(bugs),
-            schedule=art["schedule_bytes"],
-            pct_depth=art.get("pct_depth"),
-            timeout=a.timeout,
-        )
-    recorded = (art.get("failure") or {}).get("class")
+        res = run_one(sc, art["seed"], art["strategy"], bugs, schedule=art["schedule_bytes"],
+                      pct_depth=art.get("pct_depth"), timeout=a.timeout)
+    same, text = _replay_outcome(art, res)
+    log.info("replay", artifact=str(a.artifact), reproduced=same, verdict=res.verdict)
     if a.json:
-        d = verdict_dict(res, 1, str(a.artifact))
-        d["recorded_class"] = recorded
-        d["reproduced"] = (res.failure or {}).get("class") == recorded
+        d: dict[str, Any] = {
+            "verdict": res.verdict,
+            "scenario": res.scenario,
+            "seed": res.seed,
+            "strategy": res.strategy,
+            "mode": res.mode,
+            "bugs": res.bugs,
+            "steps": res.steps,
+            "schedule_digest": res.schedule_digest,
+            "recorded_schedule_digest": art.get("schedule_digest"),
+            "failure": res.failure,
+            "recorded_class": (art.get("failure") or {}).get("class"),
+            "reproduced": same,
+            "outcome": text,
+        }
+        if res.reproduced is not None:
+            d["reproduced_rate"] = res.reproduced
         print(json.dumps(d, sort_keys=True))
-    elif res.verdict == "failure":
-        _print_failure(res, None)
-        same = (res.failure or {}).get("class") == recorded
-        print(
-            f"  {'reproduced' if same else 'DIFFERENT from'} the recorded {recorded} "
-            f"(schedule digest {res.schedule_digest}, recorded {art.get('schedule_digest')})"
-        )
     else:
-        print(
-            f"clean replay of {sc.name} seed {art['seed']} ({res.steps} steps): the recorded {recorded} "
-            f"did not reproduce"
-        )
+        if res.verdict == "failure":
+            _print_failure(res, None)
+        print(("  " if res.verdict == "failure" else "") + text)
     return EXIT_FAILURE if res.verdict == "failure" else EXIT_CLEAN
 
 
+# -- listings ---------------------------------------------------------------------------------------------------
 def cmd_bugs(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps([v.__dict__ for v in VARIANTS.values()], indent=1))
@@ -162,7 +304,7 @@ def cmd_bugs(a: argparse.Namespace) -> int:
     for v in VARIANTS.values():
         print(
             f"{v.name}\n  breaks:   {v.breaks}\n  caught by: {v.detector} ({CLASSES[v.detector]})\n"
-            f"  scenario: scenarios/{v.scenario}"
+            f"  scenario: {Path(v.scenario).stem} (ksmstress run {Path(v.scenario).stem} --bug {v.name})"
         )
     return EXIT_CLEAN
 
@@ -177,54 +319,55 @@ def cmd_scenarios(a: argparse.Namespace) -> int:
         first.setdefault(e.name, e)
     for e in found:
         sc = load(e.path)
-        where = "shipped" if e.origin == catalog.SHIPPED else f"from {e.origin}"
+        origin = "shipped" if e.origin == catalog.SHIPPED else f"from {e.origin}"
         hidden = f"; the name {e.name!r} picks {first[e.name].path}" if first[e.name] is not e else ""
-        print(f"{e.name}  ({where}: {e.path}{hidden})\n  {sc.description}")
+        print(f"{e.name}  ({origin}: {e.path}{hidden})\n  {sc.description}")
     return EXIT_CLEAN
 
 
+# -- the parser -------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="ksmstress", description=__doc__.split("\n")[0])
-    ap.add_argument("-v", "--verbose", action="store_true", help="log events (structlog) to stderr")
-    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    ap = _Parser(prog="ksmstress", description=__doc__)
+    ap.add_argument("--version", action="version", version=f"ksmstress {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="log events (run start/end, each failure and artifact, soak progress) to stderr: "
+                         "key=value on a terminal, JSON lines otherwise")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
 
     r = sub.add_parser("run", help="run scenarios over seeds N..N+K-1, stop at the first failure")
-    r.add_argument("scenario", nargs="*", help="scenario files or shipped names (default: mixed)")
-    r.add_argument("--seed", type=argtypes.seed, default=0)
-    r.add_argument("--runs", type=argtypes.positive_int, default=1)
-    r.add_argument("--json", action="store_true", help="print one machine-readable verdict")
+    r.add_argument("scenario", nargs="*", help="scenario files or names (default: mixed)")
+    r.add_argument("--seed", type=argtypes.seed, default=0, help="first seed")
+    r.add_argument("--runs", type=argtypes.positive_int, default=1, help="seeds per scenario (seed, seed+1, ...)")
+    r.add_argument("--json", action="store_true",
+                   help="print one machine-readable verdict: totals over every run, a list per scenario, the "
+                        "failing run under 'failure'")
     add_run_options(r, reruns=10)
-    r.add_argument("--cpu", type=argtypes.cpu, default=None, help="CPU to pin the run's processes to")
-    r.add_argument(
-        "--hang-seconds",
-        type=argtypes.positive_seconds,
-        default=10.0,
-        help="free mode: no progress this long is a hang",
-    )
+    r.add_argument("--cpu", type=argtypes.cpu, default=None,
+                   help="CPU to pin the run's processes to (default: $KSMSTRESS_CPU, else the last allowed CPU)")
+    r.add_argument("--hang-seconds", type=argtypes.positive_seconds, default=10.0,
+                   help="free mode: no progress this long is a hang")
     r.set_defaults(fn=cmd_run)
 
-    p = sub.add_parser("replay", help="replay a failure artifact step by step")
-    p.add_argument("artifact")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--timeout", type=argtypes.positive_seconds, default=120.0)
-    p.add_argument(
-        "--reruns",
-        type=argtypes.non_negative_int,
-        default=10,
-        help="free-mode artifacts: reruns for the reproduction rate",
-    )
+    p = sub.add_parser("replay", help="replay a failure artifact and say whether the same failure recurs")
+    p.add_argument("artifact", help="an artifact JSON file written by run, soak or the pytest plugin")
+    p.add_argument("--json", action="store_true", help="print one machine-readable verdict")
+    p.add_argument("--timeout", type=argtypes.positive_seconds, default=120.0,
+                   help="wall-clock seconds before 'hang'")
+    p.add_argument("--reruns", type=argtypes.non_negative_int, default=10,
+                   help="free-mode artifacts: reruns for the reproduction rate")
     p.set_defaults(fn=cmd_replay)
 
-    b = sub.add_parser("bugs", help="list the bug variants")
-    b.add_argument("--json", action="store_true")
+    soakmod.add_parser(sub)
+    benchmod.add_parser(sub)
+
+    b = sub.add_parser("bugs", help="list the bug variants, each with its detector and scenario")
+    b.add_argument("--json", action="store_true", help="print the catalogue as JSON")
     b.set_defaults(fn=cmd_bugs)
 
     s = sub.add_parser("scenarios", help="list the scenarios (shipped and from --scenario-dir), with their origin")
     s.add_argument("--scenario-dir", action="append", default=[], metavar="DIR", help="also list the scenarios here")
     s.set_defaults(fn=cmd_scenarios)
 
-    benchmod.add_parser(sub)
-    soakmod.add_parser(sub)
     add_kernel_parser(sub)
     return ap
 
@@ -232,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
+    if a.cmd is None:  # bare `ksmstress`: what it can do
+        ap.print_help()
+        return EXIT_CLEAN
     configure_logging(a.verbose)
     try:
         return int(a.fn(a))

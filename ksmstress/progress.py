@@ -32,10 +32,18 @@ def fmt_duration(seconds: float) -> str:
 class Progress:
     """One redrawn line on a terminal; a line every LOG_EVERY seconds otherwise. Failures always get a line."""
 
-    def __init__(self, total: int | None, duration: float | None, stream: Any = None, label: str = "soak") -> None:
+    def __init__(
+        self,
+        total: int | None,
+        duration: float | None,
+        stream: Any = None,
+        label: str = "soak",
+        tty: bool | None = None,
+    ) -> None:
         self.label = label
         self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        # tty=False: log lines even on a terminal (machine-readable output on stdout must not be interleaved)
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
         self.total, self.duration = total, duration
         self.last = 0.0 if self.tty else time.monotonic()  # a log's first line after LOG_EVERY, not at 0 runs
         self.dirty = False
@@ -81,6 +89,12 @@ class Progress:
         print(text, file=self.stream, flush=True)
         if self.tty:
             self.last = 0.0  # redraw the progress line right after
+
+    def clear(self) -> None:
+        """Take the redrawn line away (the command prints its own summary next)."""
+        if self.tty and self.dirty:
+            print("\r\033[K", end="", file=self.stream, flush=True)
+            self.dirty = False
 
     def finish(self, t: Counts) -> None:
         self.update(t, force=True)

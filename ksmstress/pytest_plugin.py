@@ -90,6 +90,7 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         seed = secrets.randbelow(1 << 32)  # short enough to retype from the header
     config.stash[SEED_KEY] = seed
+    _CONFIG["config"] = config
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -104,6 +105,41 @@ def pytest_report_header(config: pytest.Config) -> str:
         f" --ksm-mode={config.getoption('ksm_mode')}" if config.getoption("ksm_mode") != "controlled" else ""
     )
     return f"ksmstress: --ksm-seed={config.stash[SEED_KEY]}{extra}"
+
+
+def _announce(config: pytest.Config, text: str) -> None:
+    """A line straight to the terminal's stderr, unbuffered, around pytest's capture: a CI log that is cut short
+    (tox sends SIGTERM 0.3 s after SIGINT) still holds the seed, whatever stdout's buffer did not flush."""
+    if getattr(config, "workerinput", None) is not None:
+        return  # xdist workers: the controller speaks for the session
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is not None:
+        with capman.global_and_fixture_disabled():
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+    else:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def _rerun_line(config: pytest.Config) -> str:
+    return f"rerun these seeds: pytest --ksm-seed={config.stash[SEED_KEY]} " + " ".join(
+        shlex.quote(a) for a in config.invocation_params.args if not str(a).startswith("--ksm-seed")
+    )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _announce(session.config, f"ksmstress: --ksm-seed={session.config.stash[SEED_KEY]}")
+
+
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Interrupted (Ctrl-C, or a CI's SIGINT before its SIGTERM): the seed again, with the command that reruns it."""
+    config = _CONFIG.get("config")
+    if config is not None and SEED_KEY in config.stash:
+        _announce(config, f"ksmstress: interrupted; {_rerun_line(config)}")
+
+
+_CONFIG: dict[str, pytest.Config] = {}
 
 
 @dataclass

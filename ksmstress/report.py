@@ -36,9 +36,18 @@ def configure_logging(verbose: bool = False) -> None:
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if verbose else logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=lambda *_args: _StderrLogger(),
+        cache_logger_on_first_use=False,  # events are rare (per run, not per step); stderr may be swapped (tests)
     )
+
+
+class _StderrLogger:
+    """structlog's output: whatever sys.stderr is at the time of the event, flushed at once (CI logs)."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warning = error = critical = msg
 
 
 def verdict_dict(res: RunResult, runs: int, artifact: str | None = None) -> dict[str, Any]:

@@ -334,11 +334,12 @@ def run_one(
     )
 
 
-def reproduction(sc: Scenario, res: RunResult, reruns: int, timeout: float = 120.0) -> str:
-    """Free mode: rerun the failing seed `reruns` times; "k/M" counts the reruns that failed the same way."""
-    cls = (res.failure or {}).get("class")
+def reproduction(sc: Scenario, res: RunResult, reruns: int, timeout: float = 120.0, cls: str | None = None) -> str:
+    """Free mode: rerun the seed `reruns` times; "k/M" counts the reruns that failed with class `cls` (default: the
+    class `res` failed with)."""
+    want = cls if cls is not None else (res.failure or {}).get("class")
     hits = sum(
-        (run_one(sc, res.seed, "random", res.bugs, mode=res.mode, timeout=timeout).failure or {}).get("class") == cls
+        (run_one(sc, res.seed, "random", res.bugs, mode=res.mode, timeout=timeout).failure or {}).get("class") == want
         for _ in range(reruns)
     )
     return f"{hits}/{reruns}"

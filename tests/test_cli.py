@@ -35,7 +35,18 @@ from .clitools import cli, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = shipped_dir()
-REQUIRED_KEYS = {"verdict", "seed", "runs", "steps", "schedule_digest", "failure", "steps_per_second"}
+REQUIRED_KEYS = {
+    "verdict",
+    "seeds",
+    "runs",
+    "steps",
+    "schedule_digest",
+    "failure",
+    "steps_per_second",
+    "wall_seconds",
+    "scenarios",
+}
+TIMING = ("steps_per_second", "elapsed_seconds", "wall_seconds", "run_seconds")
 EXPECTED_DETECTORS = {
     "no-anon-vma-ref": "use-after-free",
     "free-on-empty-list": "use-after-free",
@@ -54,9 +65,9 @@ def one_json_object(stdout: str) -> dict[str, Any]:
 
 
 def without_timing(d: dict[str, Any]) -> dict[str, Any]:
-    d = {k: v for k, v in d.items() if k not in ("steps_per_second", "elapsed_seconds")}
+    d = {k: v for k, v in d.items() if k not in TIMING}
     if "scenarios" in d:
-        d["scenarios"] = [{k: v for k, v in s.items() if k != "steps_per_second"} for s in d["scenarios"]]
+        d["scenarios"] = [{k: v for k, v in s.items() if k not in TIMING} for s in d["scenarios"]]
     return d
 
 
@@ -108,7 +119,7 @@ def test_run_json_is_one_object_and_deterministic(strategy: str, tmp_path: Path)
     assert REQUIRED_KEYS <= a.keys(), f"missing keys: {REQUIRED_KEYS - a.keys()}"
     assert a["verdict"] == "clean"
     assert a["failure"] is None
-    assert a["seed"] == 8  # the last seed run (7, 8)
+    assert a["seeds"] == {"first": 7, "last": 8}
     assert a["runs"] == 2
     assert a["strategy"] == strategy
     assert isinstance(a["steps"], int) and a["steps"] > 0
@@ -116,6 +127,58 @@ def test_run_json_is_one_object_and_deterministic(strategy: str, tmp_path: Path)
     assert isinstance(a["steps_per_second"], int | float) and a["steps_per_second"] > 0
     assert without_timing(a) == without_timing(b)
     assert not list(tmp_path.iterdir()), "a clean run wrote an artifact"
+
+
+def test_run_json_totals_cover_every_run_and_scenario(tmp_path: Path) -> None:
+    """Over several scenarios and seeds, --json describes all of them: totals, a list per scenario, the wall time
+    of the whole command; the failing run's own figures sit under 'failure'."""
+    r = run_cli(
+        "run", "seed-unmap-race", "scan-exit-race", "--seed", "3", "--runs", "3", "--json", "--artifacts", str(tmp_path)
+    )
+    assert r.returncode == 0, r.stderr
+    d = one_json_object(r.stdout)
+    assert [s["scenario"] for s in d["scenarios"]] == ["seed-unmap-race", "scan-exit-race"]
+    assert d["runs"] == 6 and all(s["runs"] == 3 for s in d["scenarios"])
+    assert d["steps"] == sum(s["steps"] for s in d["scenarios"])
+    assert d["seeds"] == {"first": 3, "last": 5}
+    assert d["wall_seconds"] >= d["run_seconds"] > 0
+    r = run_cli(
+        "run", "seed-unmap-race", "--bug", "no-anon-vma-ref", "--runs", "30", "--json", "--artifacts", str(tmp_path)
+    )
+    assert r.returncode == 1, r.stderr
+    d = one_json_object(r.stdout)
+    f = d["failure"]
+    assert f["class"] == "use-after-free" and f["scenario"] == "seed-unmap-race"
+    assert d["seeds"]["last"] == f["seed"] and d["runs"] == f["seed"] + 1
+    assert d["steps"] >= f["steps"] and len(f["schedule_digest"]) == 16
+    assert Path(f["artifact"]).is_file() and d["artifact"] == f["artifact"]
+
+
+def test_every_option_has_help() -> None:
+    """Every option of every command says what it does (and argparse shows its default)."""
+    import argparse
+
+    from ksmstress.cli import build_parser
+
+    todo = [build_parser()]
+    while todo:
+        p = todo.pop()
+        for act in p._actions:
+            if isinstance(act, argparse._SubParsersAction):
+                todo += list(act.choices.values())
+            elif act.option_strings and act.help != argparse.SUPPRESS:
+                assert act.help, f"{p.prog} {'/'.join(act.option_strings)} has no help"
+
+
+def test_version_and_bare_invocation() -> None:
+    from ksmstress import __version__
+
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"ksmstress {__version__}"
+    r = run_cli()
+    assert r.returncode == 0 and "COMMAND" in r.stdout
+    for cmd in ("run", "replay", "soak", "bench", "bugs", "scenarios", "kernel"):
+        assert f"    {cmd} " in r.stdout
 
 
 def test_different_seeds_give_different_schedules(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -291,7 +354,6 @@ def test_runs_must_be_positive(runs: str, capsys: pytest.CaptureFixture[str]) ->
         (("kernel", "--recorded", "--timeout", "inf"), "--timeout"),
         (("kernel", "--recorded", "--generate", "1", "--seed", "-3"), "--seed"),
         (("launch",), "launch"),
-        ((), "required"),
     ],
 )
 def test_argument_errors(args: tuple[str, ...], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -417,6 +479,59 @@ def test_replay_schedule_that_diverges_later(capsys: pytest.CaptureFixture[str],
     d = one_json_object(out)
     assert d["failure"]["class"] == "replay-diverged"
     assert d["reproduced"] is False
+
+
+def _failing_artifact(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> dict[str, Any]:
+    code, out, err = cli(
+        capsys,
+        "run",
+        "seed-unmap-race",
+        "--bug",
+        "no-anon-vma-ref",
+        "--runs",
+        "30",
+        "--json",
+        "--artifacts",
+        str(tmp_path),
+    )
+    assert code == 1, out + err
+    return json.loads(Path(one_json_object(out)["artifact"]).read_text())
+
+
+def test_replay_of_an_altered_schedule_is_never_reproduced(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """'reproduced' means the same class, step, site, object and schedule digest: an artifact whose schedule has
+    one decision changed replays to something else (a divergence or a different failure) and says which."""
+    art = _failing_artifact(capsys, tmp_path)
+    sched = bytearray(zlib.decompress(base64.b64decode(art["schedule"])))
+    seen = 0
+    for i in range(len(sched) // 3, len(sched), max(1, len(sched) // 7)):
+        sched2 = bytearray(sched)
+        sched2[i] = (sched2[i] + 1) % 4
+        if sched2 == sched:
+            continue
+        altered = dict(art, schedule=base64.b64encode(zlib.compress(bytes(sched2))).decode())
+        p = write(tmp_path, f"altered{i}.json", json.dumps(altered))
+        code, out, _err = cli(capsys, "replay", str(p), "--json")
+        d = one_json_object(out)
+        assert d["reproduced"] is False, d
+        assert d["outcome"].startswith(("replay diverged at step", "different failure:", "clean replay")), d
+        code, out, _err = cli(capsys, "replay", str(p))
+        assert "reproduced the recorded" not in out
+        seen += 1
+    assert seen >= 3
+
+
+def test_replay_of_an_artifact_without_a_failure_says_the_same_in_text_and_json(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    art = _failing_artifact(capsys, tmp_path)
+    p = write(tmp_path, "nofailure.json", json.dumps(dict(art, failure=None)))
+    code, out, _err = cli(capsys, "replay", str(p), "--json")
+    d = one_json_object(out)
+    assert code == 1 and d["reproduced"] is False
+    assert d["outcome"].startswith("different failure: use-after-free") and "instead of a clean run" in d["outcome"]
+    code, out, _err = cli(capsys, "replay", str(p))
+    assert d["outcome"] in out
 
 
 def test_artifacts_dir_that_cannot_be_created(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -606,7 +721,7 @@ def test_bugs_lists_every_variant_with_its_detector(capsys: pytest.CaptureFixtur
     assert set(listed) == set(VARIANTS), "`ksmstress bugs` must list the whole catalogue"
     for name, v in VARIANTS.items():
         assert f"caught by: {v.detector} ({CLASSES[v.detector]})" in listed[name]
-        assert f"scenario: scenarios/{v.scenario}" in listed[name]
+        assert f"scenario: {Path(v.scenario).stem} (ksmstress run {Path(v.scenario).stem} --bug {name})" in listed[name]
     for name, detector in EXPECTED_DETECTORS.items():
         assert f"caught by: {detector} " in listed[name]
 
@@ -642,7 +757,7 @@ def test_a_scenarios_folder_in_the_cwd_hides_nothing(tmp_path: Path) -> None:
     (tmp_path / "scenarios" / "mine.toml").write_text(mine)
     r = run_cli("run", "seed-fork-race", "--runs", "1", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert one_json_object(r.stdout)["scenario"] == "seed-fork-race"
+    assert one_json_object(r.stdout)["scenarios"][0]["scenario"] == "seed-fork-race"
     r = run_cli("scenarios", "--scenario-dir", str(tmp_path / "scenarios"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     heads = [line for line in r.stdout.splitlines() if line and not line.startswith(" ")]
@@ -652,7 +767,7 @@ def test_a_scenarios_folder_in_the_cwd_hides_nothing(tmp_path: Path) -> None:
         "run", "mine", "--runs", "1", "--json", cwd=tmp_path, env={"KSMSTRESS_SCENARIOS": str(tmp_path / "scenarios")}
     )
     assert r.returncode == 0, r.stderr
-    assert one_json_object(r.stdout)["scenario"] == "mine"
+    assert one_json_object(r.stdout)["scenarios"][0]["scenario"] == "mine"
     r = run_cli("run", "mine", cwd=tmp_path)
     assert r.returncode == 2 and "mine: no such scenario file or name" in r.stderr
 
