@@ -55,7 +55,7 @@ class MmTask:
         self.mapped: set[int] = set()
         for vref in mmm.vma_list(k, self.m):
             v = ref_slot(vref)
-            self.mapped.update(range(int(k.vm["start"][v]), int(k.vm["end"][v])))
+            self.mapped.update(range(k.vm.start[v], k.vm.end[v]))
 
     # -- the program -----------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -196,7 +196,7 @@ def ksmd_body(k: K, sc: Scenario) -> None:
             ksm.ksm_do_scan(k, sc.pages_to_scan)
         k.hooks.ksm_quiescent(k, "ksm_scan_thread")
         k.locks.unlock(k.ksm_thread_mutex, "ksm_scan_thread")
-        if k.g[G_MM_LIVE] == 0 and int(k.ms["next"][0]) == k.st.ksm_mm_head:
+        if k.g[G_MM_LIVE] == 0 and ksm.ksm_mm_list_empty(k):
             break
         k.point("ksmd:sleep", yielding=True)
     # quiescence means every other task is gone: reclaim may still hold a KSM page's reference until it exits
