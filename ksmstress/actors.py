@@ -13,7 +13,7 @@ import traceback
 
 import numpy as np
 
-from .arena import ref_slot
+from .arena import FREE, LIVE, ref_slot
 from .checks.content import check_read, pattern_bytes
 from .failures import Failure
 from .mm import ksm, memory, vmscan
@@ -29,6 +29,7 @@ from .mm.state import (
     K,
 )
 from .scenario import Scenario
+from .sched.control import EXITED, UNUSED
 
 KSMD, RECLAIM, ADMIN, MM = 1, 2, 3, 4
 KIND_NAMES = {KSMD: "ksmd", RECLAIM: "reclaim", ADMIN: "admin", MM: "mm"}
@@ -176,7 +177,7 @@ class MmTask:
 
     def fork(self) -> None:
         k = self.k
-        if self.forks_left <= 0 or not (k.st.mm.state == 0).any():
+        if self.forks_left <= 0 or not (k.st.mm.state == FREE).any():
             return  # -EAGAIN: no mm_struct left for a child
         tid = k.ctl.reserve()  # no scheduling point since the check: dup_mmap's mm_alloc cannot fail
         if tid < 0:
@@ -200,7 +201,7 @@ def ksmd_body(k: K, sc: Scenario) -> None:
             break
         k.point("ksmd:sleep", yielding=True)
     # quiescence means every other task is gone: reclaim may still hold a KSM page's reference until it exits
-    while any(int(k.ctl.state[t]) not in (0, 3) for t in range(k.ctl.ntasks) if t != k.ctl.me):
+    while any(int(k.ctl.state[t]) not in (UNUSED, EXITED) for t in range(k.ctl.ntasks) if t != k.ctl.me):
         k.point("ksmd:sleep", yielding=True)
     ksm.prune_stale_stable_nodes(k)
 
@@ -212,7 +213,7 @@ def reclaim_body(k: K, sc: Scenario, seed: int, tid: int) -> None:
     st = k.st
     while k.g[G_MM_LIVE] > 0:
         k.point("reclaim:sleep", yielding=True)
-        cand = np.flatnonzero((st.page.state == 1) & (st.page.c["mapcount"] > 0))
+        cand = np.flatnonzero((st.page.state == LIVE) & (st.page.c["mapcount"] > 0))
         if not cand.size:
             continue
         ksm_cand = cand[(st.page.c["flags"][cand] & PG_KSM) != 0]

@@ -36,7 +36,7 @@ from .mm.state import G_MAX_REFCOUNT, G_MM_LIVE, G_PAGES_TO_SCAN, G_REFCOUNT_BIT
 from .scenario import Scenario
 from .sched import make_strategy
 from .sched.chaos import ChaosPolicy, FreeControl
-from .sched.control import BLOCKED, CLEAN, FAILED, HANDOFFS, STEP, Control
+from .sched.control import BLOCKED, CLEAN, CURRENT, FAILED, HANDOFFS, STEP, Control
 
 PR_SET_PDEATHSIG = 1
 # lock sites annotated *_nested in 2.6.33 (a second lock of the same class, in a fixed order)
@@ -298,7 +298,7 @@ def run_one(
                 failure = Failure(
                     "hang",
                     f"no end after {timeout:.0f}s wall clock at step {ctl.steps} "
-                    f"(running: {ctl.label(int(ctl.meta[1]))})",
+                    f"(running: {ctl.label(int(ctl.meta[CURRENT]))})",
                     {"step": ctl.steps, "stacks": _stacks(procs, ctl, stackdir)},
                 ).to_dict()
                 break

@@ -25,6 +25,7 @@ CLASS_NAMES = ("ksm_thread_mutex", "mmap_sem", "page_lock", "anon_vma->lock", "p
 SLEEPING = frozenset({KSM_THREAD_MUTEX, MMAP_SEM, PAGE_LOCK})
 MAX_HELD = 16
 READ, WRITE = 1, 2
+NOBODY = -1  # lock.owner of a lock no task holds exclusively
 
 
 class Waiter(Protocol):
@@ -96,7 +97,7 @@ class LockSpace:
         self.readers = a["lock.readers"]
         self.held = a["lock.held"]
         self.nheld = a["lock.nheld"]
-        self.owner[:] = -1
+        self.owner[:] = NOBODY
         self._owner = memoryview(self.owner)  # hot path: plain ints
         self._readers = memoryview(self.readers)
         self._held = memoryview(self.held.reshape(-1))
@@ -223,7 +224,7 @@ class Locks:
         owner, readers = self.s._owner, self.s._readers
         while True:
             with w.guard:
-                free = owner[lid] < 0 and (shared or readers[lid] == 0)
+                free = owner[lid] == NOBODY and (shared or readers[lid] == 0)
                 if free:
                     if shared:
                         readers[lid] += 1
@@ -246,7 +247,7 @@ class Locks:
         w.point(site)
         self.hooks.lock_acquiring(w.me, lid, site, True)
         with w.guard:
-            free = self.s._owner[lid] < 0 and self.s._readers[lid] == 0
+            free = self.s._owner[lid] == NOBODY and self.s._readers[lid] == 0
             if free:
                 self.s._owner[lid] = w.me
         if free:
@@ -265,7 +266,7 @@ class Locks:
             )
         self._pop(lid, site)
         with w.guard:
-            self.s._owner[lid] = -1
+            self.s._owner[lid] = NOBODY
             w.wake(lid)
         w.point(site)
 

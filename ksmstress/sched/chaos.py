@@ -23,7 +23,20 @@ import numpy as np
 from ..arena import SharedBlock
 from ..failures import Failure
 from .base import Strategy
-from .control import BLOCKED, CLEAN, EXITED, FAILED, HANDOFFS, OUTCOME, RUNNABLE, RUNNING, STEP, STOP, Control
+from .control import (
+    BLOCKED,
+    CLEAN,
+    EXITED,
+    FAILED,
+    HANDOFFS,
+    OUTCOME,
+    RESERVED,
+    RUNNABLE,
+    RUNNING,
+    STEP,
+    STOP,
+    Control,
+)
 
 
 class ChaosPolicy:
@@ -96,7 +109,7 @@ class FreeControl(Control):
     def exit_current(self) -> None:
         with self.guard:
             self._state[self.me] = EXITED
-            live = [t for t in self._tids if self._state[t] in (RUNNABLE, BLOCKED) or self._state[t] == 4]
+            live = [t for t in self._tids if self._state[t] in (RUNNABLE, BLOCKED, RESERVED)]
             if live and all(self._state[t] == BLOCKED for t in live):
                 self._deadlock("task exit")
             if not live and self._meta[OUTCOME] == RUNNING:
