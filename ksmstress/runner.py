@@ -39,9 +39,7 @@ from .sched.chaos import ChaosPolicy, FreeControl
 from .sched.control import BLOCKED, CLEAN, CURRENT, FAILED, HANDOFFS, STEP, Control
 
 PR_SET_PDEATHSIG = 1
-# lock sites annotated *_nested in 2.6.33 (a second lock of the same class, in a fixed order)
 MODES = ("controlled", "free")  # controlled: one task at a time, replayable; free: all at once
-NESTED_SITES = frozenset({"dup_mmap:nested", "copy_pte_range:src_ptl"})
 
 
 @dataclass
@@ -122,7 +120,7 @@ def _assemble(block: SharedBlock, st: State, ctl: Control, bugs: frozenset[str],
     lds.bind(arrays)
     hooks = Detectors() if hooks is None else hooks
     if isinstance(hooks, Detectors) and hooks.lockdep is None:
-        hooks.lockdep = Lockdep(lds, st.locks, ctl.clock, NESTED_SITES)
+        hooks.lockdep = Lockdep(lds, st.locks, ctl.clock)
     k = K(st, ctl, hooks, bugs)
     ctl.explain_deadlock = st.locks.explain
     return k

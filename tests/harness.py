@@ -44,7 +44,7 @@ class InterleaveAt(NoHooks):
         self.site = site
         self.action: Any = None
 
-    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool) -> None:
+    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool, subclass: int) -> None:
         if site == self.site and self.action is not None:
             action, self.action = self.action, None
             action()

@@ -196,11 +196,23 @@ def test_lockdep_same_class_needs_a_nesting_annotation():
     aref, a = new_program(k, 1)
     bref, b = new_program(k, 1)
     k.locks.down_write(k.mmap_sem(a), "first")
-    k.locks.down_write(k.mmap_sem(b), "dup_mmap:nested")  # annotated, as dup_mmap's
+    k.locks.down_write_nested(k.mmap_sem(b), "nested")  # annotated, as dup_mmap's
     k.locks.up_write(k.mmap_sem(b), "x")
     with pytest.raises(Failure) as e:
         k.locks.down_write(k.mmap_sem(b), "unannotated")
     assert e.value.cls == "lockdep" and "nesting" in e.value.message
+
+
+def test_lockdep_a_nesting_annotation_covers_one_level_only():
+    k = make_kernel()
+    _aref, a = new_program(k, 1)
+    _bref, b = new_program(k, 1)
+    _cref, c = new_program(k, 1)
+    k.locks.down_write(k.mmap_sem(a), "first")
+    k.locks.down_write_nested(k.mmap_sem(b), "second")
+    with pytest.raises(Failure) as e:  # a third of the class at the same subclass as the second
+        k.locks.down_write_nested(k.mmap_sem(c), "third")
+    assert e.value.cls == "lockdep" and "third" in e.value.message and "second" in e.value.message
 
 
 def test_lockdep_lock_held_at_task_exit():

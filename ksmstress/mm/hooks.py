@@ -23,10 +23,11 @@ class Hooks(Protocol):
     def walk_end(self, k: Any, token: Any, uncounted: int | None = None) -> None:
         """The walk returned; a page_referenced walk passes the mappings it had left to count."""
 
-    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool) -> None:
-        """About to take a lock (before any wait): lockdep checks the order here."""
+    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool, subclass: int) -> None:
+        """About to take a lock (before any wait): lockdep checks the order here; `subclass` > 0 is a
+        *_nested acquire."""
 
-    def lock_acquired(self, tid: int, lid: int, mode: int, site: str) -> None: ...
+    def lock_acquired(self, tid: int, lid: int, mode: int, site: str, subclass: int) -> None: ...
 
     def lock_released(self, tid: int, lid: int, site: str) -> None: ...
 
@@ -52,10 +53,10 @@ class NoHooks:
     def walk_end(self, k: Any, token: Any, uncounted: int | None = None) -> None:
         pass
 
-    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool) -> None:
+    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool, subclass: int) -> None:
         pass
 
-    def lock_acquired(self, tid: int, lid: int, mode: int, site: str) -> None:
+    def lock_acquired(self, tid: int, lid: int, mode: int, site: str, subclass: int) -> None:
         pass
 
     def lock_released(self, tid: int, lid: int, site: str) -> None:

@@ -243,7 +243,7 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
     ptl, dst_ptl = k.ptl(src), k.ptl(dst)
     skip_ksm = k.bug("fork-no-mapcount")  # the defect: a KSM pte copied without raising the page's mapcount
     k.locks.lock(dst_ptl, "copy_pte_range")  # the child's ptes are reachable by rmap walks already
-    k.locks.lock(ptl, "copy_pte_range:src_ptl")  # spin_lock_nested(src_ptl, SINGLE_DEPTH_NESTING)
+    k.locks.lock_nested(ptl, "copy_pte_range:src_ptl")  # spin_lock_nested(src_ptl, SINGLE_DEPTH_NESTING)
     for addr in range(start, end):
         kind, ref, _w = pte_get(k, src, addr)
         if kind == PTE_PRESENT:

@@ -198,7 +198,7 @@ def dup_mmap(k: K, oldref: int) -> int:
     mref = mm_alloc(k)
     m = ref_slot(mref)
     k.locks.down_write(k.mmap_sem(old), "dup_mmap")
-    k.locks.down_write(k.mmap_sem(m), "dup_mmap:nested")
+    k.locks.down_write_nested(k.mmap_sem(m), "dup_mmap:nested")
     ksm.ksm_fork(k, mref, oldref)
     for vref in vma_list(k, old):
         v = k.vm.deref(vref, "dup_mmap")
