@@ -35,8 +35,9 @@ from .mm.mm import mm_alloc
 from .mm.state import G_MAX_REFCOUNT, G_MM_LIVE, G_PAGES_TO_SCAN, G_REFCOUNT_BITS, K, Sizes, State
 from .scenario import Scenario
 from .sched import make_strategy
-from .sched.chaos import ChaosPolicy, FreeControl
+from .sched.chaos import ChaosPolicy
 from .sched.control import BLOCKED, CLEAN, CURRENT, FAILED, HANDOFFS, STEP, Control
+from .sched.free import FreeControl
 
 PR_SET_PDEATHSIG = 1
 MODES = ("controlled", "free")  # controlled: one task at a time, replayable; free: all at once
