@@ -25,7 +25,6 @@ from .mm.state import (
     KSM_RUN_MERGE,
     KSM_RUN_UNMERGE,
     PG_KSM,
-    VM_MERGEABLE,
     K,
 )
 from .scenario import Scenario
@@ -264,6 +263,3 @@ def run_task(k: K, sc: Scenario, seed: int, tid: int) -> None:
             }
         )
     os._exit(0)
-
-
-__all__ = ["KIND_NAMES", "KSMD", "RECLAIM", "ADMIN", "MM", "run_task", "VM_MERGEABLE"]

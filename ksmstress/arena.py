@@ -71,10 +71,6 @@ class SharedBlock:
             self._arrays[name] = arr
         return self._arrays
 
-    @property
-    def nbytes(self) -> int:
-        return len(self._map) if self._map is not None else 0
-
 
 def _no_clock() -> tuple[int, str]:
     return 0, "runner"

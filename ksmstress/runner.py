@@ -305,7 +305,7 @@ def run_one(
         if failure is None and ctl.outcome == FAILED:
             failure = ctl.failure()
         elif failure is None and ctl.outcome == CLEAN:
-            leak = check_quiescence(st, ctl.label)
+            leak = check_quiescence(st)
             failure = leak.to_dict() if leak else None
     finally:
         gc.unfreeze()
