@@ -189,7 +189,8 @@ class MmTask:
 
 
 def ksmd_body(k: K, sc: Scenario) -> None:
-    """ksm_scan_thread: scan a batch under ksm_thread_mutex, sleep, repeat; end once every mm is gone."""
+    """ksm_scan_thread: scan a batch under ksm_thread_mutex, sleep, repeat. Simplified: the sleep is one yielding
+    scheduling point, and ksmd ends once every mm is gone (the kernel's never does), pruning stale stable nodes."""
     while True:
         k.locks.lock(k.ksm_thread_mutex, "ksm_scan_thread")
         if ksm.ksmd_should_run(k):

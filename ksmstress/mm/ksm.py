@@ -69,6 +69,7 @@ def _inc(k: K, cell: int) -> None:
 
 
 def _dec(k: K, cell: int, what: str) -> None:
+    """counter--, checked: the model reports a counter going below zero, where the kernel's would just wrap."""
     if k.g[cell] <= 0:
         raise Failure("counters", f"ksm_{what} would go below zero", k.fail_details(counter=what))
     k.g[cell] -= 1
@@ -189,7 +190,7 @@ def get_ksm_page(k: K, nref: int) -> int:
     """
     s = k.sn.kpfn[k.sn.deref(nref, "get_ksm_page")]
     pg = k.pg
-    with k.guard:  # get_page_unless_zero, then the mapping recheck
+    with k.guard:  # get_page_unless_zero, then the mapping recheck: one atomic step here (simplified)
         if pg.slot_live(s) and pg.mapping[s] == nref and pg.flags[s] & PG_KSM and pg.count[s] > 0:
             pg.count[s] += 1
             return k.page_ref(s)
@@ -323,7 +324,10 @@ def remove_trailing_rmap_items(k: K, kind: int, ref: int) -> None:
 
 # -- breaking COW --------------------------------------------------------------------------------------------
 def break_ksm(k: K, vref: int, addr: int) -> int:
-    """Fault a write on a KSM page until the pte no longer maps one (the caller holds mmap_sem)."""
+    """Fault a write on a KSM page until the pte no longer maps one (the caller holds mmap_sem).
+
+    Simplified: no VM_FAULT_OOM / VM_FAULT_SIGBUS (the model's faults cannot fail), so it always returns 0.
+    """
     v = k.vm.deref(vref, "break_ksm")
     m = k.mmc.deref(k.vm.mm[v], "break_ksm")
     while True:
@@ -695,6 +699,7 @@ def ksmd_should_run(k: K) -> bool:
 
 # -- madvise, fork, exit -------------------------------------------------------------------------------------
 def unmerge_ksm_pages(k: K, vref: int, start: int, end: int) -> int:
+    """break_ksm over [start, end). Simplified: no signal_pending() / -ERESTARTSYS (model tasks get no signals)."""
     v = k.vm.deref(vref, "unmerge_ksm_pages")
     m = k.mmc.deref(k.vm.mm[v], "unmerge_ksm_pages")
     for addr in range(start, end):
@@ -707,7 +712,11 @@ def unmerge_ksm_pages(k: K, vref: int, start: int, end: int) -> int:
 
 
 def ksm_madvise(k: K, vref: int, advice: int) -> int:
-    """MADV_MERGEABLE registers the mm with ksmd; MADV_UNMERGEABLE breaks every KSM page of the vma."""
+    """MADV_MERGEABLE registers the mm with ksmd; MADV_UNMERGEABLE breaks every KSM page of the vma.
+
+    Simplified: every model vma is private anonymous memory, so 2.6.33's refusal of VM_SHARED, VM_PFNMAP,
+    VM_HUGETLB... vmas has nothing to refuse.
+    """
     v = k.vm.deref(vref, "ksm_madvise")
     if advice == MADV_MERGEABLE:
         if k.vm.flags[v] & VM_MERGEABLE:
