@@ -58,7 +58,8 @@ class Waiter(Protocol):
 class LockHooks(Protocol):
     """What detectors (lockdep) hear about lock traffic; `subclass` is the nesting annotation (0: none)."""
 
-    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool, subclass: int) -> None: ...
+    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool, subclass: int) -> None:
+        """About to take a lock (before any wait): lockdep checks the order here."""
 
     def lock_acquired(self, tid: int, lid: int, mode: int, site: str, subclass: int) -> None: ...
 
@@ -66,6 +67,8 @@ class LockHooks(Protocol):
 
 
 class NoLockHooks:
+    """Lock hooks that hear nothing (the base of the model's NoHooks)."""
+
     def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool, subclass: int) -> None:
         pass
 
