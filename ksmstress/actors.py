@@ -13,7 +13,7 @@ import traceback
 
 import numpy as np
 
-from .arena import ref_slot
+from .arena import FREE, LIVE, ref_slot
 from .checks.content import check_read, pattern_bytes
 from .failures import Failure
 from .mm import ksm, memory, vmscan
@@ -25,10 +25,10 @@ from .mm.state import (
     KSM_RUN_MERGE,
     KSM_RUN_UNMERGE,
     PG_KSM,
-    VM_MERGEABLE,
     K,
 )
 from .scenario import Scenario
+from .sched.control import EXITED, UNUSED
 
 KSMD, RECLAIM, ADMIN, MM = 1, 2, 3, 4
 KIND_NAMES = {KSMD: "ksmd", RECLAIM: "reclaim", ADMIN: "admin", MM: "mm"}
@@ -55,7 +55,7 @@ class MmTask:
         self.mapped: set[int] = set()
         for vref in mmm.vma_list(k, self.m):
             v = ref_slot(vref)
-            self.mapped.update(range(int(k.vm["start"][v]), int(k.vm["end"][v])))
+            self.mapped.update(range(k.vm.start[v], k.vm.end[v]))
 
     # -- the program -----------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -176,7 +176,7 @@ class MmTask:
 
     def fork(self) -> None:
         k = self.k
-        if self.forks_left <= 0 or not (k.st.mm.state == 0).any():
+        if self.forks_left <= 0 or not (k.st.mm.state == FREE).any():
             return  # -EAGAIN: no mm_struct left for a child
         tid = k.ctl.reserve()  # no scheduling point since the check: dup_mmap's mm_alloc cannot fail
         if tid < 0:
@@ -189,18 +189,19 @@ class MmTask:
 
 
 def ksmd_body(k: K, sc: Scenario) -> None:
-    """ksm_scan_thread: scan a batch under ksm_thread_mutex, sleep, repeat; end once every mm is gone."""
+    """ksm_scan_thread: scan a batch under ksm_thread_mutex, sleep, repeat. Simplified: the sleep is one yielding
+    scheduling point, and ksmd ends once every mm is gone (the kernel's never does), pruning stale stable nodes."""
     while True:
         k.locks.lock(k.ksm_thread_mutex, "ksm_scan_thread")
         if ksm.ksmd_should_run(k):
             ksm.ksm_do_scan(k, sc.pages_to_scan)
         k.hooks.ksm_quiescent(k, "ksm_scan_thread")
         k.locks.unlock(k.ksm_thread_mutex, "ksm_scan_thread")
-        if k.g[G_MM_LIVE] == 0 and int(k.ms["next"][0]) == k.st.ksm_mm_head:
+        if k.g[G_MM_LIVE] == 0 and ksm.ksm_mm_list_empty(k):
             break
         k.point("ksmd:sleep", yielding=True)
     # quiescence means every other task is gone: reclaim may still hold a KSM page's reference until it exits
-    while any(int(k.ctl.state[t]) not in (0, 3) for t in range(k.ctl.ntasks) if t != k.ctl.me):
+    while any(int(k.ctl.state[t]) not in (UNUSED, EXITED) for t in range(k.ctl.ntasks) if t != k.ctl.me):
         k.point("ksmd:sleep", yielding=True)
     ksm.prune_stale_stable_nodes(k)
 
@@ -212,7 +213,7 @@ def reclaim_body(k: K, sc: Scenario, seed: int, tid: int) -> None:
     st = k.st
     while k.g[G_MM_LIVE] > 0:
         k.point("reclaim:sleep", yielding=True)
-        cand = np.flatnonzero((st.page.state == 1) & (st.page.c["mapcount"] > 0))
+        cand = np.flatnonzero((st.page.state == LIVE) & (st.page.c["mapcount"] > 0))
         if not cand.size:
             continue
         ksm_cand = cand[(st.page.c["flags"][cand] & PG_KSM) != 0]
@@ -263,6 +264,3 @@ def run_task(k: K, sc: Scenario, seed: int, tid: int) -> None:
             }
         )
     os._exit(0)
-
-
-__all__ = ["KIND_NAMES", "KSMD", "RECLAIM", "ADMIN", "MM", "run_task", "VM_MERGEABLE"]

@@ -22,8 +22,11 @@ import numpy as np
 from .failures import Failure
 
 NULL = 0
-FREE, LIVE, QUARANTINE = 0, 1, 2
+FREE, LIVE, QUARANTINE = 0, 1, 2  # a slot's state
 _SLOT_MASK = 0xFFFFFFFF
+
+# One int64 cell per slot, read and written as plain Python ints: the type of a table's named columns.
+Column = memoryview
 
 
 def make_ref(slot: int, gen: int) -> int:
@@ -68,10 +71,6 @@ class SharedBlock:
             self._arrays[name] = arr
         return self._arrays
 
-    @property
-    def nbytes(self) -> int:
-        return len(self._map) if self._map is not None else 0
-
 
 def _no_clock() -> tuple[int, str]:
     return 0, "runner"
@@ -93,34 +92,44 @@ NO_GUARD = NoGuard()
 class Table:
     """A table of one kernel object type: int64 columns plus generation/state bookkeeping.
 
-    Columns are numpy arrays (`t.c["mapcount"]`, for vector work) with memoryview twins (`t.v["mapcount"][slot]`,
-    plain Python ints, several times cheaper per scalar access); the model reaches an object through `deref`,
-    which is the KASAN check. Slots below `reserved` are permanent (e.g. list heads) and never allocated.
+    A subclass names its columns as class annotations of type `Column` (`mapcount: Column`); each becomes an
+    attribute indexed by slot, so the model reads field by field as the kernel does (`page->_mapcount` is
+    `k.pg.mapcount[s]`). A Column is a memoryview over the shared array: plain Python ints, several times cheaper
+    per scalar access than numpy scalars (the model's hot path). `t.c[name]` is the same column as a numpy array,
+    for vector work in detectors. The model reaches an object through `deref`, which is the KASAN check. Slots
+    below `reserved` are permanent (e.g. list heads) and never allocated.
     """
+
+    FIELDS: tuple[str, ...] = ()  # the subclass's Column annotations, in order (filled by __init_subclass__)
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        own = cls.__dict__.get("__annotations__", {})
+        cls.FIELDS = tuple(n for n, t in own.items() if t in ("Column", Column))
+        clash = [n for n in cls.FIELDS if hasattr(Table, n)]
+        if clash:
+            raise TypeError(f"{cls.__name__}: column names {clash} shadow Table attributes")
 
     def __init__(
         self,
         block: SharedBlock,
         name: str,
         capacity: int,
-        fields: tuple[str, ...],
         quarantine: int,
         reserved: int = 0,
     ) -> None:
         self.name = name
         self.capacity = capacity
-        self.fields = fields
         self.quarantine = quarantine
         self.reserved = reserved
-        self._block = block
         block.want(f"{name}.state", np.int8, capacity)
         block.want(f"{name}.gen", np.int64, capacity)
         block.want(f"{name}.free_order", np.int64, capacity)
         block.want(f"{name}.freed_step", np.int64, capacity)
         block.want(f"{name}.freed_site", "S40", capacity)
         block.want(f"{name}.freed_by", "S24", capacity)
-        block.want(f"{name}.meta", np.int64, 4)  # [nfreed, live, allocs, peak]
-        for f in fields:
+        block.want(f"{name}.nfreed", np.int64, 1)  # frees so far: the quarantine's clock
+        for f in self.FIELDS:
             block.want(f"{name}.{f}", np.int64, capacity)
         self.c: dict[str, np.ndarray] = {}
         self.clock: Callable[[], tuple[int, str]] = _no_clock
@@ -134,9 +143,10 @@ class Table:
         self.freed_step = arrays[f"{n}.freed_step"]
         self.freed_site = arrays[f"{n}.freed_site"]
         self.freed_by = arrays[f"{n}.freed_by"]
-        self.meta = arrays[f"{n}.meta"]
-        self.c = {f: arrays[f"{n}.{f}"] for f in self.fields}
-        self.v = {f: memoryview(a) for f, a in self.c.items()}  # scalar access as plain ints (the model's)
+        self.nfreed = arrays[f"{n}.nfreed"]
+        self.c = {f: arrays[f"{n}.{f}"] for f in self.FIELDS}
+        for f, a in self.c.items():
+            setattr(self, f, memoryview(a))  # the named Column
         self._state = memoryview(self.state)  # deref's hot path: plain ints
         self._gen = memoryview(self.gen)
         for s in range(self.reserved):
@@ -151,7 +161,7 @@ class Table:
 
     def _alloc(self, site: str) -> int:
         st = self.state
-        nfreed = int(self.meta[0])
+        nfreed = int(self.nfreed[0])
         quar = np.flatnonzero(st == QUARANTINE)
         if quar.size:
             ripe = quar[self.free_order[quar] < nfreed - self.quarantine]
@@ -174,10 +184,6 @@ class Table:
         st[slot] = LIVE
         for col in self.c.values():
             col[slot] = 0
-        self.meta[1] += 1
-        self.meta[2] += 1
-        if self.meta[1] > self.meta[3]:
-            self.meta[3] = self.meta[1]
         return make_ref(slot, gen)
 
     def free(self, ref: int, site: str) -> None:
@@ -205,9 +211,8 @@ class Table:
             )
         step, who = self.clock()
         self.state[slot] = QUARANTINE
-        self.free_order[slot] = self.meta[0]
-        self.meta[0] += 1
-        self.meta[1] -= 1
+        self.free_order[slot] = self.nfreed[0]
+        self.nfreed[0] += 1
         self.freed_step[slot] = step
         self.freed_site[slot] = site.encode()[:40]
         self.freed_by[slot] = who.encode()[:24]
@@ -242,19 +247,16 @@ class Table:
         slot = (ref & _SLOT_MASK) - 1
         return 0 <= slot < self.capacity and self.state[slot] == LIVE and int(self.gen[slot]) == ref >> 32
 
+    def slot_live(self, slot: int) -> bool:
+        """Whether `slot` holds a live object, whatever its generation: a raw read, for objects the kernel never
+        frees (struct page: a pfn stays valid, only what it holds changes)."""
+        return self._state[slot] == LIVE
+
     def ref_of(self, slot: int) -> int:
         return make_ref(slot, int(self.gen[slot]))
 
     def live_slots(self) -> np.ndarray:
         return np.flatnonzero(self.state[self.reserved :] == LIVE) + self.reserved
-
-    @property
-    def live(self) -> int:
-        return int(self.meta[1])
-
-    @property
-    def peak(self) -> int:
-        return int(self.meta[3])
 
     # -- reporting ------------------------------------------------------------------------------------
     def _freed_info(self, slot: int) -> dict[str, Any]:

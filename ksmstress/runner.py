@@ -36,13 +36,12 @@ from .mm.mm import mm_alloc
 from .mm.state import G_MAX_REFCOUNT, G_MM_LIVE, G_PAGES_TO_SCAN, G_REFCOUNT_BITS, K, Sizes, State
 from .scenario import Scenario
 from .sched import make_strategy
-from .sched.chaos import ChaosPolicy, FreeControl
-from .sched.control import BLOCKED, CLEAN, FAILED, HANDOFFS, STEP, Control
+from .sched.chaos import ChaosPolicy
+from .sched.control import BLOCKED, CLEAN, CURRENT, FAILED, HANDOFFS, STEP, Control
+from .sched.free import FreeControl
 
 PR_SET_PDEATHSIG = 1
-# lock sites annotated *_nested in 2.6.33 (a second lock of the same class, in a fixed order)
 MODES = ("controlled", "free")  # controlled: one task at a time, replayable; free: all at once
-NESTED_SITES = frozenset({"dup_mmap:nested", "copy_pte_range:src_ptl"})
 
 
 @dataclass
@@ -123,7 +122,7 @@ def _assemble(block: SharedBlock, st: State, ctl: Control, bugs: frozenset[str],
     lds.bind(arrays)
     hooks = Detectors() if hooks is None else hooks
     if isinstance(hooks, Detectors) and hooks.lockdep is None:
-        hooks.lockdep = Lockdep(lds, st.locks, ctl.clock, NESTED_SITES)
+        hooks.lockdep = Lockdep(lds, st.locks, ctl.clock)
     k = K(st, ctl, hooks, bugs)
     ctl.explain_deadlock = st.locks.explain
     return k
@@ -299,7 +298,7 @@ def run_one(
                 failure = Failure(
                     "hang",
                     f"no end after {timeout:.0f}s wall clock at step {ctl.steps} "
-                    f"(running: {ctl.label(int(ctl.meta[1]))})",
+                    f"(running: {ctl.label(int(ctl.meta[CURRENT]))})",
                     {"step": ctl.steps, "stacks": _stacks(procs, ctl, stackdir)},
                 ).to_dict()
                 break
@@ -307,7 +306,7 @@ def run_one(
         if failure is None and ctl.outcome == FAILED:
             failure = ctl.failure()
         elif failure is None and ctl.outcome == CLEAN:
-            leak = check_quiescence(st, ctl.label)
+            leak = check_quiescence(st)
             failure = leak.to_dict() if leak else None
     finally:
         gc.unfreeze()

@@ -7,7 +7,10 @@ the release wakes it); the model code only ever calls `Locks`, so a free-running
 blocking can be dropped in without touching the model.
 
 The classes and their 2.6.33 order (top of mm/rmap.c): ksm_thread_mutex -> mmap_sem -> page lock ->
-anon_vma->lock -> page_table_lock; ksm_mmlist_lock is a leaf.
+anon_vma->lock -> page_table_lock; ksm_mmlist_lock is a leaf. Where the kernel takes a second lock of a class it
+already holds, in an order fixed by other means, it says so with a lockdep subclass (down_write_nested,
+spin_lock_nested(lock, SINGLE_DEPTH_NESTING)); the model calls `lock_nested` / `down_write_nested` at exactly
+those places, and lockdep reports any other same-class nesting.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ CLASS_NAMES = ("ksm_thread_mutex", "mmap_sem", "page_lock", "anon_vma->lock", "p
 SLEEPING = frozenset({KSM_THREAD_MUTEX, MMAP_SEM, PAGE_LOCK})
 MAX_HELD = 16
 READ, WRITE = 1, 2
+NOBODY = -1  # lock.owner of a lock no task holds exclusively
+SINGLE_DEPTH_NESTING = 1  # lockdep subclass of a second lock of a held class (include/linux/lockdep.h)
 
 
 class Waiter(Protocol):
@@ -51,20 +56,23 @@ class Waiter(Protocol):
 
 
 class LockHooks(Protocol):
-    """What detectors (lockdep) hear about lock traffic."""
+    """What detectors (lockdep) hear about lock traffic; `subclass` is the nesting annotation (0: none)."""
 
-    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool) -> None: ...
+    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool, subclass: int) -> None:
+        """About to take a lock (before any wait): lockdep checks the order here."""
 
-    def lock_acquired(self, tid: int, lid: int, mode: int, site: str) -> None: ...
+    def lock_acquired(self, tid: int, lid: int, mode: int, site: str, subclass: int) -> None: ...
 
     def lock_released(self, tid: int, lid: int, site: str) -> None: ...
 
 
 class NoLockHooks:
-    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool) -> None:
+    """Lock hooks that hear nothing (the base of the model's NoHooks)."""
+
+    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool, subclass: int) -> None:
         pass
 
-    def lock_acquired(self, tid: int, lid: int, mode: int, site: str) -> None:
+    def lock_acquired(self, tid: int, lid: int, mode: int, site: str, subclass: int) -> None:
         pass
 
     def lock_released(self, tid: int, lid: int, site: str) -> None:
@@ -96,7 +104,7 @@ class LockSpace:
         self.readers = a["lock.readers"]
         self.held = a["lock.held"]
         self.nheld = a["lock.nheld"]
-        self.owner[:] = -1
+        self.owner[:] = NOBODY
         self._owner = memoryview(self.owner)  # hot path: plain ints
         self._readers = memoryview(self.readers)
         self._held = memoryview(self.held.reshape(-1))
@@ -175,7 +183,7 @@ class Locks:
         self.mine: list[int] = []
 
     # -- bookkeeping --------------------------------------------------------------------------------------
-    def _push(self, lid: int, mode: int, site: str) -> None:
+    def _push(self, lid: int, mode: int, site: str, subclass: int) -> None:
         me = self.w.me
         mine = self.mine
         n = len(mine)
@@ -184,7 +192,7 @@ class Locks:
         mine.append(lid)
         self.s._held[me * MAX_HELD + n] = lid
         self.s._nheld[me] = n + 1
-        self.hooks.lock_acquired(me, lid, mode, site)
+        self.hooks.lock_acquired(me, lid, mode, site, subclass)
 
     def _pop(self, lid: int, site: str) -> None:
         me = self.w.me
@@ -216,14 +224,14 @@ class Locks:
     # The check-and-take runs under the waiter's guard (a no-op when one task runs at a time, a real cross-process
     # mutex in free mode); a task that must wait registers under the guard and sleeps outside it, so a release
     # between the two cannot be lost.
-    def _acquire(self, lid: int, site: str, shared: bool) -> None:
+    def _acquire(self, lid: int, site: str, shared: bool, subclass: int = 0) -> None:
         w = self.w
         w.point(site)
-        self.hooks.lock_acquiring(w.me, lid, site, False)
+        self.hooks.lock_acquiring(w.me, lid, site, False, subclass)
         owner, readers = self.s._owner, self.s._readers
         while True:
             with w.guard:
-                free = owner[lid] < 0 and (shared or readers[lid] == 0)
+                free = owner[lid] == NOBODY and (shared or readers[lid] == 0)
                 if free:
                     if shared:
                         readers[lid] += 1
@@ -232,7 +240,7 @@ class Locks:
                 elif owner[lid] != w.me:
                     w.prepare_block(lid)
             if free:
-                self._push(lid, READ if shared else WRITE, site)
+                self._push(lid, READ if shared else WRITE, site, subclass)
                 return
             if owner[lid] == w.me:
                 self._self_deadlock(lid, site)
@@ -241,16 +249,22 @@ class Locks:
     def lock(self, lid: int, site: str) -> None:
         self._acquire(lid, site, False)
 
+    def lock_nested(self, lid: int, site: str, subclass: int = SINGLE_DEPTH_NESTING) -> None:
+        """spin_lock_nested / mutex_lock_nested: take a second lock of a class this task already holds, in an
+        order the caller guarantees (lockdep then accepts the same-class nesting). The same lock traffic and
+        scheduling points as `lock`."""
+        self._acquire(lid, site, False, subclass)
+
     def trylock(self, lid: int, site: str) -> bool:
         w = self.w
         w.point(site)
-        self.hooks.lock_acquiring(w.me, lid, site, True)
+        self.hooks.lock_acquiring(w.me, lid, site, True, 0)
         with w.guard:
-            free = self.s._owner[lid] < 0 and self.s._readers[lid] == 0
+            free = self.s._owner[lid] == NOBODY and self.s._readers[lid] == 0
             if free:
                 self.s._owner[lid] = w.me
         if free:
-            self._push(lid, WRITE, site)
+            self._push(lid, WRITE, site, 0)
         return free
 
     def unlock(self, lid: int, site: str) -> None:
@@ -265,7 +279,7 @@ class Locks:
             )
         self._pop(lid, site)
         with w.guard:
-            self.s._owner[lid] = -1
+            self.s._owner[lid] = NOBODY
             w.wake(lid)
         w.point(site)
 
@@ -287,8 +301,5 @@ class Locks:
         w.point(site)
 
     down_write = lock
+    down_write_nested = lock_nested
     up_write = unlock
-
-    def held(self, lid: int) -> bool:
-        """Whether the running task holds `lid` (for assertions that mirror lockdep_assert_held)."""
-        return lid in self.mine

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ksmstress.arena import ref_slot
+from ksmstress.arena import LIVE, ref_slot
 from ksmstress.checks import Detectors
 from ksmstress.checks.content import pattern_bytes
 from ksmstress.mm import ksm, memory
@@ -44,7 +44,7 @@ class InterleaveAt(NoHooks):
         self.site = site
         self.action: Any = None
 
-    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool) -> None:
+    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool, subclass: int) -> None:
         if site == self.site and self.action is not None:
             action, self.action = self.action, None
             action()
@@ -113,4 +113,4 @@ def pte_page(k: K, m: int, addr: int) -> int:
 
 
 def mapped_pages(k: K) -> np.ndarray:
-    return np.flatnonzero((k.st.page.state == 1) & (k.st.page.c["mapcount"] > 0))
+    return np.flatnonzero((k.st.page.state == LIVE) & (k.st.page.c["mapcount"] > 0))

@@ -18,10 +18,10 @@ from .harness import make_kernel, new_program, pte_page, scan, write
 
 def test_use_after_free_names_who_freed_and_who_touched():
     k = make_kernel()
-    ref = k.st.anon_vma.alloc("test_alloc")
-    k.st.anon_vma.free(ref, "test_free_site")
+    ref = k.av.alloc("test_alloc")
+    k.av.free(ref, "test_free_site")
     with pytest.raises(Failure) as e:
-        k.st.anon_vma.deref(ref, "test_touch_site")
+        k.av.deref(ref, "test_touch_site")
     f = e.value
     assert f.cls == "use-after-free"
     assert "test_free_site" in f.message and "test_touch_site" in f.message
@@ -30,29 +30,29 @@ def test_use_after_free_names_who_freed_and_who_touched():
 
 def test_use_after_free_survives_slot_reuse_through_the_generation():
     k = make_kernel(quarantine=0)
-    ref = k.st.anon_vma.alloc("a")
-    k.st.anon_vma.free(ref, "f")
-    again = k.st.anon_vma.alloc("b")
+    ref = k.av.alloc("a")
+    k.av.free(ref, "f")
+    again = k.av.alloc("b")
     assert ref_slot(again) == ref_slot(ref) and again != ref
     with pytest.raises(Failure) as e:
-        k.st.anon_vma.deref(ref, "stale")
+        k.av.deref(ref, "stale")
     assert e.value.cls == "use-after-free" and e.value.details["reused"]
 
 
 def test_quarantine_delays_reuse():
     k = make_kernel(quarantine=4)
-    ref = k.st.anon_vma.alloc("a")
-    k.st.anon_vma.free(ref, "f")
-    fresh = [k.st.anon_vma.alloc("b") for _ in range(3)]
+    ref = k.av.alloc("a")
+    k.av.free(ref, "f")
+    fresh = [k.av.alloc("b") for _ in range(3)]
     assert all(ref_slot(x) != ref_slot(ref) for x in fresh)
 
 
 def test_double_free():
     k = make_kernel()
-    ref = k.st.vma.alloc("a")
-    k.st.vma.free(ref, "first")
+    ref = k.vm.alloc("a")
+    k.vm.free(ref, "first")
     with pytest.raises(Failure) as e:
-        k.st.vma.free(ref, "second")
+        k.vm.free(ref, "second")
     assert e.value.cls == "double-free" and "first" in e.value.message
 
 
@@ -60,7 +60,7 @@ def test_refcount_underflow_on_put_page_and_mapcount():
     k = make_kernel()
     page = memory.alloc_page(k, "t")
     memory.get_page(k, page, "t")
-    k.pg["count"][ref_slot(page)] = 0  # a lost get_page
+    k.pg.count[ref_slot(page)] = 0  # a lost get_page
     with pytest.raises(Failure) as e:
         memory.put_page(k, page, "t")
     assert e.value.cls == "refcount-underflow"
@@ -77,8 +77,8 @@ def test_ksm_refcount_underflow():
     write(k, a, 1, 1)
     write(k, b, 2, 1)
     scan(k, 3)
-    for i in k.st.rmap_item.live_slots():  # a drop the code never matched with a hold
-        k.av["refcount"][ref_slot(int(k.ri["anon_vma"][i]))] = 0
+    for i in k.ri.live_slots():  # a drop the code never matched with a hold
+        k.av.refcount[ref_slot(int(k.ri.anon_vma[i]))] = 0
     with pytest.raises(Failure) as e:
         mmm.sys_madvise(k, _a, 1, 2, 13)
         scan(k, 2)
@@ -120,7 +120,7 @@ def test_traversal_when_a_walk_skips_a_reachable_pte():
     write(k, a, 1, 1)
     cref = mmm.dup_mmap(k, aref)
     page = pte_page(k, a, 1)
-    k.pg["mapcount"][ref_slot(page)] = 1
+    k.pg.mapcount[ref_slot(page)] = 1
     sref = k.st.swap.alloc("t")
     with pytest.raises(Failure) as e:
         rmap.try_to_unmap(k, page, sref)
@@ -153,7 +153,7 @@ def test_lockdep_reports_an_inversion_before_any_deadlock():
     aref, a = new_program(k, 1)
     write(k, a, 1, 1)
     page = pte_page(k, a, 1)
-    av = int(k.vm["anon_vma"][ref_slot(mmm.find_vma(k, a, 1))])
+    av = int(k.vm.anon_vma[ref_slot(mmm.find_vma(k, a, 1))])
     k.locks.lock(k.av_lock(ref_slot(av)), "test:anon_vma_first")
     with pytest.raises(Failure) as e:
         k.locks.lock(k.page_lock(ref_slot(page)), "test:then_page")
@@ -196,11 +196,23 @@ def test_lockdep_same_class_needs_a_nesting_annotation():
     aref, a = new_program(k, 1)
     bref, b = new_program(k, 1)
     k.locks.down_write(k.mmap_sem(a), "first")
-    k.locks.down_write(k.mmap_sem(b), "dup_mmap:nested")  # annotated, as dup_mmap's
+    k.locks.down_write_nested(k.mmap_sem(b), "nested")  # annotated, as dup_mmap's
     k.locks.up_write(k.mmap_sem(b), "x")
     with pytest.raises(Failure) as e:
         k.locks.down_write(k.mmap_sem(b), "unannotated")
     assert e.value.cls == "lockdep" and "nesting" in e.value.message
+
+
+def test_lockdep_a_nesting_annotation_covers_one_level_only():
+    k = make_kernel()
+    _aref, a = new_program(k, 1)
+    _bref, b = new_program(k, 1)
+    _cref, c = new_program(k, 1)
+    k.locks.down_write(k.mmap_sem(a), "first")
+    k.locks.down_write_nested(k.mmap_sem(b), "second")
+    with pytest.raises(Failure) as e:  # a third of the class at the same subclass as the second
+        k.locks.down_write_nested(k.mmap_sem(c), "third")
+    assert e.value.cls == "lockdep" and "third" in e.value.message and "second" in e.value.message
 
 
 def test_lockdep_lock_held_at_task_exit():

@@ -51,7 +51,7 @@ def test_identical_pages_merge_into_one_ksm_page():
     pages = {pte_page(k, m, a) for a in range(1, 6)}
     assert len(pages) == 1
     s = ref_slot(pages.pop())
-    assert k.pg["flags"][s] & PG_KSM and k.pg["mapcount"][s] == 5
+    assert k.pg.flags[s] & PG_KSM and k.pg.mapcount[s] == 5
     assert all(read(k, m, a) == content(k, 7) for a in range(1, 6))
 
 
@@ -79,8 +79,8 @@ def test_fork_of_ksm_page_and_pass1_finds_the_child():
     cref = mmm.dup_mmap(k, aref)
     c = ref_slot(cref)
     assert pte_page(k, c, 1) == page and pte_page(k, c, 2) == page
-    assert k.pg["mapcount"][ref_slot(page)] == 4
-    assert not any(k.ri["mm"][i] == cref for i in k.st.rmap_item.live_slots())  # ksmd has not seen the child
+    assert k.pg.mapcount[ref_slot(page)] == 4
+    assert not any(k.ri.mm[i] == cref for i in k.ri.live_slots())  # ksmd has not seen the child
     k.hooks.visits.clear()
     assert rmap.page_referenced(k, page) == 4
     assert {(c, 1), (c, 2)} <= set(k.hooks.visits)  # only pass 1 can reach them
@@ -120,13 +120,13 @@ def test_try_to_unmap_ksm_swaps_every_pte_and_data_survives():
 def test_anon_vma_outlives_munmap_while_referenced_and_is_freed_on_the_last_drop():
     k = make_kernel()
     (aref, a), (bref, b) = merged(k, [[4], [4]])
-    av = int(k.vm["anon_vma"][ref_slot(mmm.find_vma(k, a, 1))])
-    assert k.av["refcount"][ref_slot(av)] == 1
+    av = int(k.vm.anon_vma[ref_slot(mmm.find_vma(k, a, 1))])
+    assert k.av.refcount[ref_slot(av)] == 1
     mmm.sys_munmap(k, aref, 1, 2)
-    assert k.st.anon_vma.is_live(av)  # list empty, but the stable rmap_item holds it
-    assert k.av["head"][ref_slot(av)] == 0 and k.av["refcount"][ref_slot(av)] == 1
+    assert k.av.is_live(av)  # list empty, but the stable rmap_item holds it
+    assert k.av.head[ref_slot(av)] == 0 and k.av.refcount[ref_slot(av)] == 1
     scan(k, 1)  # ksmd finds the address gone and removes the rmap_item: the last drop frees it
-    assert not k.st.anon_vma.is_live(av)
+    assert not k.av.is_live(av)
     assert read(k, b, 1) == content(k, 4)
 
 
@@ -156,9 +156,9 @@ def test_cow_breaks_a_ksm_page():
     kpage = pte_page(k, a, 1)
     write(k, a, 2, 9)
     new = pte_page(k, a, 2)
-    assert new != kpage and not k.pg["flags"][ref_slot(new)] & PG_KSM
+    assert new != kpage and not k.pg.flags[ref_slot(new)] & PG_KSM
     assert memory.pte_get(k, a, 2)[2] == 1  # writable private copy
-    assert k.pg["mapcount"][ref_slot(kpage)] == 2
+    assert k.pg.mapcount[ref_slot(kpage)] == 2
     assert read(k, a, 2) == content(k, 9) and read(k, a, 1) == content(k, 6)
 
 
@@ -191,8 +191,8 @@ def test_write_fault_racing_a_merge_never_reuses_the_new_ksm_page():
     assert ksm.write_protect_page(k, mmm.find_vma(k, a, 1), page)[0] == 0
 
     def rest_of_merge() -> None:  # ksmd, after the fault's PageKsm test: set_page_stable_node(page, NULL)
-        k.pg["flags"][s] |= PG_KSM
-        k.pg["mapping"][s] = 0
+        k.pg.flags[s] |= PG_KSM
+        k.pg.mapping[s] = 0
         k.locks.unlock(k.page_lock(s), "test:unlock_page")
 
     k.hooks.action = rest_of_merge
@@ -210,7 +210,7 @@ def test_run2_unmerges_everything_and_counters_return_to_zero():
     ksm.run_store(k, KSM_RUN_UNMERGE)
     assert counters(k) == {"shared": 0, "sharing": 0, "unshared": 0, "rmap_items": 0}
     assert int(k.g[G_SEQNR]) == 0
-    assert not any(k.pg["flags"][s] & PG_KSM for s in mapped_pages(k))
+    assert not any(k.pg.flags[s] & PG_KSM for s in mapped_pages(k))
     assert [read(k, progs[0][1], x) for x in (1, 2, 3)] == [content(k, p) for p in (1, 1, 2)]
     ksm.run_store(k, KSM_RUN_MERGE)
     scan(k, 3)
@@ -229,12 +229,12 @@ def test_unmergeable_breaks_ksm_pages_of_the_vma():
     k = make_kernel()
     (aref, a), (_b, b) = merged(k, [[3, 3], [3]])
     mmm.sys_madvise(k, aref, 1, 3, ksm.MADV_UNMERGEABLE)
-    assert not any(k.pg["flags"][ref_slot(pte_page(k, a, x))] & PG_KSM for x in (1, 2))
+    assert not any(k.pg.flags[ref_slot(pte_page(k, a, x))] & PG_KSM for x in (1, 2))
     scan(k, 2)
     # B's page stays a KSM page with its one rmap_item (2.6.33 does not unshare a lone KSM page); A has none left
     assert (counters(k)["shared"], counters(k)["sharing"]) == (1, 0)
-    assert not any(k.ri["mm"][i] == aref for i in k.st.rmap_item.live_slots())
-    assert sum(bool(k.ri["flags"][i] & STABLE_FLAG) for i in k.st.rmap_item.live_slots()) == 1
+    assert not any(k.ri.mm[i] == aref for i in k.ri.live_slots())
+    assert sum(bool(k.ri.flags[i] & STABLE_FLAG) for i in k.ri.live_slots()) == 1
     assert read(k, b, 1) == content(k, 3)
 
 
@@ -245,8 +245,8 @@ def test_munmap_splits_a_vma_and_both_halves_stay_on_the_anon_vma():
         write(k, a, x, x)
     assert mmm.sys_munmap(k, aref, 3, 5)
     vmas = mmm.vma_list(k, a)
-    assert [(int(k.vm["start"][ref_slot(v)]), int(k.vm["end"][ref_slot(v)])) for v in vmas] == [(1, 3), (5, 7)]
-    av = int(k.vm["anon_vma"][ref_slot(vmas[0])])
+    assert [(int(k.vm.start[ref_slot(v)]), int(k.vm.end[ref_slot(v)])) for v in vmas] == [(1, 3), (5, 7)]
+    av = int(k.vm.anon_vma[ref_slot(vmas[0])])
     assert rmap.anon_vma_vmas(k, av, "test") == vmas or sorted(rmap.anon_vma_vmas(k, av, "test")) == sorted(vmas)
     assert memory.user_read(k, a, 3) is None  # SIGSEGV in the hole
     assert read(k, a, 6) == content(k, 6)

@@ -15,13 +15,13 @@ class Detectors(TraversalCheck):
     def __init__(self, lockdep: Lockdep | None = None) -> None:
         self.lockdep = lockdep
 
-    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool) -> None:
+    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool, subclass: int) -> None:
         if self.lockdep is not None:
-            self.lockdep.acquiring(lid, site, trylock)
+            self.lockdep.acquiring(lid, site, trylock, subclass)
 
-    def lock_acquired(self, tid: int, lid: int, mode: int, site: str) -> None:
+    def lock_acquired(self, tid: int, lid: int, mode: int, site: str, subclass: int) -> None:
         if self.lockdep is not None:
-            self.lockdep.acquired(lid, site)
+            self.lockdep.acquired(lid, site, subclass)
 
     def lock_released(self, tid: int, lid: int, site: str) -> None:
         if self.lockdep is not None:

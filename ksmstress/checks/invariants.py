@@ -24,7 +24,7 @@ COUNTERS = {
 }
 
 
-def check_quiescence(st: State, label: object = str) -> Failure | None:
+def check_quiescence(st: State) -> Failure | None:
     """Return a `leak` failure describing what is left behind, or None when the arena is clean."""
     left = []
     for t in st.tables:

@@ -3,8 +3,9 @@
 Order (top of mm/rmap.c): ksm_thread_mutex -> mmap_sem -> page lock -> anon_vma->lock -> page_table_lock, with
 ksm_mmlist_lock a leaf. Checked at the acquire attempt, before the task can block, so an inversion is reported
 the first time it is seen even if no deadlock follows (as lockdep does). Also: a sleeping lock (mutex, rwsem,
-page lock) taken while a spinlock is held, the same class taken twice without a nesting annotation, and any lock
-still held when a task exits. As in Linux, a trylock adds no dependency (it never waits) and a trylock of a
+page lock) taken while a spinlock is held, the same class taken twice without a nesting annotation (a *_nested
+acquire with a subclass other than the held lock's, as the kernel's lockdep keys classes by subclass), and any
+lock still held when a task exits. As in Linux, a trylock adds no dependency (it never waits) and a trylock of a
 sleeping lock is allowed under a spinlock. The first acquisition that established each class-to-class edge is
 kept in shared memory, so a report shows both chains: the one that inverts and the one it contradicts.
 """
@@ -39,29 +40,28 @@ class LockdepState:
 class Lockdep:
     """Per-process view: the running task's held stack with sites; the order graph is shared."""
 
-    def __init__(self, state: LockdepState, space: LockSpace, clock: Any, nested: frozenset[str]) -> None:
+    def __init__(self, state: LockdepState, space: LockSpace, clock: Any) -> None:
         self.state = state
         self.space = space
         self.clock = clock
-        self.nested = nested  # sites annotated *_nested (e.g. dup_mmap's second mmap_sem)
-        self.held: list[tuple[int, str]] = []
+        self.held: list[tuple[int, str, int]] = []  # (lock id, site, subclass)
 
     def _chain(self, extra: tuple[int, str] | None = None) -> str:
-        items = self.held + ([extra] if extra else [])
+        items = [(lid, site) for lid, site, _sub in self.held] + ([extra] if extra else [])
         return " -> ".join(f"{self.space.name(lid)}@{site}" for lid, site in items)
 
     def _fail(self, msg: str, **details: Any) -> None:
         step, who = self.clock()
         raise Failure("lockdep", f"{who} at step {step}: {msg}", {"task": who, "step": step, **details})
 
-    def acquiring(self, lid: int, site: str, trylock: bool) -> None:
+    def acquiring(self, lid: int, site: str, trylock: bool, subclass: int) -> None:
         cls = self.space.cls_of(lid)
         if trylock:
             return
-        for hlid, hsite in self.held:
+        for hlid, hsite, hsub in self.held:
             hcls = self.space.cls_of(hlid)
             if hcls == cls:
-                if site in self.nested:
+                if subclass != hsub:  # annotated: a second lock of the class, in an order fixed elsewhere
                     continue
                 self._fail(
                     f"{CLASS_NAMES[cls]} taken at {site} while already holding {self.space.name(hlid)} "
@@ -82,7 +82,7 @@ class Lockdep:
                     chain=self._chain((lid, site)),
                     established=self.state.edge_chain[cls, hcls].decode() if first >= 0 else None,
                 )
-        for hlid, hsite in self.held:
+        for hlid, hsite, _sub in self.held:
             if self.space.cls_of(hlid) not in SLEEPING and cls in SLEEPING:
                 self._fail(
                     f"sleeping lock {self.space.name(lid)} taken at {site} while holding spinlock "
@@ -90,7 +90,7 @@ class Lockdep:
                     chain=self._chain((lid, site)),
                 )
         step, who = self.clock()
-        for hlid, hsite in self.held:
+        for hlid, hsite, _sub in self.held:
             hcls = self.space.cls_of(hlid)
             if hcls != cls and self.state.edge_step[hcls, cls] < 0:
                 self.state.edge_step[hcls, cls] = step
@@ -98,8 +98,8 @@ class Lockdep:
                     f"{who}: {self.space.name(hlid)}@{hsite} -> {self.space.name(lid)}@{site}".encode()[:160]
                 )
 
-    def acquired(self, lid: int, site: str) -> None:
-        self.held.append((lid, site))
+    def acquired(self, lid: int, site: str, subclass: int) -> None:
+        self.held.append((lid, site, subclass))
 
     def released(self, lid: int) -> None:
         for i in range(len(self.held) - 1, -1, -1):
@@ -109,4 +109,4 @@ class Lockdep:
 
     def task_exit(self) -> None:
         if self.held:
-            self._fail(f"task exits holding {self._chain()}", held=[self.space.name(x) for x, _ in self.held])
+            self._fail(f"task exits holding {self._chain()}", held=[self.space.name(x) for x, _, _ in self.held])

@@ -36,12 +36,12 @@ class Walk:
 
 def _vmas_of(k: K, avref: int) -> list[int]:
     out: list[int] = []
-    if not k.st.anon_vma.is_live(avref):
+    if not k.av.is_live(avref):
         return out
-    vref = int(k.av["head"][ref_slot(avref)])
-    while vref and k.st.vma.is_live(vref) and len(out) < k.st.vma.capacity:
+    vref = k.av.head[ref_slot(avref)]
+    while vref and k.vm.is_live(vref) and len(out) < k.st.vma.capacity:
         out.append(vref)
-        vref = int(k.vm["av_next"][ref_slot(vref)])
+        vref = k.vm.av_next[ref_slot(vref)]
     return out
 
 
@@ -54,29 +54,29 @@ def reachable(k: K, pref: int) -> dict[tuple[int, int], tuple[int, str]]:
     s = ref_slot(pref)
     out: dict[tuple[int, int], tuple[int, str]] = {}
     targets: list[tuple[int, int, str]] = []
-    if k.pg["flags"][s] & PG_KSM:
-        nref = int(k.pg["mapping"][s])
-        if not k.st.stable_node.is_live(nref):
+    if k.pg.flags[s] & PG_KSM:
+        nref = k.pg.mapping[s]
+        if not k.sn.is_live(nref):
             return out
-        iref = int(k.sn["hfirst"][ref_slot(nref)])
-        while iref and k.st.rmap_item.is_live(iref):
+        iref = k.sn.hfirst[ref_slot(nref)]
+        while iref and k.ri.is_live(iref):
             i = ref_slot(iref)
-            targets.append((int(k.ri["anon_vma"][i]), int(k.ri["address"][i]), f"rmap_item[{i}]"))
-            iref = int(k.ri["hnext"][i])
+            targets.append((k.ri.anon_vma[i], k.ri.address[i], f"rmap_item[{i}]"))
+            iref = k.ri.hnext[i]
     else:
-        targets.append((int(k.pg["mapping"][s]), int(k.pg["index"][s]), f"page[{s}]->mapping"))
+        targets.append((k.pg.mapping[s], k.pg.index[s], f"page[{s}]->mapping"))
     for avref, addr, via in targets:
         for vref in _vmas_of(k, avref):
             v = ref_slot(vref)
-            if k.vm["start"][v] <= addr < k.vm["end"][v]:
-                mref = int(k.vm["mm"][v])
+            if k.vm.start[v] <= addr < k.vm.end[v]:
+                mref = k.vm.mm[v]
                 m = ref_slot(mref)
                 if _maps(k, m, addr, pref):
                     out.setdefault(
                         (m, addr),
                         (
                             mref,
-                            f"vma[{v}] [{int(k.vm['start'][v])},{int(k.vm['end'][v])}) "
+                            f"vma[{v}] [{k.vm.start[v]},{k.vm.end[v]}) "
                             f"on anon_vma[{ref_slot(avref)}] via {via}",
                         ),
                     )
@@ -99,7 +99,7 @@ class TraversalCheck:
         missed = sorted(
             key
             for key, (mref, _via) in token.expected.items()
-            if key not in token.visited and k.st.mm.is_live(mref) and _maps(k, *key, token.page)
+            if key not in token.visited and k.mmc.is_live(mref) and _maps(k, *key, token.page)
         )
         if missed:
             m, addr = missed[0]

@@ -1,1 +1,78 @@
-"""The modelled 2.6.33 kernel: memory.c (faults, COW), mm (mmap, fork, exit), rmap.c, ksm.c, over the arena."""
+"""The modelled 2.6.33 kernel: memory.c (faults, COW), mm (mmap, fork, exit), rmap.c, ksm.c, over the arena.
+
+The model follows Linux 2.6.33 mm/ksm.c (after db114b83ab "ksm: hold anon_vma in rmap_item"), mm/rmap.c and the
+parts of mm/memory.c, mm/mmap.c, kernel/fork.c and mm/vmscan.c that KSM meets, with the kernel's function names
+and lock order (ksm_thread_mutex -> mmap_sem -> page lock -> anon_vma->lock -> page_table_lock; ksm_mmlist_lock
+a leaf). Every function takes `k` (state.K): tables read field by field (`k.sn.hfirst[n]` is
+stable_node->hlist.first), every pointer is a generation-tagged reference, every dereference the kernel makes is
+a KASAN check (`k.sn.deref(ref, site)`), and every lock operation is a scheduling point.
+
+Deviations from 2.6.33: what, where, why (each also has a one-line note at its place).
+
+ 1. scan_get_next_rmap_item rechecks the mm list after taking ksm_mmlist_lock (the CVE-2011-2183 fix of 3.0).
+    where: ksm.scan_get_next_rmap_item
+    why:   without it ksmd walks ksm_mm_head's NULL mm when the last mm exits in that window (found by this model);
+           bug variant `scan-exit-race` restores the 2.6.33 code.
+ 2. A final pass prunes stale stable nodes, and ksmd ends once every mm is gone.
+    where: ksm.prune_stale_stable_nodes, actors.ksmd_body
+    why:   2.6.33 keeps a stale node until a later search passes over it, and its ksmd never ends; a run must
+           reach quiescence for the leak check to see what truly survives.
+ 3. Counters and reference counts are checked as they change: below zero, or past the scenario's refcount_bits.
+    where: ksm._dec, ksm.hold_anon_vma, memory.put_page, rmap.page_remove_rmap, mm.mmdrop, memory.swap_free
+    why:   the kernel wraps silently (or BUGs much later); the model names the failure at the step it happens.
+ 4. The page checksum is crc32, not jhash2.
+    where: ksm.calc_checksum
+    why:   only "unchanged since the last scan" matters.
+ 5. The stable and unstable trees are binary search trees without rebalancing.
+    where: tree.Tree
+    why:   same search order, insertion points and erase; only the depth differs, which changes no KSM decision.
+ 6. rmap_item's STABLE_FLAG / UNSTABLE_FLAG and seqnr are columns, not the low bits of ->address; an mm finds
+    its mm_slot through mm_struct.slot, not mm_slots_hash.
+    where: state.RmapItems, state.MmStructs
+    why:   the same information, without bit packing or a hash table.
+ 7. Addresses are page numbers; a page table is one flat row of ptes per mm, with one page_table_lock per mm
+    (no split ptlocks).
+    where: state, memory
+    why:   the walks and locks KSM meets are per pte and per mm; page 0 stays unmapped, as address 0 does.
+ 8. A read fault on an untouched page allocates a zeroed page (no ZERO_PAGE).
+    where: memory.do_anonymous_page
+    why:   the zero page is not PageAnon, so 2.6.33's KSM never merges it; a real page only adds candidates.
+ 9. do_wp_page copies when trylock_page fails, instead of sleeping on the page lock.
+    where: memory.do_wp_page
+    why:   a copy is always correct, and the fault path stays free of a sleeping wait.
+10. No swap cache: add_to_swap's reference is the swap slot's count, the bytes are written as each pte is
+    unmapped, and every swap-in makes a private copy.
+    where: rmap.try_to_unmap_one, memory.do_swap_page, memory.reuse_swap_page, ksm.write_protect_page,
+           vmscan.shrink_page
+    why:   KSM depends on the unmap walk, not on swap I/O; the PageSwapCache terms drop out.
+11. page_referenced counts every mapping it finds as referenced (no young bits).
+    where: rmap.page_referenced_one
+    why:   the walk's coverage is under test, not page ageing.
+12. Reclaim has no LRU and no dirty/writeback states: a seeded pick of a mapped page goes through
+    shrink_page_list's steps.
+    where: vmscan.shrink_page, actors.reclaim_body
+    why:   it exists to drive the rmap walks against KSM at chosen moments.
+13. anon_vma_prepare never reuses a neighbour's anon_vma (find_mergeable_anon_vma); no vma_merge on mmap or
+    madvise; rlimits are a fixed per-mm vma budget.
+    where: rmap.anon_vma_prepare, mm
+    why:   fewer shapes, the same lifetimes: fork and split still share a vma's anon_vma.
+14. Every vma is private anonymous memory: no file, shared, huge, locked or special vmas.
+    where: ksm.ksm_madvise, mm.mmap_region
+    why:   KSM merges only private anonymous pages.
+15. Faults cannot fail and tasks get no signals: break_ksm has no OOM/SIGBUS, unmerge_ksm_pages no -ERESTARTSYS.
+    where: ksm.break_ksm, ksm.unmerge_ksm_pages
+    why:   those paths only abandon work; they guard no object's lifetime.
+16. A user store or load of a whole page is one step under the pte lock.
+    where: memory.user_write, memory.user_read
+    why:   the hardware plus ptep_clear_flush's TLB flush make a store atomic against a pte change.
+17. get_ksm_page's mapping check, get_page_unless_zero and recheck are one atomic step.
+    where: ksm.get_ksm_page
+    why:   the recheck exists to close exactly that window.
+18. rwsems have no writer-waiting fairness (a reader never queues behind a waiting writer).
+    where: sync.Locks.down_read
+    why:   no KSM path depends on it; it only adds interleavings, never removes one the kernel has.
+
+Kept as 2.6.33 has them, though they may look like simplifications: one anon_vma per fork family and no
+anon_vma_chain (that is 2.6.34); page_lock_anon_vma reads a SLAB_DESTROY_BY_RCU anon_vma raw (type-stable memory,
+so not KASAN-checked), while rmap_item->anon_vma, which only ksm_refcount keeps alive, is checked.
+"""

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from ..sync import LockHooks, NoLockHooks
 
-class Hooks(Protocol):
+
+class Hooks(LockHooks, Protocol):
+    """What detectors hear: the lock traffic of sync.LockHooks, and these."""
+
     def page_freeing(self, k: Any, page_ref: int, site: str) -> None:
         """A page frame is about to return to the allocator."""
 
@@ -23,13 +27,6 @@ class Hooks(Protocol):
     def walk_end(self, k: Any, token: Any, uncounted: int | None = None) -> None:
         """The walk returned; a page_referenced walk passes the mappings it had left to count."""
 
-    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool) -> None:
-        """About to take a lock (before any wait): lockdep checks the order here."""
-
-    def lock_acquired(self, tid: int, lid: int, mode: int, site: str) -> None: ...
-
-    def lock_released(self, tid: int, lid: int, site: str) -> None: ...
-
     def task_exit(self, k: Any) -> None:
         """The running task is about to exit."""
 
@@ -37,7 +34,7 @@ class Hooks(Protocol):
         """ksmd (or run=2) holds ksm_thread_mutex between batches: trees and counters are consistent."""
 
 
-class NoHooks:
+class NoHooks(NoLockHooks):
     """Hooks that hear nothing: the model on its own."""
 
     def page_freeing(self, k: Any, page_ref: int, site: str) -> None:
@@ -50,15 +47,6 @@ class NoHooks:
         pass
 
     def walk_end(self, k: Any, token: Any, uncounted: int | None = None) -> None:
-        pass
-
-    def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool) -> None:
-        pass
-
-    def lock_acquired(self, tid: int, lid: int, mode: int, site: str) -> None:
-        pass
-
-    def lock_released(self, tid: int, lid: int, site: str) -> None:
         pass
 
     def task_exit(self, k: Any) -> None:

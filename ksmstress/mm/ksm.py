@@ -37,6 +37,7 @@ from .state import (
     G_UNSTABLE_ROOT,
     KSM_RUN_MERGE,
     KSM_RUN_UNMERGE,
+    MM_SLOT_HEAD,
     MMF_VM_MERGEABLE,
     PG_ANON,
     PG_KSM,
@@ -68,6 +69,7 @@ def _inc(k: K, cell: int) -> None:
 
 
 def _dec(k: K, cell: int, what: str) -> None:
+    """counter--, checked: the model reports a counter going below zero, where the kernel's would just wrap."""
     if k.g[cell] <= 0:
         raise Failure("counters", f"ksm_{what} would go below zero", k.fail_details(counter=what))
     k.g[cell] -= 1
@@ -86,12 +88,12 @@ def _rmap_walk_passes(k: K) -> int:
 # -- anon_vma references (the commit under test) -------------------------------------------------------------
 def hold_anon_vma(k: K, iref: int, avref: int) -> None:
     """Record the page's anon_vma in the rmap_item and take a reference (ksm_refcount++)."""
-    i = k.st.rmap_item.deref(iref, "hold_anon_vma")
-    k.ri["anon_vma"][i] = avref
+    i = k.ri.deref(iref, "hold_anon_vma")
+    k.ri.anon_vma[i] = avref
     if not _anon_vma_refcounted(k):
         return  # the pre-db114b83ab lifetime: recorded, not referenced
-    a = k.st.anon_vma.deref(avref, "hold_anon_vma")
-    c = k.atomic_add(k.av["refcount"], a, 1)  # atomic_inc
+    a = k.av.deref(avref, "hold_anon_vma")
+    c = k.atomic_add(k.av.refcount, a, 1)  # atomic_inc
     bits = 8 if k.bug("narrow-refcount") else int(k.g[G_REFCOUNT_BITS])
     if c >= 1 << (bits - 1):  # atomic_t is signed: this value is negative
         raise Failure(
@@ -108,13 +110,13 @@ def drop_anon_vma(k: K, iref: int) -> None:
     is already empty."""
     if not _anon_vma_refcounted(k):
         return
-    i = k.st.rmap_item.deref(iref, "drop_anon_vma")
-    avref = int(k.ri["anon_vma"][i])
-    a = k.st.anon_vma.deref(avref, "drop_anon_vma")
+    i = k.ri.deref(iref, "drop_anon_vma")
+    avref = k.ri.anon_vma[i]
+    a = k.av.deref(avref, "drop_anon_vma")
     with k.guard:  # atomic_add_unless(-1, 1): not the last reference, no lock
-        c = int(k.av["refcount"][a])
+        c = k.av.refcount[a]
         if c > 1:
-            k.av["refcount"][a] = c - 1
+            k.av.refcount[a] = c - 1
     if c <= 0:
         raise Failure(
             "refcount-underflow",
@@ -126,16 +128,16 @@ def drop_anon_vma(k: K, iref: int) -> None:
     if k.bug("unlocked-refcount-drop"):
         # the defect: the last decrement and the list test without anon_vma->lock, so anon_vma_unlink can see
         # refcount 0 and an empty list in between and free it under us
-        k.atomic_add(k.av["refcount"], a, -1)
+        k.atomic_add(k.av.refcount, a, -1)
         k.point("drop_anon_vma:unlocked")
-        if k.av["head"][k.st.anon_vma.deref(avref, "drop_anon_vma:list_empty")] == 0:
+        if k.av.head[k.av.deref(avref, "drop_anon_vma:list_empty")] == 0:
             rmap.anon_vma_free(k, avref, "drop_anon_vma")
         return
     lid = k.av_lock(a)
     k.locks.lock(lid, "drop_anon_vma")
-    a = k.st.anon_vma.deref(avref, "drop_anon_vma")
-    if k.atomic_add(k.av["refcount"], a, -1) == 0:
-        empty = k.av["head"][a] == 0
+    a = k.av.deref(avref, "drop_anon_vma")
+    if k.atomic_add(k.av.refcount, a, -1) == 0:
+        empty = k.av.head[a] == 0
         k.locks.unlock(lid, "drop_anon_vma")
         if empty:
             rmap.anon_vma_free(k, avref, "drop_anon_vma")
@@ -145,39 +147,39 @@ def drop_anon_vma(k: K, iref: int) -> None:
 
 # -- stable tree ---------------------------------------------------------------------------------------------
 def _hlist(k: K, nref: int, site: str) -> list[int]:
-    n = k.st.stable_node.deref(nref, site)
-    out, iref = [], int(k.sn["hfirst"][n])
+    n = k.sn.deref(nref, site)
+    out, iref = [], k.sn.hfirst[n]
     while iref:
         out.append(iref)
-        iref = int(k.ri["hnext"][k.st.rmap_item.deref(iref, site)])
+        iref = k.ri.hnext[k.ri.deref(iref, site)]
     return out
 
 
 def _hlist_del(k: K, iref: int) -> None:
-    i = k.st.rmap_item.deref(iref, "hlist_del")
-    prv, nxt = int(k.ri["hprev"][i]), int(k.ri["hnext"][i])
+    i = k.ri.deref(iref, "hlist_del")
+    prv, nxt = k.ri.hprev[i], k.ri.hnext[i]
     if prv:
-        k.ri["hnext"][k.st.rmap_item.deref(prv, "hlist_del")] = nxt
+        k.ri.hnext[k.ri.deref(prv, "hlist_del")] = nxt
     else:
-        k.sn["hfirst"][k.st.stable_node.deref(int(k.ri["head"][i]), "hlist_del")] = nxt
+        k.sn.hfirst[k.sn.deref(k.ri.head[i], "hlist_del")] = nxt
     if nxt:
-        k.ri["hprev"][k.st.rmap_item.deref(nxt, "hlist_del")] = prv
-    k.ri["hnext"][i] = k.ri["hprev"][i] = 0
+        k.ri.hprev[k.ri.deref(nxt, "hlist_del")] = prv
+    k.ri.hnext[i] = k.ri.hprev[i] = 0
 
 
 def remove_node_from_stable_tree(k: K, nref: int) -> None:
     """A stale stable_node: un-count and un-reference its rmap_items (they stay linked), erase and free it."""
     for iref in _hlist(k, nref, "remove_node_from_stable_tree"):
-        i = k.st.rmap_item.deref(iref, "remove_node_from_stable_tree")
-        if k.ri["hnext"][i]:
+        i = k.ri.deref(iref, "remove_node_from_stable_tree")
+        if k.ri.hnext[i]:
             _dec(k, G_PAGES_SHARING, "pages_sharing")
         else:
             _dec(k, G_PAGES_SHARED, "pages_shared")
         drop_anon_vma(k, iref)
-        k.ri["flags"][k.st.rmap_item.deref(iref, "remove_node_from_stable_tree")] &= ~STABLE_FLAG
+        k.ri.flags[k.ri.deref(iref, "remove_node_from_stable_tree")] &= ~STABLE_FLAG
         k.point("remove_node_from_stable_tree:cond_resched")
     stable_tree(k).erase(nref)
-    k.st.stable_node.free(nref, "free_stable_node")
+    k.sn.free(nref, "free_stable_node")
 
 
 def get_ksm_page(k: K, nref: int) -> int:
@@ -186,45 +188,44 @@ def get_ksm_page(k: K, nref: int) -> int:
     struct pages are never freed in the kernel, so the frame at kpfn is read raw (not KASAN-checked): a page
     that was freed or reused simply no longer carries this node in its mapping.
     """
-    n = k.st.stable_node.deref(nref, "get_ksm_page")
-    s = int(k.sn["kpfn"][n])
-    pg = k.st.page
-    with k.guard:  # get_page_unless_zero, then the mapping recheck
-        if pg._state[s] == 1 and k.pg["mapping"][s] == nref and k.pg["flags"][s] & PG_KSM and k.pg["count"][s] > 0:
-            k.pg["count"][s] += 1
+    s = k.sn.kpfn[k.sn.deref(nref, "get_ksm_page")]
+    pg = k.pg
+    with k.guard:  # get_page_unless_zero, then the mapping recheck: one atomic step here (simplified)
+        if pg.slot_live(s) and pg.mapping[s] == nref and pg.flags[s] & PG_KSM and pg.count[s] > 0:
+            pg.count[s] += 1
             return k.page_ref(s)
     remove_node_from_stable_tree(k, nref)
     return 0
 
 
 def stable_tree_append(k: K, iref: int, nref: int) -> None:
-    i = k.st.rmap_item.deref(iref, "stable_tree_append")
-    n = k.st.stable_node.deref(nref, "stable_tree_append")
-    k.ri["head"][i] = nref
-    k.ri["flags"][i] |= STABLE_FLAG
-    first = int(k.sn["hfirst"][n])
-    k.ri["hnext"][i] = first
-    k.ri["hprev"][i] = 0
+    i = k.ri.deref(iref, "stable_tree_append")
+    n = k.sn.deref(nref, "stable_tree_append")
+    k.ri.head[i] = nref
+    k.ri.flags[i] |= STABLE_FLAG
+    first = k.sn.hfirst[n]
+    k.ri.hnext[i] = first
+    k.ri.hprev[i] = 0
     if first:
-        k.ri["hprev"][k.st.rmap_item.deref(first, "stable_tree_append")] = iref
-    k.sn["hfirst"][n] = iref
+        k.ri.hprev[k.ri.deref(first, "stable_tree_append")] = iref
+    k.sn.hfirst[n] = iref
     _inc(k, G_PAGES_SHARING if first else G_PAGES_SHARED)
 
 
 def memcmp_pages(k: K, a: int, b: int) -> int:
-    fa = k.st.frames[k.st.page.deref(a, "memcmp_pages")].tobytes()
-    fb = k.st.frames[k.st.page.deref(b, "memcmp_pages")].tobytes()
+    fa = k.st.frames[k.pg.deref(a, "memcmp_pages")].tobytes()
+    fb = k.st.frames[k.pg.deref(b, "memcmp_pages")].tobytes()
     return (fa > fb) - (fa < fb)
 
 
 def calc_checksum(k: K, pref: int) -> int:
     """jhash2 of the page in the kernel; crc32 here (only equality over time matters)."""
-    return zlib.crc32(k.st.frames[k.st.page.deref(pref, "calc_checksum")].tobytes())
+    return zlib.crc32(k.st.frames[k.pg.deref(pref, "calc_checksum")].tobytes())
 
 
 def stable_tree_search(k: K, pref: int) -> int:
-    s = k.st.page.deref(pref, "stable_tree_search")
-    if k.pg["flags"][s] & PG_KSM and k.pg["mapping"][s]:  # ksm page forked
+    s = k.pg.deref(pref, "stable_tree_search")
+    if k.pg.flags[s] & PG_KSM and k.pg.mapping[s]:  # ksm page forked
         memory.get_page(k, pref, "stable_tree_search")
         return pref
     tree = stable_tree(k)
@@ -254,20 +255,20 @@ def stable_tree_insert(k: K, kpref: int) -> int:
             return 0  # not found by the search because kpage was not yet write-protected then
         parent, go_left = node, ret < 0
         node = tree.child(node, go_left)
-    nref = k.st.stable_node.alloc("alloc_stable_node")
+    nref = k.sn.alloc("alloc_stable_node")
     tree.link(parent, go_left, nref)
-    ks = k.st.page.deref(kpref, "stable_tree_insert")
-    k.sn["kpfn"][ref_slot(nref)] = ks
-    k.pg["mapping"][ks] = nref  # set_page_stable_node
+    ks = k.pg.deref(kpref, "stable_tree_insert")
+    k.sn.kpfn[ref_slot(nref)] = ks
+    k.pg.mapping[ks] = nref  # set_page_stable_node
     return nref
 
 
 # -- removing rmap_items -------------------------------------------------------------------------------------
 def remove_rmap_item_from_tree(k: K, iref: int) -> None:
-    i = k.st.rmap_item.deref(iref, "remove_rmap_item_from_tree")
-    flags = int(k.ri["flags"][i])
+    i = k.ri.deref(iref, "remove_rmap_item_from_tree")
+    flags = k.ri.flags[i]
     if flags & STABLE_FLAG:
-        nref = int(k.ri["head"][i])
+        nref = k.ri.head[i]
         page = get_ksm_page(k, nref)
         if page:
             ps = ref_slot(page)
@@ -275,40 +276,40 @@ def remove_rmap_item_from_tree(k: K, iref: int) -> None:
             _hlist_del(k, iref)
             k.locks.unlock(k.page_lock(ps), "remove_rmap_item_from_tree")
             memory.put_page(k, page, "remove_rmap_item_from_tree")
-            if k.sn["hfirst"][k.st.stable_node.deref(nref, "remove_rmap_item_from_tree")]:
+            if k.sn.hfirst[k.sn.deref(nref, "remove_rmap_item_from_tree")]:
                 _dec(k, G_PAGES_SHARING, "pages_sharing")
             else:
                 _dec(k, G_PAGES_SHARED, "pages_shared")
             drop_anon_vma(k, iref)
-            k.ri["flags"][k.st.rmap_item.deref(iref, "remove_rmap_item_from_tree")] &= ~STABLE_FLAG
+            k.ri.flags[k.ri.deref(iref, "remove_rmap_item_from_tree")] &= ~STABLE_FLAG
     elif flags & UNSTABLE_FLAG:
-        age = (int(k.g[G_SEQNR]) - int(k.ri["seqnr"][i])) & SEQNR_MASK
+        age = (int(k.g[G_SEQNR]) - k.ri.seqnr[i]) & SEQNR_MASK
         if age > 1:
             raise Failure("bug-on", f"rmap_item[{i}] unstable age {age} > 1", k.fail_details(object=f"rmap_item[{i}]"))
         if age == 0:
             unstable_tree(k).erase(iref)
         _dec(k, G_PAGES_UNSHARED, "pages_unshared")
-        k.ri["flags"][i] &= ~UNSTABLE_FLAG
+        k.ri.flags[i] &= ~UNSTABLE_FLAG
     k.point("remove_rmap_item_from_tree:cond_resched")
 
 
 def free_rmap_item(k: K, iref: int) -> None:
     _dec(k, G_RMAP_ITEMS, "rmap_items")
-    k.ri["mm"][k.st.rmap_item.deref(iref, "free_rmap_item")] = 0
-    k.st.rmap_item.free(iref, "free_rmap_item")
+    k.ri.mm[k.ri.deref(iref, "free_rmap_item")] = 0
+    k.ri.free(iref, "free_rmap_item")
 
 
 def _get_rl(k: K, kind: int, ref: int) -> int:
     if kind == RL_SLOT:
-        return int(k.ms["rmap_list"][k.st.mm_slot.deref(ref, "rmap_list")])
-    return int(k.ri["rmap_next"][k.st.rmap_item.deref(ref, "rmap_list")])
+        return k.ms.rmap_list[k.ms.deref(ref, "rmap_list")]
+    return k.ri.rmap_next[k.ri.deref(ref, "rmap_list")]
 
 
 def _set_rl(k: K, kind: int, ref: int, val: int) -> None:
     if kind == RL_SLOT:
-        k.ms["rmap_list"][k.st.mm_slot.deref(ref, "rmap_list")] = val
+        k.ms.rmap_list[k.ms.deref(ref, "rmap_list")] = val
     else:
-        k.ri["rmap_next"][k.st.rmap_item.deref(ref, "rmap_list")] = val
+        k.ri.rmap_next[k.ri.deref(ref, "rmap_list")] = val
 
 
 def remove_trailing_rmap_items(k: K, kind: int, ref: int) -> None:
@@ -316,16 +317,19 @@ def remove_trailing_rmap_items(k: K, kind: int, ref: int) -> None:
         iref = _get_rl(k, kind, ref)
         if not iref:
             return
-        _set_rl(k, kind, ref, int(k.ri["rmap_next"][k.st.rmap_item.deref(iref, "remove_trailing")]))
+        _set_rl(k, kind, ref, k.ri.rmap_next[k.ri.deref(iref, "remove_trailing")])
         remove_rmap_item_from_tree(k, iref)
         free_rmap_item(k, iref)
 
 
 # -- breaking COW --------------------------------------------------------------------------------------------
 def break_ksm(k: K, vref: int, addr: int) -> int:
-    """Fault a write on a KSM page until the pte no longer maps one (the caller holds mmap_sem)."""
-    v = k.st.vma.deref(vref, "break_ksm")
-    m = k.st.mm.deref(int(k.vm["mm"][v]), "break_ksm")
+    """Fault a write on a KSM page until the pte no longer maps one (the caller holds mmap_sem).
+
+    Simplified: no VM_FAULT_OOM / VM_FAULT_SIGBUS (the model's faults cannot fail), so it always returns 0.
+    """
+    v = k.vm.deref(vref, "break_ksm")
+    m = k.mmc.deref(k.vm.mm[v], "break_ksm")
     while True:
         k.point("break_ksm:cond_resched")
         page = memory.follow_page(k, m, addr, "break_ksm")
@@ -345,18 +349,18 @@ def _vma_for_item(k: K, m: int, addr: int, site: str) -> int:
     vref = _mm.find_vma(k, m, addr)
     if not vref:
         return 0
-    v = k.st.vma.deref(vref, site)
-    if k.vm["start"][v] > addr or not (k.vm["flags"][v] & VM_MERGEABLE) or not k.vm["anon_vma"][v]:
+    v = k.vm.deref(vref, site)
+    if k.vm.start[v] > addr or not (k.vm.flags[v] & VM_MERGEABLE) or not k.vm.anon_vma[v]:
         return 0
     return vref
 
 
 def break_cow(k: K, iref: int) -> None:
     """Undo a merge: drop the rmap_item's anon_vma reference first, then break COW at its address."""
-    i = k.st.rmap_item.deref(iref, "break_cow")
-    mref, addr = int(k.ri["mm"][i]), int(k.ri["address"][i])
+    i = k.ri.deref(iref, "break_cow")
+    mref, addr = k.ri.mm[i], k.ri.address[i]
     drop_anon_vma(k, iref)
-    m = k.st.mm.deref(mref, "break_cow")
+    m = k.mmc.deref(mref, "break_cow")
     k.locks.down_read(k.mmap_sem(m), "break_cow")
     if not _mm.ksm_test_exit(k, m):
         vref = _vma_for_item(k, m, addr, "break_cow")
@@ -366,9 +370,9 @@ def break_cow(k: K, iref: int) -> None:
 
 
 def get_mergeable_page(k: K, iref: int) -> int:
-    i = k.st.rmap_item.deref(iref, "get_mergeable_page")
-    mref, addr = int(k.ri["mm"][i]), int(k.ri["address"][i])
-    m = k.st.mm.deref(mref, "get_mergeable_page")
+    i = k.ri.deref(iref, "get_mergeable_page")
+    mref, addr = k.ri.mm[i], k.ri.address[i]
+    m = k.mmc.deref(mref, "get_mergeable_page")
     k.locks.down_read(k.mmap_sem(m), "get_mergeable_page")
     page = 0
     if not _mm.ksm_test_exit(k, m) and _vma_for_item(k, m, addr, "get_mergeable_page"):
@@ -386,8 +390,8 @@ def write_protect_page(k: K, vref: int, pref: int) -> tuple[int, tuple[int, int]
 
     Returns (err, orig_pte) where orig_pte is (page ref, write bit) as replace_page must find it again.
     """
-    v = k.st.vma.deref(vref, "write_protect_page")
-    m = k.st.mm.deref(int(k.vm["mm"][v]), "write_protect_page")
+    v = k.vm.deref(vref, "write_protect_page")
+    m = k.mmc.deref(k.vm.mm[v], "write_protect_page")
     addr = memory.page_address_in_vma(k, pref, vref, "write_protect_page")
     if addr < 0:
         return EFAULT, (0, 0)
@@ -409,8 +413,8 @@ def write_protect_page(k: K, vref: int, pref: int) -> tuple[int, tuple[int, int]
 
 def replace_page(k: K, vref: int, pref: int, kpref: int, orig: tuple[int, int], check: bool = True) -> int:
     """Point the pte that maps `page` (and still equals orig_pte) at the KSM page `kpage`."""
-    v = k.st.vma.deref(vref, "replace_page")
-    m = k.st.mm.deref(int(k.vm["mm"][v]), "replace_page")
+    v = k.vm.deref(vref, "replace_page")
+    m = k.mmc.deref(k.vm.mm[v], "replace_page")
     addr = memory.page_address_in_vma(k, pref, vref, "replace_page")
     if addr < 0:
         return EFAULT
@@ -432,10 +436,10 @@ def try_to_merge_one_page(k: K, vref: int, pref: int, kpref: int) -> int:
     """Merge `page` into `kpage`; with kpage 0, make `page` itself a KSM page (no allocation, as 2.6.33)."""
     if pref == kpref:  # ksm page forked
         return 0
-    v = k.st.vma.deref(vref, "try_to_merge_one_page")
-    if not k.vm["flags"][v] & VM_MERGEABLE:
+    v = k.vm.deref(vref, "try_to_merge_one_page")
+    if not k.vm.flags[v] & VM_MERGEABLE:
         return EFAULT
-    s = k.st.page.deref(pref, "try_to_merge_one_page")
+    s = k.pg.deref(pref, "try_to_merge_one_page")
     if not memory.PageAnon(k, s):
         return EFAULT
     if not k.locks.trylock(k.page_lock(s), "try_to_merge_one_page:trylock_page"):
@@ -448,8 +452,8 @@ def try_to_merge_one_page(k: K, vref: int, pref: int, kpref: int) -> int:
         wp, orig = 0, (pref, 0)
     if wp == 0:
         if not kpref:
-            k.pg["flags"][s] = PG_ANON | PG_KSM  # set_page_stable_node(page, NULL)
-            k.pg["mapping"][s] = 0
+            k.pg.flags[s] = PG_ANON | PG_KSM  # set_page_stable_node(page, NULL)
+            k.pg.mapping[s] = 0
             err = 0
         elif memcmp_pages(k, pref, kpref) == 0:  # pages_identical
             err = replace_page(k, vref, pref, kpref, orig, careful)
@@ -458,18 +462,18 @@ def try_to_merge_one_page(k: K, vref: int, pref: int, kpref: int) -> int:
 
 
 def try_to_merge_with_ksm_page(k: K, iref: int, pref: int, kpref: int) -> int:
-    i = k.st.rmap_item.deref(iref, "try_to_merge_with_ksm_page")
-    mref, addr = int(k.ri["mm"][i]), int(k.ri["address"][i])
-    m = k.st.mm.deref(mref, "try_to_merge_with_ksm_page")
+    i = k.ri.deref(iref, "try_to_merge_with_ksm_page")
+    mref, addr = k.ri.mm[i], k.ri.address[i]
+    m = k.mmc.deref(mref, "try_to_merge_with_ksm_page")
     k.locks.down_read(k.mmap_sem(m), "try_to_merge_with_ksm_page")
     err = EFAULT
     if not _mm.ksm_test_exit(k, m):
         vref = _mm.find_vma(k, m, addr)
-        if vref and k.vm["start"][k.st.vma.deref(vref, "try_to_merge_with_ksm_page")] <= addr:
+        if vref and k.vm.start[k.vm.deref(vref, "try_to_merge_with_ksm_page")] <= addr:
             err = try_to_merge_one_page(k, vref, pref, kpref)
             if not err:
                 # must take the anon_vma reference while still holding mmap_sem
-                hold_anon_vma(k, iref, int(k.vm["anon_vma"][k.st.vma.deref(vref, "hold_anon_vma")]))
+                hold_anon_vma(k, iref, k.vm.anon_vma[k.vm.deref(vref, "hold_anon_vma")])
     k.locks.up_read(k.mmap_sem(m), "try_to_merge_with_ksm_page")
     return err
 
@@ -499,9 +503,9 @@ def unstable_tree_search_insert(k: K, iref: int, pref: int) -> tuple[int, int]:
         memory.put_page(k, tpage, "unstable_tree_search_insert")
         parent, go_left = node, ret < 0
         node = tree.child(node, go_left)
-    i = k.st.rmap_item.deref(iref, "unstable_tree_search_insert")
-    k.ri["flags"][i] |= UNSTABLE_FLAG
-    k.ri["seqnr"][i] = int(k.g[G_SEQNR]) & SEQNR_MASK
+    i = k.ri.deref(iref, "unstable_tree_search_insert")
+    k.ri.flags[i] |= UNSTABLE_FLAG
+    k.ri.seqnr[i] = int(k.g[G_SEQNR]) & SEQNR_MASK
     tree.link(parent, go_left, iref)
     _inc(k, G_PAGES_UNSHARED)
     return 0, 0
@@ -514,15 +518,15 @@ def cmp_and_merge_page(k: K, pref: int, iref: int) -> None:
         if not try_to_merge_with_ksm_page(k, iref, pref, kpage):
             ks = ref_slot(kpage)
             k.locks.lock(k.page_lock(ks), "cmp_and_merge_page:lock_page")
-            stable_tree_append(k, iref, int(k.pg["mapping"][k.st.page.deref(kpage, "page_stable_node")]))
+            stable_tree_append(k, iref, k.pg.mapping[k.pg.deref(kpage, "page_stable_node")])
             k.locks.unlock(k.page_lock(ks), "cmp_and_merge_page:unlock_page")
         memory.put_page(k, kpage, "cmp_and_merge_page")
         return
     # a page whose checksum changed since the last pass is volatile: keep it out of the unstable tree
     checksum = calc_checksum(k, pref)
-    i = k.st.rmap_item.deref(iref, "cmp_and_merge_page")
-    if int(k.ri["oldchecksum"][i]) != checksum:
-        k.ri["oldchecksum"][i] = checksum
+    i = k.ri.deref(iref, "cmp_and_merge_page")
+    if k.ri.oldchecksum[i] != checksum:
+        k.ri.oldchecksum[i] = checksum
         return
     tiref, tpage = unstable_tree_search_insert(k, iref, pref)
     if not tiref:
@@ -546,23 +550,23 @@ def cmp_and_merge_page(k: K, pref: int, iref: int) -> None:
 
 # -- the scan ------------------------------------------------------------------------------------------------
 def _list_del(k: K, sref: int) -> None:
-    s = k.st.mm_slot.deref(sref, "list_del")
-    prv, nxt = int(k.ms["prev"][s]), int(k.ms["next"][s])
-    k.ms["next"][k.st.mm_slot.deref(prv, "list_del")] = nxt
-    k.ms["prev"][k.st.mm_slot.deref(nxt, "list_del")] = prv
+    s = k.ms.deref(sref, "list_del")
+    prv, nxt = k.ms.prev[s], k.ms.next[s]
+    k.ms.next[k.ms.deref(prv, "list_del")] = nxt
+    k.ms.prev[k.ms.deref(nxt, "list_del")] = prv
 
 
 def _list_insert(k: K, sref: int, prv: int, nxt: int) -> None:
-    s = k.st.mm_slot.deref(sref, "list_add")
-    k.ms["prev"][s], k.ms["next"][s] = prv, nxt
-    k.ms["next"][k.st.mm_slot.deref(prv, "list_add")] = sref
-    k.ms["prev"][k.st.mm_slot.deref(nxt, "list_add")] = sref
+    s = k.ms.deref(sref, "list_add")
+    k.ms.prev[s], k.ms.next[s] = prv, nxt
+    k.ms.next[k.ms.deref(prv, "list_add")] = sref
+    k.ms.prev[k.ms.deref(nxt, "list_add")] = sref
 
 
 def _free_mm_slot(k: K, sref: int, mref: int) -> None:
     """Remove the slot from the list and the mm (caller holds ksm_mmlist_lock), free it, clear the flag."""
     _list_del(k, sref)
-    k.mmc["slot"][k.st.mm.deref(mref, "hlist_del")] = 0
+    k.mmc.slot[k.mmc.deref(mref, "hlist_del")] = 0
 
 
 def get_next_rmap_item(k: K, sref: int, kind: int, ref: int, addr: int) -> int:
@@ -570,21 +574,21 @@ def get_next_rmap_item(k: K, sref: int, kind: int, ref: int, addr: int) -> int:
         iref = _get_rl(k, kind, ref)
         if not iref:
             break
-        i = k.st.rmap_item.deref(iref, "get_next_rmap_item")
-        a = int(k.ri["address"][i])
+        i = k.ri.deref(iref, "get_next_rmap_item")
+        a = k.ri.address[i]
         if a == addr:
             return iref
         if a > addr:
             break
-        _set_rl(k, kind, ref, int(k.ri["rmap_next"][i]))
+        _set_rl(k, kind, ref, k.ri.rmap_next[i])
         remove_rmap_item_from_tree(k, iref)
         free_rmap_item(k, iref)
-    iref = k.st.rmap_item.alloc("alloc_rmap_item")
+    iref = k.ri.alloc("alloc_rmap_item")
     _inc(k, G_RMAP_ITEMS)
     i = ref_slot(iref)
-    k.ri["mm"][i] = k.ms["mm"][k.st.mm_slot.deref(sref, "get_next_rmap_item")]
-    k.ri["address"][i] = addr
-    k.ri["rmap_next"][i] = _get_rl(k, kind, ref)
+    k.ri.mm[i] = k.ms.mm[k.ms.deref(sref, "get_next_rmap_item")]
+    k.ri.address[i] = addr
+    k.ri.rmap_next[i] = _get_rl(k, kind, ref)
     _set_rl(k, kind, ref, iref)
     return iref
 
@@ -593,13 +597,13 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
     """The next (rmap_item, page) of the scan, or (0, 0) at the end of a full pass (seqnr++)."""
     g = k.g
     head = k.st.ksm_mm_head
-    if int(k.ms["next"][0]) == head:
+    if ksm_mm_list_empty(k):
         return 0, 0
     sref = int(g[G_SCAN_SLOT])
     if sref == head:
         unstable_tree(k).reset()  # root_unstable_tree = RB_ROOT
         k.locks.lock(k.ksm_mmlist_lock, "scan_get_next_rmap_item")
-        sref = int(k.ms["next"][0])
+        sref = k.ms.next[MM_SLOT_HEAD]
         g[G_SCAN_SLOT] = sref
         k.locks.unlock(k.ksm_mmlist_lock, "scan_get_next_rmap_item")
         # Deviation from 2.6.33, which lacks this recheck: a racing __ksm_exit of the last mm may have emptied the
@@ -609,21 +613,21 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
             return 0, 0
         g[G_SCAN_ADDRESS], g[G_SCAN_RL_KIND], g[G_SCAN_RL_REF] = 0, RL_SLOT, sref
     while True:  # next_mm:
-        s = k.st.mm_slot.deref(sref, "scan_get_next_rmap_item")
-        mref = int(k.ms["mm"][s])
-        m = k.st.mm.deref(mref, "scan_get_next_rmap_item")
+        s = k.ms.deref(sref, "scan_get_next_rmap_item")
+        mref = k.ms.mm[s]
+        m = k.mmc.deref(mref, "scan_get_next_rmap_item")
         sem = not k.bug("ksmd-no-mmap-sem")  # the defect: walk the vmas while their owner may unmap them
         if sem:
             k.locks.down_read(k.mmap_sem(m), "scan_get_next_rmap_item")
         vref = 0 if _mm.ksm_test_exit(k, m) else _mm.find_vma(k, m, int(g[G_SCAN_ADDRESS]))
         while vref:
-            v = k.st.vma.deref(vref, "scan_get_next_rmap_item")
-            if k.vm["flags"][v] & VM_MERGEABLE:
-                if g[G_SCAN_ADDRESS] < k.vm["start"][v]:
-                    g[G_SCAN_ADDRESS] = k.vm["start"][v]
-                if not k.vm["anon_vma"][v]:
-                    g[G_SCAN_ADDRESS] = k.vm["end"][v]
-                while g[G_SCAN_ADDRESS] < k.vm["end"][v]:
+            v = k.vm.deref(vref, "scan_get_next_rmap_item")
+            if k.vm.flags[v] & VM_MERGEABLE:
+                if g[G_SCAN_ADDRESS] < k.vm.start[v]:
+                    g[G_SCAN_ADDRESS] = k.vm.start[v]
+                if not k.vm.anon_vma[v]:
+                    g[G_SCAN_ADDRESS] = k.vm.end[v]
+                while g[G_SCAN_ADDRESS] < k.vm.end[v]:
                     if _mm.ksm_test_exit(k, m):
                         break
                     addr = int(g[G_SCAN_ADDRESS])
@@ -641,19 +645,19 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
                     k.point("scan_get_next_rmap_item:cond_resched")
                 if _mm.ksm_test_exit(k, m):
                     break
-            vref = int(k.vm["next"][k.st.vma.deref(vref, "scan_get_next_rmap_item")])
+            vref = k.vm.next[k.vm.deref(vref, "scan_get_next_rmap_item")]
         if _mm.ksm_test_exit(k, m):
             g[G_SCAN_ADDRESS], g[G_SCAN_RL_KIND], g[G_SCAN_RL_REF] = 0, RL_SLOT, sref
         # nuke all the rmap_items that are above this current rmap
         remove_trailing_rmap_items(k, int(g[G_SCAN_RL_KIND]), int(g[G_SCAN_RL_REF]))
         k.locks.lock(k.ksm_mmlist_lock, "scan_get_next_rmap_item")
-        g[G_SCAN_SLOT] = k.ms["next"][k.st.mm_slot.deref(sref, "scan_get_next_rmap_item")]
+        g[G_SCAN_SLOT] = k.ms.next[k.ms.deref(sref, "scan_get_next_rmap_item")]
         if g[G_SCAN_ADDRESS] == 0:
             # a full scan of this mm found no VM_MERGEABLE area (or it is exiting): forget it, as __ksm_exit does
             _free_mm_slot(k, sref, mref)
             k.locks.unlock(k.ksm_mmlist_lock, "scan_get_next_rmap_item")
-            k.st.mm_slot.free(sref, "free_mm_slot")
-            k.mmc["flags"][k.st.mm.deref(mref, "clear_bit")] &= ~MMF_VM_MERGEABLE
+            k.ms.free(sref, "free_mm_slot")
+            k.mmc.flags[k.mmc.deref(mref, "clear_bit")] &= ~MMF_VM_MERGEABLE
             if sem:
                 k.locks.up_read(k.mmap_sem(m), "scan_get_next_rmap_item")
             _mm.mmdrop(k, mref, "scan_get_next_rmap_item")
@@ -670,7 +674,7 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
 
 
 def in_stable_tree(k: K, iref: int) -> bool:
-    return bool(k.ri["flags"][k.st.rmap_item.deref(iref, "in_stable_tree")] & STABLE_FLAG)
+    return bool(k.ri.flags[k.ri.deref(iref, "in_stable_tree")] & STABLE_FLAG)
 
 
 def ksm_do_scan(k: K, scan_npages: int) -> None:
@@ -679,19 +683,25 @@ def ksm_do_scan(k: K, scan_npages: int) -> None:
         iref, page = scan_get_next_rmap_item(k)
         if not iref:
             return
-        if not memory.PageKsm(k, k.st.page.deref(page, "ksm_do_scan")) or not in_stable_tree(k, iref):
+        if not memory.PageKsm(k, k.pg.deref(page, "ksm_do_scan")) or not in_stable_tree(k, iref):
             cmp_and_merge_page(k, page, iref)
         memory.put_page(k, page, "ksm_do_scan")
 
 
+def ksm_mm_list_empty(k: K) -> bool:
+    """list_empty(&ksm_mm_head.mm_list): no mm is registered with ksmd."""
+    return k.ms.next[MM_SLOT_HEAD] == k.st.ksm_mm_head
+
+
 def ksmd_should_run(k: K) -> bool:
-    return bool(k.g[G_RUN] & KSM_RUN_MERGE) and int(k.ms["next"][0]) != k.st.ksm_mm_head
+    return bool(k.g[G_RUN] & KSM_RUN_MERGE) and not ksm_mm_list_empty(k)
 
 
 # -- madvise, fork, exit -------------------------------------------------------------------------------------
 def unmerge_ksm_pages(k: K, vref: int, start: int, end: int) -> int:
-    v = k.st.vma.deref(vref, "unmerge_ksm_pages")
-    m = k.st.mm.deref(int(k.vm["mm"][v]), "unmerge_ksm_pages")
+    """break_ksm over [start, end). Simplified: no signal_pending() / -ERESTARTSYS (model tasks get no signals)."""
+    v = k.vm.deref(vref, "unmerge_ksm_pages")
+    m = k.mmc.deref(k.vm.mm[v], "unmerge_ksm_pages")
     for addr in range(start, end):
         if _mm.ksm_test_exit(k, m):
             break
@@ -702,60 +712,64 @@ def unmerge_ksm_pages(k: K, vref: int, start: int, end: int) -> int:
 
 
 def ksm_madvise(k: K, vref: int, advice: int) -> int:
-    """MADV_MERGEABLE registers the mm with ksmd; MADV_UNMERGEABLE breaks every KSM page of the vma."""
-    v = k.st.vma.deref(vref, "ksm_madvise")
+    """MADV_MERGEABLE registers the mm with ksmd; MADV_UNMERGEABLE breaks every KSM page of the vma.
+
+    Simplified: every model vma is private anonymous memory, so 2.6.33's refusal of VM_SHARED, VM_PFNMAP,
+    VM_HUGETLB... vmas has nothing to refuse.
+    """
+    v = k.vm.deref(vref, "ksm_madvise")
     if advice == MADV_MERGEABLE:
-        if k.vm["flags"][v] & VM_MERGEABLE:
+        if k.vm.flags[v] & VM_MERGEABLE:
             return 0
-        mref = int(k.vm["mm"][v])
-        if not k.mmc["flags"][k.st.mm.deref(mref, "ksm_madvise")] & MMF_VM_MERGEABLE:
+        mref = k.vm.mm[v]
+        if not k.mmc.flags[k.mmc.deref(mref, "ksm_madvise")] & MMF_VM_MERGEABLE:
             __ksm_enter(k, mref)
-        k.vm["flags"][k.st.vma.deref(vref, "ksm_madvise")] |= VM_MERGEABLE
+        k.vm.flags[k.vm.deref(vref, "ksm_madvise")] |= VM_MERGEABLE
         return 0
-    if not k.vm["flags"][v] & VM_MERGEABLE:
+    if not k.vm.flags[v] & VM_MERGEABLE:
         return 0
-    if k.vm["anon_vma"][v]:
-        err = unmerge_ksm_pages(k, vref, int(k.vm["start"][v]), int(k.vm["end"][v]))
+    if k.vm.anon_vma[v]:
+        err = unmerge_ksm_pages(k, vref, k.vm.start[v], k.vm.end[v])
         if err:
             return err
-    k.vm["flags"][k.st.vma.deref(vref, "ksm_madvise")] &= ~VM_MERGEABLE
+    k.vm.flags[k.vm.deref(vref, "ksm_madvise")] &= ~VM_MERGEABLE
     return 0
 
 
 def __ksm_enter(k: K, mref: int) -> None:  # noqa: N807 - the kernel's name
-    sref = k.st.mm_slot.alloc("alloc_mm_slot")
-    k.ms["mm"][ref_slot(sref)] = mref
+    sref = k.ms.alloc("alloc_mm_slot")
+    k.ms.mm[ref_slot(sref)] = mref
     k.locks.lock(k.ksm_mmlist_lock, "__ksm_enter")
-    m = k.st.mm.deref(mref, "__ksm_enter")
-    k.mmc["slot"][m] = sref
+    m = k.mmc.deref(mref, "__ksm_enter")
+    k.mmc.slot[m] = sref
     # insert just behind the scanning cursor, to let the area settle down a little
     cursor = int(k.g[G_SCAN_SLOT])
-    _list_insert(k, sref, int(k.ms["prev"][k.st.mm_slot.deref(cursor, "__ksm_enter")]), cursor)
+    _list_insert(k, sref, k.ms.prev[k.ms.deref(cursor, "__ksm_enter")], cursor)
     k.locks.unlock(k.ksm_mmlist_lock, "__ksm_enter")
-    m = k.st.mm.deref(mref, "__ksm_enter")
-    k.mmc["flags"][m] |= MMF_VM_MERGEABLE
-    k.atomic_add(k.mmc["mmcount"], m, 1)
+    m = k.mmc.deref(mref, "__ksm_enter")
+    k.mmc.flags[m] |= MMF_VM_MERGEABLE
+    k.atomic_add(k.mmc.mmcount, m, 1)
 
 
 def __ksm_exit(k: K, mref: int) -> None:  # noqa: N807
     """Free the mm_slot now if ksmd holds nothing for it; else leave that to ksmd, after an mmap_sem handshake
     that waits out any ksmd pass already inside this mm."""
     k.locks.lock(k.ksm_mmlist_lock, "__ksm_exit")
-    m = k.st.mm.deref(mref, "__ksm_exit")
-    sref = int(k.mmc["slot"][m])
+    m = k.mmc.deref(mref, "__ksm_exit")
+    sref = k.mmc.slot[m]
     easy_to_free = False
     if sref and sref != int(k.g[G_SCAN_SLOT]):
-        if not k.ms["rmap_list"][k.st.mm_slot.deref(sref, "__ksm_exit")]:
+        if not k.ms.rmap_list[k.ms.deref(sref, "__ksm_exit")]:
             _free_mm_slot(k, sref, mref)
             easy_to_free = True
         else:
             _list_del(k, sref)  # list_move: just after the cursor
             cursor = int(k.g[G_SCAN_SLOT])
-            _list_insert(k, sref, cursor, int(k.ms["next"][k.st.mm_slot.deref(cursor, "__ksm_exit")]))
+            _list_insert(k, sref, cursor, k.ms.next[k.ms.deref(cursor, "__ksm_exit")])
     k.locks.unlock(k.ksm_mmlist_lock, "__ksm_exit")
     if easy_to_free:
-        k.st.mm_slot.free(sref, "free_mm_slot")
-        k.mmc["flags"][k.st.mm.deref(mref, "__ksm_exit")] &= ~MMF_VM_MERGEABLE
+        k.ms.free(sref, "free_mm_slot")
+        k.mmc.flags[k.mmc.deref(mref, "__ksm_exit")] &= ~MMF_VM_MERGEABLE
         _mm.mmdrop(k, mref, "__ksm_exit")
     elif sref:
         k.locks.down_write(k.mmap_sem(m), "__ksm_exit")
@@ -763,12 +777,12 @@ def __ksm_exit(k: K, mref: int) -> None:  # noqa: N807
 
 
 def ksm_exit(k: K, mref: int) -> None:
-    if k.mmc["flags"][k.st.mm.deref(mref, "ksm_exit")] & MMF_VM_MERGEABLE:
+    if k.mmc.flags[k.mmc.deref(mref, "ksm_exit")] & MMF_VM_MERGEABLE:
         __ksm_exit(k, mref)
 
 
 def ksm_fork(k: K, mref: int, oldref: int) -> None:
-    if k.mmc["flags"][k.st.mm.deref(oldref, "ksm_fork")] & MMF_VM_MERGEABLE:
+    if k.mmc.flags[k.mmc.deref(oldref, "ksm_fork")] & MMF_VM_MERGEABLE:
         __ksm_enter(k, mref)
 
 
@@ -777,29 +791,29 @@ def unmerge_and_remove_all_rmap_items(k: K) -> int:
     g = k.g
     head = k.st.ksm_mm_head
     k.locks.lock(k.ksm_mmlist_lock, "unmerge_and_remove_all_rmap_items")
-    g[G_SCAN_SLOT] = k.ms["next"][0]
+    g[G_SCAN_SLOT] = k.ms.next[MM_SLOT_HEAD]
     k.locks.unlock(k.ksm_mmlist_lock, "unmerge_and_remove_all_rmap_items")
     while int(g[G_SCAN_SLOT]) != head:
         sref = int(g[G_SCAN_SLOT])
-        mref = int(k.ms["mm"][k.st.mm_slot.deref(sref, "unmerge_and_remove_all_rmap_items")])
-        m = k.st.mm.deref(mref, "unmerge_and_remove_all_rmap_items")
+        mref = k.ms.mm[k.ms.deref(sref, "unmerge_and_remove_all_rmap_items")]
+        m = k.mmc.deref(mref, "unmerge_and_remove_all_rmap_items")
         k.locks.down_read(k.mmap_sem(m), "unmerge_and_remove_all_rmap_items")
-        vref = int(k.mmc["mmap"][m])
+        vref = k.mmc.mmap[m]
         while vref:
             if _mm.ksm_test_exit(k, m):  # before touching the vma: exit_mmap may be freeing them
                 break
-            v = k.st.vma.deref(vref, "unmerge_and_remove_all_rmap_items")
-            if k.vm["flags"][v] & VM_MERGEABLE and k.vm["anon_vma"][v]:
-                unmerge_ksm_pages(k, vref, int(k.vm["start"][v]), int(k.vm["end"][v]))
-            vref = int(k.vm["next"][k.st.vma.deref(vref, "unmerge_and_remove_all_rmap_items")])
+            v = k.vm.deref(vref, "unmerge_and_remove_all_rmap_items")
+            if k.vm.flags[v] & VM_MERGEABLE and k.vm.anon_vma[v]:
+                unmerge_ksm_pages(k, vref, k.vm.start[v], k.vm.end[v])
+            vref = k.vm.next[k.vm.deref(vref, "unmerge_and_remove_all_rmap_items")]
         remove_trailing_rmap_items(k, RL_SLOT, sref)
         k.locks.lock(k.ksm_mmlist_lock, "unmerge_and_remove_all_rmap_items")
-        g[G_SCAN_SLOT] = k.ms["next"][k.st.mm_slot.deref(sref, "unmerge_and_remove_all_rmap_items")]
+        g[G_SCAN_SLOT] = k.ms.next[k.ms.deref(sref, "unmerge_and_remove_all_rmap_items")]
         if _mm.ksm_test_exit(k, m):
             _free_mm_slot(k, sref, mref)
             k.locks.unlock(k.ksm_mmlist_lock, "unmerge_and_remove_all_rmap_items")
-            k.st.mm_slot.free(sref, "free_mm_slot")
-            k.mmc["flags"][m] &= ~MMF_VM_MERGEABLE
+            k.ms.free(sref, "free_mm_slot")
+            k.mmc.flags[m] &= ~MMF_VM_MERGEABLE
             k.locks.up_read(k.mmap_sem(m), "unmerge_and_remove_all_rmap_items")
             _mm.mmdrop(k, mref, "unmerge_and_remove_all_rmap_items")
         else:
@@ -828,7 +842,7 @@ def prune_stale_stable_nodes(k: K) -> None:
     """
     k.locks.lock(k.ksm_thread_mutex, "prune_stale_stable_nodes")
     for nref in stable_tree(k).nodes():
-        if not k.st.stable_node.is_live(nref):
+        if not k.sn.is_live(nref):
             continue
         page = get_ksm_page(k, nref)
         if page:
@@ -838,8 +852,8 @@ def prune_stale_stable_nodes(k: K) -> None:
 
 # -- rmap walks of a KSM page --------------------------------------------------------------------------------
 def _walk_items(k: K, pref: int, site: str) -> tuple[int, list[int]]:
-    s = k.st.page.deref(pref, site)
-    nref = int(k.pg["mapping"][s])
+    s = k.pg.deref(pref, site)
+    nref = k.pg.mapping[s]
     return nref, (_hlist(k, nref, site) if nref else [])
 
 
@@ -856,15 +870,15 @@ def try_to_unmap_ksm(k: K, pref: int, swap: int) -> int:
     done = False
     while not done:
         for iref in items:
-            i = k.st.rmap_item.deref(iref, "try_to_unmap_ksm")
-            avref, addr, imm = int(k.ri["anon_vma"][i]), int(k.ri["address"][i]), int(k.ri["mm"][i])
-            lid = k.av_lock(k.st.anon_vma.deref(avref, "try_to_unmap_ksm:spin_lock"))
+            i = k.ri.deref(iref, "try_to_unmap_ksm")
+            avref, addr, imm = k.ri.anon_vma[i], k.ri.address[i], k.ri.mm[i]
+            lid = k.av_lock(k.av.deref(avref, "try_to_unmap_ksm:spin_lock"))
             k.locks.lock(lid, "try_to_unmap_ksm")
             for vref in rmap.anon_vma_vmas(k, avref, "try_to_unmap_ksm"):
-                v = k.st.vma.deref(vref, "try_to_unmap_ksm")
-                if addr < k.vm["start"][v] or addr >= k.vm["end"][v]:
+                v = k.vm.deref(vref, "try_to_unmap_ksm")
+                if addr < k.vm.start[v] or addr >= k.vm.end[v]:
                     continue
-                if (imm == int(k.vm["mm"][v])) == bool(search_new_forks):
+                if (imm == k.vm.mm[v]) == bool(search_new_forks):
                     continue
                 ret = rmap.try_to_unmap_one(k, pref, vref, addr, swap, token)
                 if ret != rmap.SWAP_AGAIN or not rmap.page_mapped(k, s):
@@ -891,15 +905,15 @@ def page_referenced_ksm(k: K, pref: int) -> int:
     search_new_forks = 0
     while True:
         for iref in items:
-            i = k.st.rmap_item.deref(iref, "page_referenced_ksm")
-            avref, addr, imm = int(k.ri["anon_vma"][i]), int(k.ri["address"][i]), int(k.ri["mm"][i])
-            lid = k.av_lock(k.st.anon_vma.deref(avref, "page_referenced_ksm:spin_lock"))
+            i = k.ri.deref(iref, "page_referenced_ksm")
+            avref, addr, imm = k.ri.anon_vma[i], k.ri.address[i], k.ri.mm[i]
+            lid = k.av_lock(k.av.deref(avref, "page_referenced_ksm:spin_lock"))
             k.locks.lock(lid, "page_referenced_ksm")
             for vref in rmap.anon_vma_vmas(k, avref, "page_referenced_ksm"):
-                v = k.st.vma.deref(vref, "page_referenced_ksm")
-                if addr < k.vm["start"][v] or addr >= k.vm["end"][v]:
+                v = k.vm.deref(vref, "page_referenced_ksm")
+                if addr < k.vm.start[v] or addr >= k.vm.end[v]:
                     continue
-                if (imm == int(k.vm["mm"][v])) == bool(search_new_forks):
+                if (imm == k.vm.mm[v]) == bool(search_new_forks):
                     continue
                 referenced += rmap.page_referenced_one(k, pref, vref, addr, mapcount, token)
                 if not search_new_forks or not mapcount[0]:

@@ -21,32 +21,32 @@ VM_FAULT_WRITE = 1  # the fault made the pte writable (break_ksm loops until it 
 # -- struct page and the page allocator ------------------------------------------------------------------
 def alloc_page(k: K, site: str) -> int:
     """alloc_page(GFP_HIGHUSER_MOVABLE) + clear_user_highpage: a zeroed frame with one reference."""
-    ref = k.st.page.alloc(site)
+    ref = k.pg.alloc(site)
     s = ref_slot(ref)
-    k.pg["count"][s] = 1
+    k.pg.count[s] = 1
     k.st.frames[s, :] = 0
     return ref
 
 
 def get_page(k: K, pref: int, site: str) -> None:
-    s = k.st.page.deref(pref, site)
-    k.atomic_add(k.pg["count"], s, 1)
+    s = k.pg.deref(pref, site)
+    k.atomic_add(k.pg.count, s, 1)
 
 
 def get_page_unless_zero(k: K, s: int) -> int:
     """A reference on the page in frame s if it is still allocated (an LRU isolate of a page that may be freed
     concurrently); 0 if it is gone."""
     with k.guard:
-        if k.st.page._state[s] != 1 or k.pg["count"][s] <= 0:
+        if not k.pg.slot_live(s) or k.pg.count[s] <= 0:
             return 0
-        k.pg["count"][s] += 1
+        k.pg.count[s] += 1
         return k.page_ref(s)
 
 
 def put_page(k: K, pref: int, site: str) -> None:
     """Drop a reference; the last one frees the frame (the traversal detector checks no pte still maps it)."""
-    s = k.st.page.deref(pref, site)
-    c = k.atomic_add(k.pg["count"], s, -1)
+    s = k.pg.deref(pref, site)
+    c = k.atomic_add(k.pg.count, s, -1)
     if c < 0:
         raise Failure(
             "refcount-underflow",
@@ -55,36 +55,36 @@ def put_page(k: K, pref: int, site: str) -> None:
         )
     if c == 0:
         k.hooks.page_freeing(k, pref, site)
-        k.pg["flags"][s] = 0
-        k.pg["mapping"][s] = 0  # free_hot_cold_page clears an anon page's mapping: get_ksm_page relies on it
-        k.pg["mapcount"][s] = 0
-        k.st.page.free(pref, site)
+        k.pg.flags[s] = 0
+        k.pg.mapping[s] = 0  # free_hot_cold_page clears an anon page's mapping: get_ksm_page relies on it
+        k.pg.mapcount[s] = 0
+        k.pg.free(pref, site)
 
 
 def PageAnon(k: K, s: int) -> bool:  # noqa: N802 - the kernel's name
-    return bool(k.pg["flags"][s] & PG_ANON)
+    return bool(k.pg.flags[s] & PG_ANON)
 
 
 def PageKsm(k: K, s: int) -> bool:  # noqa: N802
-    return bool(k.pg["flags"][s] & PG_KSM)
+    return bool(k.pg.flags[s] & PG_KSM)
 
 
 def page_mapcount(k: K, s: int) -> int:
-    return int(k.pg["mapcount"][s])
+    return k.pg.mapcount[s]
 
 
 def page_count(k: K, s: int) -> int:
-    return int(k.pg["count"][s])
+    return k.pg.count[s]
 
 
 def page_address_in_vma(k: K, pref: int, vref: int, site: str) -> int:
     """The address `page` has in `vma`, or -1 (-EFAULT) when the vma is not in the page's anon_vma."""
-    s = k.st.page.deref(pref, site)
-    v = k.st.vma.deref(vref, site)
-    if PageAnon(k, s) and not PageKsm(k, s) and k.vm["anon_vma"][v] != k.pg["mapping"][s]:
+    s = k.pg.deref(pref, site)
+    v = k.vm.deref(vref, site)
+    if PageAnon(k, s) and not PageKsm(k, s) and k.vm.anon_vma[v] != k.pg.mapping[s]:
         return -1
-    a = int(k.pg["index"][s])
-    if not (k.vm["start"][v] <= a < k.vm["end"][v]):
+    a = k.pg.index[s]
+    if not (k.vm.start[v] <= a < k.vm.end[v]):
         return -1
     return a
 
@@ -156,7 +156,7 @@ def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
     """
     ptl = k.ptl(m)
     _kind, old, _w = pte_get(k, m, addr)
-    s = k.st.page.deref(old, "do_wp_page")
+    s = k.pg.deref(old, "do_wp_page")
     if PageAnon(k, s) and not PageKsm(k, s):
         if k.locks.trylock(k.page_lock(s), "do_wp_page:trylock_page"):
             reuse = reuse_swap_page(k, s)
@@ -170,7 +170,7 @@ def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
     rmap.anon_vma_prepare(k, vref)
     new = alloc_page(k, "do_wp_page:cow")
     ns = ref_slot(new)
-    k.st.frames[ns, :] = k.st.frames[k.st.page.deref(old, "cow_user_page"), :]
+    k.st.frames[ns, :] = k.st.frames[k.pg.deref(old, "cow_user_page"), :]
     k.locks.lock(ptl, "do_wp_page:relock")
     ret = 0
     kind, cur, _w = pte_get(k, m, addr)
@@ -222,7 +222,7 @@ def do_swap_page(k: K, m: int, vref: int, addr: int, write: bool) -> int:
 
 def swap_free(k: K, sref: int, site: str) -> None:
     ss = k.st.swap.deref(sref, site)
-    c = k.atomic_add(k.st.swap.v["count"], ss, -1)
+    c = k.atomic_add(k.st.swap.count, ss, -1)
     if c < 0:
         raise Failure(
             "refcount-underflow",
@@ -239,22 +239,22 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
     reference each; swap entries get one more swap count. No rmap_item is made: ksmd has not seen the child."""
     st = k.st
     v = st.vma.deref(vref, "copy_page_range")
-    start, end = int(k.vm["start"][v]), int(k.vm["end"][v])
+    start, end = k.vm.start[v], k.vm.end[v]
     ptl, dst_ptl = k.ptl(src), k.ptl(dst)
     skip_ksm = k.bug("fork-no-mapcount")  # the defect: a KSM pte copied without raising the page's mapcount
     k.locks.lock(dst_ptl, "copy_pte_range")  # the child's ptes are reachable by rmap walks already
-    k.locks.lock(ptl, "copy_pte_range:src_ptl")  # spin_lock_nested(src_ptl, SINGLE_DEPTH_NESTING)
+    k.locks.lock_nested(ptl, "copy_pte_range:src_ptl")  # spin_lock_nested(src_ptl, SINGLE_DEPTH_NESTING)
     for addr in range(start, end):
         kind, ref, _w = pte_get(k, src, addr)
         if kind == PTE_PRESENT:
             get_page(k, ref, "copy_one_pte")
-            if not (skip_ksm and k.pg["flags"][k.st.page.deref(ref, "copy_one_pte")] & PG_KSM):
+            if not (skip_ksm and k.pg.flags[k.pg.deref(ref, "copy_one_pte")] & PG_KSM):
                 rmap.page_dup_rmap(k, ref)
             st.pte_write[src, addr] = 0  # ptep_set_wrprotect: COW in the parent
             pte_set(k, dst, addr, PTE_PRESENT, ref, 0)
         elif kind == PTE_SWAP:
             ss = st.swap.deref(ref, "copy_one_pte:swap_duplicate")
-            k.atomic_add(st.swap.v["count"], ss, 1)
+            k.atomic_add(st.swap.count, ss, 1)
             pte_set(k, dst, addr, PTE_SWAP, ref, 0)
     k.locks.unlock(ptl, "copy_pte_range:src_ptl")
     k.locks.unlock(dst_ptl, "copy_pte_range")
@@ -291,7 +291,7 @@ def user_write(k: K, m: int, addr: int, data: np.ndarray) -> bool:
         k.locks.lock(ptl, "user_write")
         kind, ref, w = pte_get(k, m, addr)
         if kind == PTE_PRESENT and w:
-            k.st.frames[k.st.page.deref(ref, "user_write"), :] = data
+            k.st.frames[k.pg.deref(ref, "user_write"), :] = data
             k.locks.unlock(ptl, "user_write")
             return True
         k.locks.unlock(ptl, "user_write")
@@ -308,7 +308,7 @@ def user_read(k: K, m: int, addr: int) -> np.ndarray | None:
         k.locks.lock(ptl, "user_read")
         kind, ref, _w = pte_get(k, m, addr)
         if kind == PTE_PRESENT:
-            data = k.st.frames[k.st.page.deref(ref, "user_read"), :].copy()
+            data = k.st.frames[k.pg.deref(ref, "user_read"), :].copy()
             k.locks.unlock(ptl, "user_read")
             return data
         k.locks.unlock(ptl, "user_read")

@@ -15,10 +15,10 @@ from .state import PTE_NONE, VM_MERGEABLE, K
 # -- mm_struct -----------------------------------------------------------------------------------------------
 def mm_alloc(k: K) -> int:
     """A new mm with one user and one count (mm_users / mm_count)."""
-    mref = k.st.mm.alloc("mm_alloc")
+    mref = k.mmc.alloc("mm_alloc")
     m = ref_slot(mref)
-    k.mmc["users"][m] = 1
-    k.mmc["mmcount"][m] = 1
+    k.mmc.users[m] = 1
+    k.mmc.mmcount[m] = 1
     k.st.pte_kind[m, :] = PTE_NONE
     k.st.pte_ref[m, :] = 0
     k.st.pte_write[m, :] = 0
@@ -26,17 +26,13 @@ def mm_alloc(k: K) -> int:
     return mref
 
 
-def mm_slot_of(k: K, mref: int, site: str) -> int:
-    return k.st.mm.deref(mref, site)
-
-
 def ksm_test_exit(k: K, m: int) -> bool:
-    return k.mmc["users"][m] == 0
+    return k.mmc.users[m] == 0
 
 
 def mmdrop(k: K, mref: int, site: str) -> None:
-    m = k.st.mm.deref(mref, site)
-    c = k.atomic_add(k.mmc["mmcount"], m, -1)
+    m = k.mmc.deref(mref, site)
+    c = k.atomic_add(k.mmc.mmcount, m, -1)
     if c < 0:
         raise Failure(
             "refcount-underflow",
@@ -44,13 +40,13 @@ def mmdrop(k: K, mref: int, site: str) -> None:
             k.fail_details(object=f"mm_struct[{m}]", site=site),
         )
     if c == 0:
-        k.st.mm.free(mref, site)
+        k.mmc.free(mref, site)
 
 
 def mmput(k: K, mref: int) -> None:
     """The last user is gone: ksm_exit (with its mmap_sem handshake), then exit_mmap, then mmdrop."""
-    m = k.st.mm.deref(mref, "mmput")
-    if k.atomic_add(k.mmc["users"], m, -1) == 0:
+    m = k.mmc.deref(mref, "mmput")
+    if k.atomic_add(k.mmc.users, m, -1) == 0:
         ksm.ksm_exit(k, mref)
         exit_mmap(k, mref)
         mmdrop(k, mref, "mmput")
@@ -58,77 +54,77 @@ def mmput(k: K, mref: int) -> None:
 
 def exit_mmap(k: K, mref: int) -> None:
     """Tear down every vma: zap all ptes first (unmap_vmas), then unlink and free each vma (free_pgtables)."""
-    m = k.st.mm.deref(mref, "exit_mmap")
+    m = k.mmc.deref(mref, "exit_mmap")
     vmas = vma_list(k, m)
     for vref in vmas:
-        v = k.st.vma.deref(vref, "exit_mmap")
-        memory.zap_pte_range(k, m, int(k.vm["start"][v]), int(k.vm["end"][v]))
+        v = k.vm.deref(vref, "exit_mmap")
+        memory.zap_pte_range(k, m, k.vm.start[v], k.vm.end[v])
     for vref in vmas:
         rmap.anon_vma_unlink(k, vref)
-        k.st.vma.free(vref, "exit_mmap:remove_vma")
-    k.mmc["mmap"][m] = 0
+        k.vm.free(vref, "exit_mmap:remove_vma")
+    k.mmc.mmap[m] = 0
 
 
 # -- the vma list --------------------------------------------------------------------------------------------
 def vma_list(k: K, m: int) -> list[int]:
-    out, vref = [], int(k.mmc["mmap"][m])
+    out, vref = [], k.mmc.mmap[m]
     while vref:
         out.append(vref)
-        vref = int(k.vm["next"][k.st.vma.deref(vref, "vma_list")])
+        vref = k.vm.next[k.vm.deref(vref, "vma_list")]
     return out
 
 
 def find_vma(k: K, m: int, addr: int) -> int:
     """The first vma with vm_end > addr (it may start above addr), or 0."""
-    vref = int(k.mmc["mmap"][m])
+    vref = k.mmc.mmap[m]
     while vref:
-        v = k.st.vma.deref(vref, "find_vma")
-        if k.vm["end"][v] > addr:
+        v = k.vm.deref(vref, "find_vma")
+        if k.vm.end[v] > addr:
             return vref
-        vref = int(k.vm["next"][v])
+        vref = k.vm.next[v]
     return 0
 
 
 def _link_vma(k: K, m: int, vref: int) -> None:
     """Insert into the mm's address-ordered list (__vma_link_list)."""
-    v = k.st.vma.deref(vref, "vma_link")
-    start = int(k.vm["start"][v])
-    prev, cur = 0, int(k.mmc["mmap"][m])
-    while cur and k.vm["start"][k.st.vma.deref(cur, "vma_link")] < start:
-        prev, cur = cur, int(k.vm["next"][k.st.vma.deref(cur, "vma_link")])
-    k.vm["next"][v] = cur
+    v = k.vm.deref(vref, "vma_link")
+    start = k.vm.start[v]
+    prev, cur = 0, k.mmc.mmap[m]
+    while cur and k.vm.start[k.vm.deref(cur, "vma_link")] < start:
+        prev, cur = cur, k.vm.next[k.vm.deref(cur, "vma_link")]
+    k.vm.next[v] = cur
     if prev:
-        k.vm["next"][k.st.vma.deref(prev, "vma_link")] = vref
+        k.vm.next[k.vm.deref(prev, "vma_link")] = vref
     else:
-        k.mmc["mmap"][m] = vref
+        k.mmc.mmap[m] = vref
 
 
 def _unlink_vma(k: K, m: int, vref: int) -> None:
-    prev, cur = 0, int(k.mmc["mmap"][m])
+    prev, cur = 0, k.mmc.mmap[m]
     while cur and cur != vref:
-        prev, cur = cur, int(k.vm["next"][k.st.vma.deref(cur, "vma_unlink")])
-    nxt = int(k.vm["next"][k.st.vma.deref(vref, "vma_unlink")])
+        prev, cur = cur, k.vm.next[k.vm.deref(cur, "vma_unlink")]
+    nxt = k.vm.next[k.vm.deref(vref, "vma_unlink")]
     if prev:
-        k.vm["next"][k.st.vma.deref(prev, "vma_unlink")] = nxt
+        k.vm.next[k.vm.deref(prev, "vma_unlink")] = nxt
     else:
-        k.mmc["mmap"][m] = nxt
+        k.mmc.mmap[m] = nxt
 
 
 def mmap_region(k: K, mref: int, start: int, npages: int, flags: int) -> int:
     """Map anonymous private memory [start, start+npages); the caller holds mmap_sem for write. 0 on failure."""
-    m = k.st.mm.deref(mref, "mmap_region")
+    m = k.mmc.deref(mref, "mmap_region")
     end = start + npages
     if start < 1 or end > k.st.sz.vpages or len(vma_list(k, m)) >= k.st.sz.max_vmas:
         return 0
     nxt = find_vma(k, m, start)
-    if nxt and k.vm["start"][k.st.vma.deref(nxt, "mmap_region")] < end:
+    if nxt and k.vm.start[k.vm.deref(nxt, "mmap_region")] < end:
         return 0  # overlaps (MAP_FIXED_NOREPLACE semantics)
-    vref = k.st.vma.alloc("mmap_region")
+    vref = k.vm.alloc("mmap_region")
     v = ref_slot(vref)
-    k.vm["mm"][v] = mref
-    k.vm["start"][v] = start
-    k.vm["end"][v] = end
-    k.vm["flags"][v] = flags
+    k.vm.mm[v] = mref
+    k.vm.start[v] = start
+    k.vm.end[v] = end
+    k.vm.flags[v] = flags
     _link_vma(k, m, vref)
     return vref
 
@@ -139,19 +135,19 @@ def split_vma(k: K, m: int, vref: int, addr: int) -> int:
     As vma_adjust does, the range change and the new vma's anon_vma link happen under anon_vma->lock, so an rmap
     walker sees either the old vma or both halves, never a hole.
     """
-    v = k.st.vma.deref(vref, "split_vma")
-    nref = k.st.vma.alloc("split_vma")
+    v = k.vm.deref(vref, "split_vma")
+    nref = k.vm.alloc("split_vma")
     n = ref_slot(nref)
-    for f in ("mm", "flags", "anon_vma"):
-        k.vm[f][n] = k.vm[f][v]
-    avref = int(k.vm["anon_vma"][v])
-    lid = k.av_lock(k.st.anon_vma.deref(avref, "vma_adjust")) if avref else -1
+    vm = k.vm
+    vm.mm[n], vm.flags[n], vm.anon_vma[n] = vm.mm[v], vm.flags[v], vm.anon_vma[v]
+    avref = k.vm.anon_vma[v]
+    lid = k.av_lock(k.av.deref(avref, "vma_adjust")) if avref else -1
     if avref:
         k.locks.lock(lid, "vma_adjust")
-    v = k.st.vma.deref(vref, "vma_adjust")
-    k.vm["start"][n] = addr
-    k.vm["end"][n] = k.vm["end"][v]
-    k.vm["end"][v] = addr
+    v = k.vm.deref(vref, "vma_adjust")
+    k.vm.start[n] = addr
+    k.vm.end[n] = k.vm.end[v]
+    k.vm.end[v] = addr
     _link_vma(k, m, nref)
     if avref:
         rmap.list_add_tail(k, nref, avref)
@@ -164,30 +160,30 @@ def do_munmap(k: K, mref: int, start: int, end: int) -> bool:
 
     The caller holds mmap_sem for write. False (-ENOMEM) when a split would exceed the vma budget.
     """
-    m = k.st.mm.deref(mref, "do_munmap")
-    vmas = [x for x in vma_list(k, m) if k.vm["start"][ref_slot(x)] < end and k.vm["end"][ref_slot(x)] > start]
+    m = k.mmc.deref(mref, "do_munmap")
+    vmas = [x for x in vma_list(k, m) if k.vm.start[ref_slot(x)] < end and k.vm.end[ref_slot(x)] > start]
     if not vmas:
         return True
-    splits = int(k.vm["start"][ref_slot(vmas[0])] < start) + int(k.vm["end"][ref_slot(vmas[-1])] > end)
+    splits = int(k.vm.start[ref_slot(vmas[0])] < start) + int(k.vm.end[ref_slot(vmas[-1])] > end)
     if len(vma_list(k, m)) + splits > k.st.sz.max_vmas:
         return False
     first, last = vmas[0], vmas[-1]
-    if k.vm["start"][ref_slot(first)] < start:
+    if k.vm.start[ref_slot(first)] < start:
         nref = split_vma(k, m, first, start)
         if first == last:
             last = nref
         vmas[0] = nref
-    if k.vm["end"][ref_slot(last)] > end:
+    if k.vm.end[ref_slot(last)] > end:
         split_vma(k, m, last, end)
-    doomed = [x for x in vma_list(k, m) if start <= k.vm["start"][ref_slot(x)] and k.vm["end"][ref_slot(x)] <= end]
+    doomed = [x for x in vma_list(k, m) if start <= k.vm.start[ref_slot(x)] and k.vm.end[ref_slot(x)] <= end]
     for vref in doomed:  # detach_vmas_to_be_unmapped
         _unlink_vma(k, m, vref)
     for vref in doomed:  # unmap_region: unmap_vmas
-        v = k.st.vma.deref(vref, "unmap_region")
-        memory.zap_pte_range(k, m, int(k.vm["start"][v]), int(k.vm["end"][v]))
+        v = k.vm.deref(vref, "unmap_region")
+        memory.zap_pte_range(k, m, k.vm.start[v], k.vm.end[v])
     for vref in doomed:  # free_pgtables -> anon_vma_unlink, then remove_vma
         rmap.anon_vma_unlink(k, vref)
-        k.st.vma.free(vref, "remove_vma")
+        k.vm.free(vref, "remove_vma")
     return True
 
 
@@ -198,19 +194,19 @@ def dup_mmap(k: K, oldref: int) -> int:
     Order as in 2.6.33: mmap_sem of the parent then the child (write), ksm_fork, then per vma anon_vma_link and
     copy_page_range. Returns the child's mm reference.
     """
-    old = k.st.mm.deref(oldref, "dup_mmap")
+    old = k.mmc.deref(oldref, "dup_mmap")
     mref = mm_alloc(k)
     m = ref_slot(mref)
     k.locks.down_write(k.mmap_sem(old), "dup_mmap")
-    k.locks.down_write(k.mmap_sem(m), "dup_mmap:nested")
+    k.locks.down_write_nested(k.mmap_sem(m), "dup_mmap:nested")
     ksm.ksm_fork(k, mref, oldref)
     for vref in vma_list(k, old):
-        v = k.st.vma.deref(vref, "dup_mmap")
-        tref = k.st.vma.alloc("dup_mmap:vm_area_dup")
+        v = k.vm.deref(vref, "dup_mmap")
+        tref = k.vm.alloc("dup_mmap:vm_area_dup")
         t = ref_slot(tref)
-        for f in ("start", "end", "flags", "anon_vma"):
-            k.vm[f][t] = k.vm[f][v]
-        k.vm["mm"][t] = mref
+        vm = k.vm
+        vm.start[t], vm.end[t], vm.flags[t], vm.anon_vma[t] = vm.start[v], vm.end[v], vm.flags[v], vm.anon_vma[v]
+        vm.mm[t] = mref
         rmap.anon_vma_link(k, tref)
         _link_vma(k, m, tref)
         memory.copy_page_range(k, m, old, vref)
@@ -221,7 +217,7 @@ def dup_mmap(k: K, oldref: int) -> int:
 
 # -- syscalls as a user task issues them ---------------------------------------------------------------------
 def sys_mmap(k: K, mref: int, start: int, npages: int, flags: int) -> int:
-    m = k.st.mm.deref(mref, "sys_mmap")
+    m = k.mmc.deref(mref, "sys_mmap")
     k.locks.down_write(k.mmap_sem(m), "sys_mmap")
     vref = mmap_region(k, mref, start, npages, flags)
     k.locks.up_write(k.mmap_sem(m), "sys_mmap")
@@ -229,7 +225,7 @@ def sys_mmap(k: K, mref: int, start: int, npages: int, flags: int) -> int:
 
 
 def sys_munmap(k: K, mref: int, start: int, end: int) -> bool:
-    m = k.st.mm.deref(mref, "sys_munmap")
+    m = k.mmc.deref(mref, "sys_munmap")
     k.locks.down_write(k.mmap_sem(m), "sys_munmap")
     ok = do_munmap(k, mref, start, end)
     k.locks.up_write(k.mmap_sem(m), "sys_munmap")
@@ -240,14 +236,14 @@ def sys_madvise(k: K, mref: int, start: int, end: int, advice: int) -> int:
     """MADV_MERGEABLE / MADV_UNMERGEABLE over [start, end) under mmap_sem (write). As madvise_behavior does, a vma
     whose flags change is split at the range's edges first, so only the range changes; -ENOMEM when a split
     would exceed the vma budget."""
-    m = k.st.mm.deref(mref, "sys_madvise")
+    m = k.mmc.deref(mref, "sys_madvise")
     want = advice == ksm.MADV_MERGEABLE
     k.locks.down_write(k.mmap_sem(m), "sys_madvise")
     err = 0
     for vref in vma_list(k, m):
-        v = k.st.vma.deref(vref, "sys_madvise")
-        vs, ve = int(k.vm["start"][v]), int(k.vm["end"][v])
-        if ve <= start or vs >= end or bool(k.vm["flags"][v] & VM_MERGEABLE) == want:
+        v = k.vm.deref(vref, "sys_madvise")
+        vs, ve = k.vm.start[v], k.vm.end[v]
+        if ve <= start or vs >= end or bool(k.vm.flags[v] & VM_MERGEABLE) == want:
             continue
         if len(vma_list(k, m)) + int(vs < start) + int(ve > end) > k.st.sz.max_vmas:
             err = -12
@@ -265,7 +261,7 @@ def fault_in(k: K, m: int, addr: int, write: bool) -> bool:
     """do_page_fault: under mmap_sem (read) find the vma and resolve; False is SIGSEGV."""
     k.locks.down_read(k.mmap_sem(m), "do_page_fault")
     vref = find_vma(k, m, addr)
-    ok = bool(vref) and k.vm["start"][k.st.vma.deref(vref, "do_page_fault")] <= addr
+    ok = bool(vref) and k.vm.start[k.vm.deref(vref, "do_page_fault")] <= addr
     if ok:
         memory.handle_mm_fault(k, m, vref, addr, write)
     k.locks.up_read(k.mmap_sem(m), "do_page_fault")

@@ -16,68 +16,68 @@ SWAP_SUCCESS, SWAP_AGAIN, SWAP_FAIL = 0, 1, 2
 
 # -- the anon_vma list ---------------------------------------------------------------------------------------
 def list_add_tail(k: K, vref: int, avref: int) -> None:
-    a = k.st.anon_vma.deref(avref, "list_add_tail")
-    v = k.st.vma.deref(vref, "list_add_tail")
-    tail = int(k.av["tail"][a])
-    k.vm["av_prev"][v] = tail
-    k.vm["av_next"][v] = 0
+    a = k.av.deref(avref, "list_add_tail")
+    v = k.vm.deref(vref, "list_add_tail")
+    tail = k.av.tail[a]
+    k.vm.av_prev[v] = tail
+    k.vm.av_next[v] = 0
     if tail:
-        k.vm["av_next"][k.st.vma.deref(tail, "list_add_tail")] = vref
+        k.vm.av_next[k.vm.deref(tail, "list_add_tail")] = vref
     else:
-        k.av["head"][a] = vref
-    k.av["tail"][a] = vref
+        k.av.head[a] = vref
+    k.av.tail[a] = vref
 
 
 def _list_del(k: K, vref: int, avref: int) -> None:
-    a = k.st.anon_vma.deref(avref, "list_del")
-    v = k.st.vma.deref(vref, "list_del")
-    prv, nxt = int(k.vm["av_prev"][v]), int(k.vm["av_next"][v])
+    a = k.av.deref(avref, "list_del")
+    v = k.vm.deref(vref, "list_del")
+    prv, nxt = k.vm.av_prev[v], k.vm.av_next[v]
     if prv:
-        k.vm["av_next"][k.st.vma.deref(prv, "list_del")] = nxt
+        k.vm.av_next[k.vm.deref(prv, "list_del")] = nxt
     else:
-        k.av["head"][a] = nxt
+        k.av.head[a] = nxt
     if nxt:
-        k.vm["av_prev"][k.st.vma.deref(nxt, "list_del")] = prv
+        k.vm.av_prev[k.vm.deref(nxt, "list_del")] = prv
     else:
-        k.av["tail"][a] = prv
-    k.vm["av_next"][v] = 0
-    k.vm["av_prev"][v] = 0
+        k.av.tail[a] = prv
+    k.vm.av_next[v] = 0
+    k.vm.av_prev[v] = 0
 
 
 def anon_vma_vmas(k: K, avref: int, site: str) -> list[int]:
     """The vmas on an anon_vma's list, walked as list_for_each_entry does (each one dereferenced)."""
-    a = k.st.anon_vma.deref(avref, site)
-    out, vref = [], int(k.av["head"][a])
+    a = k.av.deref(avref, site)
+    out, vref = [], k.av.head[a]
     while vref:
         out.append(vref)
-        vref = int(k.vm["av_next"][k.st.vma.deref(vref, site)])
+        vref = k.vm.av_next[k.vm.deref(vref, site)]
     return out
 
 
 def anon_vma_alloc(k: K) -> int:
-    return k.st.anon_vma.alloc("anon_vma_alloc")
+    return k.av.alloc("anon_vma_alloc")
 
 
 def anon_vma_free(k: K, avref: int, site: str) -> None:
     """kmem_cache_free to a SLAB_DESTROY_BY_RCU cache: the lock word stays valid, so a page_lock_anon_vma that
     raced with this free may still hold it."""
-    k.st.anon_vma.free(avref, site)
+    k.av.free(avref, site)
 
 
 def anon_vma_prepare(k: K, vref: int) -> None:
     """Give a vma its anon_vma on first fault (simplified: never reuses a neighbour's via find_mergeable)."""
-    v = k.st.vma.deref(vref, "anon_vma_prepare")
-    if k.vm["anon_vma"][v]:
+    v = k.vm.deref(vref, "anon_vma_prepare")
+    if k.vm.anon_vma[v]:
         return
-    m = ref_slot(int(k.vm["mm"][v]))
+    m = ref_slot(k.vm.mm[v])
     avref = anon_vma_alloc(k)
     a = ref_slot(avref)
     k.locks.lock(k.av_lock(a), "anon_vma_prepare")
     k.locks.lock(k.ptl(m), "anon_vma_prepare")
-    v = k.st.vma.deref(vref, "anon_vma_prepare")
+    v = k.vm.deref(vref, "anon_vma_prepare")
     used = False
-    if not k.vm["anon_vma"][v]:
-        k.vm["anon_vma"][v] = avref
+    if not k.vm.anon_vma[v]:
+        k.vm.anon_vma[v] = avref
         list_add_tail(k, vref, avref)
         used = True
     k.locks.unlock(k.ptl(m), "anon_vma_prepare")
@@ -88,11 +88,11 @@ def anon_vma_prepare(k: K, vref: int) -> None:
 
 def anon_vma_link(k: K, vref: int) -> None:
     """Add a new vma (a fork's copy, or a split's second half) to its anon_vma's list."""
-    v = k.st.vma.deref(vref, "anon_vma_link")
-    avref = int(k.vm["anon_vma"][v])
+    v = k.vm.deref(vref, "anon_vma_link")
+    avref = k.vm.anon_vma[v]
     if not avref:
         return
-    a = k.st.anon_vma.deref(avref, "anon_vma_link")
+    a = k.av.deref(avref, "anon_vma_link")
     k.locks.lock(k.av_lock(a), "anon_vma_link")
     list_add_tail(k, vref, avref)
     k.locks.unlock(k.av_lock(a), "anon_vma_link")
@@ -100,16 +100,16 @@ def anon_vma_link(k: K, vref: int) -> None:
 
 def anon_vma_unlink(k: K, vref: int) -> None:
     """munmap / exit: take the vma off its anon_vma; free the anon_vma if the list is empty and unreferenced."""
-    v = k.st.vma.deref(vref, "anon_vma_unlink")
-    avref = int(k.vm["anon_vma"][v])
+    v = k.vm.deref(vref, "anon_vma_unlink")
+    avref = k.vm.anon_vma[v]
     if not avref:
         return
-    a = k.st.anon_vma.deref(avref, "anon_vma_unlink")
+    a = k.av.deref(avref, "anon_vma_unlink")
     k.locks.lock(k.av_lock(a), "anon_vma_unlink")
     _list_del(k, vref, avref)
-    empty = k.av["head"][a] == 0
+    empty = k.av.head[a] == 0
     if not k.bug("free-on-empty-list"):
-        empty = empty and k.av["refcount"][a] == 0
+        empty = empty and k.av.refcount[a] == 0
     k.locks.unlock(k.av_lock(a), "anon_vma_unlink")
     if empty:
         anon_vma_free(k, avref, "anon_vma_unlink")
@@ -120,29 +120,29 @@ def page_add_new_anon_rmap(k: K, pref: int, vref: int, addr: int) -> None:
     """A freshly allocated page mapped for the first time: PageAnon, mapping = vma's anon_vma."""
     from .state import PG_ANON
 
-    s = k.st.page.deref(pref, "page_add_new_anon_rmap")
-    v = k.st.vma.deref(vref, "page_add_new_anon_rmap")
-    k.pg["flags"][s] = PG_ANON
-    k.pg["mapping"][s] = k.vm["anon_vma"][v]
-    k.pg["index"][s] = addr
-    k.pg["mapcount"][s] = 1
+    s = k.pg.deref(pref, "page_add_new_anon_rmap")
+    v = k.vm.deref(vref, "page_add_new_anon_rmap")
+    k.pg.flags[s] = PG_ANON
+    k.pg.mapping[s] = k.vm.anon_vma[v]
+    k.pg.index[s] = addr
+    k.pg.mapcount[s] = 1
 
 
 def page_add_anon_rmap(k: K, pref: int) -> None:
     """One more pte maps an already-mapped anon or KSM page (replace_page's kpage)."""
-    s = k.st.page.deref(pref, "page_add_anon_rmap")
-    k.atomic_add(k.pg["mapcount"], s, 1)
+    s = k.pg.deref(pref, "page_add_anon_rmap")
+    k.atomic_add(k.pg.mapcount, s, 1)
 
 
 def page_dup_rmap(k: K, pref: int) -> None:
     """fork's copy_one_pte: one more mapping of the same page."""
-    s = k.st.page.deref(pref, "page_dup_rmap")
-    k.atomic_add(k.pg["mapcount"], s, 1)
+    s = k.pg.deref(pref, "page_dup_rmap")
+    k.atomic_add(k.pg.mapcount, s, 1)
 
 
 def page_remove_rmap(k: K, pref: int, site: str) -> None:
-    s = k.st.page.deref(pref, site)
-    c = k.atomic_add(k.pg["mapcount"], s, -1)
+    s = k.pg.deref(pref, site)
+    c = k.atomic_add(k.pg.mapcount, s, -1)
     if c < 0:
         raise Failure(
             "refcount-underflow",
@@ -152,7 +152,7 @@ def page_remove_rmap(k: K, pref: int, site: str) -> None:
 
 
 def page_mapped(k: K, s: int) -> bool:
-    return k.pg["mapcount"][s] > 0
+    return k.pg.mapcount[s] > 0
 
 
 # -- rmap walks ----------------------------------------------------------------------------------------------
@@ -161,8 +161,8 @@ def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, swap: int, token: ob
     from . import memory
     from .state import PTE_PRESENT, PTE_SWAP
 
-    v = k.st.vma.deref(vref, "try_to_unmap_one")
-    m = k.st.mm.deref(int(k.vm["mm"][v]), "try_to_unmap_one")
+    v = k.vm.deref(vref, "try_to_unmap_one")
+    m = k.mmc.deref(k.vm.mm[v], "try_to_unmap_one")
     k.locks.lock(k.ptl(m), "try_to_unmap_one")
     k.hooks.walk_visit(token, m, addr)
     kind, ref, _w = memory.pte_get(k, m, addr)
@@ -170,8 +170,8 @@ def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, swap: int, token: ob
         ss = k.st.swap.deref(swap, "try_to_unmap_one:swap_duplicate")
         # the bytes as they are once this pte is gone (the kernel writes back the dirty page after unmapping;
         # a page mapped more than once is read-only everywhere, so every pte converted sees the same bytes)
-        k.st.swapdata[ss, :] = k.st.frames[k.st.page.deref(pref, "try_to_unmap_one"), :]
-        k.atomic_add(k.st.swap.v["count"], ss, 1)
+        k.st.swapdata[ss, :] = k.st.frames[k.pg.deref(pref, "try_to_unmap_one"), :]
+        k.atomic_add(k.st.swap.count, ss, 1)
         memory.pte_set(k, m, addr, PTE_SWAP, swap, 0)
         page_remove_rmap(k, pref, "try_to_unmap_one")
         memory.put_page(k, pref, "try_to_unmap_one")
@@ -187,8 +187,8 @@ def page_referenced_one(k: K, pref: int, vref: int, addr: int, mapcount: list[in
     from . import memory
     from .state import PTE_PRESENT
 
-    v = k.st.vma.deref(vref, "page_referenced_one")
-    m = k.st.mm.deref(int(k.vm["mm"][v]), "page_referenced_one")
+    v = k.vm.deref(vref, "page_referenced_one")
+    m = k.mmc.deref(k.vm.mm[v], "page_referenced_one")
     k.locks.lock(k.ptl(m), "page_referenced_one")
     k.hooks.walk_visit(token, m, addr)
     kind, ref, _w = memory.pte_get(k, m, addr)
@@ -200,9 +200,9 @@ def page_referenced_one(k: K, pref: int, vref: int, addr: int, mapcount: list[in
 
 
 def _vma_address(k: K, s: int, vref: int, site: str) -> int:
-    v = k.st.vma.deref(vref, site)
-    a = int(k.pg["index"][s])
-    return a if k.vm["start"][v] <= a < k.vm["end"][v] else -1
+    v = k.vm.deref(vref, site)
+    a = k.pg.index[s]
+    return a if k.vm.start[v] <= a < k.vm.end[v] else -1
 
 
 def page_lock_anon_vma(k: K, pref: int, site: str) -> int:
@@ -212,10 +212,10 @@ def page_lock_anon_vma(k: K, pref: int, site: str) -> int:
     free (even reuse) it before the lock is taken, and the walk then finds no vma mapping the page. So this access
     is not KASAN-checked, unlike rmap_item->anon_vma, which only ksm_refcount keeps alive.
     """
-    s = k.st.page.deref(pref, site)
+    s = k.pg.deref(pref, site)
     if not page_mapped(k, s):
         return 0
-    avref = int(k.pg["mapping"][s])
+    avref = k.pg.mapping[s]
     k.locks.lock(k.av_lock(ref_slot(avref)), site)
     return avref
 
@@ -223,10 +223,10 @@ def page_lock_anon_vma(k: K, pref: int, site: str) -> int:
 def anon_vma_vmas_rcu(k: K, avref: int, site: str) -> list[int]:
     """The vma list of a type-stable anon_vma (see page_lock_anon_vma): read through its slot, whatever the
     generation; a freed anon_vma's list is empty, a reused one's vmas are live."""
-    out, vref = [], int(k.av["head"][ref_slot(avref)])
+    out, vref = [], k.av.head[ref_slot(avref)]
     while vref:
         out.append(vref)
-        vref = int(k.vm["av_next"][k.st.vma.deref(vref, site)])
+        vref = k.vm.av_next[k.vm.deref(vref, site)]
     return out
 
 
@@ -255,7 +255,7 @@ def page_referenced_anon(k: K, pref: int) -> int:
     avref = page_lock_anon_vma(k, pref, "page_referenced_anon")
     if avref:
         s = ref_slot(pref)
-        mapcount[0] = int(k.pg["mapcount"][s])
+        mapcount[0] = k.pg.mapcount[s]
         for vref in anon_vma_vmas_rcu(k, avref, "page_referenced_anon"):
             addr = _vma_address(k, s, vref, "page_referenced_anon")
             if addr < 0:
@@ -273,7 +273,7 @@ def try_to_unmap(k: K, pref: int, swap: int) -> int:
     from . import ksm
     from .memory import PageKsm
 
-    s = k.st.page.deref(pref, "try_to_unmap")
+    s = k.pg.deref(pref, "try_to_unmap")
     if PageKsm(k, s):
         return ksm.try_to_unmap_ksm(k, pref, swap)
     return try_to_unmap_anon(k, pref, swap)
@@ -283,7 +283,7 @@ def page_referenced(k: K, pref: int) -> int:
     from . import ksm
     from .memory import PageKsm
 
-    s = k.st.page.deref(pref, "page_referenced")
+    s = k.pg.deref(pref, "page_referenced")
     if PageKsm(k, s):
         return ksm.page_referenced_ksm(k, pref)
     return page_referenced_anon(k, pref)

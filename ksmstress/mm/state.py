@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..arena import SharedBlock, Table, make_ref
+from ..arena import Column, SharedBlock, Table, make_ref
 from ..sync import (
     ANON_VMA_LOCK,
     KSM_MMLIST_LOCK,
@@ -80,46 +80,108 @@ class Sizes:
     quarantine: int = 16
 
 
+# -- the kernel's objects, one table each: a column per field the model needs ------------------------------------
+class Pages(Table):
+    """struct page, one per frame (the frame's bytes are `State.frames[slot]`)."""
+
+    flags: Column  # PG_ANON | PG_KSM
+    count: Column  # _count: references
+    mapcount: Column  # _mapcount + 1: ptes mapping the page
+    mapping: Column  # anon page: its anon_vma; KSM page: its stable_node (0 while it has none)
+    index: Column  # the page's address in its vma (page->index, in pages)
+
+
+class MmStructs(Table):
+    """struct mm_struct (its page table is row `slot` of `State.pte_*`)."""
+
+    users: Column  # mm_users
+    mmcount: Column  # mm_count
+    flags: Column  # MMF_VM_MERGEABLE
+    mmap: Column  # the first vma of the address-ordered list
+    slot: Column  # its ksm mm_slot (the kernel finds it through mm_slots_hash)
+
+
+class Vmas(Table):
+    """struct vm_area_struct, covering [start, end) in pages."""
+
+    mm: Column  # vm_mm
+    start: Column  # vm_start
+    end: Column  # vm_end
+    flags: Column  # vm_flags: VM_MERGEABLE
+    anon_vma: Column
+    next: Column  # vm_next: the mm's list
+    av_next: Column  # anon_vma_node: the anon_vma's list
+    av_prev: Column
+
+
+class AnonVmas(Table):
+    """struct anon_vma: the list of vmas its pages may be mapped in, and db114b83ab's ksm_refcount."""
+
+    refcount: Column  # ksm_refcount
+    head: Column  # the first and last vma of the list
+    tail: Column
+
+
+class RmapItems(Table):
+    """struct rmap_item: one page of one mm that ksmd scanned."""
+
+    mm: Column
+    address: Column  # the page's address (the kernel keeps STABLE_FLAG / UNSTABLE_FLAG in its low bits)
+    flags: Column  # STABLE_FLAG | UNSTABLE_FLAG
+    seqnr: Column  # the scan that put it in the unstable tree (the kernel's low bits of address)
+    oldchecksum: Column
+    anon_vma: Column  # while in the stable tree: the page's anon_vma, referenced
+    rmap_next: Column  # rmap_list: the mm_slot's address-ordered list
+    head: Column  # while in the stable tree: its stable_node
+    hnext: Column  # hlist node on the stable_node's list
+    hprev: Column
+    left: Column  # rb_node while in the unstable tree
+    right: Column
+    parent: Column
+
+
+class StableNodes(Table):
+    """struct stable_node: a KSM page in the stable tree, and the rmap_items that map it."""
+
+    kpfn: Column  # the KSM page's frame
+    hfirst: Column  # hlist.first: the first rmap_item
+    left: Column  # rb_node
+    right: Column
+    parent: Column
+
+
+class MmSlots(Table):
+    """struct mm_slot: an mm on ksmd's list (slot MM_SLOT_HEAD is ksm_mm_head, the list head)."""
+
+    mm: Column
+    rmap_list: Column  # the first rmap_item
+    next: Column  # mm_list
+    prev: Column
+
+
+class SwapSlots(Table):
+    """A swap entry: its count (swap_map) and, in `State.swapdata`, the bytes written out."""
+
+    count: Column
+
+
+MM_SLOT_HEAD = 0  # the reserved mm_slot that is ksm_mm_head
+
+
 class State:
     """All tables and arrays of the modelled kernel, laid out in one shared block."""
 
     def __init__(self, block: SharedBlock, sz: Sizes, ntasks: int) -> None:
         self.sz = sz
         q = sz.quarantine
-        nvma = sz.max_mm * sz.max_vmas
-        self.page = Table(block, "page", sz.frames, ("flags", "count", "mapcount", "mapping", "index"), q)
-        self.mm = Table(block, "mm_struct", sz.max_mm, ("users", "mmcount", "flags", "mmap", "slot"), 0)
-        self.vma = Table(
-            block, "vma", nvma, ("mm", "start", "end", "flags", "anon_vma", "next", "av_next", "av_prev"), q
-        )
-        self.anon_vma = Table(block, "anon_vma", sz.anon_vmas, ("refcount", "head", "tail"), q)
-        self.rmap_item = Table(
-            block,
-            "rmap_item",
-            sz.rmap_items,
-            (
-                "mm",
-                "address",
-                "flags",
-                "seqnr",
-                "oldchecksum",
-                "anon_vma",
-                "rmap_next",
-                "head",
-                "hnext",
-                "hprev",
-                "left",
-                "right",
-                "parent",
-            ),
-            q,
-        )
-        self.stable_node = Table(
-            block, "stable_node", sz.stable_nodes, ("kpfn", "hfirst", "left", "right", "parent"), q
-        )
-        # slot 0 is ksm_mm_head, the permanent list head
-        self.mm_slot = Table(block, "mm_slot", sz.max_mm + 1, ("mm", "rmap_list", "next", "prev"), 0, reserved=1)
-        self.swap = Table(block, "swap", sz.swap, ("count",), q)
+        self.page = Pages(block, "page", sz.frames, q)
+        self.mm = MmStructs(block, "mm_struct", sz.max_mm, 0)
+        self.vma = Vmas(block, "vma", sz.max_mm * sz.max_vmas, q)
+        self.anon_vma = AnonVmas(block, "anon_vma", sz.anon_vmas, q)
+        self.rmap_item = RmapItems(block, "rmap_item", sz.rmap_items, q)
+        self.stable_node = StableNodes(block, "stable_node", sz.stable_nodes, q)
+        self.mm_slot = MmSlots(block, "mm_slot", sz.max_mm + 1, 0, reserved=MM_SLOT_HEAD + 1)
+        self.swap = SwapSlots(block, "swap", sz.swap, q)
         self.tables = (
             self.page,
             self.mm,
@@ -154,17 +216,14 @@ class State:
         self.expect = a["expect"]
         self.g = a["ksm.g"]
         self.locks.bind(a)
-        head = self.mm_slot.ref_of(0)
-        self.mm_slot.c["next"][0] = head
-        self.mm_slot.c["prev"][0] = head
+        # ksm_mm_head: a permanent slot (never freed, so its reference never changes), an empty list at first
+        self.ksm_mm_head = head = self.mm_slot.ref_of(MM_SLOT_HEAD)
+        self.mm_slot.next[MM_SLOT_HEAD] = head
+        self.mm_slot.prev[MM_SLOT_HEAD] = head
         self.g[G_SCAN_SLOT] = head
         self.g[G_RUN] = KSM_RUN_MERGE
         self.g[G_REFCOUNT_BITS] = 32
         self.expect[:] = -1
-
-    @property
-    def ksm_mm_head(self) -> int:
-        return self.mm_slot.ref_of(0)
 
 
 class K:
@@ -187,17 +246,18 @@ class K:
         for t in st.tables:
             t.clock = ctl.clock
             t.guard = ctl.guard
-        # column shortcuts (memoryviews: plain ints): the model reads like the kernel (pg["mapcount"][slot])
-        self.pg = st.page.v
-        self.mmc = st.mm.v
-        self.vm = st.vma.v
-        self.av = st.anon_vma.v
-        self.ri = st.rmap_item.v
-        self.sn = st.stable_node.v
-        self.ms = st.mm_slot.v
+        # the tables by short name, so the model reads field by field as the kernel does:
+        # stable_node->hlist.first = next is k.sn.hfirst[n] = nxt, and k.sn.deref(ref, site) is the KASAN check
+        self.pg: Pages = st.page
+        self.mmc: MmStructs = st.mm
+        self.vm: Vmas = st.vma
+        self.av: AnonVmas = st.anon_vma
+        self.ri: RmapItems = st.rmap_item
+        self.sn: StableNodes = st.stable_node
+        self.ms: MmSlots = st.mm_slot
         self.g = st.g
 
-    def atomic_add(self, view: Any, i: int, delta: int) -> int:
+    def atomic_add(self, view: Column | np.ndarray, i: int, delta: int) -> int:
         """atomic_add_return: one read-modify-write that no other task can interleave (page _count, _mapcount,
         swap_map, ksm_refcount, mm_users...); the guard is a real mutex only in free mode."""
         with self.guard:

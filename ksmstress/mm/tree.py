@@ -7,18 +7,19 @@ through the arena, so a node freed while still linked is a use-after-free report
 
 from __future__ import annotations
 
-from ..arena import Table
-from .state import K
+from .state import K, RmapItems, StableNodes
 
 
 class Tree:
-    def __init__(self, k: K, table: Table, root_cell: int) -> None:
+    """An rb_root in cell `root_cell` of the ksm globals, over the rb_node columns of its node table."""
+
+    def __init__(self, k: K, table: RmapItems | StableNodes, root_cell: int) -> None:
         self.k = k
         self.t = table
         self.cell = root_cell
-        self.left = table.v["left"]
-        self.right = table.v["right"]
-        self.parent = table.v["parent"]
+        self.left = table.left
+        self.right = table.right
+        self.parent = table.parent
 
     @property
     def root(self) -> int:
@@ -33,7 +34,7 @@ class Tree:
 
     def child(self, ref: int, go_left: bool) -> int:
         s = self._s(ref)
-        return int(self.left[s] if go_left else self.right[s])
+        return self.left[s] if go_left else self.right[s]
 
     def link(self, parent: int, go_left: bool, node: int) -> None:
         """rb_link_node + rb_insert_color: hang `node` below `parent` (0: as the root)."""
@@ -48,10 +49,10 @@ class Tree:
             self.right[self._s(parent)] = node
 
     def _transplant(self, u: int, v: int) -> None:
-        p = int(self.parent[self._s(u)])
+        p = self.parent[self._s(u)]
         if not p:
             self.k.g[self.cell] = v
-        elif int(self.left[self._s(p)]) == u:
+        elif self.left[self._s(p)] == u:
             self.left[self._s(p)] = v
         else:
             self.right[self._s(p)] = v
@@ -61,18 +62,18 @@ class Tree:
     def erase(self, z: int) -> None:
         """rb_erase."""
         zs = self._s(z)
-        zl, zr = int(self.left[zs]), int(self.right[zs])
+        zl, zr = self.left[zs], self.right[zs]
         if not zl:
             self._transplant(z, zr)
         elif not zr:
             self._transplant(z, zl)
         else:
             y = zr
-            while int(self.left[self._s(y)]):
-                y = int(self.left[self._s(y)])
+            while self.left[self._s(y)]:
+                y = self.left[self._s(y)]
             ys = self._s(y)
-            if int(self.parent[ys]) != z:
-                self._transplant(y, int(self.right[ys]))
+            if self.parent[ys] != z:
+                self._transplant(y, self.right[ys])
                 self.right[ys] = zr
                 self.parent[self._s(zr)] = y
             self._transplant(z, y)
@@ -87,8 +88,8 @@ class Tree:
         while stack or cur:
             while cur:
                 stack.append(cur)
-                cur = int(self.left[self._s(cur)])
+                cur = self.left[self._s(cur)]
             cur = stack.pop()
             out.append(cur)
-            cur = int(self.right[self._s(cur)])
+            cur = self.right[self._s(cur)]
         return out

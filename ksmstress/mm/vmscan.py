@@ -10,13 +10,13 @@ from .state import PG_KSM, K
 
 def page_anon_vma_of(k: K, s: int) -> int:
     """The anon_vma an rmap walk of page slot s would lock first (KSM: its first rmap_item's)."""
-    if k.pg["flags"][s] & PG_KSM:
-        nref = k.pg["mapping"][s]
+    if k.pg.flags[s] & PG_KSM:
+        nref = k.pg.mapping[s]
         if not nref:
             return 0
-        first = k.sn["hfirst"][k.st.stable_node.deref(nref, "page_anon_vma")]
-        return k.ri["anon_vma"][k.st.rmap_item.deref(first, "page_anon_vma")] if first else 0
-    return k.pg["mapping"][s]
+        first = k.sn.hfirst[k.sn.deref(nref, "page_anon_vma")]
+        return k.ri.anon_vma[k.ri.deref(first, "page_anon_vma")] if first else 0
+    return k.pg.mapping[s]
 
 
 def shrink_page(k: K, page: int, swap: bool) -> None:
@@ -37,7 +37,7 @@ def shrink_page(k: K, page: int, swap: bool) -> None:
     rmap.page_referenced(k, page)
     if swap and rmap.page_mapped(k, s):
         sref = k.st.swap.alloc("add_to_swap")
-        k.st.swap.v["count"][ref_slot(sref)] = 1  # the swap cache's own reference (SWAP_HAS_CACHE)
+        k.st.swap.count[ref_slot(sref)] = 1  # the swap cache's own reference (SWAP_HAS_CACHE)
         rmap.try_to_unmap(k, page, sref)
         memory.swap_free(k, sref, "delete_from_swap_cache")
     k.locks.unlock(k.page_lock(s), "shrink_page_list:unlock_page")

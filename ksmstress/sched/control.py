@@ -22,7 +22,8 @@ from ..failures import Failure
 from .base import Strategy
 from .prng import BLOCK, SharedPrng
 
-UNUSED, RUNNABLE, BLOCKED, EXITED, RESERVED = 0, 1, 2, 3, 4
+UNUSED, RUNNABLE, BLOCKED, EXITED, RESERVED = 0, 1, 2, 3, 4  # a task slot's state (ctl.state)
+NO_LOCK = -1  # ctl.wait of a task that waits for no lock
 
 # meta cells
 STEP, CURRENT, STOP, OUTCOME, HANDOFFS, FAIL_LEN, NBLOCKED, VERSION = range(8)  # VERSION: task states changed
@@ -30,8 +31,6 @@ RUNNING, CLEAN, FAILED = 0, 1, 2
 
 NARGS = 8
 FAIL_BUF = 1 << 16
-
-
 
 
 class Control:
@@ -78,7 +77,7 @@ class Control:
         self.replay = a["ctl.replay"]
         self.prng = SharedPrng(a["ctl.prng"], a["ctl.prngbuf"])
         self.fail_buf = a["ctl.fail"]
-        self.wait[:] = -1
+        self.wait[:] = NO_LOCK
         # the hot path reads and writes through memoryviews: plain Python ints, ~5x cheaper than numpy scalars
         self._meta = memoryview(self.meta)
         self._state = memoryview(self.state)
@@ -200,7 +199,7 @@ class Control:
         for t in self._tids:
             if st[t] == BLOCKED and wait[t] == lid:
                 st[t] = RUNNABLE
-                wait[t] = -1
+                wait[t] = NO_LOCK
                 self._meta[NBLOCKED] -= 1
                 self._meta[VERSION] += 1
                 self._woken(t)

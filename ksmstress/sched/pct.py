@@ -15,10 +15,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .control import EXITED
+
 if TYPE_CHECKING:
     from .control import Control
 
 _SPREAD = 1 << 20  # initial priorities live in [depth*_SPREAD, ...), change points use 1..depth-1
+# ctl.strat cells: how many change points, then the steps they fall on (sorted)
+_NPOINTS, _POINTS = 0, 1
 
 
 class PctStrategy:
@@ -37,21 +41,21 @@ class PctStrategy:
         for rank, tid in enumerate(order):
             ctl.prio[tid] = (self.depth + rank) * _SPREAD
         points = sorted(1 + ctl.prng.below(self.steps) for _ in range(self.depth - 1))
-        ctl.strat[0] = len(points)
+        ctl.strat[_NPOINTS] = len(points)
         for i, p in enumerate(points):
-            ctl.strat[1 + i] = p
+            ctl.strat[_POINTS + i] = p
 
     def on_new_task(self, ctl: Control, tid: int) -> None:
         ctl.prio[tid] = (self.depth + ctl.prng.below(ctl.ntasks)) * _SPREAD + 1 + ctl.prng.below(_SPREAD - 1)
 
     def pick(self, ctl: Control, runnable: list[int], current: int, step: int, yielding: bool) -> int:
         if current >= 0:
-            npts = int(ctl.strat[0])
+            npts = int(ctl.strat[_NPOINTS])
             for i in range(npts):
-                if int(ctl.strat[1 + i]) == step:
+                if int(ctl.strat[_POINTS + i]) == step:
                     ctl.prio[current] = self.depth - 1 - i  # i-th change point: lower than all others so far
             if yielding:
-                others = (ctl.state != 3) & (np.arange(ctl.ntasks) != current)  # every live task but this one
+                others = (ctl.state != EXITED) & (np.arange(ctl.ntasks) != current)  # every live task but this one
                 if others.any():
                     ctl.prio[current] = int(ctl.prio[others].min()) - 1
         if len(runnable) == 1:

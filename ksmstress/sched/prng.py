@@ -15,6 +15,7 @@ M64 = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
 BLOCK = 4096  # outputs per buffered block
 _SEED_SALT = 0x6A09E667F3BCC908
+_STATE, _USED = 0, 1  # the shared cells: the state after the buffered block, draws used from the block
 
 
 def mix64(z: int) -> int:
@@ -43,31 +44,31 @@ class SharedPrng:
         self.vbuf = memoryview(buf)
 
     def seed(self, seed: int) -> None:
-        self.cell[0] = mix64(seed ^ _SEED_SALT)
+        self.cell[_STATE] = mix64(seed ^ _SEED_SALT)
         self._refill()
 
     def _refill(self) -> None:
-        state = self.cell[0]
+        state = self.cell[_STATE]
         self.buf[:] = splitmix_block(state, BLOCK)
-        self.cell[0] = (state + BLOCK * GOLDEN) & M64
-        self.cell[1] = 0
+        self.cell[_STATE] = (state + BLOCK * GOLDEN) & M64
+        self.cell[_USED] = 0
 
     def next64(self) -> int:
         cell = self.cell
-        i = cell[1]
+        i = cell[_USED]
         if i == BLOCK:
             self._refill()
             i = 0
-        cell[1] = i + 1
+        cell[_USED] = i + 1
         return self.vbuf[i]
 
     def below(self, n: int) -> int:
         """A uniform integer in [0, n) (modulo bias is < 2^-50 for the small n used here); the scheduler's hot
         path, so next64 is inlined."""
         cell = self.cell
-        i = cell[1]
+        i = cell[_USED]
         if i == BLOCK:
             self._refill()
             i = 0
-        cell[1] = i + 1
+        cell[_USED] = i + 1
         return self.vbuf[i] % n

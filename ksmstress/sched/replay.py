@@ -10,6 +10,9 @@ if TYPE_CHECKING:
     from .control import Control
 
 
+_LEN = 0  # ctl.strat cell: the recorded schedule's length (the decisions themselves are in ctl.replay)
+
+
 class ReplayStrategy:
     name = "replay"
 
@@ -19,13 +22,13 @@ class ReplayStrategy:
     def setup(self, ctl: Control) -> None:
         n = min(len(self.schedule), len(ctl.replay))
         ctl.replay[:n] = list(self.schedule[:n])
-        ctl.strat[0] = n
+        ctl.strat[_LEN] = n
 
     def on_new_task(self, ctl: Control, tid: int) -> None:
         pass
 
     def pick(self, ctl: Control, runnable: list[int], current: int, step: int, yielding: bool) -> int:
-        if step >= int(ctl.strat[0]):
+        if step >= int(ctl.strat[_LEN]):
             raise Failure(
                 "replay-diverged",
                 f"replay diverged at step {step}: the recorded schedule ended",
