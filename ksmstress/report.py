@@ -22,7 +22,7 @@ import structlog
 from . import __version__
 from .argtypes import SEED_BITS
 from .runner import MODES, RunResult
-from .scenario import Scenario, load, parse
+from .scenario import Scenario, ScenarioError, load, parse
 from .sched import STRATEGIES
 from .tomltable import shown
 
@@ -187,8 +187,10 @@ def _check_fields(p: Path, data: dict[str, Any]) -> None:
     if not all(_printable(b, 64) for b in data["bugs"]):
         raise ArtifactError(f"{p}: key 'bugs': expected a list of variant names")
     text, path = data["scenario"].get("text"), data["scenario"].get("path", "")
-    if not isinstance(text, str) or not (_printable(path, 4096) and (text or path)):
-        raise ArtifactError(f"{p}: key 'scenario.text': expected the scenario's TOML text and path")
+    if not isinstance(text, str) or not (text or path):
+        raise ArtifactError(f"{p}: key 'scenario.text': expected the scenario's TOML text")
+    if not _printable(path, 4096):
+        raise ArtifactError(f"{p}: key 'scenario.path': expected the scenario's path (printable, one line)")
     failure = data.get("failure")
     if failure is not None and not isinstance(failure, dict):
         raise ArtifactError(f"{p}: key 'failure': expected an object or null")
@@ -236,12 +238,15 @@ def artifact_scenario(p: Path, data: dict[str, Any]) -> Scenario:
     """The scenario an artifact replays: its recorded text, or (no text) the file at its recorded path."""
     scd = data["scenario"]
     path = scd.get("path", str(p))
-    return parse(scd["text"], path) if scd["text"] else load(path)
+    try:
+        return parse(scd["text"], path) if scd["text"] else load(path)
+    except ScenarioError as e:
+        raise ArtifactError(f"{p}: key 'scenario': {e}") from None
 
 
 def read_artifact(path: str | Path) -> dict[str, Any]:
-    """An artifact as replay uses it, with `schedule_bytes` inflated; ArtifactError (or the ScenarioError of its
-    scenario) for anything replay could not use, never another exception."""
+    """An artifact as replay uses it, with `schedule_bytes` inflated; ArtifactError for anything replay could not
+    use (its scenario's own error included), never another exception."""
     p = Path(path)
     data = _read_json(p)
     if not isinstance(data, dict):

@@ -8,13 +8,12 @@ the tasks interleave: that is the seed's and the strategy's job.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import catalog
-from .tomltable import TableReader, read_file, shown
+from .tomltable import TableReader, loads, read_file, shown
 
 OPS = ("write", "read", "fork", "munmap", "mmap", "unmergeable", "mergeable", "sleep")
 SCRIPT_RE = re.compile(
@@ -164,22 +163,9 @@ def _name(r: TableReader, path: str) -> str:
     return stem or "scenario"
 
 
-def _toml(text: str, path: str) -> Any:
-    """tomllib's table, or one line: tomllib raises RecursionError on deep nesting and a plain ValueError on an
-    integer past Python's int-conversion limit, not only TOMLDecodeError."""
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(f"{path}: not valid TOML: {e}") from None
-    except RecursionError:
-        raise ScenarioError(f"{path}: not valid TOML: expected arrays and tables nested less deeply") from None
-    except ValueError:  # Python's int-conversion limit
-        raise ScenarioError(f"{path}: not valid TOML: expected decimal integers of at most 4300 digits") from None
-
-
 def parse(text: str, path: str = "<string>") -> Scenario:
     """Parse and validate scenario TOML text; raises ScenarioError with a one-line message."""
-    data = _toml(text, path)
+    data = loads(text, path, ScenarioError)
     r = _table(path, "", data)
     a, k, rc, ad, p = r.table("arena"), r.table("ksm"), r.table("reclaim"), r.table("admin"), r.table("pct")
     ch = r.table("chaos")

@@ -6,6 +6,8 @@ into exit status 2); keys nobody read are refused, so a typo never silently mean
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +94,20 @@ def read_file(path: Path, what: str, error: type[ValueError]) -> str:
         raise error(f"{path}: not a {what}: expected UTF-8 TOML text") from None
     except ValueError:  # a NUL in the path (an artifact's scenario.path is anyone's string)
         raise error(f"{shown(str(path))}: cannot read {what}: expected a path without NUL characters") from None
+
+
+def loads(text: str, path: str, error: type[ValueError]) -> Any:
+    """tomllib's table, or one line (tomllib also raises RecursionError on deep nesting and a plain ValueError on
+    an integer past Python's int-conversion limit; its own message can quote a key thousands of times over)."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        if len(msg) > 2 * SHOWN:
+            at = re.search(r" \(at (line \d+, column \d+|end of document)\)$", msg)
+            msg = f"{msg[:SHOWN]}...{at[0] if at else ''}"
+        raise error(f"{path}: not valid TOML: {msg}") from None
+    except RecursionError:
+        raise error(f"{path}: not valid TOML: expected arrays and tables nested less deeply") from None
+    except ValueError:
+        raise error(f"{path}: not valid TOML: expected decimal integers of at most 4300 digits") from None

@@ -9,12 +9,11 @@ Python's int-conversion ValueError.
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from .. import catalog
-from ..tomltable import TableReader, read_file, shown
+from ..tomltable import TableReader, loads, read_file, shown
 from .structure import Structure
 from .workload import ACTIONS, MAX_PATTERN, Action, Expect, Phase, Process, Region, Span, Workload, WorkloadError
 
@@ -156,21 +155,9 @@ class _Actions:
         return Action(kind, proc, spans, text=text, returns=self.s.madvise_returns(proc, spans))
 
 
-def _toml(text: str, path: str) -> Any:
-    """tomllib's table, or one line (tomllib raises RecursionError on deep nesting, ValueError on huge ints)."""
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise WorkloadError(f"{path}: not valid TOML: {e}") from None
-    except RecursionError:
-        raise WorkloadError(f"{path}: not valid TOML: expected arrays and tables nested less deeply") from None
-    except ValueError:
-        raise WorkloadError(f"{path}: not valid TOML: expected decimal integers of at most 4300 digits") from None
-
-
 def parse(text: str, path: str = "<string>") -> Workload:
     """Parse and validate workload TOML; raises WorkloadError with a one-line message."""
-    data = _toml(text, path)
+    data = loads(text, path, WorkloadError)
     r = _table(path, "", data)
     name = r.get("name", str, Path(path).stem)
     description = r.get("description", str, "")
