@@ -35,6 +35,8 @@ from hypothesis import strategies as st
 from ksmstress.bugs import VARIANTS
 from ksmstress.catalog import shipped_dir
 from ksmstress.cli import main
+from ksmstress.kernel.compare import return_problems
+from ksmstress.kernel.generate import generate_text
 from ksmstress.kernel.model import run_model
 from ksmstress.kernel.reader import parse as parse_workload
 from ksmstress.kernel.workload import Workload, WorkloadError
@@ -113,7 +115,7 @@ def mutate_text(rng: random.Random, text: str) -> str:
 
 def random_step(rng: random.Random) -> str:
     """A script step, well-formed or nearly, with numbers from the edges of what the model can hold."""
-    n = lambda: rng.choice([*INTS[:12], str(rng.randrange(100))])  # noqa: E731
+    n = lambda: rng.choice(INTS[:12]) if rng.random() < 0.4 else str(rng.randrange(30))  # noqa: E731
     return rng.choice([
         f"fill:{n()}", f"write:{n()}:{n()}", f"wait-scans:{n()}", f"wait-scans:{n()}:{n()}", f"wait-merged:{n()}",
         f"wait-merged:{n()}:{n()}", f"sleep:{n()}", "fork", "munmap-all", "munmap-half", "unmergeable", "mergeable",
@@ -144,8 +146,10 @@ def mutated_scenario(seed: int) -> tuple[str, str]:
 
 def random_action(rng: random.Random, procs: list[str]) -> str:
     """A workload action, well-formed or nearly, over the workload's processes, with edge numbers and names."""
-    p = rng.choice([*procs, "nobody", "x" * 17, "1a"])
-    num = lambda: rng.choice(["0", "1", "2", "7", "64", "65536", "99999999999", "9" * 5000, ""])  # noqa: E731
+    plausible = rng.random() < 0.6  # mostly actions the workload can do, so the model side runs too
+    p = rng.choice(procs if plausible else [*procs, "nobody", "x" * 17, "1a"])
+    nums = ["0", "1", "2", "3"] if plausible else ["0", "1", "2", "7", "64", "65536", "99999999999", "9" * 5000, ""]
+    num = lambda: rng.choice(nums)  # noqa: E731
     target = rng.choice([p, f"{p}.{num()}", f"{p}.0[{num()}:{num()}]", f"{p}.0[:{num()}]", f"{p}.0[{num()}:]"])
     pats = rng.choice(["1", "z", "65279", "65280", "1,2,z", ",".join(["3"] * rng.choice([10, 4096, 4097])), "1x"])
     return rng.choice([
@@ -156,15 +160,20 @@ def random_action(rng: random.Random, procs: list[str]) -> str:
 
 
 def mutated_workload(seed: int) -> str:
+    """A shipped or generated workload with one action replaced by a random one, or one to three text edits."""
     rng = random.Random(seed)
-    text = rng.choice(WORKLOADS).read_text()
+    text = rng.choice(WORKLOADS).read_text() if rng.random() < 0.6 else generate_text(seed)
     if rng.random() < 0.5:
-        procs = re.findall(r'^name = "([^"]+)"', text, re.M)[1:] or ["a"]
+        procs = re.findall(r'^\[\[process\]\]\s*name = "([^"]+)"', text, re.M) or ["a"]
         dos = list(re.finditer(r"^do = \[.*\]$", text, re.M))
         if dos:
             m = rng.choice(dos)
             acts = json.loads(m[0][len("do = ") :])
-            acts[rng.randrange(len(acts))] = random_action(rng, procs)
+            if rng.random() < 0.3:  # a hole, then madvise across it (the kernel advises the rest: -ENOMEM)
+                p, a = rng.choice(procs), rng.randrange(3)
+                acts += [f"munmap {p}.0[{a}:{a + 1}]", f"{rng.choice(['unmergeable', 'mergeable'])} {p}"]
+            else:
+                acts[rng.randrange(len(acts))] = random_action(rng, procs)
             text = text[: m.start()] + f"do = {json.dumps(acts)}" + text[m.end() :]
             return text
     for _ in range(rng.randint(1, 3)):
@@ -226,7 +235,7 @@ def mutated_artifact(seed: int, base: dict[str, Any]) -> bytes:
         d["schedule"] = _encode(bytes(s))
     elif op == 3:
         limit = parse(d["scenario"]["text"]).max_steps + 1
-        d["schedule"] = _encode(bytes(rng.choice([limit, limit + 1, 64 << 20])))
+        d["schedule"] = _encode(bytes(rng.choice([limit, limit + 1, 8 << 20])))
     elif op == 4:
         d["scenario"]["text"] = mutate_text(rng, d["scenario"]["text"])
     elif op == 5:
@@ -300,11 +309,18 @@ def check_replay(path: Path) -> int:
 
 
 def check_workload(text: str, path: str = "w.toml") -> Workload | None:
+    """parse() returns a Workload or raises WorkloadError in one line; a valid workload (if small) runs on the
+    model, and every madvise there returns what the kernel returns (-ENOMEM exactly where a span has a hole)."""
     try:
-        return parse_workload(text, path)
+        w = parse_workload(text, path)
     except WorkloadError as e:
         one_line(e, path)
         return None
+    if w.total_pages <= 2000:
+        settled, _secs = run_model(w)
+        for ph, r in zip(w.phases, settled, strict=True):
+            assert not return_problems(ph, r), (ph.name, return_problems(ph, r))
+    return w
 
 
 @pytest.fixture(scope="module")
@@ -360,7 +376,7 @@ def test_valid_tiny_scenarios_run_to_a_verdict(
     check_run(sc, tmp_path / "art")
 
 
-@FEW
+@settings(FEW, max_examples=200)
 @given(seed=SEEDS)
 def test_mutated_artifacts_read_or_refuse_in_one_line(seed: int, real_artifact: dict[str, Any], tmp_path: Path) -> None:
     p = tmp_path / "fuzz.json"
@@ -368,7 +384,7 @@ def test_mutated_artifacts_read_or_refuse_in_one_line(seed: int, real_artifact: 
     check_artifact(p)
 
 
-@settings(RUNS, max_examples=6)
+@settings(RUNS, max_examples=4)
 @given(seed=SEEDS)
 def test_mutated_artifacts_replay_to_exit_0_1_or_2(seed: int, real_artifact: dict[str, Any], tmp_path: Path) -> None:
     p = tmp_path / "fuzz.json"
@@ -376,12 +392,10 @@ def test_mutated_artifacts_replay_to_exit_0_1_or_2(seed: int, real_artifact: dic
     check_replay(p)
 
 
-@FEW
+@settings(FEW, max_examples=120)
 @given(seed=SEEDS)
 def test_mutated_workloads_parse_or_refuse_in_one_line(seed: int) -> None:
-    w = check_workload(mutated_workload(seed))
-    if w is not None and w.total_pages <= 2000:
-        run_model(w)  # valid by the reader: the model can run it (no exception but a detector's Failure)
+    check_workload(mutated_workload(seed))
 
 
 # -- regressions: each finding of issue 10 ------------------------------------------------------------------------
@@ -556,7 +570,8 @@ def _scenario_case(seed: int, work: Path, _real: dict[str, Any]) -> str:
     sc = check_scenario(text, f"{stem}.toml")
     if sc is None:
         return "refused"
-    return f"ran:{check_run(sc, work / 'art').verdict}"
+    res = check_run(sc, work / "art")
+    return f"ran:{(res.failure or {}).get('class', 'clean')}"
 
 
 def _artifact_case(seed: int, work: Path, real: dict[str, Any]) -> str:
@@ -571,9 +586,7 @@ def _workload_case(seed: int, _work: Path, _real: dict[str, Any]) -> str:
     w = check_workload(mutated_workload(seed))
     if w is None:
         return "refused"
-    if w.total_pages <= 2000:
-        run_model(w)
-    return "modelled"
+    return "modelled" if w.total_pages <= 2000 else "parsed"
 
 
 @pytest.mark.stress
