@@ -107,7 +107,10 @@ def write_artifact(directory: Path, sc: Scenario, res: RunResult, pct_depth: int
     path = directory / artifact_name(sc, res)
     if path.parent != directory or path.resolve().parent != directory.resolve():  # e.g. a planted symlink
         raise ArtifactError(f"{directory}: the artifact {path.name!r} would be written outside --artifacts")
-    text = Path(sc.path).read_text() if Path(sc.path).exists() else ""
+    try:
+        text = Path(sc.path).read_text()
+    except (OSError, ValueError):  # gone, unreadable, a NUL in a path made in code: replay then needs the path
+        text = ""
     data = {
         "format": ARTIFACT_FORMAT,
         "ksmstress": __version__,
