@@ -8,8 +8,10 @@ recorded schedule step by step.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
+import re
 import sys
 import zlib
 from pathlib import Path
@@ -18,8 +20,11 @@ from typing import Any
 import structlog
 
 from . import __version__
-from .runner import RunResult
-from .scenario import Scenario
+from .argtypes import SEED_BITS
+from .runner import MODES, RunResult
+from .scenario import Scenario, ScenarioError, load, parse
+from .sched import STRATEGIES
+from .tomltable import shown
 
 ARTIFACT_FORMAT = 1
 
@@ -82,11 +87,39 @@ def verdict_dict(res: RunResult, runs: int, artifact: str | None = None) -> dict
     return d
 
 
+SAFE_PART = re.compile(r"[^A-Za-z0-9._-]")
+MAX_FILE_NAME = 200  # bytes; most file systems allow 255
+MAX_ARTIFACT = 256 << 20  # bytes of JSON: a 250M-step schedule compresses to well under this
+MAX_NESTING = 32  # JSON depth: an artifact is 4 levels deep; deeper is not ours (and json recurses on it)
+PCT_MAX_DEPTH = 64  # ctl.strat holds the count and depth - 1 change points in 64 cells (sched/control.py)
+
+
+def _part(text: str) -> str:
+    """One piece of an artifact's file name: only [A-Za-z0-9._-], so no piece can be a separator or '..'."""
+    return SAFE_PART.sub("_", text).lstrip(".") or "_"
+
+
+def artifact_name(sc: Scenario, res: RunResult) -> str:
+    """NAME[-BUG...]-STRATEGY-seedN-CLASS.json from checked pieces, cut to a length every file system takes (many
+    variants at once name themselves by count and a hash of the set instead)."""
+    cls = str((res.failure or {}).get("class", "clean"))
+    bugs = "".join(f"-{_part(b)}" for b in res.bugs)
+    tail = f"-{_part(res.strategy)}-seed{int(res.seed)}-{_part(cls)}.json"
+    name = _part(sc.name)[:64]
+    if len(name + bugs + tail) > MAX_FILE_NAME:
+        digest = hashlib.sha256(",".join(sorted(res.bugs)).encode()).hexdigest()[:8]
+        bugs = f"-{len(res.bugs)}bugs-{digest}"
+    return (name + bugs + tail)[-MAX_FILE_NAME:]
+
+
 def write_artifact(directory: Path, sc: Scenario, res: RunResult, pct_depth: int | None) -> Path:
-    cls = (res.failure or {}).get("class", "clean")
-    bugs = "".join(f"-{b}" for b in res.bugs)
-    path = directory / f"{sc.name}{bugs}-{res.strategy}-seed{res.seed}-{cls}.json"
-    text = Path(sc.path).read_text() if Path(sc.path).exists() else ""
+    path = directory / artifact_name(sc, res)
+    if path.parent != directory or path.resolve().parent != directory.resolve():  # e.g. a planted symlink
+        raise ArtifactError(f"{directory}: the artifact {path.name!r} would be written outside --artifacts")
+    try:
+        text = Path(sc.path).read_text()
+    except (OSError, ValueError):  # gone, unreadable, a NUL in a path made in code: replay then needs the path
+        text = ""
     data = {
         "format": ARTIFACT_FORMAT,
         "ksmstress": __version__,
@@ -113,33 +146,127 @@ def write_artifact(directory: Path, sc: Scenario, res: RunResult, pct_depth: int
     return path
 
 
-def read_artifact(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
+def _nesting(v: Any) -> int:
+    """How deeply lists and objects nest in `v` (iterative: the point is not to recurse on untrusted depth)."""
+    deepest, stack = 0, [(v, 1)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, dict | list):
+            deepest = max(deepest, d)
+            if d <= MAX_NESTING:
+                stack += [(y, d + 1) for y in (x.values() if isinstance(x, dict) else x)]
+    return deepest
+
+
+def _printable(v: Any, limit: int = 200) -> bool:
+    """A string the front door may print as it is: one line, encodable (no lone surrogate from a JSON escape)."""
+    return isinstance(v, str) and len(v) <= limit and v.isprintable()
+
+
+def _read_json(p: Path) -> Any:
     try:
-        data = json.loads(p.read_text())
+        with p.open("rb") as f:
+            raw = f.read(MAX_ARTIFACT + 1)
     except OSError as e:
         raise ArtifactError(f"{p}: cannot read artifact: {e.strerror}") from None
+    if len(raw) > MAX_ARTIFACT:
+        raise ArtifactError(f"{p}: not a ksmstress artifact (expected at most {MAX_ARTIFACT >> 20} MiB of JSON)")
+    try:
+        return json.loads(raw.decode())
     except UnicodeDecodeError:
         raise ArtifactError(f"{p}: not a ksmstress artifact (expected UTF-8 JSON)") from None
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{p}: not a ksmstress artifact (invalid JSON: {e.msg})") from None
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{p}: not a ksmstress artifact (expected a JSON object)")
+    except RecursionError:
+        raise ArtifactError(f"{p}: not a ksmstress artifact (JSON nested too deeply)") from None
+    except ValueError:  # Python's int-conversion limit (4300 digits)
+        raise ArtifactError(f"{p}: not a ksmstress artifact (an integer of more than 4300 digits)") from None
+
+
+def _check_fields(p: Path, data: dict[str, Any]) -> None:
+    """Every field replay reads, with the type and range it can use: what passes here cannot crash a replay."""
     for key, kind in (("scenario", dict), ("seed", int), ("strategy", str), ("bugs", list), ("schedule", str)):
         if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
             raise ArtifactError(f"{p}: key '{key}': expected {kind.__name__} in a ksmstress artifact")
-    if not all(isinstance(b, str) for b in data["bugs"]):
+    if data.get("format", ARTIFACT_FORMAT) != ARTIFACT_FORMAT:
+        raise ArtifactError(f"{p}: key 'format': expected {ARTIFACT_FORMAT}, got {shown(data['format'])}")
+    if not 0 <= data["seed"] < 1 << SEED_BITS:
+        raise ArtifactError(f"{p}: key 'seed': expected a seed in [0, 2**{SEED_BITS}), got {shown(data['seed'])}")
+    if data["strategy"] not in STRATEGIES:
+        raise ArtifactError(f"{p}: key 'strategy': expected one of {', '.join(STRATEGIES)}")
+    if data.get("mode") not in (None, *MODES):
+        raise ArtifactError(f"{p}: key 'mode': expected one of {', '.join(MODES)} or null")
+    if not all(_printable(b, 64) for b in data["bugs"]):
         raise ArtifactError(f"{p}: key 'bugs': expected a list of variant names")
-    text, path = data["scenario"].get("text"), data["scenario"].get("path")
-    if not isinstance(text, str) or not (text or isinstance(path, str)):
+    text, path = data["scenario"].get("text"), data["scenario"].get("path", "")
+    if not isinstance(text, str) or not (text or path):
         raise ArtifactError(f"{p}: key 'scenario.text': expected the scenario's TOML text")
-    if data.get("failure") is not None and not isinstance(data["failure"], dict):
+    if not _printable(path, 4096):
+        raise ArtifactError(f"{p}: key 'scenario.path': expected the scenario's path (printable, one line)")
+    failure = data.get("failure")
+    if failure is not None and not isinstance(failure, dict):
         raise ArtifactError(f"{p}: key 'failure': expected an object or null")
+    if failure is not None and not _printable(failure.get("class", ""), 64):
+        raise ArtifactError(f"{p}: key 'failure.class': expected a failure class name")
+    if not _printable(data.get("schedule_digest", ""), 64):
+        raise ArtifactError(f"{p}: key 'schedule_digest': expected a hex digest")
+    steps = data.get("steps", 0)
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps < 1 << 63:
+        raise ArtifactError(f"{p}: key 'steps': expected a non-negative integer")
     depth = data.get("pct_depth")
-    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 1):
-        raise ArtifactError(f"{p}: key 'pct_depth': expected a positive integer or null")
+    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= PCT_MAX_DEPTH):
+        raise ArtifactError(f"{p}: key 'pct_depth': expected an integer in [1, {PCT_MAX_DEPTH}] or null")
+
+
+def _decode(p: Path, encoded: str) -> bytes:
+    """The schedule's zlib bytes, with the stream's header checked (before the scenario: a corrupt schedule is
+    named as such whatever the scenario says)."""
     try:
-        data["schedule_bytes"] = zlib.decompress(base64.b64decode(data["schedule"]))
+        raw = base64.b64decode(encoded)
+        zlib.decompressobj().decompress(raw, 1)
     except (ValueError, zlib.error):
         raise ArtifactError(f"{p}: key 'schedule': expected base64 zlib data") from None
+    return raw
+
+
+def _inflate(p: Path, raw: bytes, limit: int) -> bytes:
+    """The recorded schedule, one byte per step, refused past `limit` bytes before it is inflated any further (a
+    small artifact can otherwise inflate to gigabytes)."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(raw, limit + 1)
+    except zlib.error:
+        raise ArtifactError(f"{p}: key 'schedule': expected base64 zlib data") from None
+    if len(out) > limit:
+        raise ArtifactError(
+            f"{p}: key 'schedule': expected at most max_steps + 1 = {limit} steps (one byte each), got more"
+        )
+    if not d.eof:
+        raise ArtifactError(f"{p}: key 'schedule': expected base64 zlib data (the stream is truncated)")
+    return out
+
+
+def artifact_scenario(p: Path, data: dict[str, Any]) -> Scenario:
+    """The scenario an artifact replays: its recorded text, or (no text) the file at its recorded path."""
+    scd = data["scenario"]
+    path = scd.get("path", str(p))
+    try:
+        return parse(scd["text"], path) if scd["text"] else load(path)
+    except ScenarioError as e:
+        raise ArtifactError(f"{p}: key 'scenario': {e}") from None
+
+
+def read_artifact(path: str | Path) -> dict[str, Any]:
+    """An artifact as replay uses it, with `schedule_bytes` inflated; ArtifactError for anything replay could not
+    use (its scenario's own error included), never another exception."""
+    p = Path(path)
+    data = _read_json(p)
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{p}: not a ksmstress artifact (expected a JSON object)")
+    if _nesting(data) > MAX_NESTING:
+        raise ArtifactError(f"{p}: not a ksmstress artifact (expected JSON nested at most {MAX_NESTING} deep)")
+    _check_fields(p, data)
+    raw = _decode(p, data["schedule"])
+    sc = artifact_scenario(p, data)
+    data["schedule_bytes"] = _inflate(p, raw, sc.max_steps + 1)
     return data

@@ -8,19 +8,24 @@ the tasks interleave: that is the seed's and the strategy's job.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import catalog
-from .tomltable import TableReader, read_file
+from .tomltable import TableReader, loads, read_file, shown
 
 OPS = ("write", "read", "fork", "munmap", "mmap", "unmergeable", "mergeable", "sleep")
 SCRIPT_RE = re.compile(
     r"^(fill(:\d+)?|read-all|wait-scans:\d+(:\d+)?|wait-merged:\d+(:\d+)?|sleep:\d+|fork|munmap-all|munmap-half|"
     r"unmergeable|mergeable|write:\d+:\d+|exit)$"
 )
+# Pattern p and p + 255 * 256 fill a page with the same bytes (checks/content.py), so larger numbers name no new
+# page; they would also overflow the int64 record of what a task wrote.
+MAX_PATTERN = 255 * 256 - 1
+# The name becomes part of an artifact's file name: a safe set of characters, so it can never leave --artifacts.
+NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+NAME_EXPECTED = "a name of at most 64 letters, digits, '.', '_' or '-', not starting with '.'"
 
 
 class ScenarioError(ValueError):
@@ -81,18 +86,48 @@ def _table(path: str, where: str, data: Any) -> TableReader:
     return TableReader(path, where, data, ScenarioError)
 
 
-def _script(r: TableReader, key: str) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class _Limits:
+    """What a script step's numbers may be, from the scenario's own sizes (read before the tasks)."""
+
+    vpages: int
+    max_steps: int
+
+
+def _step_numbers(step: str, lim: _Limits) -> str | None:
+    """Why the numbers of a well-formed step are out of range for this scenario, or None. Every number ends up in
+    an int64 table or a loop bound: refusing it here is what keeps a typo from becoming a model `crash`."""
+    name, *args = step.split(":")
+    nums = [int(a) for a in args]
+    if name == "fill" and nums and nums[0] > MAX_PATTERN:
+        return f"a pattern in [0, {MAX_PATTERN}] in fill:P"
+    if name == "write":
+        if not 1 <= nums[0] < lim.vpages:
+            return f"an address in [1, arena.vpages - 1 = {lim.vpages - 1}] in write:A:P"
+        if nums[1] > MAX_PATTERN:
+            return f"a pattern in [0, {MAX_PATTERN}] in write:A:P"
+    if name in ("wait-scans", "wait-merged", "sleep") and any(n > lim.max_steps for n in nums):
+        return f"counts of at most max_steps = {lim.max_steps} in {name}"
+    return None
+
+
+def _script(r: TableReader, key: str, lim: _Limits) -> tuple[str, ...]:
     raw = r.get(key, list, [])
-    for s in raw:
+    for j, s in enumerate(raw):
         if not isinstance(s, str) or not SCRIPT_RE.fullmatch(s):
             raise ScenarioError(
-                f"{r.path}: key '{r.key(key)}': bad step {s!r}; expected fill[:P], read-all, wait-scans:N[:CAP], "
+                f"{r.path}: key '{r.key(key)}': bad step {shown(s)}; expected fill[:P], read-all, wait-scans:N[:CAP], "
                 "wait-merged:N[:CAP], sleep:N, fork, munmap-all, munmap-half, unmergeable, mergeable, write:A:P or exit"
             )
+        if len(s) > 64:  # the regex bounds no digit run: a 5,000-digit number would not even convert to int
+            raise ScenarioError(f"{r.path}: key '{r.key(key)}[{j}]': expected a step of at most 64 characters")
+        why = _step_numbers(s, lim)
+        if why:
+            raise ScenarioError(f"{r.path}: key '{r.key(key)}[{j}]': expected {why}, got {s!r}")
     return tuple(raw)
 
 
-def _task(path: str, i: int, data: Any) -> TaskCfg:
+def _task(path: str, i: int, data: Any, lim: _Limits) -> TaskCfg:
     r = _table(path, f"task[{i}]", data)
     w = r.table("weights")
     weights = tuple((op, w.get(op, float, 0.0, 0.0, 1000.0)) for op in OPS)
@@ -104,8 +139,8 @@ def _task(path: str, i: int, data: Any) -> TaskCfg:
         region=r.get("region", int, 8, 1, 4096),
         patterns=r.get("patterns", int, 2, 1, 65535),
         ops=r.get("ops", int, 30, 0, 100_000),
-        script=_script(r, "script"),
-        child_script=_script(r, "child_script"),
+        script=_script(r, "script", lim),
+        child_script=_script(r, "child_script", lim),
         child_ops=r.get("child_ops", int, 15, 0, 100_000),
         max_forks=r.get("max_forks", int, 1, 0, 16),
         mergeable=r.get("mergeable", bool, True),
@@ -115,28 +150,42 @@ def _task(path: str, i: int, data: Any) -> TaskCfg:
     return t
 
 
+def _name(r: TableReader, path: str) -> str:
+    """The scenario's name: the `name` key, checked (it becomes part of an artifact's file name), or else the
+    file's stem made safe (a file may be called anything; its name must still not be a path)."""
+    if "name" in r.data:
+        name = r.get("name", str, "")
+        if not NAME_RE.fullmatch(name):
+            raise r.err("name", NAME_EXPECTED, name)
+        return name
+    r.seen.add("name")
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(path).stem).lstrip(".")[:64]
+    return stem or "scenario"
+
+
 def parse(text: str, path: str = "<string>") -> Scenario:
     """Parse and validate scenario TOML text; raises ScenarioError with a one-line message."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(f"{path}: not valid TOML: {e}") from None
+    data = loads(text, path, ScenarioError)
     r = _table(path, "", data)
     a, k, rc, ad, p = r.table("arena"), r.table("ksm"), r.table("reclaim"), r.table("admin"), r.table("pct")
     ch = r.table("chaos")
+    name = _name(r, path)
+    max_steps = r.get("max_steps", int, 400_000, 100, 250_000_000)
+    vpages = a.get("vpages", int, 24, 4, 4096)
     r.seen.update({"task", "ksmd"})
     raw_tasks = data.get("task", [{}])
     if not isinstance(raw_tasks, list) or not raw_tasks:
         raise ScenarioError(f"{path}: key 'task': expected one or more [[task]] tables")
-    tasks = tuple(_task(path, i, t) for i, t in enumerate(raw_tasks))
+    lim = _Limits(vpages, max_steps)
+    tasks = tuple(_task(path, i, t, lim) for i, t in enumerate(raw_tasks))
     kd = r.table("ksmd")
     sc = Scenario(
-        name=r.get("name", str, Path(path).stem),
+        name=name,
         path=path,
         description=r.get("description", str, ""),
-        max_steps=r.get("max_steps", int, 400_000, 100, 250_000_000),
+        max_steps=max_steps,
         page_size=a.get("page_size", int, 64, 8, 4096),
-        vpages=a.get("vpages", int, 24, 4, 4096),
+        vpages=vpages,
         max_vmas=a.get("max_vmas", int, 6, 1, 256),
         max_mm=a.get("max_mm", int, 10, 1, 200),
         pages_to_scan=k.get("pages_to_scan", int, 16, 1, 100_000),

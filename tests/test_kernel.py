@@ -8,6 +8,7 @@ before/after snapshots of the knobs are taken under the same lock, so a concurre
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -24,9 +25,11 @@ import pytest
 from ksmstress.catalog import shipped_dir
 from ksmstress.kernel import sysfs
 from ksmstress.kernel.compare import compare_recorded, render, run_against_kernel
+from ksmstress.kernel.generate import generate, generate_text
 from ksmstress.kernel.model import run_model
+from ksmstress.kernel.reader import load, parse, resolve
 from ksmstress.kernel.real import RealSide
-from ksmstress.kernel.workload import WorkloadError, generate, generate_text, load, parse, resolve
+from ksmstress.kernel.workload import WorkloadError
 
 from .clitools import cli
 
@@ -98,6 +101,12 @@ BAD = [
     (GOOD.replace('"write a 1"', '"munmap a.0[0:2]", "write a.0[1:3] 1"'), "expected mapped pages, got page 1"),
     (GOOD.replace('"write a 1"', '"exit a", "write a 1"'), "expected a live process, got exited 'a'"),
     (GOOD.replace('"write a 1"', '"fork a a"'), "expected a new process name for the child"),
+    (GOOD.replace('"write a 1"', '"fork a abcdefghijklmnopq"'), "(at most 16 characters"),
+    (GOOD.replace('name = "a"', 'name = "abcdefghijklmnopq"'), "(at most 16 characters"),
+    (GOOD.replace('"write a 1"', '"write a.' + "9" * 5000 + ' 1"'), "expected a target PROC"),
+    (GOOD.replace('"write a 1"', '"write a ' + "9" * 5000 + '"'), "expected patterns"),
+    ("a = " + "[" * 1200 + "]" * 1200, "nested less deeply"),
+    ("a = " + "1" * 5000, "at most 4300 digits"),
     (GOOD.replace('"write a 1"', '"run 3"'), "expected run 0, 1 or 2"),
     (GOOD.replace('do = ["write a 1"]', "do = []"), "key 'phase[0].do': expected a non-empty list of actions"),
     (GOOD + "expect = { shared = -1 }\n", "key 'phase[0].expect.shared': expected an integer in"),
@@ -112,6 +121,58 @@ def test_bad_workloads_are_one_line_errors_naming_file_and_key(text: str, want: 
         parse(text, "w.toml")
     msg = str(e.value)
     assert msg.startswith("w.toml: ") and "\n" not in msg and want in msg, msg
+
+
+def test_a_write_of_too_many_patterns_quotes_a_short_line() -> None:
+    """4,097 patterns: the error says so in one short line, without repeating 20 KB of action text."""
+    many = ",".join(["1"] * 4097)
+    text = GOOD.replace("regions = [4]", "regions = [8192]").replace('"write a 1"', f'"write a {many}"')
+    with pytest.raises(WorkloadError) as e:
+        parse(text, "w.toml")
+    msg = str(e.value)
+    assert "at most 4096" in msg and len(msg) < 400, msg
+
+
+HOLE = """
+name = "hole"
+[[process]]
+name = "a"
+regions = [32]
+[[process]]
+name = "b"
+regions = [32]
+[[phase]]
+do = ["write a 1", "write b 1", "munmap a.0[8:16]"]
+expect = { shared = 1, sharing = 55, unshared = 0, merging = { a = 24, b = 32 } }
+[[phase]]
+do = ["unmergeable a.0[0:32]"]
+expect = { shared = 1, sharing = 31, unshared = 0, merging = { a = 0, b = 32 } }
+"""
+
+
+def test_madvise_over_a_hole_advises_the_mapped_parts_and_returns_enomem() -> None:
+    """As the kernel: `unmergeable` over a range with an unmapped hole is no error in the workload; the mapped
+    parts are unmerged (figures recorded from Linux 6.18) and madvise returns -ENOMEM, on the model as predicted."""
+    w = parse(HOLE, "hole.toml")
+    (act,) = w.phases[1].actions
+    assert act.returns == (-12,)
+    rep = compare_recorded(w)
+    assert rep.verdict == "agree", render(rep)
+    assert rep.rows[1].returns == (-12,) and rep.rows[0].returns == ()
+    # a side that returned something else is a mismatch, named as such
+    wrong = dataclasses.replace(act, returns=(0,))
+    w2 = dataclasses.replace(w, phases=(w.phases[0], dataclasses.replace(w.phases[1], actions=(wrong,))))
+    rep = compare_recorded(w2)
+    assert rep.verdict == "mismatch" and "madvise returned [-12] on the model, expected [0]" in render(rep)
+
+
+def test_madvise_without_a_hole_returns_0() -> None:
+    w = parse(HOLE.replace("unmergeable a.0[0:32]", "unmergeable a.0[0:8]").replace("a = 0, b", "a = 16, b")
+              .replace("sharing = 31", "sharing = 47"), "nohole.toml")
+    assert w.phases[1].actions[0].returns == (0,)
+    rep = compare_recorded(w)
+    assert rep.verdict == "agree", render(rep)
+    assert rep.rows[1].returns == (0,)
 
 
 def test_bad_workload_through_the_cli_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,7 +15,9 @@ from typing import Any
 
 from . import sysfs
 from .compare import Report, compare_recorded, render, run_against_kernel, settings_line
-from .workload import Workload, WorkloadError, generate, load, resolve
+from .generate import generate
+from .reader import load, resolve
+from .workload import Workload, WorkloadError
 
 
 def _positive(a: argparse.Namespace) -> None:

@@ -15,7 +15,7 @@ from ..failures import Failure
 from . import sysfs
 from .model import Settled, run_model
 from .real import KernelSideError, run_real
-from .workload import Expect, Figures, Workload
+from .workload import Expect, Figures, Phase, Workload
 
 COUNTS = ("shared", "sharing", "unshared")
 
@@ -25,6 +25,17 @@ def differences(model: Figures, other: Figures) -> list[str]:
     out = [f"{key} {getattr(model, key)} != {getattr(other, key)}" for key in COUNTS
            if getattr(model, key) != getattr(other, key)]
     out += [f"merged[{n}] {model.merging.get(n)} != {v}" for n, v in other.merging.items() if model.merging.get(n) != v]
+    return out
+
+
+def return_problems(ph: Phase, model: Settled, kernel: Settled | None = None) -> list[str]:
+    """madvise return values against what the kernel returns for this phase's actions (-ENOMEM over a range with
+    unmapped pages, 0 otherwise; workload.Action.returns), on each side that recorded them."""
+    want = [r for a in ph.actions for r in a.returns]
+    out = []
+    for side, got in (("model", model.returns), ("kernel", kernel.returns if kernel else None)):
+        if got is not None and list(got) != want:
+            out.append(f"madvise returned {list(got)} on the {side}, expected {want}")
     return out
 
 
@@ -51,6 +62,7 @@ class Row:
     problems: list[str] = field(default_factory=list)
     model_scans: int = 0
     kernel_scans: int = 0
+    returns: tuple[int, ...] = ()  # the model's madvise return values in the phase, span by span
 
     @property
     def agree(self) -> bool:
@@ -91,6 +103,7 @@ class Report:
                     "agree": r.agree,
                     "mismatches": r.problems,
                     "full_scans": {"model": r.model_scans, "kernel": r.kernel_scans if r.kernel_scans else None},
+                    "madvise_returns": list(r.returns),
                 }
                 for r in self.rows
             ],
@@ -120,7 +133,8 @@ def compare_kernel(w: Workload, model: tuple[list[Settled] | None, float, str], 
         rep.error = f"kernel: {e}"
         return rep
     for ph, m, k in zip(w.phases, mres, kres, strict=True):
-        rep.rows.append(Row(ph.name, m.figures, k.figures, differences(m.figures, k.figures), m.scans, k.scans))
+        problems = differences(m.figures, k.figures) + return_problems(ph, m, k)
+        rep.rows.append(Row(ph.name, m.figures, k.figures, problems, m.scans, k.scans, m.returns or ()))
     return rep
 
 
@@ -136,7 +150,8 @@ def compare_recorded(w: Workload, min_scans: int = 4) -> Report:
     for ph, m in zip(w.phases, mres, strict=True):
         other = expected_figures(ph.expect) if ph.expect else None
         problems = [p.replace("!= recorded", "!=") for p in ph.expect.mismatches(m.figures)] if ph.expect else []
-        rep.rows.append(Row(ph.name, m.figures, other, problems, m.scans))
+        problems += return_problems(ph, m)
+        rep.rows.append(Row(ph.name, m.figures, other, problems, m.scans, returns=m.returns or ()))
     return rep
 
 

@@ -43,6 +43,7 @@ class Settled:
     scans: int
     seconds: float
     settled: bool = True
+    returns: tuple[int, ...] | None = None  # what each madvise span's call of the phase returned; None: not recorded
 
 
 def region_bases(w: Workload) -> list[int]:
@@ -89,6 +90,7 @@ class ModelSide:
         self.k: K = solo_kernel(sizes_for(w))
         self.bases = region_bases(w)
         self.mms: dict[str, int] = {}  # live process -> mm reference
+        self.returns: list[int] = []  # this phase's madvise return values, span by span
         for p in w.processes:
             mref = mmm.mm_alloc(self.k)
             for i, r in enumerate(p.regions):
@@ -122,12 +124,15 @@ class ModelSide:
         else:
             advice = ksm.MADV_MERGEABLE if a.kind == "mergeable" else ksm.MADV_UNMERGEABLE
             for s in a.spans:
-                self.madvise(mref, self.bases[s.region] + s.start, self.bases[s.region] + s.end, advice)
+                self.returns.append(
+                    self.madvise(mref, self.bases[s.region] + s.start, self.bases[s.region] + s.end, advice)
+                )
 
-    def madvise(self, mref: int, start: int, end: int, advice: int) -> None:
-        """madvise(2) as the program would call it (the model splits vmas at the range's edges, as 2.6.33)."""
-        if mmm.sys_madvise(self.k, mref, start, end, advice):
-            raise RuntimeError(f"model: madvise [{start}, {end}) ran out of vmas")
+    def madvise(self, mref: int, start: int, end: int, advice: int) -> int:
+        """madvise(2) as the program would call it (the model splits vmas at the range's edges, as 2.6.33), and
+        its return value: -ENOMEM over a range with unmapped pages, whose mapped parts are advised all the same
+        (sizes_for leaves room for every split, so a split never fails here)."""
+        return mmm.sys_madvise(self.k, mref, start, end, advice)
 
     # -- ksmd ------------------------------------------------------------------------------------------------
     def full_scan(self) -> None:
@@ -156,8 +161,9 @@ class ModelSide:
         """Full scans until at least `min_scans` have run and two in a row left the figures unchanged (no scans
         at all when ksmd would not run: run is 0 or 2, or no mm is registered)."""
         t0 = time.perf_counter()
+        returns, self.returns = tuple(self.returns), []
         if not int(self.k.g[G_RUN]) & KSM_RUN_MERGE:
-            return Settled(self.figures(), 0, time.perf_counter() - t0)
+            return Settled(self.figures(), 0, time.perf_counter() - t0, returns=returns)
         prev, scans = self.figures(), 0
         while scans < self.max_scans:
             if not ksm.ksmd_should_run(self.k):
@@ -166,9 +172,9 @@ class ModelSide:
             scans += 1
             cur = self.figures()
             if scans >= self.min_scans and cur == prev:
-                return Settled(cur, scans, time.perf_counter() - t0)
+                return Settled(cur, scans, time.perf_counter() - t0, returns=returns)
             prev = cur
-        return Settled(self.figures(), scans, time.perf_counter() - t0, settled=scans < self.max_scans)
+        return Settled(self.figures(), scans, time.perf_counter() - t0, scans < self.max_scans, returns)
 
 
 def run_model(w: Workload, min_scans: int = 4) -> tuple[list[Settled], float]:

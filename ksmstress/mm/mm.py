@@ -235,14 +235,17 @@ def sys_munmap(k: K, mref: int, start: int, end: int) -> bool:
 def sys_madvise(k: K, mref: int, start: int, end: int, advice: int) -> int:
     """MADV_MERGEABLE / MADV_UNMERGEABLE over [start, end) under mmap_sem (write). As madvise_behavior does, a vma
     whose flags change is split at the range's edges first, so only the range changes; -ENOMEM when a split
-    would exceed the vma budget."""
+    would exceed the vma budget, and (unmapped_error) when part of the range is mapped by no vma: the mapped
+    parts are still advised."""
     m = k.mmc.deref(mref, "sys_madvise")
     want = advice == ksm.MADV_MERGEABLE
     k.locks.down_write(k.mmap_sem(m), "sys_madvise")
     err = 0
+    covered = 0
     for vref in vma_list(k, m):
         v = k.vm.deref(vref, "sys_madvise")
         vs, ve = k.vm.start[v], k.vm.end[v]
+        covered += max(0, min(ve, end) - max(vs, start))
         if ve <= start or vs >= end or bool(k.vm.flags[v] & VM_MERGEABLE) == want:
             continue
         if len(vma_list(k, m)) + int(vs < start) + int(ve > end) > k.st.sz.max_vmas:
@@ -254,7 +257,7 @@ def sys_madvise(k: K, mref: int, start: int, end: int, advice: int) -> int:
             split_vma(k, m, vref, end)
         err = ksm.ksm_madvise(k, vref, advice) or err
     k.locks.up_write(k.mmap_sem(m), "sys_madvise")
-    return err
+    return err or (-12 if covered < end - start else 0)
 
 
 def fault_in(k: K, m: int, addr: int, write: bool) -> bool:

@@ -1,0 +1,94 @@
+"""Random valid workloads (`ksmstress kernel --generate N`): process counts, page counts and content duplication
+drawn from a seed, valid by construction, so a disagreement with the kernel is a finding and never bad input."""
+
+from __future__ import annotations
+
+import random
+
+from .reader import parse
+from .workload import Workload
+
+
+def _rng_patterns(rng: random.Random, pool: list[int], n: int) -> str:
+    """A pattern list with duplication: a few patterns from a small pool, cycled or drawn per page."""
+    if rng.random() < 0.4:
+        return str(rng.choice(pool))
+    k = rng.randint(1, min(n, 6))
+    return ",".join(str(rng.choice(pool)) for _ in range(k))
+
+
+def generate_text(seed: int) -> str:
+    """TOML for a random workload: process counts, page counts and content duplication drawn from `seed`.
+
+    Each workload starts by writing every page, then runs one to four phases of random actions (writes with
+    duplicated patterns, forks, MADV_UNMERGEABLE / MERGEABLE of a range, munmap of a range, exits, run=2 then
+    run=1), always valid by construction.
+    """
+    rng = random.Random(seed)
+    pool = rng.sample(range(0, 600), rng.randint(1, 5))
+    nproc = rng.randint(1, 4)
+    procs: dict[str, list[list[bool]]] = {}
+    lines = [f'name = "gen-{seed}"', f'description = "generated from seed {seed}"', ""]
+    for i in range(nproc):
+        regions = [rng.randint(1, 24) for _ in range(rng.randint(1, 2))]
+        name = f"p{i}"
+        procs[name] = [[True] * n for n in regions]
+        lines += ["[[process]]", f'name = "{name}"', f"regions = {regions}", ""]
+    phases: list[tuple[str, list[str]]] = [
+        ("fill", [f"write {p}.{r} {_rng_patterns(rng, pool, len(m))}" for p, regs in procs.items()
+              for r, m in enumerate(regs)])
+    ]
+    nforks = 0
+    ran2 = False
+    for ph in range(rng.randint(1, 4)):
+        acts: list[str] = []
+        for _ in range(rng.randint(1, 3)):
+            live = sorted(procs)
+            op = rng.choices(
+                ["write", "fork", "unmergeable", "mergeable", "munmap", "exit", "run"], [5, 2, 2, 1, 2, 1, 1]
+            )[0]
+            p = rng.choice(live)
+            regs = procs[p]
+            r = rng.randrange(len(regs))
+            mapped = [i for i, v in enumerate(regs[r]) if v]
+            if op == "run":
+                acts += ["run 1"] if ran2 else ["run 2"]
+                ran2 = not ran2
+                continue
+            if op == "fork" and nforks < 3 and len(live) < 6:
+                child = f"c{nforks}"
+                nforks += 1
+                procs[child] = [list(m) for m in regs]
+                acts.append(f"fork {p} {child}")
+                continue
+            if op == "exit" and len(live) > 1:
+                del procs[p]
+                acts.append(f"exit {p}")
+                continue
+            if not mapped:
+                continue
+            # a run of mapped pages
+            a = rng.choice(mapped)
+            b = a
+            while b + 1 < len(regs[r]) and regs[r][b + 1] and rng.random() < 0.8:
+                b += 1
+            target = f"{p}.{r}[{a}:{b + 1}]"
+            if op == "munmap":
+                regs[r][a : b + 1] = [False] * (b + 1 - a)
+                acts.append(f"munmap {target}")
+            elif op in ("unmergeable", "mergeable"):
+                acts.append(f"{op} {target}")
+            else:
+                acts.append(f"write {target} {_rng_patterns(rng, pool, b + 1 - a)}")
+        if acts:
+            phases.append((f"step {ph + 1}", acts))
+    if ran2:
+        phases.append(("run=1", ["run 1"]))
+    for name, acts in phases:
+        lines += ["[[phase]]", f'name = "{name}"', "do = [" + ", ".join(f'"{a}"' for a in acts) + "]", ""]
+    return "\n".join(lines)
+
+
+def generate(seed: int) -> Workload:
+    """A random valid workload from `seed` (see generate_text)."""
+    return parse(generate_text(seed), f"<generated seed {seed}>")
