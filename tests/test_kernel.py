@@ -47,8 +47,10 @@ do = ["write a 1"]
 
 
 def knobs() -> dict[str, str]:
-    """Every writable KSM value, read while no other run can be half-way (under the run lock)."""
+    """Every writable KSM value, read while no other run can be half-way (under the run lock), after putting back
+    what a killed run (another session's, on a shared machine) left: the values every next run restores first."""
     with sysfs.ksm_lock():
+        sysfs.recover()
         return {n: sysfs.read(n) for n in sysfs.writable()}
 
 
