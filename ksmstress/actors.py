@@ -65,6 +65,7 @@ class MmTask:
         for step in cfg.child_script if self.child else cfg.script:
             if self.script_step(step):
                 break
+            self.k.ctl.progress()
         else:
             ops = [op for op, w in cfg.weights if w > 0]
             weights = [w for _op, w in cfg.weights if w > 0]
@@ -72,6 +73,7 @@ class MmTask:
                 if not ops:
                     break
                 self.op(self.rng.choices(ops, weights)[0])
+                self.k.ctl.progress()
         mmm.mmput(self.k, self.mref)
         self.k.atomic_add(self.k.g, G_MM_LIVE, -1)
 

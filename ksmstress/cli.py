@@ -178,6 +178,10 @@ def cmd_run(a: argparse.Namespace) -> int:
             if progress:
                 progress.update(total)
         assert last is not None
+        if last.verdict == "budget":
+            if progress:
+                progress.clear()
+            _usage_error(_budget_line(sc, last))
         per.append({"scenario": sc.name, "path": sc.path, "verdict": last.verdict,
                     "seeds": {"first": a.seed, "last": last.seed}, **mine.figures()})
         if last.verdict == "failure":
@@ -210,6 +214,14 @@ def cmd_run(a: argparse.Namespace) -> int:
         print(f"all clean: {total.runs} run(s), {fig['steps']:,} steps in {total.wall():.1f} s "
               f"({fig['steps_per_second']:,.0f} steps/s while running)")
     return EXIT_CLEAN
+
+
+def _budget_line(sc: Scenario, res: RunResult) -> str:
+    """A run that only ran out of scheduling points is the scenario's size, not the model's fault: exit 2."""
+    ops = ((res.failure or {}).get("details") or {}).get("operations", "?")
+    return (f"{sc.path}: key 'max_steps': expected more than {sc.max_steps} scheduling points for this scenario "
+            f"(seed {res.seed} used them all while its programs were still completing operations, {ops} in the "
+            f"last quarter: not a model failure)")
 
 
 # -- replay -----------------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ class RunResult:
     seed: int
     strategy: str
     bugs: list[str]
-    verdict: str  # clean | failure
+    verdict: str  # clean | failure | budget
     failure: dict[str, Any] | None
     steps: int
     handoffs: int
@@ -321,7 +321,7 @@ def run_one(
         seed=seed,
         strategy=strat_name,
         bugs=sorted(bugset),
-        verdict="failure" if failure else "clean",
+        verdict=verdict_of(failure),
         failure=failure,
         steps=ctl.steps,
         handoffs=int(ctl.meta[HANDOFFS]),
@@ -331,6 +331,14 @@ def run_one(
         spawn_seconds=spawn_seconds,
         mode=mode,
     )
+
+
+def verdict_of(failure: dict[str, Any] | None) -> str:
+    """clean, failure, or budget: the scenario's max_steps ran out while its programs were still making progress
+    (not a model failure: the scenario needs a larger budget)."""
+    if failure is None:
+        return "clean"
+    return "budget" if failure.get("class") == "budget-exhausted" else "failure"
 
 
 def reproduction(sc: Scenario, res: RunResult, reruns: int, timeout: float = 120.0, cls: str | None = None) -> str:
@@ -350,5 +358,5 @@ def run_seeds(sc: Scenario, seeds: Iterable[int], *args: Any, **kw: Any) -> Iter
     for seed in seeds:
         res = run_one(sc, seed, *args, **kw)
         yield res
-        if res.verdict == "failure":
+        if res.verdict != "clean":
             return

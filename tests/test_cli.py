@@ -816,3 +816,25 @@ def test_refcount_width_figures_the_readme_quotes(capsys: pytest.CaptureFixture[
         capsys, "run", "refcount-width", "--bug", "narrow-refcount", "--json", "--artifacts", str(tmp_path)
     )
     assert code == 1 and one_json_object(out)["failure"]["class"] == "refcount-overflow"
+
+
+def test_an_exhausted_budget_is_not_a_livelock(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A scenario that is only too big for its max_steps is bad input naming the key to raise (exit 2); programs
+    that complete nothing while the points run out are a livelock, reported as `hang` (exit 1)."""
+    big = write(
+        tmp_path,
+        "big.toml",
+        'name = "big"\nmax_steps = 3000\n[[task]]\ncount = 3\nops = 2000\n[task.weights]\nwrite = 1\nread = 1\n',
+    )
+    code, out, err = cli(capsys, "run", str(big), "--artifacts", str(tmp_path / "a"))
+    assert code == 2 and not out
+    assert f"{big}: key 'max_steps': expected more than 3000 scheduling points" in err
+    assert len(err.strip().splitlines()) == 1
+    spin = write(
+        tmp_path,
+        "spin.toml",
+        'name = "spin"\nmax_steps = 3000\n[[task]]\nscript = ["sleep:2999"]\nops = 0\n'
+        '[[task]]\nscript = ["sleep:2999"]\nops = 0\n',
+    )
+    code, out, err = cli(capsys, "run", str(spin), "--artifacts", str(tmp_path / "a"))
+    assert code == 1 and "FAILURE hang" in out and "(livelock)" in out

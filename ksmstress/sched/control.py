@@ -27,6 +27,8 @@ NO_LOCK = -1  # ctl.wait of a task that waits for no lock
 
 # meta cells
 STEP, CURRENT, STOP, OUTCOME, HANDOFFS, FAIL_LEN, NBLOCKED, VERSION = range(8)  # VERSION: task states changed
+PROGRESS, PROGRESS_MARK, MARKED = 8, 9, 10  # operations the programs completed; their count at 3/4 of max_steps
+MARK_AT = 0.75  # where the budget check takes its snapshot of PROGRESS
 RUNNING, CLEAN, FAILED = 0, 1, 2
 
 NARGS = 8
@@ -87,6 +89,7 @@ class Control:
         self._pick = self.strategy.pick
         self._post = [s.release for s in self.sems]  # bound once: the hand-off is the hot path
         self._seen_version = -1  # this process's cached runnable list is valid while VERSION stays the same
+        self._limit = int(self.max_steps * MARK_AT)  # the next step at which budget_check looks
         self._runnable: list[int] = []
 
     # -- names ------------------------------------------------------------------------------------------
@@ -156,12 +159,8 @@ class Control:
         meta = self._meta
         step = meta[STEP] + 1
         meta[STEP] = step
-        if step >= self.max_steps:
-            raise Failure(
-                "hang",
-                f"no quiescence after {self.max_steps} scheduling points (livelock?) at {site}",
-                {"step": step, "site": site, "task": self.label(self.me)},
-            )
+        if step >= self._limit:
+            self.budget_check(step, site)
         if meta[VERSION] != self._seen_version:
             self._seen_version = meta[VERSION]
             st = self._state
@@ -179,6 +178,39 @@ class Control:
             self.sems[me].acquire()
             if meta[STOP]:
                 os._exit(0)
+
+    def progress(self) -> None:
+        """A program completed an operation (or exited): the budget check tells a long run from a livelock by it.
+        Not a scheduling point, and free mode may lose a count to a race: it is a signal, not a clock."""
+        self._meta[PROGRESS] += 1
+
+    def budget_check(self, step: int, site: str) -> None:
+        """Reached at MARK_AT of max_steps (snapshot the progress count) and at max_steps: if the programs still
+        completed operations in the last stretch the scenario only needs a larger budget (`budget-exhausted`, not
+        a model failure: the key to raise is max_steps); if none did, the tasks are spinning: a `hang`."""
+        meta = self._meta
+        if step < self.max_steps:
+            if not meta[MARKED]:
+                meta[MARKED] = 1
+                meta[PROGRESS_MARK] = meta[PROGRESS]
+            self._limit = self.max_steps
+            return
+        done = int(meta[PROGRESS] - meta[PROGRESS_MARK])
+        last = self.max_steps - int(self.max_steps * MARK_AT)
+        details = {"step": step, "site": site, "task": self.label(self.me), "operations": done}
+        if done > 0:
+            raise Failure(
+                "budget-exhausted",
+                f"max_steps = {self.max_steps} scheduling points used up while the programs were still making "
+                f"progress ({done} operations in the last {last}): raise max_steps",
+                details,
+            )
+        raise Failure(
+            "hang",
+            f"no quiescence after {self.max_steps} scheduling points and no program completed an operation in the "
+            f"last {last} (livelock) at {site}",
+            details,
+        )
 
     def prepare_block(self, lid: int) -> None:
         """The running task will wait for lock `lid`: not runnable until a release wakes it."""

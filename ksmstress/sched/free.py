@@ -19,7 +19,6 @@ import time
 import multiprocess
 
 from ..arena import SharedBlock
-from ..failures import Failure
 from .base import Strategy
 from .chaos import ChaosPolicy
 from .control import (
@@ -62,9 +61,8 @@ class FreeControl(Control):
         meta[STEP] = step
         if meta[STOP]:
             os._exit(0)
-        if step >= self.max_steps:
-            raise Failure("hang", f"no quiescence after {self.max_steps} scheduling points (livelock?) at {site}",
-                          {"step": step, "site": site, "task": self.label(self.me)})
+        if step >= self._limit:
+            self.budget_check(step, site)
         rng = self._rng
         if rng is None:
             rng = self._rng = random.Random(f"{self.seed}:chaos:{self.me}")
