@@ -14,8 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ksmstress.argtypes import duration as parse_duration
+from ksmstress.argtypes import shard as parse_shard
 from ksmstress.catalog import shipped_dir
-from ksmstress.soak import SeedSpace, parse_duration, parse_shard
+from ksmstress.soak.seeds import SeedSpace
 
 from .procwatch import collect_descendants, wait_all_gone
 
