@@ -110,15 +110,23 @@ def check_interrupt() -> None:
 
 # -- forking ------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def fork_guard(signals: Iterable[int] = STOP_SIGNALS) -> Iterator[None]:
-    """Hold `signals` (blocked, pending) while forking: delivered after the last fork, in ordinary code."""
-    global _before_fork
+def blocked(signals: Iterable[int] = STOP_SIGNALS) -> Iterator[set[signal.Signals]]:
+    """Hold `signals` (blocked, pending) for the block: delivered when it ends. Yields the mask it replaced."""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, set(signals))
-    _before_fork = old
     try:
-        yield
+        yield old
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def fork_guard(signals: Iterable[int] = STOP_SIGNALS) -> Iterator[None]:
+    """Hold `signals` while forking: delivered after the last fork, in ordinary code (in_child() restores the
+    mask this replaced, in each child)."""
+    global _before_fork
+    with blocked(signals) as old:
+        _before_fork = old
+        yield
 
 
 def die_with_parent(parent: int) -> None:
