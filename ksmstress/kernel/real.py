@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from .. import procs
 from . import libc, sysfs
 from .model import Settled
 from .proctree import KernelSideError, ProcTree
@@ -51,6 +52,7 @@ class RealSide:
     # -- actions ---------------------------------------------------------------------------------------------
     def apply(self, a: Action) -> None:
         """Run one action with ksmd paused (run=0), so no scan interleaves with a phase's actions."""
+        procs.check_interrupt()  # under catch_interrupts(): Ctrl-C and SIGTERM end the workload between actions
         if a.kind == "run":
             self.mode = a.value
             if a.value != 1:  # run=1 takes effect when the phase settles
@@ -104,6 +106,7 @@ class RealSide:
         last, since = start, time.monotonic()
         try:
             while (now := sysfs.read_int("full_scans")) < start + n:
+                procs.check_interrupt()
                 t = time.monotonic()
                 if now != last:
                     last, since = now, t
