@@ -114,7 +114,7 @@ class Pool:
                 self._start()
                 self._serve(feed, on_row, on_tick)
             finally:
-                self._shutdown()
+                self._shutdown(on_row)
                 sig = procs.take_interrupt()  # a signal during the shutdown still says the run was interrupted
                 if self.interrupted is None:
                     self.interrupted = sig
@@ -198,14 +198,17 @@ class Pool:
         if self._on_error is not None:
             self._on_error(msg)
 
-    def _shutdown(self) -> None:
-        """Every worker ends and is reaped: a moment's grace for those told to stop, then SIGTERM, then SIGKILL."""
-        if self.interrupted is None:
-            self.stop()
-            deadline = time.monotonic() + KILL_GRACE
-            for p in self._procs:
-                if p.pid is not None:
-                    p.join(timeout=max(0.0, deadline - time.monotonic()))
+    def _shutdown(self, on_row: Callable[[Row], None]) -> None:
+        """Every worker ends and is reaped. Told to stop, they finish the item in hand; interrupted, they get SIGTERM
+        and stop at their run's next safe point. Either way, the rows they still send (a failure found just now)
+        are read until each closes its end, for up to KILL_GRACE; then the rest get SIGTERM, then SIGKILL."""
+        self.stop()
+        if self.interrupted is not None:
+            procs.signal_live(self._procs, signal.SIGTERM)
+        deadline = time.monotonic() + KILL_GRACE
+        while self._conns and (left := deadline - time.monotonic()) > 0:
+            for c in multiprocess.connection.wait(list(self._conns), timeout=min(POLL, left)):
+                self._handle(c, lambda: None, on_row)
         for c in self._conns:
             c.close()  # an idle worker sees end-of-file at once
         self._conns.clear()

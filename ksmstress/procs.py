@@ -101,6 +101,14 @@ def take_interrupt() -> int | None:
     return sig
 
 
+def repost(signum: int) -> None:
+    """Make a taken interrupt pending again: for code that must finish one thing (send a failure it found) before
+    stopping at the next safe point."""
+    global _pending
+    if _pending is None:
+        _pending = signum
+
+
 def check_interrupt() -> None:
     """A safe point: raise Interrupted if SIGINT or SIGTERM arrived under catch_interrupts()."""
     sig = take_interrupt()

@@ -4,8 +4,11 @@ exist, which still run, and whether they are all gone after a grace period. Neve
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import psutil
 
@@ -91,3 +94,16 @@ def shm_named_for(pids: Iterable[int]) -> set[str]:
     except FileNotFoundError:
         return set()
     return {n for n in names if any(n.startswith(w) for w in wanted)}
+
+
+def end_session(proc: subprocess.Popen[Any], seen: Iterable[psutil.Process] = ()) -> None:
+    """A test's last word on a front door it started with start_new_session=True: SIGKILL that session's process
+    group if it still runs, then any process it was seen to have that still runs (psutil refuses a reused pid)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    for p in alive(seen):
+        try:
+            p.kill()
+        except psutil.Error:
+            pass

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -29,6 +29,7 @@ from .procwatch import (
     alive,
     collect_descendants,
     descendants_at_depth,
+    end_session,
     shm_named_for,
     wait_all_gone,
     wait_all_reaped,
@@ -87,14 +88,6 @@ def new_children_after(before: dict[int, psutil.Process], grace: float = 2.0) ->
 def task_processes(sc: Scenario) -> int:
     """How many task processes a run of `sc` forks: ksmd, reclaim, the admin if any, one per mm slot."""
     return int(sc.ksmd) + int(sc.reclaim) + int(sc.admin_unmerge_every > 0) + sc.max_mm
-
-
-def kill_leftovers(procs: Iterable[psutil.Process]) -> None:
-    for p in alive(procs):
-        try:
-            p.kill()  # psutil refuses if the pid was reused by another process
-        except psutil.Error:
-            pass
 
 
 # -- in-process runs ----------------------------------------------------------------------------------------------
@@ -284,10 +277,7 @@ class Runner:
         return self.err.read()
 
     def cleanup(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the session/group this test created
-            self.proc.wait(10)
-        kill_leftovers(self.seen.values())
+        end_session(self.proc, self.seen.values())
         self.out.close()
         self.err.close()
 
@@ -480,6 +470,4 @@ def test_sigkill_of_an_xdist_worker_leaves_nothing_and_no_hang(tmp_path: Path) -
         left = wait_all_reaped(seen.values(), 10)
         assert left == [], f"left behind: {[(q.pid, q.status()) for q in left if q.is_running()]}"
     finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
+        end_session(p, seen.values())

@@ -17,7 +17,7 @@ import psutil
 from ksmstress.pool import Pool
 
 from .clitools import run_cli
-from .procwatch import descendants_at_depth, wait_all_reaped
+from .procwatch import descendants_at_depth, end_session, wait_all_reaped
 
 
 def _sockets() -> set[int]:
@@ -121,8 +121,6 @@ def test_bench_ctrl_c_prints_the_finished_cells_and_leaves_no_zombie(tmp_path: P
         left = wait_all_reaped(seen.values(), 10)
         assert left == [], f"left behind: {[(q.pid, q.status()) for q in left if q.is_running()]}"
     finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
+        end_session(p, seen.values())
         out.close()
         err.close()

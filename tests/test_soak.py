@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
+from ksmstress import procs
 from ksmstress.argtypes import duration as parse_duration
 from ksmstress.argtypes import shard as parse_shard
 from ksmstress.catalog import shipped_dir
@@ -23,7 +24,14 @@ from ksmstress.scenario import load
 from ksmstress.soak.item import Plan, run_item
 from ksmstress.soak.seeds import SeedSpace
 
-from .procwatch import collect_descendants, descendants_at_depth, shm_named_for, wait_all_gone, wait_all_reaped
+from .procwatch import (
+    collect_descendants,
+    descendants_at_depth,
+    end_session,
+    shm_named_for,
+    wait_all_gone,
+    wait_all_reaped,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,14 +165,7 @@ class SoakProc:
         return {self.proc.pid, *self.seen}
 
     def cleanup(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        for p in wait_all_gone(self.seen.values(), 0):
-            try:
-                p.kill()  # psutil refuses a reused pid
-            except psutil.Error:
-                pass
+        end_session(self.proc, self.seen.values())
         self.out.close()
         self.err.close()
 
@@ -244,3 +245,33 @@ def test_a_failure_whose_artifact_cannot_be_written_is_still_reported(tmp_path: 
     assert row["artifact"] is None and "artifact not written" in row["message"]
     assert row["replay"].startswith("ksmstress run ") and f"--seed {row['seed']}" in row["replay"]
     assert "--bug single-pass-walk" in row["replay"]
+
+
+def test_a_failure_interrupted_while_measuring_its_rate_still_reaches_the_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while a free-mode failure's reruns run: the reruns stop, the failure's row is still returned (the
+    worker sends it, then stops at its next safe point: the interrupt is made pending again)."""
+    import ksmstress.soak.item as item
+
+    real = item.reproduction
+
+    def interrupted_reproduction(*args: Any, **kw: Any) -> str:
+        os.kill(os.getpid(), signal.SIGINT)  # lands in the first rerun's run_one, which stops at a safe point
+        return real(*args, **kw)
+
+    monkeypatch.setattr(item, "reproduction", interrupted_reproduction)
+    sc = load(shipped_dir() / "seed-fork-race.toml")
+    plan = Plan((sc,), SeedSpace(0, 1), "random", ("single-pass-walk",), None, 60.0, "free", tmp_path, reruns=3)
+    rows: list[dict[str, Any]] = []
+    pending: list[int | None] = []
+    with pytest.raises(procs.Interrupted):  # raised by the next safe point: leaving catch_interrupts()
+        with procs.catch_interrupts():
+            for k in range(60):
+                rows.append(run_item(plan, k, 0))
+                if rows[-1]["verdict"] == "failure":
+                    break
+            pending.append(procs.interrupted())
+    assert rows and rows[-1]["verdict"] == "failure", rows[-1:]
+    assert rows[-1]["reproduced"] is None and rows[-1]["replay"].startswith("ksmstress replay "), rows[-1]
+    assert pending == [signal.SIGINT]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import procs
 from ..report import ArtifactError, write_artifact
 from ..runner import reproduction, run_one
 from ..scenario import Scenario
@@ -59,7 +60,10 @@ def run_item(plan: Plan, k: int, job: int) -> dict[str, Any]:
         )
         return row
     if res.verdict == "failure" and plan.mode == "free" and plan.reruns:
-        res.reproduced = reproduction(sc, res, plan.reruns, plan.timeout)  # the OS picks the interleaving: how often?
+        try:
+            res.reproduced = reproduction(sc, res, plan.reruns, plan.timeout)  # the OS picks the interleaving
+        except procs.Interrupted as e:  # stopped while measuring: the failure itself still goes to the parent
+            procs.repost(e.signum)
     row.update(
         verdict=res.verdict, steps=res.steps, elapsed=res.elapsed + res.spawn_seconds, reproduced=reproduced_text(res)
     )
