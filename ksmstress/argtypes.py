@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
+import re
+
+from . import cpus
 
 SEED_BITS = 63  # seeds are stored and hashed as non-negative int64
 
@@ -54,8 +56,29 @@ def positive_seconds(text: str) -> float:
 
 def cpu(text: str) -> int:
     """A CPU this process may run on (a controlled run pins all its processes to it)."""
-    allowed = sorted(os.sched_getaffinity(0))
+    allowed = cpus.allowed()
     n = _int(text)
     if n is None or n not in allowed:
         raise argparse.ArgumentTypeError(f"expected one of the CPUs this process may use {allowed}, got {text!r}")
     return n
+
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smh]?)\s*$")
+
+
+def duration(text: str) -> float:
+    """'90s', '10m', '1h', '1.5m' or plain seconds, as seconds > 0."""
+    m = _DURATION_RE.match(text)
+    seconds = float(m.group(1)) * _UNITS[m.group(2)] if m else 0.0
+    if not m or not (seconds > 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError(f"expected a positive duration such as 90s, 10m or 1h, got {text!r}")
+    return seconds
+
+
+def shard(text: str) -> tuple[int, int]:
+    """'I/N' with 1 <= I <= N: this machine's share of the seed space."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 1 <= I <= N (e.g. 2/4), got {text!r}")
+    return int(m.group(1)), int(m.group(2))

@@ -8,6 +8,10 @@ starting seed i: the steps (seconds) of runs i, i+1, ... up to and including the
 Throughput: scheduling points and hand-offs per second on mixed.toml, and of the bare scheduler (tasks that do
 nothing but reach scheduling points), beside a raw semaphore ping-pong between two processes on the same CPU,
 measured in the same invocation so the ratios mean something on a shared, noisy machine.
+
+The detection cells run in ksmstress.pool's workers (one CPU each), as soak's runs do. Ctrl-C or SIGTERM stops
+the bench at the next safe point: the cells finished so far are printed, every process is reaped, and the exit
+status is 130 or 143.
 """
 
 from __future__ import annotations
@@ -23,35 +27,36 @@ from typing import Any
 import multiprocess
 import numpy as np
 
-from . import argtypes
+from . import argtypes, cpus, procs
 from .arena import SharedBlock
-from .bugs import VARIANTS
+from .bugs import VARIANTS, validate
+from .pool import Pool
 from .runner import run_one
-from .scenario import load, resolve
+from .scenario import Scenario, load, resolve
 from .sched import make_strategy
 from .sched.control import HANDOFFS, Control
 
 STRATEGIES = (("random", None), ("pct", 2), ("pct", 3))
 
 
-def _cpu(cpu: int | None) -> int:
-    return cpu if cpu is not None else sorted(os.sched_getaffinity(0))[-1]
-
-
 def semaphore_pingpong(n: int = 50_000, cpu: int | None = None) -> float:
     """Round trips per second of a Semaphore pair between two processes on one CPU (2 hand-offs each)."""
     ctx = multiprocess.get_context("fork")
+    procs.name_semaphores()
     ping, pong = ctx.Semaphore(0), ctx.Semaphore(0)
-    the_cpu = _cpu(cpu)
+    the_cpu = cpus.pick(cpu)
+    parent = os.getpid()
 
     def echo() -> None:
+        procs.in_child(parent)
         os.sched_setaffinity(0, {the_cpu})
         for _ in range(n + 1000):
             ping.acquire()
             pong.release()
 
     p = ctx.Process(target=echo, daemon=True)
-    p.start()
+    with procs.fork_guard():
+        p.start()
     old = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {the_cpu})
     try:
@@ -66,9 +71,8 @@ def semaphore_pingpong(n: int = 50_000, cpu: int | None = None) -> float:
     finally:
         os.sched_setaffinity(0, old)
         p.join(timeout=5)
-        if p.is_alive():
-            p.kill()
-            p.join()
+        procs.kill_and_join([p])
+    procs.check_interrupt()
     return n / dt
 
 
@@ -96,6 +100,7 @@ def bare_scheduler(
 
     The clock starts when task 0 has made a tenth of its points (every process is forked, pinned and warm, as
     the raw ping-pong is after its warm-up) and stops when the last task exits."""
+    procs.name_semaphores()
     block = SharedBlock()
     strat = _Alternate() if strategy == "alternate" else make_strategy(strategy)
     ctl = Control(block, ntasks, ntasks * points + 10, strat, {1: "bare"})
@@ -105,10 +110,12 @@ def bare_scheduler(
     mark = arrays["bench.mark"]
     for _ in range(ntasks):
         ctl.add_task(1)
-    the_cpu = _cpu(cpu)
+    the_cpu = cpus.pick(cpu)
     warm = points // 10
+    parent = os.getpid()
 
     def body(tid: int) -> None:
+        procs.in_child(parent)
         os.sched_setaffinity(0, {the_cpu})
         ctl.me = tid
         ctl.wait_turn()
@@ -120,19 +127,20 @@ def bare_scheduler(
         os._exit(0)
 
     ctx = multiprocess.get_context("fork")
-    procs = [ctx.Process(target=body, args=(t,), daemon=True) for t in range(ntasks)]
+    tasks = [ctx.Process(target=body, args=(t,), daemon=True) for t in range(ntasks)]
     try:
-        for p in procs:
-            p.start()
+        with procs.fork_guard():
+            for p in tasks:
+                p.start()
         ctl.start(1)
-        if not ctl.done.acquire(timeout=120):
-            raise RuntimeError("bare scheduler benchmark did not finish")
+        deadline = time.monotonic() + 120
+        while not ctl.done.acquire(timeout=0.2):
+            procs.check_interrupt()
+            if time.monotonic() > deadline:
+                raise RuntimeError("bare scheduler benchmark did not finish")
         t_end = time.perf_counter()
     finally:
-        for p in procs:
-            if p.exitcode is None:
-                p.kill()
-            p.join()
+        procs.kill_and_join(tasks)
     dt = t_end - mark[0]
     return {
         "points_per_second": (ctl.steps - mark[1]) / dt,
@@ -140,8 +148,7 @@ def bare_scheduler(
     }
 
 
-def throughput(scenario: str, strategy: str, runs: int, seed: int = 0) -> dict[str, Any]:
-    sc = load(resolve([scenario])[0])
+def throughput(sc: Scenario, strategy: str, runs: int, seed: int = 0) -> dict[str, Any]:
     steps = handoffs = 0
     elapsed = 0.0
     clean = 0
@@ -213,72 +220,78 @@ def detection_cell(variant: str, strategy: str, depth: int | None, runs: int, se
     }
 
 
-def _worker(cells: list[tuple[str, str, int | None]], runs: int, seconds: float, cpu: int, conn: Any) -> None:
-    os.environ["KSMSTRESS_CPU"] = str(cpu)
-    for cell in cells:
-        conn.send_bytes(json.dumps(detection_cell(*cell, runs, seconds)).encode())
-    conn.close()
-
-
 def detection_power(
     variants: list[str], runs: int, seconds: float, jobs: int, progress: Any = None
-) -> list[dict[str, Any]]:
-    """Every (variant, strategy) cell, spread over `jobs` worker processes (one CPU each)."""
+) -> tuple[list[dict[str, Any]], Pool]:
+    """Every (variant, strategy) cell, one pool item each, over `jobs` workers (one CPU each). Returns the rows
+    finished, in table order, and the pool (its `interrupted` and `errors` say whether that is all of them)."""
     cells = [(v, s, d) for v in variants for s, d in STRATEGIES]
-    cpus = sorted(os.sched_getaffinity(0))
-    jobs = max(1, min(jobs, len(cpus), len(cells)))
-    ctx = multiprocess.get_context("fork")
-    workers, conns = [], []
-    for j in range(jobs):
-        parent_end, child_end = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_worker, args=(cells[j::jobs], runs, seconds, cpus[-1 - j], child_end))
-        p.start()
-        child_end.close()
-        workers.append(p)
-        conns.append(parent_end)
     out: list[dict[str, Any]] = []
-    try:
-        open_conns = list(conns)
-        while open_conns:
-            for c in multiprocess.connection.wait(open_conns):
-                try:
-                    row = json.loads(c.recv_bytes())
-                except EOFError:
-                    open_conns.remove(c)
-                    continue
-                out.append(row)
-                if progress:
-                    progress(len(out), len(cells), row)
-    finally:
-        for p in workers:
-            if p.is_alive():
-                p.kill()
-            p.join()
+    pool = Pool(
+        lambda k, _job: detection_cell(*cells[k], runs, seconds),
+        cpus.spread(max(1, min(jobs, len(cells)))),
+        name="ksmstress-bench",
+    )
+    handed = iter(range(len(cells)))
+
+    def feed() -> tuple[int, int] | None:
+        k = next(handed, None)
+        return None if k is None else (k, k + 1)
+
+    def on_row(row: dict[str, Any]) -> None:
+        out.append(row)
+        if progress:
+            progress(len(out), len(cells), row)
+
+    def on_error(msg: str) -> None:
+        print(f"ksmstress bench: {msg}", file=sys.stderr, flush=True)
+
+    pool.run(feed, on_row, on_error=on_error)
     order = {(v, s if d is None else f"pct-d{d}"): i for i, (v, s, d) in enumerate(cells)}
-    return sorted(out, key=lambda r: order[(r["variant"], r["strategy"])])
+    return sorted(out, key=lambda r: order[(r["variant"], r["strategy"])]), pool
 
 
 def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def cmd_bench(a: argparse.Namespace) -> int:
-    tty = sys.stderr.isatty()
-
-    def progress(done: int, total: int, row: dict[str, Any]) -> None:
-        msg = (
-            f"[{done}/{total}] {row['variant']} {row['strategy']}: {row['detections']}/{row['runs']} "
-            f"({', '.join(row['classes']) or 'none'})"
+def _print_detection(rows: list[dict[str, Any]]) -> None:
+    print(
+        f"{'variant':<24}{'strategy':<9}{'rate':>10}{'class':>30}{'med steps':>11}{'p90 steps':>11}"
+        f"{'med s':>8}{'p90 s':>8}"
+    )
+    for r in rows:
+        cls = ",".join(r["classes"]) or "-"
+        mark = " !" if r["classes"] and not r["class_ok"] else ""
+        print(
+            f"{r['variant']:<24}{r['strategy']:<9}{r['detections']:>4}/{r['runs']:<3} {r['rate']:>4.0%}"
+            f"{cls + mark:>30}{_fmt(r['median_steps_to_first'], ',.0f'):>11}"
+            f"{_fmt(r['p90_steps_to_first'], ',.0f'):>11}{_fmt(r['median_seconds_to_first'], '.2f'):>8}"
+            f"{_fmt(r['p90_seconds_to_first'], '.2f'):>8}"
         )
-        print(("\r\033[K" if tty else "") + msg, end="" if tty else "\n", file=sys.stderr, flush=True)
+    print()
 
+
+def _print_throughput(out: dict[str, Any]) -> None:
+    raw = out["raw_semaphore_round_trips_per_second"]
+    print(f"raw same-CPU semaphore ping-pong: {raw:,.0f} round trips/s = {2 * raw:,.0f} hand-offs/s")
+    for name, what in (("random", "random picks"), ("alternate", "a hand-off at every point")):
+        b = out[f"bare_scheduler_{name}"]
+        print(
+            f"bare controlled scheduler (2 tasks, {what}): {b['points_per_second']:,.0f} points/s, "
+            f"{b['handoffs_per_second']:,.0f} hand-offs/s = {b['handoff_ratio_to_raw']:.2f} of raw"
+        )
+    print(f"{'scenario':<14}{'strategy':<9}{'runs':>5}{'steps':>10}{'steps/s':>11}{'hand-offs/s':>13}{'vs raw':>8}")
+    for r in out["throughput"]:
+        print(
+            f"{r['scenario']:<14}{r['strategy']:<9}{r['runs']:>5}{r['steps']:>10}{r['steps_per_second']:>11,.0f}"
+            f"{r['handoffs_per_second']:>13,.0f}{r['handoff_ratio_to_raw']:>8.2f}"
+        )
+
+
+def _measure_throughput(sc: Scenario, runs: int) -> dict[str, Any]:
+    """The raw rate, the bare scheduler and the scenario's throughput rows."""
     out: dict[str, Any] = {}
-    if not a.skip_detection:
-        variants = a.variant or sorted(VARIANTS)
-        rows = detection_power(variants, a.runs, a.seconds, a.jobs, progress)
-        if tty:
-            print(file=sys.stderr)
-        out["detection"] = rows
     # alternate the two measurements and keep the medians: a shared machine's noise hits both alike
     raws: list[float] = []
     bares: dict[str, list[dict[str, float]]] = {"random": [], "alternate": []}
@@ -292,43 +305,58 @@ def cmd_bench(a: argparse.Namespace) -> int:
     for name, samples in bares.items():
         med = {key: statistics.median(b[key] for b in samples) for key in samples[0]}
         out[f"bare_scheduler_{name}"] = {**med, "handoff_ratio_to_raw": med["handoffs_per_second"] / (2 * raw)}
-    rows_t = [throughput(a.scenario, st, a.throughput_runs) for st in ("random", "pct")]
+    rows_t = [throughput(sc, st, runs) for st in ("random", "pct")]
     for r in rows_t:
         r["handoff_ratio_to_raw"] = r["handoffs_per_second"] / (2 * raw)
     out["throughput"] = rows_t
+    return out
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    variants = sorted(validate(a.variant)) if a.variant else sorted(VARIANTS)  # UnknownBug: exit 2, before any run
+    sc = load(resolve([a.scenario])[0])  # ScenarioError: exit 2 now, not after the detection cells
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, total: int, row: dict[str, Any]) -> None:
+        msg = (
+            f"[{done}/{total}] {row['variant']} {row['strategy']}: {row['detections']}/{row['runs']} "
+            f"({', '.join(row['classes']) or 'none'})"
+        )
+        print(("\r\033[K" if tty else "") + msg, end="" if tty else "\n", file=sys.stderr, flush=True)
+
+    out: dict[str, Any] = {}
+    stopped: int | None = None
+    errors: list[str] = []
+    with procs.catch_interrupts():
+        if not a.skip_detection:
+            rows, pool = detection_power(variants, a.runs, a.seconds, a.jobs, progress)
+            if tty:
+                print(file=sys.stderr)
+            out["detection"], stopped, errors = rows, pool.interrupted, pool.errors
+        if stopped is None:
+            try:
+                out.update(_measure_throughput(sc, a.throughput_runs))
+            except procs.Interrupted as e:
+                stopped = e.signum
+        if stopped is None:
+            stopped = procs.take_interrupt()  # one that came after the last safe point: the figures are whole
+    if stopped is not None:
+        out["interrupted"] = True
+    if errors:
+        out["errors"] = errors
     if a.json:
         print(json.dumps(out, indent=1))
-        return 0
-    if "detection" in out:
-        print(
-            f"{'variant':<24}{'strategy':<9}{'rate':>10}{'class':>30}{'med steps':>11}{'p90 steps':>11}"
-            f"{'med s':>8}{'p90 s':>8}"
-        )
-        for r in out["detection"]:
-            cls = ",".join(r["classes"]) or "-"
-            mark = " !" if r["classes"] and not r["class_ok"] else ""
-            print(
-                f"{r['variant']:<24}{r['strategy']:<9}{r['detections']:>4}/{r['runs']:<3} {r['rate']:>4.0%}"
-                f"{cls + mark:>30}{_fmt(r['median_steps_to_first'], ',.0f'):>11}"
-                f"{_fmt(r['p90_steps_to_first'], ',.0f'):>11}{_fmt(r['median_seconds_to_first'], '.2f'):>8}"
-                f"{_fmt(r['p90_seconds_to_first'], '.2f'):>8}"
-            )
-        print()
-    print(f"raw same-CPU semaphore ping-pong: {raw:,.0f} round trips/s = {2 * raw:,.0f} hand-offs/s")
-    for name, what in (("random", "random picks"), ("alternate", "a hand-off at every point")):
-        b = out[f"bare_scheduler_{name}"]
-        print(
-            f"bare controlled scheduler (2 tasks, {what}): {b['points_per_second']:,.0f} points/s, "
-            f"{b['handoffs_per_second']:,.0f} hand-offs/s = {b['handoff_ratio_to_raw']:.2f} of raw"
-        )
-    print(f"{'scenario':<14}{'strategy':<9}{'runs':>5}{'steps':>10}{'steps/s':>11}{'hand-offs/s':>13}{'vs raw':>8}")
-    for r in rows_t:
-        print(
-            f"{r['scenario']:<14}{r['strategy']:<9}{r['runs']:>5}{r['steps']:>10}{r['steps_per_second']:>11,.0f}"
-            f"{r['handoffs_per_second']:>13,.0f}{r['handoff_ratio_to_raw']:>8.2f}"
-        )
+    else:
+        if "detection" in out:
+            _print_detection(out["detection"])
+        if "throughput" in out:
+            _print_throughput(out)
+    if stopped is not None:
+        sys.stdout.flush()
+        print("ksmstress: interrupted", file=sys.stderr)
+        return procs.exit_status(stopped)
     bad = [r for r in out.get("detection", []) if r["detections"] and not r["class_ok"]]
-    return 1 if bad else 0
+    return 1 if bad or errors else 0
 
 
 def add_parser(sub: Any) -> None:
@@ -338,7 +366,7 @@ def add_parser(sub: Any) -> None:
     b.add_argument(
         "--jobs",
         type=argtypes.positive_int,
-        default=len(os.sched_getaffinity(0)),
+        default=len(cpus.allowed()),
         help="parallel workers (one CPU each)",
     )
     b.add_argument("--variant", action="append", default=[], help="only these variants (repeatable)")

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import structlog
 
-from . import __version__, argtypes, catalog
+from . import __version__, argtypes, catalog, procs
 from . import bench as benchmod
 from . import soak as soakmod
 from .bugs import VARIANTS, UnknownBug, validate
@@ -26,8 +26,8 @@ from .kernel import WorkloadError
 from .kernel import add_parser as add_kernel_parser
 from .options import EXIT_CLEAN, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, add_run_options
 from .progress import Progress
-from .report import ArtifactError, configure_logging, read_artifact, write_artifact
-from .runner import RunResult, reproduction, run_one, run_seeds
+from .report import ArtifactError, check_artifact_dir, configure_logging, read_artifact, write_artifact
+from .runner import RunResult, reproduction, rerun_free, run_one, run_seeds
 from .scenario import Scenario, ScenarioError, load, parse, resolve
 from .verdict import failure_lines, replay_command, reproduced_text, where
 
@@ -158,6 +158,7 @@ def _run_json(a: argparse.Namespace, total: _Totals, per: list[dict[str, Any]], 
 def cmd_run(a: argparse.Namespace) -> int:
     bugs = sorted(validate(a.bug))
     scenarios: list[Scenario] = [load(p) for p in resolve(a.scenario, a.scenario_dir)]
+    check_artifact_dir(a.artifacts)  # before any run: a failure found later must have somewhere to go
     total = _Totals()
     count = a.runs * len(scenarios)
     # a redrawn line on a terminal; with --json or into a log, a line every 10 s on stderr (none for short runs)
@@ -273,10 +274,11 @@ def cmd_replay(a: argparse.Namespace) -> int:
     except KeyError:
         _usage_error(f"{a.artifact}: key 'scenario.path': expected the scenario's text or path")
     bugs = sorted(validate(art["bugs"]))
-    if art.get("mode") == "free":  # nothing to replay step by step: rerun the seed and say how often it fails
-        res = run_one(sc, art["seed"], "random", bugs, timeout=a.timeout, mode="free")
-        if a.reruns:
-            res.reproduced = reproduction(sc, res, a.reruns, a.timeout, cls=(art.get("failure") or {}).get("class"))
+    if art.get("mode") == "free":  # nothing to replay step by step: rerun the seed every time asked, count hits
+        rep = rerun_free(sc, art["seed"], bugs, (art.get("failure") or {}).get("class"), max(1, a.reruns), a.timeout)
+        res = rep.first or rep.last
+        assert res is not None
+        res.reproduced = rep.rate
     else:
         res = run_one(sc, art["seed"], art["strategy"], bugs, schedule=art["schedule_bytes"],
                       pct_depth=art.get("pct_depth"), timeout=a.timeout)
@@ -392,12 +394,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CLEAN
     configure_logging(a.verbose)
     try:
-        return int(a.fn(a))
+        with procs.catch_interrupts():  # Ctrl-C/SIGTERM raise Interrupted at the loops' safe points, never elsewhere
+            return int(a.fn(a))
     except (ScenarioError, UnknownBug, ArtifactError, WorkloadError) as e:
         _usage_error(str(e))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("ksmstress: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return e.exit_status if isinstance(e, procs.Interrupted) else EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ CLASSES: dict[str, str] = {
     "crash": "a task process died or raised an unexpected Python exception",
     "replay-diverged": "a replay could not follow its recorded schedule",
     "budget-exhausted": "the run used up its max_steps while its programs were still making progress (raise it)",
-    "error": "ksmstress itself raised outside the model (a bug of the framework, reported, never swallowed)",
 }
 
 

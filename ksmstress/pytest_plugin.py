@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from . import argtypes
+from . import argtypes, cpus
 from .argtypes import SEED_BITS
 from .bugs import validate
 from .report import write_artifact
@@ -217,13 +217,12 @@ def ksm_artifacts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
 
 def _xdist_cpu(config: pytest.Config) -> int | None:
     """One CPU per xdist worker for controlled runs, unless $KSMSTRESS_CPU already says (the runner reads it)."""
-    if os.environ.get("KSMSTRESS_CPU"):
+    if os.environ.get(cpus.ENV):
         return None
     wid = str(getattr(config, "workerinput", {}).get("workerid", ""))
     if not wid.startswith("gw") or not wid[2:].isdigit():
         return None
-    cpus = sorted(os.sched_getaffinity(0))
-    return cpus[int(wid[2:]) % len(cpus)]
+    return cpus.nth(int(wid[2:]))
 
 
 @pytest.fixture

@@ -8,11 +8,14 @@ recorded schedule step by step.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import logging
+import os
 import re
 import sys
+import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -270,3 +273,35 @@ def read_artifact(path: str | Path) -> dict[str, Any]:
     sc = artifact_scenario(p, data)
     data["schedule_bytes"] = _inflate(p, raw, sc.max_steps + 1)
     return data
+
+
+def check_artifact_dir(directory: str | Path) -> Path:
+    """Refuse, before any run starts, an artifacts directory that a failure could not be written to (ArtifactError:
+    exit status 2, naming --artifacts), so a failure found an hour into a soak is never lost to it.
+
+    Nothing is created: the directory, or its nearest existing ancestor (write_artifact makes the rest), must be a
+    directory in which this process can create a file. The probe is an unnamed O_TMPFILE file where the file
+    system allows one (so not even a SIGKILL can leave it behind), else a named one removed at once."""
+    path = Path(directory)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        if probe.is_symlink():  # a dangling symlink: mkdir would fail on it
+            break
+        probe = probe.parent
+    what = f"--artifacts {directory}"
+    if not probe.is_dir():
+        raise ArtifactError(f"{what}: {probe} is not a directory; expected a writable directory for artifacts")
+    try:
+        try:
+            os.close(os.open(probe, os.O_TMPFILE | os.O_WRONLY, 0o600))
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+            fd, name = tempfile.mkstemp(prefix=".ksmstress-probe-", dir=probe)
+            os.close(fd)
+            os.unlink(name)
+    except OSError as e:
+        raise ArtifactError(
+            f"{what}: cannot create files in {probe} ({e.strerror}); expected a writable directory for artifacts"
+        ) from None
+    return path

@@ -9,14 +9,11 @@ outlives a run, and the arena is an anonymous mapping that leaves nothing in /de
 
 from __future__ import annotations
 
-import ctypes
 import faulthandler
 import gc
 import hashlib
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +22,7 @@ from typing import Any
 import multiprocess
 import numpy as np
 
-from . import actors
+from . import actors, cpus, procs
 from .arena import SharedBlock
 from .bugs import validate
 from .checks import Detectors
@@ -40,7 +37,6 @@ from .sched.chaos import ChaosPolicy
 from .sched.control import BLOCKED, CLEAN, CURRENT, FAILED, HANDOFFS, STEP, Control
 from .sched.free import FreeControl
 
-PR_SET_PDEATHSIG = 1
 MODES = ("controlled", "free")  # controlled: one task at a time, replayable; free: all at once
 
 
@@ -88,30 +84,6 @@ def sizes_for(sc: Scenario) -> Sizes:
     )
 
 
-def _pick_cpu(cpu: int | None) -> int:
-    """The CPU a controlled run's processes share: --cpu, else $KSMSTRESS_CPU (one per parallel job), else the
-    last CPU this process may use."""
-    allowed = sorted(os.sched_getaffinity(0))
-    if cpu is None and os.environ.get("KSMSTRESS_CPU", "").isdigit():
-        cpu = int(os.environ["KSMSTRESS_CPU"])
-    if cpu is not None and cpu in allowed:
-        return cpu
-    return allowed[-1]
-
-
-_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded once in the runner, inherited by every task
-
-
-def _die_with_parent(parent: int) -> None:
-    """PR_SET_PDEATHSIG: if the runner is SIGKILLed (or pytest-timeout os._exit()s), its tasks die too."""
-    try:
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except AttributeError:
-        pass
-    if os.getppid() != parent:
-        os._exit(1)
-
-
 def _assemble(block: SharedBlock, st: State, ctl: Control, bugs: frozenset[str], hooks: Any = None) -> K:
     """Lay out the arena, bind the model's state, the scheduler and lockdep to it, and make the kernel: the part
     a solo kernel and a run share. Default hooks are the detectors, with lockdep on this arena."""
@@ -134,6 +106,7 @@ def solo_kernel(sz: Sizes, bugs: tuple[str, ...] = (), hooks: Any = None) -> K:
     For deterministic step-by-step use (unit tests, the kernel oracle's model side): the caller is the only task
     and calls model functions (user_write, sys_madvise, ksm_do_scan under ksm_thread_mutex, ...) in program order.
     """
+    procs.name_semaphores()
     block = SharedBlock()
     st = State(block, sz, 1)
     ctl = Control(block, 1, 1 << 26, make_strategy("random"), {actors.MM: "solo"})
@@ -144,44 +117,62 @@ def solo_kernel(sz: Sizes, bugs: tuple[str, ...] = (), hooks: Any = None) -> K:
     return k
 
 
-def _await_ready(procs: list[Any], ready: Any, ctl: Control, limit: float = 30.0) -> dict[str, Any] | None:
+def _await_ready(tasks: list[Any], ready: Any, ctl: Control, limit: float = 30.0) -> dict[str, Any] | None:
     """Wait until every task is parked and pinned; a task that dies or never parks is a failure, not a hang."""
     deadline = time.monotonic() + limit
     parked = 0
-    while parked < len(procs):
+    while parked < len(tasks):
+        procs.check_interrupt()
         if ready.acquire(timeout=0.2):
             parked += 1
             continue
-        dead = [i for i, p in enumerate(procs) if p.exitcode is not None]
+        dead = [i for i, p in enumerate(tasks) if p.exitcode is not None]
         if dead:
-            return Failure("crash", f"{ctl.label(dead[0])} died while starting (exit code {procs[dead[0]].exitcode})",
+            return Failure("crash", f"{ctl.label(dead[0])} died while starting (exit code {tasks[dead[0]].exitcode})",
                            {"step": 0}).to_dict()
         if time.monotonic() > deadline:
             return Failure("hang", f"task processes did not start within {limit:.0f}s", {"step": 0}).to_dict()
     return None
 
 
-def _signal_live(procs: list[Any], sig: int) -> None:
-    """Send `sig` to every task process of this run that is still alive (by pid: only what the run started)."""
-    for p in procs:
-        if p.pid is not None and p.exitcode is None:
-            try:
-                os.kill(p.pid, sig)
-            except ProcessLookupError:
-                pass
+class _StackFiles:
+    """One anonymous in-memory file (memfd) per task, where its faulthandler writes its Python stack on SIGUSR1.
 
+    Why not files in $TMPDIR: a runner killed by SIGTERM or SIGKILL never removed its directory, and every such
+    kill left one behind. A memfd has no name anywhere; the kernel frees it with the last process holding it."""
 
-def _stacks(procs: list[Any], ctl: Control, stackdir: str) -> dict[str, str]:
-    """Every live task's Python stack, through the faulthandler each one registered on SIGUSR1."""
-    _signal_live(procs, signal.SIGUSR1)
-    time.sleep(0.3)
-    out = {}
-    for tid in range(len(procs)):
-        path = os.path.join(stackdir, f"{tid}.txt")
-        if os.path.exists(path) and os.path.getsize(path):
-            with open(path) as f:
-                out[ctl.label(tid)] = f.read()
-    return out
+    def __init__(self, ntasks: int) -> None:
+        self.fds: list[int] = []
+        for tid in range(ntasks):
+            self.fds.append(os.memfd_create(f"ksmstress-stack-{tid}", os.MFD_CLOEXEC))
+
+    def register(self, tid: int) -> None:
+        """In task `tid`: dump this task's stack into its file on SIGUSR1."""
+        faulthandler.register(signal.SIGUSR1, self.fds[tid], all_threads=False)
+
+    def collect(self, tasks: list[Any], ctl: Control, wait: float = 1.0) -> dict[str, str]:
+        """Every live task's stack: signal them, then read each file once it has stopped growing (or after
+        `wait` seconds: a task stuck in the kernel may never write)."""
+        live = [tid for tid, p in enumerate(tasks) if p.pid is not None and p.exitcode is None]
+        procs.signal_live([tasks[t] for t in live], signal.SIGUSR1)
+        deadline, sizes = time.monotonic() + wait, {t: -1 for t in live}
+        while time.monotonic() < deadline:
+            now = {t: os.fstat(self.fds[t]).st_size for t in live}
+            if all(now[t] and now[t] == sizes[t] for t in live):
+                break
+            sizes = now
+            time.sleep(0.05)
+        out = {}
+        for tid in live:
+            size = os.fstat(self.fds[tid]).st_size
+            if size:
+                out[ctl.label(tid)] = os.pread(self.fds[tid], size, 0).decode(errors="replace")
+        return out
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
 
 
 def run_one(
@@ -198,6 +189,7 @@ def run_one(
 ) -> RunResult:
     """Run one seed of a scenario under the controlled scheduler and return its verdict."""
     bugset = validate(list(bugs))
+    procs.name_semaphores()
     strat_name = "replay" if schedule is not None else strategy
     depth = pct_depth if pct_depth is not None else sc.pct_depth
     strat = make_strategy(strat_name, depth=depth, steps=sc.pct_steps, schedule=schedule or b"")
@@ -228,19 +220,13 @@ def run_one(
             ctl.add_task(actors.MM, (mref, idx, 0, t.max_forks))
             st.g[G_MM_LIVE] += 1
 
-    the_cpu = _pick_cpu(cpu)
+    the_cpu = cpus.pick(cpu)
     parent = os.getpid()
-    stackdir = tempfile.mkdtemp(prefix="ksmstress-stacks-")
 
     def child_main(tid: int) -> None:
         gc.disable()  # a collection would touch (and so copy) every inherited page; tasks make no cycles to speak of
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle (blocked until here)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        _die_with_parent(parent)
-        try:
-            faulthandler.register(signal.SIGUSR1, open(os.path.join(stackdir, f"{tid}.txt"), "w"), all_threads=False)
-        except OSError:
-            os._exit(1)  # the run is already being torn down
+        procs.in_child(parent)  # dies with the runner; Ctrl-C is the runner's to handle
+        stacks.register(tid)
         if mode == "controlled":  # one CPU for the whole run; free mode lets the OS use them all
             os.sched_setaffinity(0, {the_cpu})
         ctl.me = tid
@@ -250,22 +236,21 @@ def run_one(
 
     ctx = multiprocess.get_context("fork")
     ready = ctx.Semaphore(0)
-    procs = [ctx.Process(target=child_main, args=(tid,), daemon=True) for tid in range(ntasks)]
+    tasks = [ctx.Process(target=child_main, args=(tid,), daemon=True) for tid in range(ntasks)]
     failure: dict[str, Any] | None = None
     spawn_seconds = 0.0
+    procs.check_interrupt()  # before anything needs undoing
+    stacks = _StackFiles(ntasks)
     gc.freeze()  # keep the inherited heap out of the children's collections (fewer copy-on-write faults)
     t0 = time.perf_counter()
     try:
-        # Ctrl-C while forking would land in CPython's after-fork hooks (and be dropped) or in a task before it
-        # ignores SIGINT: hold it until every task exists, then let it reach the runner.
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            for p in procs:
+        # Ctrl-C or SIGTERM while forking would land in CPython's after-fork hooks (and be dropped) or in a task
+        # before it ignores SIGINT: hold them until every task exists, then let them reach the runner.
+        with procs.fork_guard():
+            for p in tasks:
                 p.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         t_spawn = time.perf_counter()
-        failure = _await_ready(procs, ready, ctl)
+        failure = _await_ready(tasks, ready, ctl)
         t0 = time.perf_counter()  # steps/s measures the run, not the forks that set it up
         spawn_seconds = t0 - t_spawn
         if failure is None:
@@ -276,6 +261,7 @@ def run_one(
         deadline = time.monotonic() + timeout
         last_step, last_change = -1, time.monotonic()
         while failure is None and not ctl.done.acquire(timeout=0.2):
+            procs.check_interrupt()  # under catch_interrupts(): Ctrl-C and SIGTERM end the run here, at most 0.2 s late
             step, now = int(ctl.meta[STEP]), time.monotonic()
             if step != last_step:
                 last_step, last_change = step, now
@@ -284,13 +270,13 @@ def run_one(
                 msg, det = st.locks.explain(blocked, ctl.wait, ctl.label) if blocked else ("no task blocked", {})
                 cls = "deadlock" if det.get("cycle") else "hang"
                 failure = Failure(cls, f"no progress for {hang_seconds:.0f}s at step {step}: {msg}",
-                                  {"step": step, **det, "stacks": _stacks(procs, ctl, stackdir)}).to_dict()
+                                  {"step": step, **det, "stacks": stacks.collect(tasks, ctl)}).to_dict()
                 break
-            dead = [i for i, p in enumerate(procs) if p.exitcode not in (None, 0)]
+            dead = [i for i, p in enumerate(tasks) if p.exitcode not in (None, 0)]
             if dead:
                 failure = Failure(
                     "crash",
-                    f"{ctl.label(dead[0])} died (exit code {procs[dead[0]].exitcode}) at step {ctl.steps}",
+                    f"{ctl.label(dead[0])} died (exit code {tasks[dead[0]].exitcode}) at step {ctl.steps}",
                     {"step": ctl.steps},
                 ).to_dict()
                 break
@@ -299,7 +285,7 @@ def run_one(
                     "hang",
                     f"no end after {timeout:.0f}s wall clock at step {ctl.steps} "
                     f"(running: {ctl.label(int(ctl.meta[CURRENT]))})",
-                    {"step": ctl.steps, "stacks": _stacks(procs, ctl, stackdir)},
+                    {"step": ctl.steps, "stacks": stacks.collect(tasks, ctl)},
                 ).to_dict()
                 break
         elapsed = time.perf_counter() - t0
@@ -310,11 +296,8 @@ def run_one(
             failure = leak.to_dict() if leak else None
     finally:
         gc.unfreeze()
-        _signal_live(procs, signal.SIGKILL)
-        for p in procs:
-            if p.pid is not None:
-                p.join()
-        shutil.rmtree(stackdir, ignore_errors=True)  # after the tasks: a late one may still be opening its file
+        procs.kill_and_join(tasks)
+        stacks.close()
     return RunResult(
         scenario=sc.name,
         path=sc.path,
@@ -341,15 +324,39 @@ def verdict_of(failure: dict[str, Any] | None) -> str:
     return "budget" if failure.get("class") == "budget-exhausted" else "failure"
 
 
+@dataclass
+class Reproduction:
+    """Free mode: how often `reruns` fresh runs of one seed failed with the recorded class."""
+
+    hits: int
+    reruns: int
+    first: RunResult | None  # the first rerun that failed with that class (to print), None if none did
+    last: RunResult | None  # the last rerun (None if reruns == 0)
+
+    @property
+    def rate(self) -> str:
+        return f"{self.hits}/{self.reruns}"
+
+
+def rerun_free(
+    sc: Scenario, seed: int, bugs: list[str] | tuple[str, ...], cls: str | None, reruns: int, timeout: float = 120.0
+) -> Reproduction:
+    """Run `seed` of `sc` in free mode `reruns` times, every time (a free-mode failure depends on the OS's
+    interleaving, so one clean or failing rerun says nothing about the rate), counting those failing with `cls`."""
+    hits, first, last = 0, None, None
+    for _ in range(reruns):
+        last = run_one(sc, seed, "random", bugs, mode="free", timeout=timeout)
+        if (last.failure or {}).get("class") == cls and cls is not None:
+            hits += 1
+            first = first or last
+    return Reproduction(hits, reruns, first, last)
+
+
 def reproduction(sc: Scenario, res: RunResult, reruns: int, timeout: float = 120.0, cls: str | None = None) -> str:
     """Free mode: rerun the seed `reruns` times; "k/M" counts the reruns that failed with class `cls` (default: the
     class `res` failed with)."""
     want = cls if cls is not None else (res.failure or {}).get("class")
-    hits = sum(
-        (run_one(sc, res.seed, "random", res.bugs, mode=res.mode, timeout=timeout).failure or {}).get("class") == want
-        for _ in range(reruns)
-    )
-    return f"{hits}/{reruns}"
+    return rerun_free(sc, res.seed, res.bugs, want, reruns, timeout).rate
 
 
 def run_seeds(sc: Scenario, seeds: Iterable[int], *args: Any, **kw: Any) -> Iterator[RunResult]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from .. import procs
+
 KSM_DIR = Path("/sys/kernel/mm/ksm")
 LOCK_DIRS = (Path("/run/lock"), Path("/tmp"))
 LOCK_NAME = "ksmstress-kernel.lock"
@@ -265,12 +267,8 @@ def _signals_as_exceptions() -> Iterator[None]:
 @contextlib.contextmanager
 def _signals_blocked() -> Iterator[None]:
     """SIGINT and SIGTERM wait until the restore is done (a second Ctrl-C must not leave it half-way)."""
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    try:
+    with procs.blocked():
         yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 @contextlib.contextmanager

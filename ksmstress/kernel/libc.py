@@ -1,0 +1,47 @@
+"""The few libc calls the kernel oracle makes on real memory (mmap, munmap, madvise), through ctypes, with the
+constants they take. Why not Python's mmap module: madvise(MADV_MERGEABLE) must apply to exact page ranges of
+one mapping, munmap must be able to punch holes, and the addresses must be raw for memmove."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+
+PAGE_SIZE = mmap.PAGESIZE
+MADV_MERGEABLE, MADV_UNMERGEABLE, MADV_NOHUGEPAGE = 12, 13, 15
+PROT_RW = mmap.PROT_READ | mmap.PROT_WRITE
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def mmap_anon(length: int) -> int:
+    """A private anonymous read-write mapping of `length` bytes: its address."""
+    addr = _libc.mmap(None, length, PROT_RW, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    if addr in (None, MAP_FAILED):
+        raise OSError(ctypes.get_errno(), "mmap failed")
+    return int(addr)
+
+
+def munmap(addr: int, length: int) -> None:
+    _check(_libc.munmap(addr, length), "munmap")
+
+
+def madvise(addr: int, length: int, advice: int) -> None:
+    _check(_libc.madvise(addr, length, advice), f"madvise({advice})")
+
+
+def madvise_hint(addr: int, length: int, advice: int) -> None:
+    """madvise for advice that is only a hint, whose failure changes nothing (MADV_NOHUGEPAGE without THP)."""
+    _libc.madvise(addr, length, advice)

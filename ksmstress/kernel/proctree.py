@@ -1,0 +1,276 @@
+"""The kernel oracle's workload processes: one real process per workload process, forked as the workload says
+(a forked process is forked by its workload parent, so it really shares its parent's pages copy-on-write), each
+serving commands on its own socket: write patterns, fork, madvise, munmap, exit.
+
+No process outlives the tree (ksmstress.procs does the lifecycle): the driver is a child subreaper for the tree's
+life, so a workload process whose parent exited is reparented to it and reaped; an initial process dies with the
+driver (PR_SET_PDEATHSIG); a forked one cannot (it must outlive its workload parent's `exit`), so every process
+also exits when its socket to the driver reaches end-of-file, which is when the driver dies. For that, each
+process keeps only the sockets of its own line of descent and closes every other it inherited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from .. import procs
+from ..checks.content import pattern_bytes
+from . import libc
+from .workload import Workload
+
+MSG_MAX = 1 << 16
+
+
+class KernelSideError(RuntimeError):
+    """A workload process failed or did not answer: the kernel side could not run the workload as written."""
+
+
+# -- inside a workload process -------------------------------------------------------------------------------
+class _Worker:
+    """What runs inside one workload process: its mappings and its command loop. Never returns (os._exit)."""
+
+    def __init__(self, sock: socket.socket, regions: list[tuple[int, int]], keep: dict[int, socket.socket]) -> None:
+        self.sock = sock
+        self.regions = regions  # (address, pages) per region
+        self.keep = keep  # sockets of the processes this one will fork, directly or through its children
+        self.pages: dict[int, bytes] = {}
+
+    @staticmethod
+    def map_regions(regions: list[tuple[int, bool]]) -> list[tuple[int, int]]:
+        out = []
+        for pages, mergeable in regions:
+            n = pages * libc.PAGE_SIZE
+            addr = libc.mmap_anon(n)
+            libc.madvise_hint(addr, n, libc.MADV_NOHUGEPAGE)  # 2.6.33 has no transparent huge pages
+            if mergeable:
+                libc.madvise(addr, n, libc.MADV_MERGEABLE)
+            out.append((addr, pages))
+        return out
+
+    def page(self, p: int) -> bytes:
+        if p not in self.pages:
+            self.pages[p] = pattern_bytes(p, libc.PAGE_SIZE).tobytes()
+        return self.pages[p]
+
+    def send(self, *msg: Any) -> None:
+        self.sock.send(json.dumps(msg).encode())
+
+    def loop(self) -> None:
+        while True:
+            try:
+                raw = self.sock.recv(MSG_MAX)
+            except InterruptedError:
+                continue
+            if not raw:  # the driver is gone
+                os._exit(0)
+            cmd, *args = json.loads(raw)
+            try:
+                reply = self.do(cmd, args)
+            except OSError as e:
+                self.send("err", f"{cmd}: {e.strerror or e}")
+                continue
+            if cmd == "exit":
+                self.send("ok")
+                os._exit(0)
+            self.send("ok", reply)
+
+    def do(self, cmd: str, args: list[Any]) -> Any:
+        if cmd == "write":
+            spans, patterns = args
+            i = 0
+            for r, a, b in spans:
+                base = self.regions[r][0]
+                for p in range(a, b):
+                    ctypes.memmove(base + p * libc.PAGE_SIZE, self.page(patterns[i % len(patterns)]), libc.PAGE_SIZE)
+                    i += 1
+            return None
+        if cmd in ("madvise", "munmap"):
+            for r, a, b in args[0]:
+                addr, n = self.regions[r][0] + a * libc.PAGE_SIZE, (b - a) * libc.PAGE_SIZE
+                if cmd == "munmap":
+                    libc.munmap(addr, n)
+                else:
+                    libc.madvise(addr, n, args[1])
+            return None
+        if cmd == "fork":
+            child, owned = args[0], set(args[1])
+            pid = os.fork()
+            if pid == 0:
+                sock = self.keep.pop(child)
+                for j, s in list(self.keep.items()):  # the parent keeps what is not the child's line
+                    if j not in owned:
+                        s.close()
+                        del self.keep[j]
+                self.sock.close()
+                self.sock = sock
+                self.send("ready", os.getpid())
+                self.loop()
+            for j in [child, *owned]:
+                if j in self.keep:
+                    self.keep.pop(j).close()
+            return pid
+        if cmd == "exit":
+            return None
+        raise OSError(0, f"unknown command {cmd!r}")
+
+
+# -- the driver's side ---------------------------------------------------------------------------------------
+@dataclass
+class _Proc:
+    name: str
+    index: int
+    sock: socket.socket
+    pid: int = 0
+    alive: bool = False
+
+
+def lines(w: Workload) -> dict[str, set[str]]:
+    """Each process's descendants by fork, from the workload's actions."""
+    children: dict[str, list[str]] = {}
+    for ph in w.phases:
+        for a in ph.actions:
+            if a.kind == "fork":
+                children.setdefault(a.proc, []).append(a.child)
+
+    def desc(n: str) -> set[str]:
+        out = set()
+        for c in children.get(n, []):
+            out |= {c} | desc(c)
+        return out
+
+    return {n: desc(n) for n in w.layout()}
+
+
+class ProcTree:
+    """The processes of one workload. Use as a context manager: leaving it kills and reaps every process."""
+
+    def __init__(self, w: Workload, timeout: float = 60.0) -> None:
+        self.w = w
+        self.timeout = timeout
+        self.lines = lines(w)
+        self.procs: dict[str, _Proc] = {}
+        self.ever: list[_Proc] = []
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> ProcTree:
+        self._stack.enter_context(procs.subreaper())
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self) -> None:
+        names = list(self.w.layout())
+        pairs = {n: socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for n in names}
+        index = {n: i for i, n in enumerate(names)}
+        try:
+            for n in names:
+                self.procs[n] = _Proc(n, index[n], pairs[n][0])
+            self.ever = list(self.procs.values())
+            parent = os.getpid()
+            for p in self.w.processes:
+                with procs.fork_guard():
+                    pid = os.fork()
+                    if pid == 0:
+                        self._child_main(parent, p.name, pairs, [(r.pages, r.mergeable) for r in p.regions])
+                self.procs[p.name].pid = pid
+                self.procs[p.name].alive = True
+        finally:
+            for _a, b in pairs.values():
+                b.close()  # the workload processes hold these
+        for p in self.w.processes:
+            msg = self._recv(self.procs[p.name])
+            if msg[0] != "ready":
+                raise KernelSideError(f"{p.name} did not start: {msg}")
+        # the processes that will be forked exist later: their driver ends stay open until then
+
+    def _child_main(self, parent: int, name: str, pairs: dict[str, tuple[socket.socket, socket.socket]],
+                    regions: list[tuple[int, bool]]) -> None:
+        """The initial workload process `name`: dies with the driver, maps its regions, serves commands."""
+        code = 1
+        try:
+            procs.in_child(parent)
+            signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # its forked children are reaped by the kernel
+            mine = {name} | self.lines[name]
+            keep = {}
+            for n, (a, b) in pairs.items():
+                os.close(a.detach())
+                if n in mine:
+                    keep[self.procs[n].index] = b
+                else:
+                    b.close()
+            sock = keep.pop(self.procs[name].index)
+            worker = _Worker(sock, _Worker.map_regions(regions), keep)
+            worker.send("ready", os.getpid())
+            worker.loop()
+        except BaseException as e:  # noqa: B036 - a workload process must never return into the caller's code
+            with contextlib.suppress(BaseException):
+                os.write(2, f"ksmstress kernel: workload process {name}: {e!r}\n".encode())
+        finally:
+            os._exit(code)
+
+    def _recv(self, p: _Proc) -> list[Any]:
+        p.sock.settimeout(self.timeout)
+        try:
+            raw = p.sock.recv(MSG_MAX)
+        except TimeoutError:
+            raise KernelSideError(f"workload process {p.name} (pid {p.pid}) silent for {self.timeout}s") from None
+        if not raw:
+            raise KernelSideError(f"workload process {p.name} (pid {p.pid}) died")
+        return json.loads(raw)
+
+    def call(self, name: str, *cmd: Any) -> Any:
+        """Send workload process `name` one command and return its reply (KernelSideError if it failed)."""
+        p = self.procs[name]
+        p.sock.send(json.dumps(cmd).encode())
+        msg = self._recv(p)
+        if msg[0] != "ok":
+            raise KernelSideError(f"workload process {p.name}: {msg[1] if len(msg) > 1 else msg}")
+        return msg[1] if len(msg) > 1 else None
+
+    def fork(self, parent: str, child: str) -> None:
+        """`parent` forks `child` (which then owns the sockets of its own future descendants)."""
+        c = self.procs[child]
+        owned = [self.procs[n].index for n in self.lines[child]]
+        self.call(parent, "fork", c.index, owned)
+        msg = self._recv(c)
+        if msg[0] != "ready":
+            raise KernelSideError(f"{child} did not start: {msg}")
+        c.pid, c.alive = int(msg[1]), True
+
+    def exit(self, name: str) -> None:
+        """`name` exits; returns once it has (its mm released), reaping it if it is (or became) our child."""
+        p = self.procs[name]
+        self.call(name, "exit")
+        p.alive = False
+        if not procs.reap(p.pid, self.timeout):
+            raise KernelSideError(f"workload process {p.name} (pid {p.pid}) did not exit")
+
+    def pids(self) -> dict[str, int]:
+        return {n: p.pid for n, p in self.procs.items() if p.alive}
+
+    def __exit__(self, *exc: object) -> None:
+        """Kill and reap every workload process (SIGKILL: nothing of theirs needs to run)."""
+        try:
+            live = [p for p in self.ever if p.pid and p.alive]
+            for p in live:
+                procs.signal_pid(p.pid, signal.SIGKILL)
+            stuck = [p for p in live if not procs.reap(p.pid, 10.0)]
+            procs.sweep([p.pid for p in self.ever if p.pid])
+            for p in self.ever:
+                p.alive = False
+                with contextlib.suppress(OSError):
+                    p.sock.close()
+        finally:
+            self._stack.close()
+        if stuck:
+            raise KernelSideError("workload processes did not exit: " + ", ".join(str(p.pid) for p in stuck))
