@@ -168,6 +168,13 @@ def test_madvise_over_a_hole_advises_the_mapped_parts_and_returns_enomem() -> No
     assert rep.verdict == "mismatch" and "madvise returned [-12] on the model, expected [0]" in render(rep)
 
 
+@pytest.mark.kernel
+def test_madvise_over_a_hole_on_the_kernel() -> None:
+    """The running kernel does the same: the mapped parts unmerged, madvise -ENOMEM, recorded and compared."""
+    (rep,) = on_kernel([parse(HOLE, "hole.toml")])
+    assert rep.verdict == "agree", render(rep)
+
+
 def test_madvise_without_a_hole_returns_0() -> None:
     w = parse(HOLE.replace("unmergeable a.0[0:32]", "unmergeable a.0[0:8]").replace("a = 0, b", "a = 16, b")
               .replace("sharing = 31", "sharing = 47"), "nohole.toml")

@@ -42,6 +42,11 @@ def madvise(addr: int, length: int, advice: int) -> None:
     _check(_libc.madvise(addr, length, advice), f"madvise({advice})")
 
 
+def madvise_return(addr: int, length: int, advice: int) -> int:
+    """madvise as a workload records it: 0, or -errno (over a hole the kernel advises the mapped parts, -ENOMEM)."""
+    return 0 if _libc.madvise(addr, length, advice) == 0 else -ctypes.get_errno()
+
+
 def madvise_hint(addr: int, length: int, advice: int) -> None:
     """madvise for advice that is only a hint, whose failure changes nothing (MADV_NOHUGEPAGE without THP)."""
     _libc.madvise(addr, length, advice)

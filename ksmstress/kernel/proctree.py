@@ -92,13 +92,14 @@ class _Worker:
                     i += 1
             return None
         if cmd in ("madvise", "munmap"):
+            returns = []
             for r, a, b in args[0]:
                 addr, n = self.regions[r][0] + a * libc.PAGE_SIZE, (b - a) * libc.PAGE_SIZE
                 if cmd == "munmap":
                     libc.munmap(addr, n)
-                else:
-                    libc.madvise(addr, n, args[1])
-            return None
+                else:  # over unmapped pages the kernel advises the mapped parts and returns -ENOMEM: recorded
+                    returns.append(libc.madvise_return(addr, n, args[1]))
+            return returns
         if cmd == "fork":
             child, owned = args[0], set(args[1])
             pid = os.fork()

@@ -37,6 +37,7 @@ class RealSide:
         self.session = session
         self.min_scans, self.timeout = min_scans, timeout
         self.mode = 1  # the workload's run mode; sysfs run is 0 while actions run
+        self.returns: list[int] = []  # this phase's madvise return values, span by span
         self.tree = ProcTree(w, timeout)
 
     def __enter__(self) -> RealSide:
@@ -65,7 +66,7 @@ class RealSide:
             self.tree.call(a.proc, "munmap", spans)
         elif a.kind in ("mergeable", "unmergeable"):
             advice = libc.MADV_MERGEABLE if a.kind == "mergeable" else libc.MADV_UNMERGEABLE
-            self.tree.call(a.proc, "madvise", spans, advice)
+            self.returns += self.tree.call(a.proc, "madvise", spans, advice)
         elif a.kind == "fork":
             self.tree.fork(a.proc, a.child)
         elif a.kind == "exit":
@@ -124,8 +125,9 @@ class RealSide:
         """With run=1: scans until full_scans has advanced by min_scans and two paused snapshots two full scans
         apart agree. With run 0 or 2 ksmd does not scan: the figures are read as they are."""
         t0 = time.perf_counter()
+        returns, self.returns = tuple(self.returns), []
         if self.mode != 1:
-            return Settled(self.figures(), 0, time.perf_counter() - t0)
+            return Settled(self.figures(), 0, time.perf_counter() - t0, returns=returns)
         deadline = time.monotonic() + self.timeout
         scans = self._run_scans(self.min_scans, deadline)
         prev = self.figures()
@@ -133,7 +135,7 @@ class RealSide:
             scans += self._run_scans(2, deadline)
             cur = self.figures()
             if cur == prev:
-                return Settled(cur, scans, time.perf_counter() - t0)
+                return Settled(cur, scans, time.perf_counter() - t0, returns=returns)
             prev = cur
 
 
