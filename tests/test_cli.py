@@ -838,3 +838,15 @@ def test_an_exhausted_budget_is_not_a_livelock(capsys: pytest.CaptureFixture[str
     )
     code, out, err = cli(capsys, "run", str(spin), "--artifacts", str(tmp_path / "a"))
     assert code == 1 and "FAILURE hang" in out and "(livelock)" in out
+
+
+def test_verbose_logs_events_as_json_lines(tmp_path: Path) -> None:
+    """-v emits structlog events on stderr, JSON lines when stderr is not a terminal (CI logs)."""
+    r = run_cli("-v", "run", "seed-fork-race", "--runs", "2", "--artifacts", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
+    names = [e["event"] for e in events]
+    assert names[0] == "run.start" and names[-1] == "run.end" and names.count("run.done") == 2
+    assert events[0]["scenarios"] == ["seed-fork-race"]
+    r = run_cli("run", "seed-fork-race", cwd=tmp_path)
+    assert not [line for line in r.stderr.splitlines() if line.startswith("{")]

@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any
 
+import structlog
+
 from .. import argtypes, cpus, procs
 from ..bugs import validate
 from ..options import EXIT_CLEAN, EXIT_FAILURE, add_run_options
@@ -35,6 +37,9 @@ from .seeds import SeedSpace
 from .summary import Tally, print_summary, summary_dict
 
 DEFAULT_DURATION = 600.0  # neither --duration nor --runs: the example, 10m
+LOG_EVERY = 10.0  # seconds between `soak.progress` events under -v
+
+log = structlog.get_logger("ksmstress")
 
 
 class Soak:
@@ -52,6 +57,7 @@ class Soak:
         self.jobs = len(self.cpus)
         self.next_k = 0
         self.tally = Tally(time.monotonic())
+        self.logged = time.monotonic()
         self.pool = Pool(functools.partial(run_item, plan), self.cpus, name="ksmstress-soak")
 
     @property
@@ -76,7 +82,10 @@ class Soak:
 
     def _row(self, row: dict[str, Any]) -> None:
         self.tally.add(row)
+        log.debug("soak.run", scenario=row["scenario"], seed=row["seed"], verdict=row["verdict"], job=row["job"])
         if row["verdict"] == "failure":
+            log.info("failure", scenario=row["scenario"], seed=row["seed"], cls=row["cls"], artifact=row["artifact"],
+                     replay=row["replay"])
             rep = f" ({row['reproduced']})" if row.get("reproduced") else ""
             self.progress.note(
                 f"FAILURE {row['cls']} in {row['scenario']} seed {row['seed']}{rep}: "
@@ -96,6 +105,10 @@ class Soak:
         if self._expired():
             self.pool.stop()
         self.progress.update(self.tally)
+        if time.monotonic() - self.logged >= LOG_EVERY:
+            self.logged = time.monotonic()
+            t = self.tally
+            log.info("soak.progress", runs=t.runs, steps=t.steps, failures=len(t.failures), wall=round(t.wall(), 1))
 
     def _error(self, msg: str) -> None:
         self.progress.note(f"ksmstress soak: {msg}")
@@ -131,7 +144,11 @@ def cmd_soak(a: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    log.info("soak.start", scenarios=[sc.name for sc in scenarios], jobs=soak.jobs, mode=a.mode,
+             strategy=a.strategy, bugs=sorted(bugs), seed=a.seed, shard=f"{a.shard[0]}/{a.shard[1]}")
     soak.run()
+    log.info("soak.end", runs=soak.tally.runs, steps=soak.tally.steps, failures=len(soak.tally.failures),
+             interrupted=soak.interrupted is not None, wall=round(soak.tally.wall(), 1))
     setup = {
         "jobs": soak.jobs,
         "cpus": soak.cpus,
