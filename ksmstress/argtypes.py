@@ -82,3 +82,13 @@ def shard(text: str) -> tuple[int, int]:
     if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
         raise argparse.ArgumentTypeError(f"expected I/N with 1 <= I <= N (e.g. 2/4), got {text!r}")
     return int(m.group(1)), int(m.group(2))
+
+
+def pct_depth(text: str) -> int:
+    """PCT's depth d: 1..MAX_DEPTH (the scheduler keeps d-1 change points)."""
+    from .sched.pct import MAX_DEPTH
+
+    n = _int(text)
+    if n is None or not 1 <= n <= MAX_DEPTH:
+        raise argparse.ArgumentTypeError(f"expected a PCT depth in [1, {MAX_DEPTH}], got {text!r}")
+    return n

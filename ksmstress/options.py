@@ -26,7 +26,7 @@ def add_run_options(p: argparse.ArgumentParser, reruns: int) -> None:
     p.add_argument("--strategy", choices=STRATEGIES, default="random", help="scheduling strategy (default: random)")
     p.add_argument(
         "--pct-depth",
-        type=argtypes.positive_int,
+        type=argtypes.pct_depth,
         default=None,
         help="PCT depth d (default: each scenario's)",
     )

@@ -37,6 +37,7 @@ from .bugs import validate
 from .report import write_artifact
 from .runner import MODES, RunResult, run_seeds
 from .scenario import Scenario, load, resolve
+from .sched.pct import MAX_DEPTH
 from .verdict import failure_lines, replay_command, reproduced_text, rerun_command
 
 SEED_KEY = pytest.StashKey[int]()
@@ -255,6 +256,8 @@ def ksm_run(request: pytest.FixtureRequest, ksm_seed: int, ksm_artifacts: Path) 
         n = runs if runs is not None else (config.getoption("ksm_runs") or 1)
         if n < 1:
             raise ValueError(f"runs: expected a positive number, got {n}")
+        if pct_depth is not None and not 1 <= pct_depth <= MAX_DEPTH:
+            raise ValueError(f"pct_depth: expected 1..{MAX_DEPTH}, got {pct_depth}")
         extra: dict[str, Any] = {"mode": mode} if mode != "controlled" else {}
         # Before anything can hang: pytest-timeout's dump shows captured stderr, so it names what was running.
         sys.stderr.write(

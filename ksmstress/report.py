@@ -27,6 +27,7 @@ from .argtypes import SEED_BITS
 from .runner import MODES, RunResult
 from .scenario import Scenario, ScenarioError, load, parse
 from .sched import STRATEGIES
+from .sched.pct import MAX_DEPTH
 from .tomltable import shown
 
 ARTIFACT_FORMAT = 1
@@ -94,7 +95,6 @@ SAFE_PART = re.compile(r"[^A-Za-z0-9._-]")
 MAX_FILE_NAME = 200  # bytes; most file systems allow 255
 MAX_ARTIFACT = 256 << 20  # bytes of JSON: a 250M-step schedule compresses to well under this
 MAX_NESTING = 32  # JSON depth: an artifact is 4 levels deep; deeper is not ours (and json recurses on it)
-PCT_MAX_DEPTH = 64  # ctl.strat holds the count and depth - 1 change points in 64 cells (sched/control.py)
 
 
 def _part(text: str) -> str:
@@ -217,8 +217,8 @@ def _check_fields(p: Path, data: dict[str, Any]) -> None:
     if not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps < 1 << 63:
         raise ArtifactError(f"{p}: key 'steps': expected a non-negative integer")
     depth = data.get("pct_depth")
-    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= PCT_MAX_DEPTH):
-        raise ArtifactError(f"{p}: key 'pct_depth': expected an integer in [1, {PCT_MAX_DEPTH}] or null")
+    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= MAX_DEPTH):
+        raise ArtifactError(f"{p}: key 'pct_depth': expected an integer in [1, {MAX_DEPTH}] or null")
 
 
 def _decode(p: Path, encoded: str) -> bytes:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import catalog
+from .sched.pct import MAX_DEPTH
 from .tomltable import TableReader, loads, read_file, shown
 
 OPS = ("write", "read", "fork", "munmap", "mmap", "unmergeable", "mergeable", "sleep")
@@ -195,7 +196,7 @@ def parse(text: str, path: str = "<string>") -> Scenario:
         reclaim_ksm_bias=rc.get("ksm_bias", float, 0.7, 0.0, 1.0),
         reclaim_swap=rc.get("swap", float, 0.3, 0.0, 1.0),
         admin_unmerge_every=ad.get("unmerge_every", int, 0, 0, 10_000_000),
-        pct_depth=p.get("depth", int, 3, 1, 16),
+        pct_depth=p.get("depth", int, 3, 1, MAX_DEPTH),
         pct_steps=p.get("steps", int, 4000, 1, 100_000_000),
         chaos_yield=ch.get("yield", float, 0.05, 0.0, 1.0),
         chaos_sleep=ch.get("sleep", float, 0.01, 0.0, 1.0),

@@ -850,3 +850,8 @@ def test_verbose_logs_events_as_json_lines(tmp_path: Path) -> None:
     assert events[0]["scenarios"] == ["seed-fork-race"]
     r = run_cli("run", "seed-fork-race", cwd=tmp_path)
     assert not [line for line in r.stderr.splitlines() if line.startswith("{")]
+
+
+def test_pct_depth_out_of_range_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    """--pct-depth 100 was an IndexError traceback (the scheduler keeps at most 15 change points)."""
+    assert_usage_error(*cli(capsys, "run", "--strategy", "pct", "--pct-depth", "100"), "--pct-depth")

@@ -20,6 +20,7 @@ from .control import EXITED
 if TYPE_CHECKING:
     from .control import Control
 
+MAX_DEPTH = 16  # scenarios and --pct-depth alike (ctl.strat holds the change points; deeper bugs are not sought)
 _SPREAD = 1 << 20  # initial priorities live in [depth*_SPREAD, ...), change points use 1..depth-1
 # ctl.strat cells: how many change points, then the steps they fall on (sorted)
 _NPOINTS, _POINTS = 0, 1
