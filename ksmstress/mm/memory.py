@@ -13,7 +13,7 @@ import numpy as np
 from ..arena import ref_slot
 from ..failures import Failure
 from . import rmap
-from .state import PG_ANON, PG_KSM, PTE_NONE, PTE_PRESENT, PTE_SWAP, K
+from .state import PG_ANON, PG_KSM, PTE_KIND_MASK, PTE_NONE, PTE_PRESENT, PTE_SHIFT, PTE_SWAP, PTE_WRITE, K, mk_pte
 
 VM_FAULT_WRITE = 1  # the fault made the pte writable (break_ksm loops until it sees this)
 
@@ -91,15 +91,24 @@ def page_address_in_vma(k: K, pref: int, vref: int, site: str) -> int:
 
 # -- ptes --------------------------------------------------------------------------------------------------
 def pte_get(k: K, m: int, addr: int) -> tuple[int, int, int]:
-    st = k.st
-    return int(st.pte_kind[m, addr]), int(st.pte_ref[m, addr]), int(st.pte_write[m, addr])
+    """(kind, target reference, write bit) of the pte, from one load of its word (`entry = *pte`)."""
+    return pte_decode(int(k.st.pte[m, addr]))
+
+
+def pte_decode(word: int) -> tuple[int, int, int]:
+    return word & PTE_KIND_MASK, word >> PTE_SHIFT, int(bool(word & PTE_WRITE))
 
 
 def pte_set(k: K, m: int, addr: int, kind: int, ref: int, write: int) -> None:
-    st = k.st
-    st.pte_kind[m, addr] = kind
-    st.pte_ref[m, addr] = ref
-    st.pte_write[m, addr] = write
+    """set_pte_at: one store of the whole word, so no reader sees the new kind with the old target."""
+    k.st.pte[m, addr] = mk_pte(kind, ref, write)
+
+
+def pte_set_write(k: K, m: int, addr: int, write: int) -> None:
+    """ptep_set_wrprotect / pte_mkwrite on a present pte: the caller holds the pte lock, so no other store races
+    this read-modify-write."""
+    kind, ref, _w = pte_get(k, m, addr)
+    pte_set(k, m, addr, kind, ref, write)
 
 
 def follow_page(k: K, m: int, addr: int, site: str) -> int:
@@ -162,7 +171,7 @@ def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
             reuse = reuse_swap_page(k, s)
             k.locks.unlock(k.page_lock(s), "do_wp_page:unlock_page")
             if reuse:
-                k.st.pte_write[m, addr] = 1
+                pte_set_write(k, m, addr, 1)
                 k.locks.unlock(ptl, "do_wp_page:reuse")
                 return VM_FAULT_WRITE
     get_page(k, old, "do_wp_page")
@@ -250,7 +259,7 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
             get_page(k, ref, "copy_one_pte")
             if not (skip_ksm and k.pg.flags[k.pg.deref(ref, "copy_one_pte")] & PG_KSM):
                 rmap.page_dup_rmap(k, ref)
-            st.pte_write[src, addr] = 0  # ptep_set_wrprotect: COW in the parent
+            pte_set_write(k, src, addr, 0)  # ptep_set_wrprotect: COW in the parent
             pte_set(k, dst, addr, PTE_PRESENT, ref, 0)
         elif kind == PTE_SWAP:
             ss = st.swap.deref(ref, "copy_one_pte:swap_duplicate")
