@@ -250,3 +250,80 @@ def test_munmap_splits_a_vma_and_both_halves_stay_on_the_anon_vma():
     assert rmap.anon_vma_vmas(k, av, "test") == vmas or sorted(rmap.anon_vma_vmas(k, av, "test")) == sorted(vmas)
     assert memory.user_read(k, a, 3) is None  # SIGSEGV in the hole
     assert read(k, a, 6) == content(k, 6)
+
+
+def at_point(k, site, action, nth=1):
+    """Run `action` once, as another task would, at the `nth` scheduling point named `site` (a lock's point comes
+    before it is taken, an unlock's after it is released): the single task of a test then builds an interleaving
+    between two steps, where no lock hook can reach."""
+    own = k.ctl.point
+    seen = [0]
+
+    def point(s, yielding=False):
+        own(s, yielding)
+        if s == site:
+            seen[0] += 1
+            if seen[0] == nth:
+                action()
+
+    k.ctl.point = point
+
+
+def swapped_out(k, m, addr):
+    """Reclaim swaps the page at addr out (isolated by a reference, as shrink_page_list's caller does); returns the
+    swap entry now in the pte."""
+    from ksmstress.mm import vmscan
+
+    page = pte_page(k, m, addr)
+    memory.get_page(k, page, "isolate_lru_page")
+    vmscan.shrink_page(k, page, swap=True)
+    memory.put_page(k, page, "putback_lru_page")
+    kind, sref, _w = memory.pte_get(k, m, addr)
+    assert kind == 2 and k.st.swap.is_live(sref)
+    return sref
+
+
+def test_swap_fault_racing_another_swap_in_of_the_same_entry_backs_out():
+    """Two faults of one mm on a swap pte (run=2's break_ksm and the program itself): the second swaps the entry in
+    and frees it while the first is between handle_mm_fault's unlock and do_swap_page. The first may not reread the
+    pte (the word is now a page's reference, which can equal a swap reference: the use-after-free free mode
+    reported, swap[11] "freed by delete_from_swap_cache") nor touch the freed entry; it backs out, as 2.6.33 does
+    with swapcache_prepare's -ENOENT and pte_same."""
+    k = make_kernel()
+    mref, m = new_program(k, 1, mergeable=False)
+    write(k, m, 1, 6)
+    sref = swapped_out(k, m, 1)
+    vref = mmm.find_vma(k, m, 1)
+    at_point(k, "handle_mm_fault", lambda: read(k, m, 1), nth=2)  # after its unlock, the program faults it in
+    assert memory.handle_mm_fault(k, m, vref, 1, write=True) == 0  # raced: nothing done
+    assert not k.st.swap.is_live(sref)
+    page = pte_page(k, m, 1)
+    assert k.pg.count[ref_slot(page)] == 1 and k.pg.mapcount[ref_slot(page)] == 1
+    assert memory.handle_mm_fault(k, m, vref, 1, write=True) == memory.VM_FAULT_WRITE  # retried: reuse in place
+    assert read(k, m, 1) == content(k, 6)
+    mmm.mmput(k, mref)
+    assert check_quiescence(k.st) is None
+
+
+def test_swap_fault_holds_the_entry_while_it_reads():
+    """The other order: the entry is freed only after swapcache_prepare took its reference, so the read sees live
+    bytes and the fault that finds the pte changed drops that reference last, freeing the entry."""
+    k = make_kernel()
+    mref, m = new_program(k, 1, mergeable=False)
+    write(k, m, 1, 9)
+    sref = swapped_out(k, m, 1)
+    vref = mmm.find_vma(k, m, 1)
+    seen = []
+
+    def other():
+        seen.append(int(k.st.swap.count[ref_slot(sref)]))  # the pte's count and the swap cache's
+        read(k, m, 1)
+        seen.append(k.st.swap.is_live(sref))
+
+    at_point(k, "do_swap_page", other)  # after swapcache_prepare, before the pte lock
+    assert memory.handle_mm_fault(k, m, vref, 1, write=False) == 0  # the pte changed: backed out
+    assert seen == [2, True]  # the program's swap-in left the entry to the first fault's reference
+    assert read(k, m, 1) == content(k, 9)
+    assert not k.st.swap.is_live(sref)
+    mmm.mmput(k, mref)
+    assert check_quiescence(k.st) is None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..failures import Failure
-from ..mm.state import G_PAGES_SHARED, G_PAGES_SHARING, G_PAGES_UNSHARED, G_RMAP_ITEMS
+from ..mm.state import G_PAGES_SHARED, G_PAGES_SHARING, G_PAGES_UNSHARED, G_RMAP_ITEMS, PTE_KIND_MASK
 
 if TYPE_CHECKING:
     from ..mm.state import State
@@ -34,7 +34,7 @@ def check_quiescence(st: State) -> Failure | None:
     for name, cell in COUNTERS.items():
         if st.g[cell]:
             left.append(f"ksm_{name} = {int(st.g[cell])}")
-    ptes = int(np.count_nonzero(st.pte_kind))
+    ptes = int(np.count_nonzero(st.pte & PTE_KIND_MASK))
     if ptes:
         left.append(f"{ptes} ptes still set")
     held = st.locks.any_held()

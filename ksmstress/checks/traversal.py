@@ -20,7 +20,7 @@ import numpy as np
 
 from ..arena import ref_slot
 from ..failures import Failure
-from ..mm.state import PG_KSM, PTE_PRESENT
+from ..mm.state import PG_KSM, PTE_PRESENT, PTE_WRITE, mk_pte
 
 if TYPE_CHECKING:
     from ..mm.state import K
@@ -46,7 +46,9 @@ def _vmas_of(k: K, avref: int) -> list[int]:
 
 
 def _maps(k: K, m: int, addr: int, pref: int) -> bool:
-    return bool(k.st.pte_kind[m, addr] == PTE_PRESENT and int(k.st.pte_ref[m, addr]) == pref)
+    """Whether the pte maps the page: one load of its word, so the kind and the target are of one moment (a swap
+    reference can equal a page reference, so reading them apart can pair a present kind with a swap target)."""
+    return (int(k.st.pte[m, addr]) & ~PTE_WRITE) == mk_pte(PTE_PRESENT, pref, 0)
 
 
 def reachable(k: K, pref: int) -> dict[tuple[int, int], tuple[int, str]]:
@@ -121,7 +123,10 @@ class TraversalCheck:
             )
 
     def page_freeing(self, k: K, pref: int, site: str) -> None:
-        hits = np.argwhere((k.st.pte_kind == PTE_PRESENT) & (k.st.pte_ref == pref))
+        """No pte may still map a page whose last reference is going. Each pte is read once, as one word: in free
+        mode other tasks change ptes during the scan, and a scan of kinds then a scan of targets would pair a pte's
+        old present kind with its new swap target, which can equal the page's reference."""
+        hits = np.argwhere((k.st.pte & ~PTE_WRITE) == mk_pte(PTE_PRESENT, pref, 0))
         if hits.size:
             m, addr = (int(x) for x in hits[0])
             step, who = k.ctl.clock()

@@ -41,7 +41,7 @@ Deviations from 2.6.33: what, where, why (each also has a one-line note at its p
     where: memory.do_wp_page
     why:   a copy is always correct, and the fault path stays free of a sleeping wait.
 10. No swap cache: add_to_swap's reference is the swap slot's count, the bytes are written as each pte is
-    unmapped, and every swap-in makes a private copy.
+    unmapped, and every swap-in makes a private copy (holding the slot by swapcache_prepare's count while it reads).
     where: rmap.try_to_unmap_one, memory.do_swap_page, memory.reuse_swap_page, ksm.write_protect_page,
            vmscan.shrink_page
     why:   KSM depends on the unmap walk, not on swap I/O; the PageSwapCache terms drop out.

@@ -405,7 +405,7 @@ def write_protect_page(k: K, vref: int, pref: int) -> tuple[int, tuple[int, int]
         elif memory.page_mapcount(k, s) + 1 != memory.page_count(k, s):  # + PageSwapCache: no swap cache here
             err = EFAULT
         else:
-            k.st.pte_write[m, addr] = 0
+            memory.pte_set_write(k, m, addr, 0)
             err = 0
     k.locks.unlock(k.ptl(m), "write_protect_page")
     return err, (ref, 0)

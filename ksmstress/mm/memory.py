@@ -13,7 +13,7 @@ import numpy as np
 from ..arena import ref_slot
 from ..failures import Failure
 from . import rmap
-from .state import PG_ANON, PG_KSM, PTE_NONE, PTE_PRESENT, PTE_SWAP, K
+from .state import PG_ANON, PG_KSM, PTE_KIND_MASK, PTE_NONE, PTE_PRESENT, PTE_SHIFT, PTE_SWAP, PTE_WRITE, K, mk_pte
 
 VM_FAULT_WRITE = 1  # the fault made the pte writable (break_ksm loops until it sees this)
 
@@ -91,15 +91,24 @@ def page_address_in_vma(k: K, pref: int, vref: int, site: str) -> int:
 
 # -- ptes --------------------------------------------------------------------------------------------------
 def pte_get(k: K, m: int, addr: int) -> tuple[int, int, int]:
-    st = k.st
-    return int(st.pte_kind[m, addr]), int(st.pte_ref[m, addr]), int(st.pte_write[m, addr])
+    """(kind, target reference, write bit) of the pte, from one load of its word (`entry = *pte`)."""
+    return pte_decode(int(k.st.pte[m, addr]))
+
+
+def pte_decode(word: int) -> tuple[int, int, int]:
+    return word & PTE_KIND_MASK, word >> PTE_SHIFT, int(bool(word & PTE_WRITE))
 
 
 def pte_set(k: K, m: int, addr: int, kind: int, ref: int, write: int) -> None:
-    st = k.st
-    st.pte_kind[m, addr] = kind
-    st.pte_ref[m, addr] = ref
-    st.pte_write[m, addr] = write
+    """set_pte_at: one store of the whole word, so no reader sees the new kind with the old target."""
+    k.st.pte[m, addr] = mk_pte(kind, ref, write)
+
+
+def pte_set_write(k: K, m: int, addr: int, write: int) -> None:
+    """ptep_set_wrprotect / pte_mkwrite on a present pte: the caller holds the pte lock, so no other store races
+    this read-modify-write."""
+    kind, ref, _w = pte_get(k, m, addr)
+    pte_set(k, m, addr, kind, ref, write)
 
 
 def follow_page(k: K, m: int, addr: int, site: str) -> int:
@@ -125,7 +134,7 @@ def handle_mm_fault(k: K, m: int, vref: int, addr: int, write: bool) -> int:
         return do_anonymous_page(k, m, vref, addr)
     if kind == PTE_SWAP:
         k.locks.unlock(ptl, "handle_mm_fault")
-        return do_swap_page(k, m, vref, addr, write)
+        return do_swap_page(k, m, vref, addr, write, ref)  # orig_pte: the entry as read here, not read again
     if write and not w:
         return do_wp_page(k, m, vref, addr)  # entered with the pte lock held, as in the kernel
     k.locks.unlock(ptl, "handle_mm_fault")
@@ -162,7 +171,7 @@ def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
             reuse = reuse_swap_page(k, s)
             k.locks.unlock(k.page_lock(s), "do_wp_page:unlock_page")
             if reuse:
-                k.st.pte_write[m, addr] = 1
+                pte_set_write(k, m, addr, 1)
                 k.locks.unlock(ptl, "do_wp_page:reuse")
                 return VM_FAULT_WRITE
     get_page(k, old, "do_wp_page")
@@ -199,25 +208,46 @@ def reuse_swap_page(k: K, s: int) -> bool:
     return page_mapcount(k, s) <= 1
 
 
-def do_swap_page(k: K, m: int, vref: int, addr: int, write: bool) -> int:
-    """Fault a swapped page back in. Simplified: no swap cache, so every mm reading a slot gets its own copy."""
+def do_swap_page(k: K, m: int, vref: int, addr: int, write: bool, sref: int) -> int:
+    """Fault swap entry `sref` back in: handle_mm_fault read it from the pte (orig_pte) and let the pte lock go.
+
+    The pte is not read again without the lock: another fault of this mm may swap the entry in and free it
+    meanwhile, and the word read then is a page's reference, which can equal a swap reference. The kernel never
+    rereads: swapcache_prepare fails on a freed entry, and pte_same under the pte lock decides. Simplified: no swap
+    cache, so every mm reading a slot gets its own copy.
+    """
     st = k.st
     ptl = k.ptl(m)
-    _kind, sref, _w = pte_get(k, m, addr)
-    ss = st.swap.deref(sref, "do_swap_page")
     page = alloc_page(k, "do_swap_page")
-    st.frames[ref_slot(page), :] = st.swapdata[ss, :]  # swap_readpage
+    held = swapcache_prepare(k, sref)
+    if held:
+        st.frames[ref_slot(page), :] = st.swapdata[ref_slot(sref), :]  # swap_readpage
     k.locks.lock(ptl, "do_swap_page")
     kind, cur, _w = pte_get(k, m, addr)
-    if kind != PTE_SWAP or cur != sref:
+    if not held or kind != PTE_SWAP or cur != sref:  # !pte_same(*page_table, orig_pte)
         k.locks.unlock(ptl, "do_swap_page:raced")
         put_page(k, page, "do_swap_page:raced")
+        if held:
+            swap_free(k, sref, "do_swap_page:swapcache_free")
         return 0
     rmap.page_add_new_anon_rmap(k, page, vref, addr)
     pte_set(k, m, addr, PTE_PRESENT, page, 1 if write else 0)
     swap_free(k, sref, "do_swap_page")
     k.locks.unlock(ptl, "do_swap_page")
+    swap_free(k, sref, "do_swap_page:swapcache_free")
     return VM_FAULT_WRITE if write else 0
+
+
+def swapcache_prepare(k: K, sref: int) -> bool:
+    """read_swap_cache_async's swapcache_prepare: the swap cache's reference on the entry, or False (-ENOENT) when
+    it was freed since its pte was read. swap_map is never freed, so the slot is read raw (no KASAN check); the
+    check and the increment are one atomic step, as in get_page_unless_zero."""
+    ss = ref_slot(sref)
+    with k.guard:
+        if not k.st.swap.is_live(sref) or k.st.swap.count[ss] <= 0:
+            return False
+        k.st.swap.count[ss] += 1
+        return True
 
 
 def swap_free(k: K, sref: int, site: str) -> None:
@@ -250,7 +280,7 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
             get_page(k, ref, "copy_one_pte")
             if not (skip_ksm and k.pg.flags[k.pg.deref(ref, "copy_one_pte")] & PG_KSM):
                 rmap.page_dup_rmap(k, ref)
-            st.pte_write[src, addr] = 0  # ptep_set_wrprotect: COW in the parent
+            pte_set_write(k, src, addr, 0)  # ptep_set_wrprotect: COW in the parent
             pte_set(k, dst, addr, PTE_PRESENT, ref, 0)
         elif kind == PTE_SWAP:
             ss = st.swap.deref(ref, "copy_one_pte:swap_duplicate")

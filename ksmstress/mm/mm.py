@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..arena import ref_slot
 from ..failures import Failure
 from . import ksm, memory, rmap
-from .state import PTE_NONE, VM_MERGEABLE, K
+from .state import PTE_NONE, VM_MERGEABLE, K, mk_pte
 
 
 # -- mm_struct -----------------------------------------------------------------------------------------------
@@ -19,9 +19,7 @@ def mm_alloc(k: K) -> int:
     m = ref_slot(mref)
     k.mmc.users[m] = 1
     k.mmc.mmcount[m] = 1
-    k.st.pte_kind[m, :] = PTE_NONE
-    k.st.pte_ref[m, :] = 0
-    k.st.pte_write[m, :] = 0
+    k.st.pte[m, :] = mk_pte(PTE_NONE, 0, 0)
     k.st.expect[m, :] = -1
     return mref
 

@@ -39,6 +39,14 @@ STABLE_FLAG, UNSTABLE_FLAG = 1, 2
 SEQNR_MASK = 0xFF
 # pte kinds
 PTE_NONE, PTE_PRESENT, PTE_SWAP = 0, 1, 2
+# A pte is one word, as in the kernel: kind in the low two bits, the write bit above, the target (a page or swap
+# reference) above that; one load gives a reader without the pte lock the kind and target of the same moment.
+PTE_KIND_MASK, PTE_WRITE, PTE_SHIFT = 3, 4, 3
+
+
+def mk_pte(kind: int, ref: int, write: int) -> int:
+    """The pte word for `kind` naming `ref` (mk_pte / swp_entry_to_pte)."""
+    return (ref << PTE_SHIFT) | (PTE_WRITE if write else 0) | kind
 
 # ksm globals (cells of `k.g`)
 (
@@ -92,7 +100,7 @@ class Pages(Table):
 
 
 class MmStructs(Table):
-    """struct mm_struct (its page table is row `slot` of `State.pte_*`)."""
+    """struct mm_struct (its page table is row `slot` of `State.pte`)."""
 
     users: Column  # mm_users
     mmcount: Column  # mm_count
@@ -194,9 +202,7 @@ class State:
         )
         block.want("frames", np.uint8, (sz.frames, sz.page_size))
         block.want("swapdata", np.uint8, (sz.swap, sz.page_size))
-        block.want("pte.kind", np.int8, (sz.max_mm, sz.vpages))
-        block.want("pte.ref", np.int64, (sz.max_mm, sz.vpages))
-        block.want("pte.write", np.int8, (sz.max_mm, sz.vpages))
+        block.want("pte", np.int64, (sz.max_mm, sz.vpages))  # mk_pte words
         block.want("expect", np.int64, (sz.max_mm, sz.vpages))
         block.want("ksm.g", np.int64, 16)
         self.locks = LockSpace(
@@ -210,9 +216,7 @@ class State:
             t.bind(a)
         self.frames = a["frames"]
         self.swapdata = a["swapdata"]
-        self.pte_kind = a["pte.kind"]
-        self.pte_ref = a["pte.ref"]
-        self.pte_write = a["pte.write"]
+        self.pte = a["pte"]
         self.expect = a["expect"]
         self.g = a["ksm.g"]
         self.locks.bind(a)
