@@ -24,13 +24,14 @@ def alloc_page(k: K, site: str) -> int:
     ref = k.pg.alloc(site)
     s = ref_slot(ref)
     k.pg.count[s] = 1
+    k.pg.note(s, 0, 1, site)
     k.st.frames[s, :] = 0
     return ref
 
 
 def get_page(k: K, pref: int, site: str) -> None:
     s = k.pg.deref(pref, site)
-    k.atomic_add(k.pg.count, s, 1)
+    k.atomic_add(k.pg.count, s, 1, site)
 
 
 def get_page_unless_zero(k: K, s: int) -> int:
@@ -40,17 +41,18 @@ def get_page_unless_zero(k: K, s: int) -> int:
         if not k.pg.slot_live(s) or k.pg.count[s] <= 0:
             return 0
         k.pg.count[s] += 1
+        k.pg.note(s, 0, k.pg.count[s], "get_page_unless_zero")
         return k.page_ref(s)
 
 
 def put_page(k: K, pref: int, site: str) -> None:
     """Drop a reference; the last one frees the frame (the traversal detector checks no pte still maps it)."""
     s = k.pg.deref(pref, site)
-    c = k.atomic_add(k.pg.count, s, -1)
+    c = k.atomic_add(k.pg.count, s, -1, site)
     if c < 0:
         raise Failure(
             "refcount-underflow",
-            f"page[{s}] _count below zero at {site}",
+            f"page[{s}] _count below zero at {site}; its last changes: {k.pg.changes(s)}",
             k.fail_details(object=f"page[{s}]", site=site),
         )
     if c == 0:
@@ -95,11 +97,31 @@ def pte_get(k: K, m: int, addr: int) -> tuple[int, int, int]:
     return int(st.pte_kind[m, addr]), int(st.pte_ref[m, addr]), int(st.pte_write[m, addr])
 
 
-def pte_set(k: K, m: int, addr: int, kind: int, ref: int, write: int) -> None:
+def pte_set(k: K, m: int, addr: int, kind: int, ref: int, write: int, site: str = "pte_set") -> None:
     st = k.st
     st.pte_kind[m, addr] = kind
     st.pte_ref[m, addr] = ref
     st.pte_write[m, addr] = write
+    pte_stored(k, m, addr, kind, ref, write, site)
+
+
+def pte_wrprotect(k: K, m: int, addr: int, site: str) -> None:
+    """ptep_set_wrprotect: the pte stays, read-only."""
+    k.st.pte_write[m, addr] = 0
+    pte_stored(k, m, addr, int(k.st.pte_kind[m, addr]), int(k.st.pte_ref[m, addr]), 0, site)
+
+
+def pte_mkwrite(k: K, m: int, addr: int, site: str) -> None:
+    """pte_mkwrite (do_wp_page's reuse): the pte stays, writable."""
+    k.st.pte_write[m, addr] = 1
+    pte_stored(k, m, addr, int(k.st.pte_kind[m, addr]), int(k.st.pte_ref[m, addr]), 1, site)
+
+
+def pte_stored(k: K, m: int, addr: int, kind: int, ref: int, write: int, site: str) -> None:
+    """Every pte store ends here: the pte's history ring (data-loss reports name the last stores) and the
+    detectors' cheap pte invariants. No scheduling point."""
+    k.st.pte_hist.note(m * k.st.sz.vpages + addr, kind, ref, site, write)
+    k.hooks.pte_stored(k, m, addr, kind, ref, write, site)
 
 
 def follow_page(k: K, m: int, addr: int, site: str) -> int:
@@ -143,7 +165,7 @@ def do_anonymous_page(k: K, m: int, vref: int, addr: int) -> int:
         put_page(k, page, "do_anonymous_page:raced")
         return 0
     rmap.page_add_new_anon_rmap(k, page, vref, addr)
-    pte_set(k, m, addr, PTE_PRESENT, page, 1)
+    pte_set(k, m, addr, PTE_PRESENT, page, 1, "do_anonymous_page")
     k.locks.unlock(ptl, "do_anonymous_page")
     return VM_FAULT_WRITE
 
@@ -162,7 +184,7 @@ def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
             reuse = reuse_swap_page(k, s)
             k.locks.unlock(k.page_lock(s), "do_wp_page:unlock_page")
             if reuse:
-                k.st.pte_write[m, addr] = 1
+                pte_mkwrite(k, m, addr, "do_wp_page:reuse")
                 k.locks.unlock(ptl, "do_wp_page:reuse")
                 return VM_FAULT_WRITE
     get_page(k, old, "do_wp_page")
@@ -176,7 +198,7 @@ def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
     kind, cur, _w = pte_get(k, m, addr)
     if kind == PTE_PRESENT and cur == old:
         rmap.page_add_new_anon_rmap(k, new, vref, addr)
-        pte_set(k, m, addr, PTE_PRESENT, new, 1)
+        pte_set(k, m, addr, PTE_PRESENT, new, 1, "do_wp_page:cow")
         rmap.page_remove_rmap(k, old, "do_wp_page")
         put_page(k, old, "do_wp_page:pte")  # the reference the old pte held
         new = 0
@@ -214,7 +236,7 @@ def do_swap_page(k: K, m: int, vref: int, addr: int, write: bool) -> int:
         put_page(k, page, "do_swap_page:raced")
         return 0
     rmap.page_add_new_anon_rmap(k, page, vref, addr)
-    pte_set(k, m, addr, PTE_PRESENT, page, 1 if write else 0)
+    pte_set(k, m, addr, PTE_PRESENT, page, 1 if write else 0, "do_swap_page")
     swap_free(k, sref, "do_swap_page")
     k.locks.unlock(ptl, "do_swap_page")
     return VM_FAULT_WRITE if write else 0
@@ -222,11 +244,11 @@ def do_swap_page(k: K, m: int, vref: int, addr: int, write: bool) -> int:
 
 def swap_free(k: K, sref: int, site: str) -> None:
     ss = k.st.swap.deref(sref, site)
-    c = k.atomic_add(k.st.swap.count, ss, -1)
+    c = k.atomic_add(k.st.swap.count, ss, -1, site)
     if c < 0:
         raise Failure(
             "refcount-underflow",
-            f"swap[{ss}] count below zero at {site}",
+            f"swap[{ss}] count below zero at {site}; its last changes: {k.st.swap.changes(ss)}",
             k.fail_details(object=f"swap[{ss}]", site=site),
         )
     if c == 0:
@@ -250,12 +272,12 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
             get_page(k, ref, "copy_one_pte")
             if not (skip_ksm and k.pg.flags[k.pg.deref(ref, "copy_one_pte")] & PG_KSM):
                 rmap.page_dup_rmap(k, ref)
-            st.pte_write[src, addr] = 0  # ptep_set_wrprotect: COW in the parent
-            pte_set(k, dst, addr, PTE_PRESENT, ref, 0)
+            pte_wrprotect(k, src, addr, "copy_one_pte:wrprotect")  # COW in the parent
+            pte_set(k, dst, addr, PTE_PRESENT, ref, 0, "copy_one_pte")
         elif kind == PTE_SWAP:
             ss = st.swap.deref(ref, "copy_one_pte:swap_duplicate")
-            k.atomic_add(st.swap.count, ss, 1)
-            pte_set(k, dst, addr, PTE_SWAP, ref, 0)
+            k.atomic_add(st.swap.count, ss, 1, "copy_one_pte:swap_duplicate")
+            pte_set(k, dst, addr, PTE_SWAP, ref, 0, "copy_one_pte")
     k.locks.unlock(ptl, "copy_pte_range:src_ptl")
     k.locks.unlock(dst_ptl, "copy_pte_range")
 
@@ -268,7 +290,7 @@ def zap_pte_range(k: K, m: int, start: int, end: int) -> None:
         kind, ref, _w = pte_get(k, m, addr)
         if kind == PTE_NONE:
             continue
-        pte_set(k, m, addr, PTE_NONE, 0, 0)
+        pte_set(k, m, addr, PTE_NONE, 0, 0, "zap_pte_range")
         if kind == PTE_PRESENT:
             rmap.page_remove_rmap(k, ref, "zap_pte_range")
             put_page(k, ref, "zap_pte_range")

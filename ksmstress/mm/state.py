@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..arena import Column, SharedBlock, Table, make_ref
+from ..arena import Column, Ring, SharedBlock, Stamp, Table, make_ref
+from ..sched.control import STEP
 from ..sync import (
     ANON_VMA_LOCK,
     KSM_MMLIST_LOCK,
@@ -84,6 +85,8 @@ class Sizes:
 class Pages(Table):
     """struct page, one per frame (the frame's bytes are `State.frames[slot]`)."""
 
+    TRACKED = ("count", "mapcount")
+
     flags: Column  # PG_ANON | PG_KSM
     count: Column  # _count: references
     mapcount: Column  # _mapcount + 1: ptes mapping the page
@@ -93,6 +96,8 @@ class Pages(Table):
 
 class MmStructs(Table):
     """struct mm_struct (its page table is row `slot` of `State.pte_*`)."""
+
+    TRACKED = ("users", "mmcount")
 
     users: Column  # mm_users
     mmcount: Column  # mm_count
@@ -116,6 +121,9 @@ class Vmas(Table):
 
 class AnonVmas(Table):
     """struct anon_vma: the list of vmas its pages may be mapped in, and db114b83ab's ksm_refcount."""
+
+    TRACKED = ("refcount",)
+    ARG = "rmap_item"  # the rmap_item whose reference it is
 
     refcount: Column  # ksm_refcount
     head: Column  # the first and last vma of the list
@@ -162,10 +170,13 @@ class MmSlots(Table):
 class SwapSlots(Table):
     """A swap entry: its count (swap_map) and, in `State.swapdata`, the bytes written out."""
 
+    TRACKED = ("count",)
+
     count: Column
 
 
 MM_SLOT_HEAD = 0  # the reserved mm_slot that is ksm_mm_head
+PTE_HIST = 4  # stores kept per pte in its history ring (data-loss reports name the last merge, COW or replace)
 
 
 class State:
@@ -192,6 +203,11 @@ class State:
             self.mm_slot,
             self.swap,
         )
+        self.stamp = Stamp(block)
+        for t in self.tables:
+            t.use_stamp(self.stamp, block)
+        # per pte (key m * vpages + addr): field = kind, value = ref, arg = write bit
+        self.pte_hist = Ring(block, "pte.hist", sz.max_mm * sz.vpages, PTE_HIST, self.stamp)
         block.want("frames", np.uint8, (sz.frames, sz.page_size))
         block.want("swapdata", np.uint8, (sz.swap, sz.page_size))
         block.want("pte.kind", np.int8, (sz.max_mm, sz.vpages))
@@ -206,8 +222,10 @@ class State:
         )
 
     def bind(self, a: dict[str, np.ndarray]) -> None:
+        self.stamp.bind(a)
         for t in self.tables:
             t.bind(a)
+        self.pte_hist.bind(a)
         self.frames = a["frames"]
         self.swapdata = a["swapdata"]
         self.pte_kind = a["pte.kind"]
@@ -246,6 +264,12 @@ class K:
         for t in st.tables:
             t.clock = ctl.clock
             t.guard = ctl.guard
+        meta = memoryview(ctl.meta)
+        st.stamp.now = lambda: (meta[STEP], ctl.me)  # a history entry's stamp: plain ints, no scheduling point
+        st.stamp.label = ctl.label
+        st.stamp.guard = ctl.guard
+        # the history ring behind each TRACKED column, by the column's identity (atomic_add's fast lookup)
+        self._tracked = {id(getattr(t, f)): (t.hist, j) for t in st.tables for j, f in enumerate(t.TRACKED)}
         # the tables by short name, so the model reads field by field as the kernel does:
         # stable_node->hlist.first = next is k.sn.hfirst[n] = nxt, and k.sn.deref(ref, site) is the KASAN check
         self.pg: Pages = st.page
@@ -257,12 +281,16 @@ class K:
         self.ms: MmSlots = st.mm_slot
         self.g = st.g
 
-    def atomic_add(self, view: Column | np.ndarray, i: int, delta: int) -> int:
+    def atomic_add(self, view: Column | np.ndarray, i: int, delta: int, site: str = "", arg: int = 0) -> int:
         """atomic_add_return: one read-modify-write that no other task can interleave (page _count, _mapcount,
-        swap_map, ksm_refcount, mm_users...); the guard is a real mutex only in free mode."""
+        swap_map, ksm_refcount, mm_users...); the guard is a real mutex only in free mode. A TRACKED column's
+        change goes into its object's history ring, at `site` (arg: the table's ARG object, slot + 1)."""
         with self.guard:
             v = view[i] + delta
             view[i] = v
+            tr = self._tracked.get(id(view))
+            if tr is not None:
+                tr[0].note(i, tr[1], v, site, arg)
         return int(v)
 
     def bug(self, name: str) -> bool:
