@@ -85,6 +85,10 @@ def _no_now() -> tuple[int, int]:
     return 0, -1
 
 
+class _NoRunner:
+    me = -1
+
+
 def _no_label(tid: int) -> str:
     return "runner" if tid < 0 else f"task#{tid}"
 
@@ -103,6 +107,10 @@ class Stamp:
         block.want("stamp.sites", f"S{SITE_LEN}", NSITES)
         block.want("stamp.nsites", np.int64, 1)
         self.now: Callable[[], tuple[int, int]] = _no_now
+        # the hot path reads the step and the running task straight from the scheduler's cells (see use_clock)
+        self.cells: Any = [0]
+        self.cell = 0
+        self.runner: Any = _NoRunner()
         self.label: Callable[[int], str] = _no_label
         self.guard: Any = NO_GUARD
         self._ids: dict[str, int] = {}  # this process's cache of the shared table
@@ -110,6 +118,12 @@ class Stamp:
     def bind(self, a: dict[str, np.ndarray]) -> None:
         self.sites = a["stamp.sites"]
         self.nsites = a["stamp.nsites"]
+
+    def use_clock(self, cells: Any, cell: int, runner: Any, label: Callable[[int], str]) -> None:
+        """Stamp entries with `cells[cell]` (the step counter) and `runner.me` (the running task's id), read at
+        each note: one process's view of a shared clock, no call on the hot path."""
+        self.cells, self.cell, self.runner, self.label = cells, cell, runner, label
+        self.now = lambda: (cells[cell], runner.me)
 
     def site_id(self, site: str) -> int:
         sid = self._ids.get(site)
@@ -164,13 +178,13 @@ class Ring:
 
     def note(self, key: int, field: int, value: int, site: str, arg: int = 0) -> None:
         st = self.stamp
-        p = self._pos[key]
-        self._pos[key] = p + 1
+        pos = self._pos
+        p = pos[key]
+        pos[key] = p + 1
         b = (key * self.depth + p % self.depth) * 6
         e = self._e
-        step, task = st.now()
-        e[b] = step
-        e[b + 1] = task
+        e[b] = st.cells[st.cell]
+        e[b + 1] = st.runner.me
         sid = st._ids.get(site)
         e[b + 2] = st._intern(site) if sid is None else sid
         e[b + 3] = field

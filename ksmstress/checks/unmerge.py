@@ -68,6 +68,9 @@ def unmerge_end(k: K, token: Unmerge | None, site: str) -> None:
         refs, ksm = _row(k, m, start, end)
         if mref in token.before:  # madvise: a pte unchanged since the start whose page became KSM meanwhile is fine
             ksm &= (refs != token.before[mref]) | token.ksm_before[mref]
+        if ksm.any():  # read again: in free mode reclaim may be storing a swap entry into a pte read half-way
+            again, ksm2 = _row(k, m, start, end)
+            ksm &= ksm2 & (again == refs)
         if ksm.any():
             j = int(np.flatnonzero(ksm)[0])
             addr, s = start + j, ref_slot(int(refs[j]))

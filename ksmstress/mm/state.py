@@ -264,9 +264,7 @@ class K:
         for t in st.tables:
             t.clock = ctl.clock
             t.guard = ctl.guard
-        meta = memoryview(ctl.meta)
-        st.stamp.now = lambda: (meta[STEP], ctl.me)  # a history entry's stamp: plain ints, no scheduling point
-        st.stamp.label = ctl.label
+        st.stamp.use_clock(memoryview(ctl.meta), STEP, ctl, ctl.label)  # a history entry's stamp: no scheduling point
         st.stamp.guard = ctl.guard
         # the history ring behind each TRACKED column, by the column's identity (atomic_add's fast lookup)
         self._tracked = {id(getattr(t, f)): (t.hist, j) for t in st.tables for j, f in enumerate(t.TRACKED)}
