@@ -158,7 +158,7 @@ class MmTask:
         if data is None:
             raise Failure("crash", f"{self.k.ctl.label(self.tid)}: SIGSEGV reading mapped address {addr}")
         step, who = self.k.ctl.clock()
-        check_read(data, int(self.k.st.expect[self.m, addr]), who, self.m, addr, step)
+        check_read(data, int(self.k.st.expect[self.m, addr]), who, self.m, addr, step, self.k)
 
     def do_mmap(self, start: int, n: int) -> None:
         if mmm.sys_mmap(self.k, self.mref, start, n, 0):

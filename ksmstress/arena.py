@@ -6,6 +6,11 @@ naming who freed the object, at which step and site, and who touched it. Freed s
 last `quarantine` frees before they can be reused, so a stale reference is caught even after the slot is
 recycled (its generation differs). Freeing a slot that is not live is a `double-free`.
 
+Every slot also remembers who allocated it, and a table whose counts can break (`TRACKED` columns: page _count and
+_mapcount, ksm_refcount, ...) keeps a small history ring per object: the last `HIST` changes (step, task, site, new
+value). The model writes it where it changes those counts, with plain memoryview stores (no scheduling point, no
+lock in controlled mode), so a report can name the last changes of a broken count and the reference a leak kept.
+
 Why one anonymous MAP_SHARED mapping rather than a /dev/shm segment: every process of a run is forked from the
 runner, so inheritance is enough; the mapping can never be left behind in /dev/shm (not on SIGKILL, not on
 Ctrl-C), and no resource tracker can unlink it under us (CPython bpo-39959).
@@ -76,6 +81,129 @@ def _no_clock() -> tuple[int, str]:
     return 0, "runner"
 
 
+def _no_now() -> tuple[int, int]:
+    return 0, -1
+
+
+class _NoRunner:
+    me = -1
+
+
+def _no_label(tid: int) -> str:
+    return "runner" if tid < 0 else f"task#{tid}"
+
+
+HIST = 12  # changes kept per object in a history ring
+NSITES = 1024  # distinct site strings a run can name in its history rings
+SITE_LEN = 48
+
+
+class Stamp:
+    """What a history entry is stamped with: the step and the running task (`now`, set by the model's context),
+    and the site, interned in a shared table so an entry stores a small int instead of a string. One per arena,
+    shared by every ring; `label` turns a task id back into its name for reports."""
+
+    def __init__(self, block: SharedBlock) -> None:
+        block.want("stamp.sites", f"S{SITE_LEN}", NSITES)
+        block.want("stamp.nsites", np.int64, 1)
+        self.now: Callable[[], tuple[int, int]] = _no_now
+        # the hot path reads the step and the running task straight from the scheduler's cells (see use_clock)
+        self.cells: Any = [0]
+        self.cell = 0
+        self.runner: Any = _NoRunner()
+        self.label: Callable[[int], str] = _no_label
+        self.guard: Any = NO_GUARD
+        self._ids: dict[str, int] = {}  # this process's cache of the shared table
+
+    def bind(self, a: dict[str, np.ndarray]) -> None:
+        self.sites = a["stamp.sites"]
+        self.nsites = a["stamp.nsites"]
+
+    def use_clock(self, cells: Any, cell: int, runner: Any, label: Callable[[int], str]) -> None:
+        """Stamp entries with `cells[cell]` (the step counter) and `runner.me` (the running task's id), read at
+        each note: one process's view of a shared clock, no call on the hot path."""
+        self.cells, self.cell, self.runner, self.label = cells, cell, runner, label
+        self.now = lambda: (cells[cell], runner.me)
+
+    def site_id(self, site: str) -> int:
+        sid = self._ids.get(site)
+        if sid is None:
+            sid = self._intern(site)
+        return sid
+
+    def _intern(self, site: str) -> int:
+        """First sight of `site` in this process: find it in the shared table, or append it (under the guard: in
+        free mode another process may be appending too). A full table files every new site under its last cell."""
+        raw = site.encode()[:SITE_LEN]
+        with self.guard:
+            n = int(self.nsites[0])
+            hits = np.flatnonzero(self.sites[:n] == raw)
+            if hits.size:
+                sid = int(hits[0])
+            elif n < NSITES - 1:
+                self.sites[n] = raw
+                self.nsites[0] = n + 1
+                sid = n
+            else:
+                self.sites[NSITES - 1] = b"(more sites than the table holds)"
+                sid = NSITES - 1
+        self._ids[site] = sid
+        return sid
+
+    def site(self, sid: int) -> str:
+        return self.sites[sid].decode(errors="replace")
+
+
+class Ring:
+    """A history ring per key: the last `depth` entries (step, task, site, field, value, arg), oldest overwritten.
+
+    Stored flat in one int64 array and written through a memoryview (plain ints: the hot path). `field` says which
+    count changed (an index into the owner's names), `arg` is an owner-defined detail (the rmap_item whose
+    reference it is, a pte's write bit...)."""
+
+    NCOL = 6
+
+    def __init__(self, block: SharedBlock, name: str, nkeys: int, depth: int, stamp: Stamp) -> None:
+        self.name = name
+        self.depth = depth
+        self.stamp = stamp
+        block.want(f"{name}.pos", np.int64, nkeys)
+        block.want(f"{name}.e", np.int64, (nkeys * depth, self.NCOL))
+
+    def bind(self, a: dict[str, np.ndarray]) -> None:
+        self.pos = a[f"{self.name}.pos"]
+        self.e = a[f"{self.name}.e"]
+        self._pos = memoryview(self.pos)
+        self._e = memoryview(self.e.reshape(-1))
+
+    def note(self, key: int, field: int, value: int, site: str, arg: int = 0) -> None:
+        st = self.stamp
+        pos = self._pos
+        p = pos[key]
+        pos[key] = p + 1
+        b = (key * self.depth + p % self.depth) * 6
+        e = self._e
+        e[b] = st.cells[st.cell]
+        e[b + 1] = st.runner.me
+        sid = st._ids.get(site)
+        e[b + 2] = st._intern(site) if sid is None else sid
+        e[b + 3] = field
+        e[b + 4] = value
+        e[b + 5] = arg
+
+    def clear(self, key: int) -> None:
+        self._pos[key] = 0
+
+    def entries(self, key: int) -> list[tuple[int, int, str, int, int, int]]:
+        """(step, task, site, field, value, arg), oldest first."""
+        p = int(self.pos[key])
+        out = []
+        for j in range(max(0, p - self.depth), p):
+            step, task, sid, field, value, arg = (int(x) for x in self.e[key * self.depth + j % self.depth])
+            out.append((step, task, self.stamp.site(sid), field, value, arg))
+        return out
+
+
 class NoGuard:
     """The guard when one task runs at a time: allocation needs no lock. Free mode puts a real mutex here."""
 
@@ -101,6 +229,8 @@ class Table:
     """
 
     FIELDS: tuple[str, ...] = ()  # the subclass's Column annotations, in order (filled by __init_subclass__)
+    TRACKED: tuple[str, ...] = ()  # columns whose changes the history ring records (counts that can break)
+    ARG: str = ""  # what a history entry's arg names (a table's name: its slot + 1), if anything
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -129,11 +259,24 @@ class Table:
         block.want(f"{name}.freed_site", "S40", capacity)
         block.want(f"{name}.freed_by", "S24", capacity)
         block.want(f"{name}.nfreed", np.int64, 1)  # frees so far: the quarantine's clock
+        # who allocated the object in the slot, and the object before it (a stale reference's object, once reused)
+        block.want(f"{name}.alloc_step", np.int64, (capacity, 2))
+        block.want(f"{name}.alloc_gen", np.int64, (capacity, 2))
+        block.want(f"{name}.alloc_site", "S40", (capacity, 2))
+        block.want(f"{name}.alloc_by", "S24", (capacity, 2))
         for f in self.FIELDS:
             block.want(f"{name}.{f}", np.int64, capacity)
         self.c: dict[str, np.ndarray] = {}
         self.clock: Callable[[], tuple[int, str]] = _no_clock
         self.guard: Any = NO_GUARD
+        self.hist: Ring | None = None
+        self.stamp: Stamp | None = None
+
+    def use_stamp(self, stamp: Stamp, block: SharedBlock) -> None:
+        """Give the table its history ring (if it tracks any count) and the labels its reports use."""
+        self.stamp = stamp
+        if self.TRACKED:
+            self.hist = Ring(block, f"{self.name}.hist", self.capacity, HIST, stamp)
 
     def bind(self, arrays: dict[str, np.ndarray]) -> None:
         n = self.name
@@ -144,6 +287,12 @@ class Table:
         self.freed_site = arrays[f"{n}.freed_site"]
         self.freed_by = arrays[f"{n}.freed_by"]
         self.nfreed = arrays[f"{n}.nfreed"]
+        self.alloc_step = arrays[f"{n}.alloc_step"]
+        self.alloc_gen = arrays[f"{n}.alloc_gen"]
+        self.alloc_site = arrays[f"{n}.alloc_site"]
+        self.alloc_by = arrays[f"{n}.alloc_by"]
+        if self.hist is not None:
+            self.hist.bind(arrays)
         self.c = {f: arrays[f"{n}.{f}"] for f in self.FIELDS}
         for f, a in self.c.items():
             setattr(self, f, memoryview(a))  # the named Column
@@ -184,6 +333,15 @@ class Table:
         st[slot] = LIVE
         for col in self.c.values():
             col[slot] = 0
+        step, who = self.clock()
+        for col in (self.alloc_step, self.alloc_gen, self.alloc_site, self.alloc_by):
+            col[slot, 1] = col[slot, 0]
+        self.alloc_step[slot, 0] = step
+        self.alloc_gen[slot, 0] = gen
+        self.alloc_site[slot, 0] = site.encode()[:40]
+        self.alloc_by[slot, 0] = who.encode()[:24]
+        if self.hist is not None:
+            self.hist.clear(slot)
         return make_ref(slot, gen)
 
     def free(self, ref: int, site: str) -> None:
@@ -227,10 +385,14 @@ class Table:
             return slot
         step, who = self.clock()
         reused = self.state[slot] == LIVE
+        alloc = self.alloc_info(slot, ref >> 32)
+        changes = [] if reused else self.history(slot)
         raise Failure(
             "use-after-free",
             f"{self.name}[{slot}] touched by {who} at step {step} in {site} after it was freed by "
-            f"{self._freed_text(slot)}" + (" (slot since reused)" if reused else ""),
+            f"{self._freed_text(slot)}" + (" (slot since reused)" if reused else "")
+            + f"; it was allocated {self._alloc_text(alloc)}"
+            + (f"; its last changes: {self.history_text(changes)}" if changes else ""),
             {
                 "object": f"{self.name}[{slot}]",
                 "generation": ref >> 32,
@@ -238,6 +400,8 @@ class Table:
                 "step": step,
                 "task": who,
                 "freed": self._freed_info(slot),
+                "allocated": alloc,
+                "history": changes,
                 "reused": bool(reused),
             },
         )
@@ -245,7 +409,66 @@ class Table:
     def is_live(self, ref: int) -> bool:
         """Whether `ref` names a live object; never reports (detectors and snapshots use it)."""
         slot = (ref & _SLOT_MASK) - 1
-        return 0 <= slot < self.capacity and self.state[slot] == LIVE and int(self.gen[slot]) == ref >> 32
+        return 0 <= slot < self.capacity and self._state[slot] == LIVE and self._gen[slot] == ref >> 32
+
+    def live_mask(self, refs: np.ndarray) -> np.ndarray:
+        """is_live over an array of references (0 is not live)."""
+        slots = (refs & _SLOT_MASK) - 1
+        ok = (slots >= 0) & (slots < self.capacity)
+        s = np.where(ok, slots, 0)
+        return ok & (self.state[s] == LIVE) & (self.gen[s] == refs >> 32)
+
+    # -- history: the last changes of the tracked counts --------------------------------------------------
+    def note(self, slot: int, field: int, value: int, site: str, arg: int = 0) -> None:
+        """Record that TRACKED column `field` of the object in `slot` became `value` at `site`."""
+        hist = self.hist
+        if hist is not None:
+            hist.note(slot, field, value, site, arg)
+
+    def history(self, slot: int) -> list[dict[str, Any]]:
+        """The object's last recorded changes, oldest first."""
+        if self.hist is None or self.stamp is None:
+            return []
+        label = self.stamp.label
+        return [
+            {
+                "step": step,
+                "task": label(task),
+                "site": site,
+                "field": self.TRACKED[field] if 0 <= field < len(self.TRACKED) else str(field),
+                "value": value,
+                **({self.ARG: f"{self.ARG}[{arg - 1}]"} if self.ARG and arg else {}),
+            }
+            for step, task, site, field, value, arg in self.hist.entries(slot)
+        ]
+
+    def changes(self, slot: int) -> str:
+        """The object's last changes as one line, for a report raised where a count breaks."""
+        return self.history_text(self.history(slot)) or "none recorded"
+
+    def history_text(self, changes: list[dict[str, Any]]) -> str:
+        return "; ".join(
+            f"step {c['step']} {c['task']} {c['site']}: {c['field']}={c['value']}"
+            + (f" ({c[self.ARG]})" if self.ARG and self.ARG in c else "")
+            for c in changes
+        )
+
+    def alloc_info(self, slot: int, gen: int | None = None) -> dict[str, Any]:
+        """Who allocated the object of generation `gen` in `slot` (default: the current one), if still known."""
+        for j in (0, 1):
+            if gen is None or int(self.alloc_gen[slot, j]) == gen:
+                return {
+                    "step": int(self.alloc_step[slot, j]),
+                    "site": self.alloc_site[slot, j].decode(),
+                    "task": self.alloc_by[slot, j].decode(),
+                }
+        return {}
+
+    @staticmethod
+    def _alloc_text(info: dict[str, Any]) -> str:
+        if not info:
+            return "(no longer recorded: the slot was reused since)"
+        return f"by {info['task']} at step {info['step']} ({info['site']})"
 
     def slot_live(self, slot: int) -> bool:
         """Whether `slot` holds a live object, whatever its generation: a raw read, for objects the kernel never

@@ -32,6 +32,7 @@ VARIANTS: dict[str, Variant] = {
             "the anon_vma is freed when its last vma is unmapped while a stable rmap_item still points at it",
             "use-after-free",
             "seed-unmap-race.toml",
+            also=("refcount-mismatch",),  # ksm_refcount != stable rmap_items at ksmd's next quiescent point
         ),
         Variant(
             "free-on-empty-list",
@@ -39,6 +40,7 @@ VARIANTS: dict[str, Variant] = {
             "ignoring ksm_refcount",
             "use-after-free",
             "seed-unmap-race.toml",
+            also=("refcount-mismatch",),  # a stable rmap_item's anon_vma found freed at ksmd's next quiescent point
         ),
         Variant(
             "single-pass-walk",
@@ -79,6 +81,7 @@ VARIANTS: dict[str, Variant] = {
             "a write between the compare and the replace is lost",
             "data-loss",
             "merge-write-race.toml",
+            also=("writable-ksm",),  # the page becomes KSM under a writable pte: ksmd's next quiescent point sees it
         ),
         Variant(
             "fork-no-mapcount",
@@ -86,7 +89,7 @@ VARIANTS: dict[str, Variant] = {
             "it below zero, or an unmap walk stops early (page_mapped false) with the child's pte still there",
             "refcount-underflow",
             "seed-fork-race.toml",
-            also=("traversal",),
+            also=("traversal", "refcount-mismatch"),  # mapcount != ptes at a quiescent point with no pte lock held
         ),
         Variant(
             "scan-exit-race",

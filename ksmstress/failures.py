@@ -20,6 +20,12 @@ CLASSES: dict[str, str] = {
     "traversal": "an rmap walk missed a mapping, or a page was freed while still mapped",
     "data-loss": "a task read back bytes other than the ones it wrote",
     "counters": "KSM's statistics disagree with its trees",
+    "refcount-mismatch": "a count disagrees with the references that exist (ksm_refcount and the stable rmap_items, "
+    "mapcount and the ptes, page_count below mapcount, swap count and swap ptes), or an object was freed while "
+    "still referenced",
+    "stale-pte": "a pte maps a freed page frame or swap slot",
+    "writable-ksm": "a KSM page is mapped by a writable pte (a write would reach every page sharing it)",
+    "unmerge-incomplete": "MADV_UNMERGEABLE or run=2 returned with a pte it had to break still mapping a KSM page",
     "deadlock": "no task can run: a wait-for cycle",
     "lockdep": "a lock order against 2.6.33's, a sleeping lock under a spinlock, or a lock held at exit",
     "hang": "the run made no progress (step budget or wall clock exhausted)",

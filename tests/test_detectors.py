@@ -12,7 +12,7 @@ from ksmstress.checks.traversal import TraversalCheck, Walk
 from ksmstress.failures import Failure
 from ksmstress.mm import memory, rmap
 from ksmstress.mm import mm as mmm
-from ksmstress.mm.state import PTE_PRESENT, PTE_SWAP
+from ksmstress.mm.state import PTE_PRESENT, PTE_SWAP, mk_pte
 
 from .harness import make_kernel, new_program, pte_page, scan, write
 
@@ -158,12 +158,16 @@ def test_traversal_reads_each_pte_as_one_word():
     mmm.sys_munmap(k, aref, 1, 2)  # page's last reference is gone: no pte maps it
     write(k, b, 1, 2)  # mm b maps another page
     sref = page  # swap[s] at generation g has the reference of page[s] at g
-    swap_out = lambda: memory.pte_set(k, b, 1, PTE_SWAP, sref, 0)  # noqa: E731 - try_to_unmap_one's store
+    # raw stores of hand-made ptes: memory.pte_set would (rightly) report the stale pte at once
+    def raw(kind: int, ref: int, w: int) -> None:
+        k.st.pte[b, 1] = mk_pte(kind, ref, w)
+
+    swap_out = lambda: raw(PTE_SWAP, sref, 0)  # noqa: E731 - try_to_unmap_one's store
     TraversalCheck().page_freeing(StoreBetweenReads(k, swap_out), page, "test")
-    memory.pte_set(k, b, 1, PTE_PRESENT, pte_page(k, b, 1), 1)
+    raw(PTE_PRESENT, pte_page(k, b, 1), 1)
     walk = Walk("try_to_unmap_anon", page, {(b, 1): (bref, "test")})
     TraversalCheck().walk_end(StoreBetweenReads(k, swap_out), walk)
-    memory.pte_set(k, b, 1, PTE_PRESENT, page, 0)  # and a pte that does map it is still found, by both
+    raw(PTE_PRESENT, page, 0)  # and a pte that does map it is still found, by both
     with pytest.raises(Failure) as e:
         TraversalCheck().page_freeing(k, page, "test")
     assert e.value.cls == "traversal" and e.value.details["mappings"] == [[b, 1]]

@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from .counters import check_counters
+from .invariants import check_ksm_quiescent, check_pte_store
 from .lockdep import Lockdep
 from .traversal import TraversalCheck
+from .unmerge import unmerge_begin, unmerge_end
 
 
 class Detectors(TraversalCheck):
-    """Every in-run detector behind the model's hook interface: traversal, lockdep, counters."""
+    """Every in-run detector behind the model's hook interface: traversal, lockdep, counters, the invariants
+    (ksm_refcount, mapcount, stale and writable-KSM ptes) and unmerge completeness."""
 
     def __init__(self, lockdep: Lockdep | None = None) -> None:
         self.lockdep = lockdep
@@ -33,3 +36,13 @@ class Detectors(TraversalCheck):
 
     def ksm_quiescent(self, k: Any, where: str) -> None:
         check_counters(k, where)
+        check_ksm_quiescent(k, where)
+
+    def pte_stored(self, k: Any, m: int, addr: int, kind: int, ref: int, write: int, site: str) -> None:
+        check_pte_store(k, m, addr, kind, ref, write, site)
+
+    def unmerge_begin(self, k: Any, mm_ref: int, start: int, end: int) -> Any:
+        return unmerge_begin(k, mm_ref, start, end)
+
+    def unmerge_end(self, k: Any, token: Any, site: str) -> None:
+        unmerge_end(k, token, site)

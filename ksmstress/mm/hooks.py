@@ -1,8 +1,8 @@
 """The small interface through which the model tells detectors what it does.
 
 The model never imports a detector: it calls these hooks at the moments a detector needs (a page freed, an rmap
-walk begun, a pte visited, a walk ended, a lock taken). `NoHooks` is the silent default, so the model runs
-alone in unit tests.
+walk begun, a pte visited, a walk ended, a lock taken, a pte stored, an unmerge begun and returned). `NoHooks` is
+the silent default, so the model runs alone in unit tests.
 """
 
 from __future__ import annotations
@@ -33,6 +33,16 @@ class Hooks(LockHooks, Protocol):
     def ksm_quiescent(self, k: Any, where: str) -> None:
         """ksmd (or run=2) holds ksm_thread_mutex between batches: trees and counters are consistent."""
 
+    def pte_stored(self, k: Any, m: int, addr: int, kind: int, ref: int, write: int, site: str) -> None:
+        """A pte of mm `m` at `addr` was just stored (under its pte lock): runs at every store, so keep it cheap."""
+
+    def unmerge_begin(self, k: Any, mm_ref: int, start: int, end: int) -> Any:
+        """MADV_UNMERGEABLE of [start, end) in mm `mm_ref` (mmap_sem held for write), or run=2 (mm_ref 0, under
+        ksm_thread_mutex) begins; returns a token for unmerge_end."""
+
+    def unmerge_end(self, k: Any, token: Any, site: str) -> None:
+        """The unmerge returns: no pte it was bound to break may still map a KSM page."""
+
 
 class NoHooks(NoLockHooks):
     """Hooks that hear nothing: the model on its own."""
@@ -53,4 +63,13 @@ class NoHooks(NoLockHooks):
         pass
 
     def ksm_quiescent(self, k: Any, where: str) -> None:
+        pass
+
+    def pte_stored(self, k: Any, m: int, addr: int, kind: int, ref: int, write: int, site: str) -> None:
+        pass
+
+    def unmerge_begin(self, k: Any, mm_ref: int, start: int, end: int) -> Any:
+        return None
+
+    def unmerge_end(self, k: Any, token: Any, site: str) -> None:
         pass

@@ -93,7 +93,7 @@ def hold_anon_vma(k: K, iref: int, avref: int) -> None:
     if not _anon_vma_refcounted(k):
         return  # the pre-db114b83ab lifetime: recorded, not referenced
     a = k.av.deref(avref, "hold_anon_vma")
-    c = k.atomic_add(k.av.refcount, a, 1)  # atomic_inc
+    c = k.atomic_add(k.av.refcount, a, 1, "hold_anon_vma", i + 1)  # atomic_inc
     bits = 8 if k.bug("narrow-refcount") else int(k.g[G_REFCOUNT_BITS])
     if c >= 1 << (bits - 1):  # atomic_t is signed: this value is negative
         raise Failure(
@@ -117,10 +117,12 @@ def drop_anon_vma(k: K, iref: int) -> None:
         c = k.av.refcount[a]
         if c > 1:
             k.av.refcount[a] = c - 1
+            k.av.note(a, 0, c - 1, "drop_anon_vma", i + 1)
     if c <= 0:
         raise Failure(
             "refcount-underflow",
-            f"anon_vma[{a}] ksm_refcount dropped below zero",
+            f"anon_vma[{a}] ksm_refcount dropped below zero at drop_anon_vma (rmap_item[{i}]); its last changes: "
+            f"{k.av.changes(a)}",
             k.fail_details(object=f"anon_vma[{a}]", site="drop_anon_vma"),
         )
     if c != 1:
@@ -128,7 +130,7 @@ def drop_anon_vma(k: K, iref: int) -> None:
     if k.bug("unlocked-refcount-drop"):
         # the defect: the last decrement and the list test without anon_vma->lock, so anon_vma_unlink can see
         # refcount 0 and an empty list in between and free it under us
-        k.atomic_add(k.av.refcount, a, -1)
+        k.atomic_add(k.av.refcount, a, -1, "drop_anon_vma:unlocked", i + 1)
         k.point("drop_anon_vma:unlocked")
         if k.av.head[k.av.deref(avref, "drop_anon_vma:list_empty")] == 0:
             rmap.anon_vma_free(k, avref, "drop_anon_vma")
@@ -136,7 +138,7 @@ def drop_anon_vma(k: K, iref: int) -> None:
     lid = k.av_lock(a)
     k.locks.lock(lid, "drop_anon_vma")
     a = k.av.deref(avref, "drop_anon_vma")
-    if k.atomic_add(k.av.refcount, a, -1) == 0:
+    if k.atomic_add(k.av.refcount, a, -1, "drop_anon_vma", i + 1) == 0:
         empty = k.av.head[a] == 0
         k.locks.unlock(lid, "drop_anon_vma")
         if empty:
@@ -193,6 +195,7 @@ def get_ksm_page(k: K, nref: int) -> int:
     with k.guard:  # get_page_unless_zero, then the mapping recheck: one atomic step here (simplified)
         if pg.slot_live(s) and pg.mapping[s] == nref and pg.flags[s] & PG_KSM and pg.count[s] > 0:
             pg.count[s] += 1
+            pg.note(s, 0, pg.count[s], "get_ksm_page")
             return k.page_ref(s)
     remove_node_from_stable_tree(k, nref)
     return 0
@@ -405,7 +408,7 @@ def write_protect_page(k: K, vref: int, pref: int) -> tuple[int, tuple[int, int]
         elif memory.page_mapcount(k, s) + 1 != memory.page_count(k, s):  # + PageSwapCache: no swap cache here
             err = EFAULT
         else:
-            memory.pte_set_write(k, m, addr, 0)
+            memory.pte_wrprotect(k, m, addr, "write_protect_page")
             err = 0
     k.locks.unlock(k.ptl(m), "write_protect_page")
     return err, (ref, 0)
@@ -425,7 +428,7 @@ def replace_page(k: K, vref: int, pref: int, kpref: int, orig: tuple[int, int], 
         return EFAULT
     memory.get_page(k, kpref, "replace_page")
     rmap.page_add_anon_rmap(k, kpref)
-    memory.pte_set(k, m, addr, PTE_PRESENT, kpref, 0)
+    memory.pte_set(k, m, addr, PTE_PRESENT, kpref, 0, "replace_page")
     rmap.page_remove_rmap(k, pref, "replace_page")
     memory.put_page(k, pref, "replace_page")
     k.locks.unlock(k.ptl(m), "replace_page")
@@ -729,9 +732,11 @@ def ksm_madvise(k: K, vref: int, advice: int) -> int:
     if not k.vm.flags[v] & VM_MERGEABLE:
         return 0
     if k.vm.anon_vma[v]:
+        token = k.hooks.unmerge_begin(k, k.vm.mm[v], k.vm.start[v], k.vm.end[v])
         err = unmerge_ksm_pages(k, vref, k.vm.start[v], k.vm.end[v])
         if err:
             return err
+        k.hooks.unmerge_end(k, token, "ksm_madvise")
     k.vm.flags[k.vm.deref(vref, "ksm_madvise")] &= ~VM_MERGEABLE
     return 0
 
@@ -748,7 +753,7 @@ def __ksm_enter(k: K, mref: int) -> None:  # noqa: N807 - the kernel's name
     k.locks.unlock(k.ksm_mmlist_lock, "__ksm_enter")
     m = k.mmc.deref(mref, "__ksm_enter")
     k.mmc.flags[m] |= MMF_VM_MERGEABLE
-    k.atomic_add(k.mmc.mmcount, m, 1)
+    k.atomic_add(k.mmc.mmcount, m, 1, "__ksm_enter")
 
 
 def __ksm_exit(k: K, mref: int) -> None:  # noqa: N807
@@ -790,6 +795,7 @@ def ksm_fork(k: K, mref: int, oldref: int) -> None:
 def unmerge_and_remove_all_rmap_items(k: K) -> int:
     g = k.g
     head = k.st.ksm_mm_head
+    token = k.hooks.unmerge_begin(k, 0, 0, 0)
     k.locks.lock(k.ksm_mmlist_lock, "unmerge_and_remove_all_rmap_items")
     g[G_SCAN_SLOT] = k.ms.next[MM_SLOT_HEAD]
     k.locks.unlock(k.ksm_mmlist_lock, "unmerge_and_remove_all_rmap_items")
@@ -820,6 +826,7 @@ def unmerge_and_remove_all_rmap_items(k: K) -> int:
             k.locks.unlock(k.ksm_mmlist_lock, "unmerge_and_remove_all_rmap_items")
             k.locks.up_read(k.mmap_sem(m), "unmerge_and_remove_all_rmap_items")
     g[G_SEQNR] = 0
+    k.hooks.unmerge_end(k, token, "unmerge_and_remove_all_rmap_items")
     return 0
 
 

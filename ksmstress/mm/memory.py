@@ -13,7 +13,7 @@ import numpy as np
 from ..arena import ref_slot
 from ..failures import Failure
 from . import rmap
-from .state import PG_ANON, PG_KSM, PTE_KIND_MASK, PTE_NONE, PTE_PRESENT, PTE_SHIFT, PTE_SWAP, PTE_WRITE, K, mk_pte
+from .state import G_SWAPIN_HELD, PG_ANON, PG_KSM, PTE_NONE, PTE_PRESENT, PTE_SWAP, K, mk_pte, pte_decode
 
 VM_FAULT_WRITE = 1  # the fault made the pte writable (break_ksm loops until it sees this)
 
@@ -24,13 +24,14 @@ def alloc_page(k: K, site: str) -> int:
     ref = k.pg.alloc(site)
     s = ref_slot(ref)
     k.pg.count[s] = 1
+    k.pg.note(s, 0, 1, site)
     k.st.frames[s, :] = 0
     return ref
 
 
 def get_page(k: K, pref: int, site: str) -> None:
     s = k.pg.deref(pref, site)
-    k.atomic_add(k.pg.count, s, 1)
+    k.atomic_add(k.pg.count, s, 1, site)
 
 
 def get_page_unless_zero(k: K, s: int) -> int:
@@ -40,17 +41,18 @@ def get_page_unless_zero(k: K, s: int) -> int:
         if not k.pg.slot_live(s) or k.pg.count[s] <= 0:
             return 0
         k.pg.count[s] += 1
+        k.pg.note(s, 0, k.pg.count[s], "get_page_unless_zero")
         return k.page_ref(s)
 
 
 def put_page(k: K, pref: int, site: str) -> None:
     """Drop a reference; the last one frees the frame (the traversal detector checks no pte still maps it)."""
     s = k.pg.deref(pref, site)
-    c = k.atomic_add(k.pg.count, s, -1)
+    c = k.atomic_add(k.pg.count, s, -1, site)
     if c < 0:
         raise Failure(
             "refcount-underflow",
-            f"page[{s}] _count below zero at {site}",
+            f"page[{s}] _count below zero at {site}; its last changes: {k.pg.changes(s)}",
             k.fail_details(object=f"page[{s}]", site=site),
         )
     if c == 0:
@@ -95,20 +97,29 @@ def pte_get(k: K, m: int, addr: int) -> tuple[int, int, int]:
     return pte_decode(int(k.st.pte[m, addr]))
 
 
-def pte_decode(word: int) -> tuple[int, int, int]:
-    return word & PTE_KIND_MASK, word >> PTE_SHIFT, int(bool(word & PTE_WRITE))
-
-
-def pte_set(k: K, m: int, addr: int, kind: int, ref: int, write: int) -> None:
+def pte_set(k: K, m: int, addr: int, kind: int, ref: int, write: int, site: str = "pte_set") -> None:
     """set_pte_at: one store of the whole word, so no reader sees the new kind with the old target."""
     k.st.pte[m, addr] = mk_pte(kind, ref, write)
+    pte_stored(k, m, addr, kind, ref, write, site)
 
 
-def pte_set_write(k: K, m: int, addr: int, write: int) -> None:
-    """ptep_set_wrprotect / pte_mkwrite on a present pte: the caller holds the pte lock, so no other store races
-    this read-modify-write."""
+def pte_wrprotect(k: K, m: int, addr: int, site: str) -> None:
+    """ptep_set_wrprotect: the pte stays, read-only (the caller holds the pte lock: no store races this)."""
     kind, ref, _w = pte_get(k, m, addr)
-    pte_set(k, m, addr, kind, ref, write)
+    pte_set(k, m, addr, kind, ref, 0, site)
+
+
+def pte_mkwrite(k: K, m: int, addr: int, site: str) -> None:
+    """pte_mkwrite (do_wp_page's reuse): the pte stays, writable (under the pte lock)."""
+    kind, ref, _w = pte_get(k, m, addr)
+    pte_set(k, m, addr, kind, ref, 1, site)
+
+
+def pte_stored(k: K, m: int, addr: int, kind: int, ref: int, write: int, site: str) -> None:
+    """Every pte store ends here: the pte's history ring (data-loss reports name the last stores) and the
+    detectors' cheap pte invariants. No scheduling point."""
+    k.st.pte_hist.note(m * k.st.sz.vpages + addr, kind, ref, site, write)
+    k.hooks.pte_stored(k, m, addr, kind, ref, write, site)
 
 
 def follow_page(k: K, m: int, addr: int, site: str) -> int:
@@ -152,7 +163,7 @@ def do_anonymous_page(k: K, m: int, vref: int, addr: int) -> int:
         put_page(k, page, "do_anonymous_page:raced")
         return 0
     rmap.page_add_new_anon_rmap(k, page, vref, addr)
-    pte_set(k, m, addr, PTE_PRESENT, page, 1)
+    pte_set(k, m, addr, PTE_PRESENT, page, 1, "do_anonymous_page")
     k.locks.unlock(ptl, "do_anonymous_page")
     return VM_FAULT_WRITE
 
@@ -171,7 +182,7 @@ def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
             reuse = reuse_swap_page(k, s)
             k.locks.unlock(k.page_lock(s), "do_wp_page:unlock_page")
             if reuse:
-                pte_set_write(k, m, addr, 1)
+                pte_mkwrite(k, m, addr, "do_wp_page:reuse")
                 k.locks.unlock(ptl, "do_wp_page:reuse")
                 return VM_FAULT_WRITE
     get_page(k, old, "do_wp_page")
@@ -185,7 +196,7 @@ def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
     kind, cur, _w = pte_get(k, m, addr)
     if kind == PTE_PRESENT and cur == old:
         rmap.page_add_new_anon_rmap(k, new, vref, addr)
-        pte_set(k, m, addr, PTE_PRESENT, new, 1)
+        pte_set(k, m, addr, PTE_PRESENT, new, 1, "do_wp_page:cow")
         rmap.page_remove_rmap(k, old, "do_wp_page")
         put_page(k, old, "do_wp_page:pte")  # the reference the old pte held
         new = 0
@@ -228,13 +239,13 @@ def do_swap_page(k: K, m: int, vref: int, addr: int, write: bool, sref: int) -> 
         k.locks.unlock(ptl, "do_swap_page:raced")
         put_page(k, page, "do_swap_page:raced")
         if held:
-            swap_free(k, sref, "do_swap_page:swapcache_free")
+            swapcache_free(k, sref, "do_swap_page:swapcache_free")
         return 0
     rmap.page_add_new_anon_rmap(k, page, vref, addr)
-    pte_set(k, m, addr, PTE_PRESENT, page, 1 if write else 0)
+    pte_set(k, m, addr, PTE_PRESENT, page, 1 if write else 0, "do_swap_page")
     swap_free(k, sref, "do_swap_page")
     k.locks.unlock(ptl, "do_swap_page")
-    swap_free(k, sref, "do_swap_page:swapcache_free")
+    swapcache_free(k, sref, "do_swap_page:swapcache_free")
     return VM_FAULT_WRITE if write else 0
 
 
@@ -247,16 +258,24 @@ def swapcache_prepare(k: K, sref: int) -> bool:
         if not k.st.swap.is_live(sref) or k.st.swap.count[ss] <= 0:
             return False
         k.st.swap.count[ss] += 1
+        k.g[G_SWAPIN_HELD] += 1  # a reference the detectors know is held (no swap cache page carries it here)
+        k.st.swap.note(ss, 0, int(k.st.swap.count[ss]), "swapcache_prepare")
         return True
+
+
+def swapcache_free(k: K, sref: int, site: str) -> None:
+    """The swap-in's own reference on the entry, taken by swapcache_prepare, dropped."""
+    k.atomic_add(k.g, G_SWAPIN_HELD, -1)
+    swap_free(k, sref, site)
 
 
 def swap_free(k: K, sref: int, site: str) -> None:
     ss = k.st.swap.deref(sref, site)
-    c = k.atomic_add(k.st.swap.count, ss, -1)
+    c = k.atomic_add(k.st.swap.count, ss, -1, site)
     if c < 0:
         raise Failure(
             "refcount-underflow",
-            f"swap[{ss}] count below zero at {site}",
+            f"swap[{ss}] count below zero at {site}; its last changes: {k.st.swap.changes(ss)}",
             k.fail_details(object=f"swap[{ss}]", site=site),
         )
     if c == 0:
@@ -280,12 +299,12 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
             get_page(k, ref, "copy_one_pte")
             if not (skip_ksm and k.pg.flags[k.pg.deref(ref, "copy_one_pte")] & PG_KSM):
                 rmap.page_dup_rmap(k, ref)
-            pte_set_write(k, src, addr, 0)  # ptep_set_wrprotect: COW in the parent
-            pte_set(k, dst, addr, PTE_PRESENT, ref, 0)
+            pte_wrprotect(k, src, addr, "copy_one_pte:wrprotect")  # COW in the parent
+            pte_set(k, dst, addr, PTE_PRESENT, ref, 0, "copy_one_pte")
         elif kind == PTE_SWAP:
             ss = st.swap.deref(ref, "copy_one_pte:swap_duplicate")
-            k.atomic_add(st.swap.count, ss, 1)
-            pte_set(k, dst, addr, PTE_SWAP, ref, 0)
+            k.atomic_add(st.swap.count, ss, 1, "copy_one_pte:swap_duplicate")
+            pte_set(k, dst, addr, PTE_SWAP, ref, 0, "copy_one_pte")
     k.locks.unlock(ptl, "copy_pte_range:src_ptl")
     k.locks.unlock(dst_ptl, "copy_pte_range")
 
@@ -298,7 +317,7 @@ def zap_pte_range(k: K, m: int, start: int, end: int) -> None:
         kind, ref, _w = pte_get(k, m, addr)
         if kind == PTE_NONE:
             continue
-        pte_set(k, m, addr, PTE_NONE, 0, 0)
+        pte_set(k, m, addr, PTE_NONE, 0, 0, "zap_pte_range")
         if kind == PTE_PRESENT:
             rmap.page_remove_rmap(k, ref, "zap_pte_range")
             put_page(k, ref, "zap_pte_range")

@@ -19,6 +19,8 @@ def mm_alloc(k: K) -> int:
     m = ref_slot(mref)
     k.mmc.users[m] = 1
     k.mmc.mmcount[m] = 1
+    k.mmc.note(m, 0, 1, "mm_alloc")
+    k.mmc.note(m, 1, 1, "mm_alloc")
     k.st.pte[m, :] = mk_pte(PTE_NONE, 0, 0)
     k.st.expect[m, :] = -1
     return mref
@@ -30,11 +32,11 @@ def ksm_test_exit(k: K, m: int) -> bool:
 
 def mmdrop(k: K, mref: int, site: str) -> None:
     m = k.mmc.deref(mref, site)
-    c = k.atomic_add(k.mmc.mmcount, m, -1)
+    c = k.atomic_add(k.mmc.mmcount, m, -1, site)
     if c < 0:
         raise Failure(
             "refcount-underflow",
-            f"mm_struct[{m}] mm_count below zero at {site}",
+            f"mm_struct[{m}] mm_count below zero at {site}; its last changes: {k.mmc.changes(m)}",
             k.fail_details(object=f"mm_struct[{m}]", site=site),
         )
     if c == 0:
@@ -44,7 +46,7 @@ def mmdrop(k: K, mref: int, site: str) -> None:
 def mmput(k: K, mref: int) -> None:
     """The last user is gone: ksm_exit (with its mmap_sem handshake), then exit_mmap, then mmdrop."""
     m = k.mmc.deref(mref, "mmput")
-    if k.atomic_add(k.mmc.users, m, -1) == 0:
+    if k.atomic_add(k.mmc.users, m, -1, "mmput") == 0:
         ksm.ksm_exit(k, mref)
         exit_mmap(k, mref)
         mmdrop(k, mref, "mmput")

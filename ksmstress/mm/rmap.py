@@ -126,27 +126,28 @@ def page_add_new_anon_rmap(k: K, pref: int, vref: int, addr: int) -> None:
     k.pg.mapping[s] = k.vm.anon_vma[v]
     k.pg.index[s] = addr
     k.pg.mapcount[s] = 1
+    k.pg.note(s, 1, 1, "page_add_new_anon_rmap")
 
 
 def page_add_anon_rmap(k: K, pref: int) -> None:
     """One more pte maps an already-mapped anon or KSM page (replace_page's kpage)."""
     s = k.pg.deref(pref, "page_add_anon_rmap")
-    k.atomic_add(k.pg.mapcount, s, 1)
+    k.atomic_add(k.pg.mapcount, s, 1, "page_add_anon_rmap")
 
 
 def page_dup_rmap(k: K, pref: int) -> None:
     """fork's copy_one_pte: one more mapping of the same page."""
     s = k.pg.deref(pref, "page_dup_rmap")
-    k.atomic_add(k.pg.mapcount, s, 1)
+    k.atomic_add(k.pg.mapcount, s, 1, "page_dup_rmap")
 
 
 def page_remove_rmap(k: K, pref: int, site: str) -> None:
     s = k.pg.deref(pref, site)
-    c = k.atomic_add(k.pg.mapcount, s, -1)
+    c = k.atomic_add(k.pg.mapcount, s, -1, site)
     if c < 0:
         raise Failure(
             "refcount-underflow",
-            f"page[{s}] mapcount below zero at {site}",
+            f"page[{s}] mapcount below zero at {site}; its last changes: {k.pg.changes(s)}",
             k.fail_details(object=f"page[{s}]", site=site),
         )
 
@@ -171,8 +172,8 @@ def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, swap: int, token: ob
         # the bytes as they are once this pte is gone (the kernel writes back the dirty page after unmapping;
         # a page mapped more than once is read-only everywhere, so every pte converted sees the same bytes)
         k.st.swapdata[ss, :] = k.st.frames[k.pg.deref(pref, "try_to_unmap_one"), :]
-        k.atomic_add(k.st.swap.count, ss, 1)
-        memory.pte_set(k, m, addr, PTE_SWAP, swap, 0)
+        k.atomic_add(k.st.swap.count, ss, 1, "try_to_unmap_one:swap_duplicate")
+        memory.pte_set(k, m, addr, PTE_SWAP, swap, 0, "try_to_unmap_one")
         page_remove_rmap(k, pref, "try_to_unmap_one")
         memory.put_page(k, pref, "try_to_unmap_one")
     k.locks.unlock(k.ptl(m), "try_to_unmap_one")

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..arena import Column, SharedBlock, Table, make_ref
+from ..arena import Column, Ring, SharedBlock, Stamp, Table, make_ref
+from ..sched.control import STEP
 from ..sync import (
     ANON_VMA_LOCK,
     KSM_MMLIST_LOCK,
@@ -48,6 +49,18 @@ def mk_pte(kind: int, ref: int, write: int) -> int:
     """The pte word for `kind` naming `ref` (mk_pte / swp_entry_to_pte)."""
     return (ref << PTE_SHIFT) | (PTE_WRITE if write else 0) | kind
 
+
+def pte_decode(word: int) -> tuple[int, int, int]:
+    """(kind, target reference, write bit) of one pte word."""
+    return word & PTE_KIND_MASK, word >> PTE_SHIFT, int(bool(word & PTE_WRITE))
+
+
+def pte_fields(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kind, target reference, write) arrays of a copy of pte words: a detector scanning many ptes reads each
+    word once, so kind and target always belong to the same moment."""
+    w = np.array(words, copy=True)
+    return w & PTE_KIND_MASK, w >> PTE_SHIFT, (w & PTE_WRITE) != 0
+
 # ksm globals (cells of `k.g`)
 (
     G_RUN,
@@ -66,7 +79,8 @@ def mk_pte(kind: int, ref: int, write: int) -> int:
     G_MM_LIVE,
     G_MAX_REFCOUNT,
     G_REFCOUNT_BITS,
-) = range(16)
+    G_SWAPIN_HELD,  # swap-cache references held by faults between swapcache_prepare and swapcache_free
+) = range(17)
 RL_SLOT, RL_ITEM = 0, 1  # ksm_scan.rmap_list points into an mm_slot's head or into an rmap_item's next
 
 KSM_RUN_STOP, KSM_RUN_MERGE, KSM_RUN_UNMERGE = 0, 1, 2
@@ -92,6 +106,8 @@ class Sizes:
 class Pages(Table):
     """struct page, one per frame (the frame's bytes are `State.frames[slot]`)."""
 
+    TRACKED = ("count", "mapcount")
+
     flags: Column  # PG_ANON | PG_KSM
     count: Column  # _count: references
     mapcount: Column  # _mapcount + 1: ptes mapping the page
@@ -101,6 +117,8 @@ class Pages(Table):
 
 class MmStructs(Table):
     """struct mm_struct (its page table is row `slot` of `State.pte`)."""
+
+    TRACKED = ("users", "mmcount")
 
     users: Column  # mm_users
     mmcount: Column  # mm_count
@@ -124,6 +142,9 @@ class Vmas(Table):
 
 class AnonVmas(Table):
     """struct anon_vma: the list of vmas its pages may be mapped in, and db114b83ab's ksm_refcount."""
+
+    TRACKED = ("refcount",)
+    ARG = "rmap_item"  # the rmap_item whose reference it is
 
     refcount: Column  # ksm_refcount
     head: Column  # the first and last vma of the list
@@ -170,10 +191,13 @@ class MmSlots(Table):
 class SwapSlots(Table):
     """A swap entry: its count (swap_map) and, in `State.swapdata`, the bytes written out."""
 
+    TRACKED = ("count",)
+
     count: Column
 
 
 MM_SLOT_HEAD = 0  # the reserved mm_slot that is ksm_mm_head
+PTE_HIST = 4  # stores kept per pte in its history ring (data-loss reports name the last merge, COW or replace)
 
 
 class State:
@@ -200,11 +224,16 @@ class State:
             self.mm_slot,
             self.swap,
         )
+        self.stamp = Stamp(block)
+        for t in self.tables:
+            t.use_stamp(self.stamp, block)
+        # per pte (key m * vpages + addr): field = kind, value = ref, arg = write bit
+        self.pte_hist = Ring(block, "pte.hist", sz.max_mm * sz.vpages, PTE_HIST, self.stamp)
         block.want("frames", np.uint8, (sz.frames, sz.page_size))
         block.want("swapdata", np.uint8, (sz.swap, sz.page_size))
         block.want("pte", np.int64, (sz.max_mm, sz.vpages))  # mk_pte words
         block.want("expect", np.int64, (sz.max_mm, sz.vpages))
-        block.want("ksm.g", np.int64, 16)
+        block.want("ksm.g", np.int64, 17)
         self.locks = LockSpace(
             block,
             {MMAP_SEM: sz.max_mm, PAGE_LOCK: sz.frames, ANON_VMA_LOCK: sz.anon_vmas, PAGE_TABLE_LOCK: sz.max_mm},
@@ -212,8 +241,10 @@ class State:
         )
 
     def bind(self, a: dict[str, np.ndarray]) -> None:
+        self.stamp.bind(a)
         for t in self.tables:
             t.bind(a)
+        self.pte_hist.bind(a)
         self.frames = a["frames"]
         self.swapdata = a["swapdata"]
         self.pte = a["pte"]
@@ -250,6 +281,10 @@ class K:
         for t in st.tables:
             t.clock = ctl.clock
             t.guard = ctl.guard
+        st.stamp.use_clock(memoryview(ctl.meta), STEP, ctl, ctl.label)  # a history entry's stamp: no scheduling point
+        st.stamp.guard = ctl.guard
+        # the history ring behind each TRACKED column, by the column's identity (atomic_add's fast lookup)
+        self._tracked = {id(getattr(t, f)): (t.hist, j) for t in st.tables for j, f in enumerate(t.TRACKED)}
         # the tables by short name, so the model reads field by field as the kernel does:
         # stable_node->hlist.first = next is k.sn.hfirst[n] = nxt, and k.sn.deref(ref, site) is the KASAN check
         self.pg: Pages = st.page
@@ -261,12 +296,16 @@ class K:
         self.ms: MmSlots = st.mm_slot
         self.g = st.g
 
-    def atomic_add(self, view: Column | np.ndarray, i: int, delta: int) -> int:
+    def atomic_add(self, view: Column | np.ndarray, i: int, delta: int, site: str = "", arg: int = 0) -> int:
         """atomic_add_return: one read-modify-write that no other task can interleave (page _count, _mapcount,
-        swap_map, ksm_refcount, mm_users...); the guard is a real mutex only in free mode."""
+        swap_map, ksm_refcount, mm_users...); the guard is a real mutex only in free mode. A TRACKED column's
+        change goes into its object's history ring, at `site` (arg: the table's ARG object, slot + 1)."""
         with self.guard:
             v = view[i] + delta
             view[i] = v
+            tr = self._tracked.get(id(view))
+            if tr is not None:
+                tr[0].note(i, tr[1], v, site, arg)
         return int(v)
 
     def bug(self, name: str) -> bool:

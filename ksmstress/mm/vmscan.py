@@ -38,6 +38,7 @@ def shrink_page(k: K, page: int, swap: bool) -> None:
     if swap and rmap.page_mapped(k, s):
         sref = k.st.swap.alloc("add_to_swap")
         k.st.swap.count[ref_slot(sref)] = 1  # the swap cache's own reference (SWAP_HAS_CACHE)
+        k.st.swap.note(ref_slot(sref), 0, 1, "add_to_swap")
         rmap.try_to_unmap(k, page, sref)
         memory.swap_free(k, sref, "delete_from_swap_cache")
     k.locks.unlock(k.page_lock(s), "shrink_page_list:unlock_page")
