@@ -55,7 +55,8 @@ class Scratch:
 
     def env(self, cpu: int | None) -> dict[str, str]:
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(self.root / "pkg")
+        old = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = str(self.root / "pkg") + (os.pathsep + old if old else "")  # the copy first
         env["TMPDIR"] = str(self.root / "tmp")
         env.pop("PYTHONSTARTUP", None)
         if cpu is not None:
