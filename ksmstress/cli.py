@@ -1,4 +1,4 @@
-"""`ksmstress`: run, replay, soak, bench, bugs, scenarios, kernel.
+"""`ksmstress`: run, replay, soak, bench, bugs, scenarios, kernel, mutate.
 
 Exit status: 0 clean, 1 a failure was found, 2 bad input (one line naming the file, the key and what was
 expected; never a traceback for a user's mistake), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import structlog
 
-from . import __version__, argtypes, catalog, procs
+from . import __version__, argtypes, catalog, mutate, procs
 from . import bench as benchmod
 from . import soak as soakmod
 from .bugs import VARIANTS, UnknownBug, validate
@@ -383,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_scenarios)
 
     add_kernel_parser(sub)
+    mutate.add_parser(sub)
     return ap
 
 

@@ -177,7 +177,7 @@ def test_version_and_bare_invocation() -> None:
     assert r.returncode == 0 and r.stdout.strip() == f"ksmstress {__version__}"
     r = run_cli()
     assert r.returncode == 0 and "COMMAND" in r.stdout
-    for cmd in ("run", "replay", "soak", "bench", "bugs", "scenarios", "kernel"):
+    for cmd in ("run", "replay", "soak", "bench", "bugs", "scenarios", "kernel", "mutate"):
         assert f"    {cmd} " in r.stdout
 
 
