@@ -58,6 +58,9 @@ def _mutate(*args: str, tmp: Path | None = None, timeout: float = 240) -> subpro
                           env=env)
 
 
+KILLED_BY = ("refcount-mismatch", "use-after-free")
+
+
 def _hold_anon_vma_ref(mutants: list[Mutant]) -> Mutant:
     """The mutant that stops hold_anon_vma taking its ksm_refcount (it still records the anon_vma)."""
     [m] = [x for x in mutants
@@ -148,13 +151,14 @@ def test_known_killable_mutant_is_killed_and_the_checkout_is_untouched(tmp_path:
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     [res] = d["results"]
-    assert (res["name"], res["outcome"], res["class"]) == (m.name, "killed", "use-after-free"), res
+    # caught as the refcount invariant breaks (or, if the walk comes first, as the use-after-free that follows)
+    assert (res["name"], res["outcome"]) == (m.name, "killed") and res["class"] in KILLED_BY, res
     assert res["kill"]["scenario"] == "seed-unmap-race" and res["time_to_kill"] is not None
-    assert d["killed"] == 1 and d["score"] == 1.0 and d["by_class"] == {"use-after-free": 1}
+    assert d["killed"] == 1 and d["score"] == 1.0 and d["by_class"] == {res["class"]: 1}
     kept = {p.name for p in keep.iterdir()}
     assert {"summary.json", "artifacts"} < kept and any(n.endswith(".diff") for n in kept)
     diff = next(keep.glob("*.diff")).read_text()
-    assert "-    c = k.atomic_add(k.av.refcount, a, 1)" in diff
+    assert "-    c = k.atomic_add(k.av.refcount, a, 1" in diff
     assert _tree_hash(PKG) == before, "the checkout must never be modified"
     assert _scratch_dirs(tmp) == [], "scratch copies must be removed"
 

@@ -352,10 +352,11 @@ class _Function:
             ):
                 yield Site("drop-ref", self.qual, s.lineno, f"drop `{_short(s)}`", (self._delete(st),))
         for n in self.exprs:
-            if _callee(n) == "atomic_add" and len(n.args) == 3:  # type: ignore[attr-defined]
+            if _callee(n) == "atomic_add" and len(n.args) >= 3:  # type: ignore[attr-defined]
                 if any(_stmt_call(st.node) is n for st in self.stmts):
                     continue  # a statement of its own: dropped above
-                view, idx, delta = (ast.unparse(a) for a in n.args)  # type: ignore[attr-defined]
+                # (view, index, delta[, site, arg]): the history ring's site and arg change nothing it computes
+                view, idx, delta = (ast.unparse(a) for a in n.args[:3])  # type: ignore[attr-defined]
                 text = f"int({view}[{idx}] + {delta})"
                 yield Site("drop-ref", self.qual, n.lineno, f"`{_short(n, 50)}` computes without storing",
                            (_replace(n, text),))
