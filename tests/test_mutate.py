@@ -61,6 +61,11 @@ def _mutate(*args: str, tmp: Path | None = None, timeout: float = 240) -> subpro
 KILLED_BY = ("refcount-mismatch", "use-after-free")
 
 
+def _terminal_sigint() -> None:
+    """Ctrl-C's default disposition, as under a terminal (a suite started in the background inherits SIG_IGN)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _hold_anon_vma_ref(mutants: list[Mutant]) -> Mutant:
     """The mutant that stops hold_anon_vma taking its ksm_refcount (it still records the anon_vma)."""
     [m] = [x for x in mutants
@@ -170,7 +175,8 @@ def test_ctrl_c_stops_every_probe_and_removes_the_scratch_copies(tmp_path: Path,
     empty.write_text("")
     p = subprocess.Popen([sys.executable, "-c", CODE, "--mutant", m.name, "--seconds-per-mutant", "120",
                           "--jobs", "1", "--equivalent", str(empty), "mixed"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True, env=_env(tmp_path))
+                         stderr=subprocess.PIPE, text=True, start_new_session=True, env=_env(tmp_path),
+                         preexec_fn=_terminal_sigint)
     seen: dict[int, psutil.Process] = {}
     deadline = time.monotonic() + 120
     # wait until the probe runs tasks (the probe and at least one run process below it)
