@@ -282,6 +282,10 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
                 rmap.page_dup_rmap(k, ref)
             pte_set_write(k, src, addr, 0)  # ptep_set_wrprotect: COW in the parent
             pte_set(k, dst, addr, PTE_PRESENT, ref, 0)
+            # both ptes now share the page: should it become KSM through one's rmap_item, the other has none of
+            # its own until ksmd scans it there
+            k.hooks.window_open(k, "fork-before-scan", dst, addr)
+            k.hooks.window_open(k, "fork-before-scan", src, addr)
         elif kind == PTE_SWAP:
             ss = st.swap.deref(ref, "copy_one_pte:swap_duplicate")
             k.atomic_add(st.swap.count, ss, 1)
