@@ -221,6 +221,34 @@ def test_window_fork_before_scan():
     assert e.value.details["duty"] == "page-tables" and e.value.details["mm"] == c
 
 
+def test_window_fork_before_scan_parent_side():
+    """The parent's side of a fork: p forks c while their page is still an anon page, p's vma is made unmergeable,
+    and ksmd merges c's (shared) page into a KSM page through c's rmap_item; p's pte is reachable only through c's
+    item. Once c breaks COW and ksmd drops c's item, nothing reaches p's pte (and ksmd never scans p's unmergeable
+    vma): the kernel's design, quiet. The same pte after ksmd had come round to it would be a miss."""
+    k = make_kernel()
+    _qref, q = new_program(k, 1)
+    write(k, q, 1, 7)
+    pref, p = new_program(k, 1)
+    write(k, p, 1, 7)
+    page = pte_page(k, p, 1)
+    c = ref_slot(mmm.dup_mmap(k, pref))
+    assert all(k.st.window[x, 1, windows.W_CODE] == windows.FORK_BEFORE_SCAN for x in (p, c))
+    mmm.sys_madvise(k, pref, 1, 2, ksm.MADV_UNMERGEABLE)
+    scan(k, 3)
+    assert k.pg.flags[ref_slot(page)] & PG_KSM and all(maps(k, x, 1, page) for x in (p, c, q))
+    assert windows.family_item(k, p, 1, page) == own_item(k, c, 1)
+    write(k, c, 1, 8)  # c breaks COW...
+    scan(k, 1)  # ...and ksmd drops c's rmap_item
+    assert maps(k, p, 1, page) and not windows.family_item(k, p, 1, page)
+    reclaim(k, page)
+    assert maps(k, p, 1, page) and not maps(k, q, 1, page)
+    k.hooks.window_close(k, "fork-before-scan", p, 1)  # as if ksmd had scanned p there: the window is over
+    with pytest.raises(Failure) as e:
+        reclaim(k, page)
+    assert e.value.details["duty"] == "page-tables" and e.value.details["mm"] == p
+
+
 def test_window_exiting_mm():
     """p exits (mm_users 0): ksmd removes p's rmap_items before exit_mmap zaps p's ptes; a walk in between cannot
     reach p's pte and is quiet. The same pte unreachable in a live mm is a miss."""

@@ -173,8 +173,8 @@ class TraversalCheck:
             mapped=mapping_ptes(k, pref) if "ptes" in duties else [],
         )
 
-    def window_open(self, k: K, kind: str, mm_slot: int, address: int) -> None:
-        windows.window_open(k, kind, mm_slot, address)
+    def window_open(self, k: K, kind: str, mm_slot: int, address: int, page_ref: int) -> None:
+        windows.window_open(k, kind, mm_slot, address, page_ref)
 
     def window_close(self, k: K, kind: str, mm_slot: int, address: int) -> None:
         windows.window_close(k, kind, mm_slot, address)

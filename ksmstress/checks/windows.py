@@ -6,9 +6,9 @@ the walk's lists, by design: each is listed here with the kernel's reason and ho
 the state, without knowing any bug variant. Nothing else is exempt.
 
 Two windows are marked by the model itself (`Hooks.window_open` / `window_close`, at the two ends of the window in
-the kernel code); the mark sits in the arena (`State.window`, one record per pte: code, mm reference, pte word), so
-the reclaim task's detector sees the mark ksmd or a forking task made. A mark holds only while the pte keeps the
-word it had when marked, in the same mm: a pte that changed since is not in the window any more. A mutant that moves
+the kernel code); the mark sits in the arena (`State.window`, one record per pte: code, mm reference, the pte word
+for the page marked), so the reclaim task's detector sees the mark ksmd or a forking task made. A mark holds only
+while the pte maps the page it was marked for, in the same mm, and a new mark replaces the old one. A mutant that moves
 code out of a window (an append after the close, a link after the copy) leaves the pte outside it, and is caught.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..arena import ref_slot
-from ..mm.state import PG_KSM
+from ..mm.state import PG_KSM, PTE_PRESENT, PTE_WRITE, mk_pte
 
 if TYPE_CHECKING:
     from ..mm.state import K
@@ -42,9 +42,10 @@ def _ksm(k: K, pref: int) -> bool:
 
 
 def marked(k: K, m: int, addr: int, word: int, code: int) -> bool:
-    """Whether the model marked this pte with `code` and the pte still holds the word (and mm) it had then."""
+    """Whether the model marked this pte with `code` for the page it maps, in this mm (a KSM pte is never writable,
+    so the write bit is no part of the match)."""
     rec = k.st.window[m, addr]
-    return int(rec[W_CODE]) == code and int(rec[W_PTE]) == word and int(rec[W_MM]) == k.mmc.ref_of(m)
+    return int(rec[W_CODE]) == code and int(rec[W_PTE]) == word & ~PTE_WRITE and int(rec[W_MM]) == k.mmc.ref_of(m)
 
 
 def covering_vma(k: K, m: int, addr: int) -> int:
@@ -135,13 +136,14 @@ def exempting(k: K, m: int, addr: int, word: int, pref: int) -> Window | None:
     return None
 
 
-def window_open(k: K, name: str, m: int, addr: int) -> None:
-    """Mark pte (m, addr) as in window `name` with the word it holds now (the caller holds its pte lock). The code is
-    stored last, so a reader never pairs it with the previous record's word."""
+def window_open(k: K, name: str, m: int, addr: int, pref: int) -> None:
+    """Mark pte (m, addr) as in window `name`, mapping page `pref` (the caller holds its pte lock, and marks before it
+    stores the pte: a walk that snapshots the new pte then finds the mark at its end, even in free mode). The code is
+    stored last, so a reader never pairs it with the previous record's page."""
     rec = k.st.window[m, addr]
     rec[W_CODE] = 0
     rec[W_MM] = k.mmc.ref_of(m)
-    rec[W_PTE] = k.st.pte[m, addr]
+    rec[W_PTE] = mk_pte(PTE_PRESENT, pref, 0)
     rec[W_CODE] = CODES[name]
 
 

@@ -27,9 +27,9 @@ class Hooks(LockHooks, Protocol):
     def walk_end(self, k: Any, token: Any, uncounted: int | None = None) -> None:
         """The walk returned; a page_referenced walk passes the mappings it had left to count."""
 
-    def window_open(self, k: Any, kind: str, mm_slot: int, address: int) -> None:
+    def window_open(self, k: Any, kind: str, mm_slot: int, address: int, page_ref: int) -> None:
         """The pte of mm `mm_slot` at `address` (its pte lock held) enters kernel window `kind` (checks.windows):
-        it maps a page its rmap walk cannot reach yet, by the kernel's design."""
+        it maps, or is about to map, `page_ref`, which its rmap walk cannot reach through it yet, by design."""
 
     def window_close(self, k: Any, kind: str, mm_slot: int, address: int) -> None:
         """Kernel window `kind` of that pte ends: from here a walk must reach it."""
@@ -56,7 +56,7 @@ class NoHooks(NoLockHooks):
     def walk_end(self, k: Any, token: Any, uncounted: int | None = None) -> None:
         pass
 
-    def window_open(self, k: Any, kind: str, mm_slot: int, address: int) -> None:
+    def window_open(self, k: Any, kind: str, mm_slot: int, address: int, page_ref: int) -> None:
         pass
 
     def window_close(self, k: Any, kind: str, mm_slot: int, address: int) -> None:

@@ -425,8 +425,8 @@ def replace_page(k: K, vref: int, pref: int, kpref: int, orig: tuple[int, int], 
         return EFAULT
     memory.get_page(k, kpref, "replace_page")
     rmap.page_add_anon_rmap(k, kpref)
+    k.hooks.window_open(k, "replace-before-append", m, addr, kpref)  # no rmap_item reaches it until the append
     memory.pte_set(k, m, addr, PTE_PRESENT, kpref, 0)
-    k.hooks.window_open(k, "replace-before-append", m, addr)  # no rmap_item reaches it until stable_tree_append
     rmap.page_remove_rmap(k, pref, "replace_page")
     memory.put_page(k, pref, "replace_page")
     k.locks.unlock(k.ptl(m), "replace_page")
