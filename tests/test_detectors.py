@@ -8,7 +8,7 @@ import pytest
 from ksmstress.arena import ref_slot
 from ksmstress.checks.content import check_read, pattern_bytes
 from ksmstress.checks.invariants import check_quiescence
-from ksmstress.checks.traversal import TraversalCheck, Walk
+from ksmstress.checks.traversal import TraversalCheck, Walk, mapping_ptes
 from ksmstress.failures import Failure
 from ksmstress.mm import memory, rmap
 from ksmstress.mm import mm as mmm
@@ -147,8 +147,9 @@ class StoreBetweenReads:
 
 def test_traversal_reads_each_pte_as_one_word():
     """A pte that reclaim turns from present (another page) to a swap entry whose reference equals the page being
-    freed is no mapping of it at any moment, so neither the page-free check nor a walk's end may call it one: free
-    mode reported such ptes as "freed while still mapped" (0.1% of mixed runs) when kind and target were two reads.
+    freed is no mapping of it at any moment, so neither the page-free check, nor a walk's duty read from the page
+    tables, nor a walk's end may call it one: free mode reported such ptes as "freed while still mapped" (0.1% of
+    mixed runs) when kind and target were two reads.
     """
     k = make_kernel()
     aref, a = new_program(k, 1)
@@ -164,6 +165,7 @@ def test_traversal_reads_each_pte_as_one_word():
 
     swap_out = lambda: raw(PTE_SWAP, sref, 0)  # noqa: E731 - try_to_unmap_one's store
     TraversalCheck().page_freeing(StoreBetweenReads(k, swap_out), page, "test")
+    assert mapping_ptes(StoreBetweenReads(k, swap_out), page) == []  # a walk's duty from the page tables, too
     raw(PTE_PRESENT, pte_page(k, b, 1), 1)
     walk = Walk("try_to_unmap_anon", page, {(b, 1): (bref, "test")})
     TraversalCheck().walk_end(StoreBetweenReads(k, swap_out), walk)

@@ -1,14 +1,23 @@
 """The `traversal` detector: rmap walks that miss a mapping, and pages freed while still mapped.
 
-At the start of a walk it snapshots the ptes the walk is bound to find: for a KSM page, every pte at an
-rmap_item's address, in a vma on that rmap_item's anon_vma, that maps the page; for an anon page, every pte at
-page->index in a vma of page->mapping. When the walk returns, any of those ptes still mapping the page that the
-walk never examined is a miss. page_referenced walks stop, as in the kernel, once their own count of
-mappings is used up (a concurrent replace_page, or a pass-1 revisit, can use it up early: that makes
-page_referenced advisory, not wrong), so only a walk that returns with mappings still uncounted, or an unmap
-walk, is held to the snapshot. Ptes are keyed by the mm's generation-tagged reference, so an mm slot reused
-during the walk is not mistaken for the mm that was there. The snapshot reads the arena raw (never through the
-KASAN check): a freed anon_vma is the walk's own use-after-free to report, not the detector's.
+A walk's duty is computed twice, and either shortfall is a `traversal` failure:
+
+- From the page tables (the oracle that does not trust the code under test): at the start of a walk (the walker
+  holds the page lock, as reclaim's page_referenced and try_to_unmap do in 2.6.33) it scans every mm's ptes for
+  those that map the page; each one that still maps it, with the same word, when the walk returns and was never
+  examined is a miss, unless the kernel leaves it unreachable by design: the windows of `checks.windows`, the only
+  exemption. A mapping kept off the anon_vma's vma list or the stable node's rmap_item list, or linked too late, is
+  caught here, where a duty read from those lists cannot see it.
+- From the lists the walk reads (kept: the two disagree only on bugs, and this one names the rmap_item or vma
+  the walk went past): for a KSM page, every pte at an rmap_item's address, in a vma on that rmap_item's anon_vma,
+  that maps the page; for an anon page, every pte at page->index in a vma of page->mapping.
+
+page_referenced walks stop, as in the kernel, once their own count of mappings is used up (a concurrent
+replace_page, or a pass-1 revisit, can use it up early: that makes page_referenced advisory, not wrong), so only a
+walk that returns with mappings still uncounted, or an unmap walk, is held to its duty. Ptes are keyed by the mm's
+generation-tagged reference, so an mm slot reused during the walk is not mistaken for the mm that was there. The
+detector reads the arena raw (never through the KASAN check): a freed anon_vma is the walk's own use-after-free to
+report, not the detector's.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import numpy as np
 from ..arena import ref_slot
 from ..failures import Failure
 from ..mm.state import PG_KSM, PTE_PRESENT, PTE_WRITE, mk_pte
+from . import windows
 
 if TYPE_CHECKING:
     from ..mm.state import K
@@ -32,6 +42,7 @@ class Walk:
     page: int
     expected: dict[tuple[int, int], tuple[int, str]]  # (mm slot, address) -> (mm ref, how it is reached)
     visited: set[tuple[int, int]] = field(default_factory=set)
+    mapped: list[tuple[int, int, int, int]] = field(default_factory=list)  # (mm slot, address, pte word, mm ref)
 
 
 def _vmas_of(k: K, avref: int) -> list[int]:
@@ -85,9 +96,88 @@ def reachable(k: K, pref: int) -> dict[tuple[int, int], tuple[int, str]]:
     return out
 
 
+def mapping_ptes(k: K, pref: int) -> list[tuple[int, int, int, int]]:
+    """(mm slot, address, pte word, mm ref) of every pte of every mm that maps the page now. The page table is
+    copied first, so each pte is one load: its kind, target and write bit are of one moment."""
+    words = k.st.pte.copy()
+    hits = np.argwhere((words & ~PTE_WRITE) == mk_pte(PTE_PRESENT, pref, 0))
+    return [(m, a, int(words[m, a]), k.mmc.ref_of(m)) for m, a in hits.tolist()]
+
+
+def _own_item(k: K, m: int, addr: int) -> int:
+    """The mm's rmap_item at addr on its mm_slot's rmap_list (read raw), or 0."""
+    sref = k.mmc.slot[m]
+    if not k.ms.is_live(sref):
+        return 0
+    iref, n = k.ms.rmap_list[ref_slot(sref)], 0
+    while iref and k.ri.is_live(iref) and n < k.ri.capacity:
+        i = ref_slot(iref)
+        if k.ri.address[i] == addr:
+            return iref
+        iref, n = k.ri.rmap_next[i], n + 1
+    return 0
+
+
+def describe_miss(k: K, m: int, addr: int, pref: int) -> dict[str, object]:
+    """Where a missed pte sits, so a developer sees which list it was missing from: its vma and that vma's
+    anon_vma, whether the vma is on the anon_vma's list, and for a KSM page the mm's own rmap_item and the
+    stable node's rmap_items at this address."""
+    out: dict[str, object] = {"mm": m, "address": addr}
+    vref = windows.covering_vma(k, m, addr)
+    if vref:
+        v = ref_slot(vref)
+        avref = k.vm.anon_vma[v]
+        out.update(
+            vma=v,
+            vm_start=k.vm.start[v],
+            vm_end=k.vm.end[v],
+            anon_vma=ref_slot(avref) if avref else None,
+            on_anon_vma_list=vref in _vmas_of(k, avref) if avref else False,
+        )
+    else:
+        out["vma"] = None
+    if k.pg.flags[ref_slot(pref)] & PG_KSM:
+        iref = _own_item(k, m, addr)
+        out["rmap_item"] = ref_slot(iref) if iref else None
+        out["rmap_item_flags"] = k.ri.flags[ref_slot(iref)] if iref else None
+        out["stable_items_here"] = [
+            ref_slot(x) for x in windows.stable_items(k, pref) if k.ri.address[ref_slot(x)] == addr
+        ]
+    return out
+
+
+def _miss_text(d: dict[str, object]) -> str:
+    t = f"mm[{d['mm']}] address {d['address']}"
+    if d["vma"] is None:
+        return t + " (no vma covers it)"
+    t += f" in vma[{d['vma']}] [{d['vm_start']},{d['vm_end']})"
+    t += f" of anon_vma[{d['anon_vma']}] ({'on' if d['on_anon_vma_list'] else 'NOT on'} its vma list)"
+    if "rmap_item" in d:
+        own = d["rmap_item"]
+        t += "; its rmap_item: " + ("none" if own is None else f"rmap_item[{own}] flags {d['rmap_item_flags']}")
+        here = ", ".join(f"rmap_item[{x}]" for x in d["stable_items_here"])  # type: ignore[attr-defined]
+        t += "; stable node's rmap_items at this address: " + (here or "none")
+    return t
+
+
 class TraversalCheck:
+    # which duties walks are held to: both in every run; a measurement may narrow it to see what each one catches
+    DUTIES: tuple[str, ...] = ("lists", "ptes")
+
     def walk_begin(self, k: K, pref: int, kind: str) -> Walk:
-        return Walk(kind, pref, reachable(k, pref))
+        duties = self.DUTIES
+        return Walk(
+            kind,
+            pref,
+            reachable(k, pref) if "lists" in duties else {},
+            mapped=mapping_ptes(k, pref) if "ptes" in duties else [],
+        )
+
+    def window_open(self, k: K, kind: str, mm_slot: int, address: int, page_ref: int) -> None:
+        windows.window_open(k, kind, mm_slot, address, page_ref)
+
+    def window_close(self, k: K, kind: str, mm_slot: int, address: int) -> None:
+        windows.window_close(k, kind, mm_slot, address)
 
     def walk_visit(self, token: Walk | None, mm_slot: int, address: int) -> None:
         if token is not None:
@@ -98,6 +188,42 @@ class TraversalCheck:
         None for an unmap walk, which is bound to every mapping."""
         if token is None or uncounted == 0:
             return
+        self._check_lists(k, token)
+        self._check_ptes(k, token)
+
+    def _check_ptes(self, k: K, token: Walk) -> None:
+        """The duty from the page tables: a pte that mapped the page at the start and holds the same word now, in
+        the same mm, was there the whole walk (or is back as it was): the walk had to examine it."""
+        missed = []
+        for m, addr, word, mref in token.mapped:
+            if (m, addr) in token.visited or int(k.st.pte[m, addr]) != word or not k.mmc.is_live(mref):
+                continue
+            if windows.exempting(k, m, addr, word, token.page) is None:
+                missed.append(describe_miss(k, m, addr, token.page))
+        if not missed:
+            return
+        step, who = k.ctl.clock()
+        first = missed[0]
+        raise Failure(
+            "traversal",
+            f"{token.kind} of page[{ref_slot(token.page)}] by {who} returned at step {step} leaving "
+            f"{len(missed)} pte(s) that mapped it when the walk began unvisited (duty from the page tables): "
+            + "; ".join(_miss_text(d) for d in missed[:4])
+            + ("; ..." if len(missed) > 4 else ""),
+            {
+                "walk": token.kind,
+                "page": ref_slot(token.page),
+                "duty": "page-tables",
+                "mm": first["mm"],
+                "address": first["address"],
+                "step": step,
+                "task": who,
+                "missed": missed[:32],  # the failure buffer is bounded; the count says how many there were
+                "missed_count": len(missed),
+            },
+        )
+
+    def _check_lists(self, k: K, token: Walk) -> None:
         missed = sorted(
             key
             for key, (mref, _via) in token.expected.items()
@@ -119,6 +245,7 @@ class TraversalCheck:
                     "task": who,
                     "missed": [list(x) for x in missed],
                     "via": token.expected[(m, addr)][1],
+                    "duty": "lists",
                 },
             )
 

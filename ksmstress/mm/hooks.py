@@ -27,6 +27,13 @@ class Hooks(LockHooks, Protocol):
     def walk_end(self, k: Any, token: Any, uncounted: int | None = None) -> None:
         """The walk returned; a page_referenced walk passes the mappings it had left to count."""
 
+    def window_open(self, k: Any, kind: str, mm_slot: int, address: int, page_ref: int) -> None:
+        """The pte of mm `mm_slot` at `address` (its pte lock held) enters kernel window `kind` (checks.windows):
+        it maps, or is about to map, `page_ref`, which its rmap walk cannot reach through it yet, by design."""
+
+    def window_close(self, k: Any, kind: str, mm_slot: int, address: int) -> None:
+        """Kernel window `kind` of that pte ends: from here a walk must reach it."""
+
     def task_exit(self, k: Any) -> None:
         """The running task is about to exit."""
 
@@ -57,6 +64,12 @@ class NoHooks(NoLockHooks):
         pass
 
     def walk_end(self, k: Any, token: Any, uncounted: int | None = None) -> None:
+        pass
+
+    def window_open(self, k: Any, kind: str, mm_slot: int, address: int, page_ref: int) -> None:
+        pass
+
+    def window_close(self, k: Any, kind: str, mm_slot: int, address: int) -> None:
         pass
 
     def task_exit(self, k: Any) -> None:

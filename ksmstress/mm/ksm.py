@@ -428,6 +428,7 @@ def replace_page(k: K, vref: int, pref: int, kpref: int, orig: tuple[int, int], 
         return EFAULT
     memory.get_page(k, kpref, "replace_page")
     rmap.page_add_anon_rmap(k, kpref)
+    k.hooks.window_open(k, "replace-before-append", m, addr, kpref)  # no rmap_item reaches it until the append
     memory.pte_set(k, m, addr, PTE_PRESENT, kpref, 0, "replace_page")
     rmap.page_remove_rmap(k, pref, "replace_page")
     memory.put_page(k, pref, "replace_page")
@@ -514,6 +515,12 @@ def unstable_tree_search_insert(k: K, iref: int, pref: int) -> tuple[int, int]:
     return 0, 0
 
 
+def _window_close(k: K, kind: str, iref: int) -> None:
+    """Kernel window `kind` of the pte this rmap_item names ends here (checks.windows lists the windows)."""
+    i = ref_slot(iref)
+    k.hooks.window_close(k, kind, ref_slot(k.ri.mm[i]), k.ri.address[i])
+
+
 def cmp_and_merge_page(k: K, pref: int, iref: int) -> None:
     remove_rmap_item_from_tree(k, iref)
     kpage = stable_tree_search(k, pref)
@@ -523,6 +530,7 @@ def cmp_and_merge_page(k: K, pref: int, iref: int) -> None:
             k.locks.lock(k.page_lock(ks), "cmp_and_merge_page:lock_page")
             stable_tree_append(k, iref, k.pg.mapping[k.pg.deref(kpage, "page_stable_node")])
             k.locks.unlock(k.page_lock(ks), "cmp_and_merge_page:unlock_page")
+        _window_close(k, "replace-before-append", iref)
         memory.put_page(k, kpage, "cmp_and_merge_page")
         return
     # a page whose checksum changed since the last pass is volatile: keep it out of the unstable tree
@@ -546,6 +554,7 @@ def cmp_and_merge_page(k: K, pref: int, iref: int) -> None:
         stable_tree_append(k, tiref, nref)
         stable_tree_append(k, iref, nref)
     k.locks.unlock(k.page_lock(ks), "cmp_and_merge_page:unlock_page")
+    _window_close(k, "replace-before-append", tiref)
     if not nref:  # two ptes point at a ksm page left outside the stable tree: break both
         break_cow(k, tiref)
         break_cow(k, iref)
@@ -688,6 +697,8 @@ def ksm_do_scan(k: K, scan_npages: int) -> None:
             return
         if not memory.PageKsm(k, k.pg.deref(page, "ksm_do_scan")) or not in_stable_tree(k, iref):
             cmp_and_merge_page(k, page, iref)
+        if memory.PageKsm(k, ref_slot(page)):  # ksmd came round to a KSM pte: its own rmap_item must reach it now
+            _window_close(k, "fork-before-scan", iref)
         memory.put_page(k, page, "ksm_do_scan")
 
 

@@ -299,6 +299,10 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
             get_page(k, ref, "copy_one_pte")
             if not (skip_ksm and k.pg.flags[k.pg.deref(ref, "copy_one_pte")] & PG_KSM):
                 rmap.page_dup_rmap(k, ref)
+            # both ptes share the page: should it become KSM through one's rmap_item, the other has none of its
+            # own until ksmd scans it there
+            k.hooks.window_open(k, "fork-before-scan", src, addr, ref)
+            k.hooks.window_open(k, "fork-before-scan", dst, addr, ref)
             pte_wrprotect(k, src, addr, "copy_one_pte:wrprotect")  # COW in the parent
             pte_set(k, dst, addr, PTE_PRESENT, ref, 0, "copy_one_pte")
         elif kind == PTE_SWAP:

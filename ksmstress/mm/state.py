@@ -233,6 +233,7 @@ class State:
         block.want("swapdata", np.uint8, (sz.swap, sz.page_size))
         block.want("pte", np.int64, (sz.max_mm, sz.vpages))  # mk_pte words
         block.want("expect", np.int64, (sz.max_mm, sz.vpages))
+        block.want("window", np.int64, (sz.max_mm, sz.vpages, 3))  # checks.windows: the kernel window a pte is in
         block.want("ksm.g", np.int64, 17)
         self.locks = LockSpace(
             block,
@@ -249,6 +250,7 @@ class State:
         self.swapdata = a["swapdata"]
         self.pte = a["pte"]
         self.expect = a["expect"]
+        self.window = a["window"]
         self.g = a["ksm.g"]
         self.locks.bind(a)
         # ksm_mm_head: a permanent slot (never freed, so its reference never changes), an empty list at first

@@ -137,13 +137,18 @@ def _is_point(stmt: ast.stmt) -> bool:
     return call is not None and (_callee(call) == "point" or _lock_op(call) is not None)
 
 
+HOOK_HELPERS = frozenset({"_window_close"})  # model helpers that only call detector hooks (instrumentation)
+
+
 def _is_hook(stmt: ast.stmt) -> bool:
     call = _stmt_call(stmt)
-    return (
-        call is not None
-        and isinstance(call.func, ast.Attribute)
-        and isinstance(call.func.value, ast.Attribute)
-        and call.func.value.attr == "hooks"
+    return call is not None and (
+        (
+            isinstance(call.func, ast.Attribute)
+            and isinstance(call.func.value, ast.Attribute)
+            and call.func.value.attr == "hooks"
+        )
+        or _callee(call) in HOOK_HELPERS
     )
 
 
