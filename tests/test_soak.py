@@ -198,14 +198,33 @@ def test_sigterm_or_sigkill_of_a_soak_leaves_nothing(sig: int, mode: str, tmp_pa
         s.cleanup()
 
 
+def _processes(pids: list[int]) -> list[psutil.Process]:
+    out = []
+    for pid in pids:
+        try:
+            out.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _ppid(q: psutil.Process) -> int | None:
+    try:
+        return q.ppid()
+    except psutil.NoSuchProcess:
+        return None
+
+
 def test_a_worker_killed_from_outside_is_reported_and_its_tasks_reaped(tmp_path: Path) -> None:
     """SIGKILL one worker mid-run: its tasks die with it and are reaped by the soak (a child subreaper), not left
     as zombies; the other worker goes on; the summary names the dead worker."""
     s = SoakProc(tmp_path, str(shipped_dir() / "mixed.toml"), "--duration", "2m", "--jobs", "2")
     try:
-        tasks = s.wait_for_tasks()
-        victim = psutil.Process(tasks[0]).parent()
-        orphans = [psutil.Process(t) for t in tasks if psutil.Process(t).ppid() == victim.pid]
+        victim, orphans = None, []
+        while victim is None:  # runs end every fraction of a second: a task seen a moment ago may be gone
+            live = _processes(s.wait_for_tasks())
+            victim = next((q.parent() for q in live if _ppid(q) is not None), None)
+            orphans = [q for q in live if victim is not None and _ppid(q) == victim.pid]
         victim.kill()
         assert wait_all_reaped([victim, *orphans], 10) == [], "the dead worker's tasks were not reaped"
         assert s.proc.poll() is None, "the soak ended with one worker gone"
