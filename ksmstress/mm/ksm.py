@@ -93,7 +93,7 @@ def hold_anon_vma(k: K, iref: int, avref: int) -> None:
     if not _anon_vma_refcounted(k):
         return  # the pre-db114b83ab lifetime: recorded, not referenced
     a = k.av.deref(avref, "hold_anon_vma")
-    c = k.atomic_add(k.av.refcount, a, 1)  # atomic_inc
+    c = k.atomic_add(k.av.refcount, a, 1, "hold_anon_vma")  # atomic_inc
     bits = 8 if k.bug("narrow-refcount") else int(k.g[G_REFCOUNT_BITS])
     if c >= 1 << (bits - 1):  # atomic_t is signed: this value is negative
         raise Failure(
@@ -113,6 +113,7 @@ def drop_anon_vma(k: K, iref: int) -> None:
     i = k.ri.deref(iref, "drop_anon_vma")
     avref = k.ri.anon_vma[i]
     a = k.av.deref(avref, "drop_anon_vma")
+    k.spoint("drop_anon_vma:atomic_add_unless")
     with k.guard:  # atomic_add_unless(-1, 1): not the last reference, no lock
         c = k.av.refcount[a]
         if c > 1:
@@ -128,15 +129,15 @@ def drop_anon_vma(k: K, iref: int) -> None:
     if k.bug("unlocked-refcount-drop"):
         # the defect: the last decrement and the list test without anon_vma->lock, so anon_vma_unlink can see
         # refcount 0 and an empty list in between and free it under us
-        k.atomic_add(k.av.refcount, a, -1)
-        k.point("drop_anon_vma:unlocked")
+        k.atomic_add(k.av.refcount, a, -1, "drop_anon_vma:atomic_dec")
+        k.spoint_unless(k.av_lock(a), "drop_anon_vma:list_empty")  # a read of the list without its lock
         if k.av.head[k.av.deref(avref, "drop_anon_vma:list_empty")] == 0:
             rmap.anon_vma_free(k, avref, "drop_anon_vma")
         return
     lid = k.av_lock(a)
     k.locks.lock(lid, "drop_anon_vma")
     a = k.av.deref(avref, "drop_anon_vma")
-    if k.atomic_add(k.av.refcount, a, -1) == 0:
+    if k.atomic_add(k.av.refcount, a, -1, "drop_anon_vma:atomic_dec") == 0:
         empty = k.av.head[a] == 0
         k.locks.unlock(lid, "drop_anon_vma")
         if empty:
@@ -157,7 +158,10 @@ def _hlist(k: K, nref: int, site: str) -> list[int]:
 
 def _hlist_del(k: K, iref: int) -> None:
     i = k.ri.deref(iref, "hlist_del")
+    lid = k.page_lock(k.sn.kpfn[ref_slot(k.ri.head[i])])  # the stable node's list is its KSM page lock's
+    k.spoint_unless(lid, "hlist_del")
     prv, nxt = k.ri.hprev[i], k.ri.hnext[i]
+    k.spoint_unless(lid, "hlist_del:unlink")  # between reading the neighbours and unlinking from them
     if prv:
         k.ri.hnext[k.ri.deref(prv, "hlist_del")] = nxt
     else:
@@ -190,6 +194,7 @@ def get_ksm_page(k: K, nref: int) -> int:
     """
     s = k.sn.kpfn[k.sn.deref(nref, "get_ksm_page")]
     pg = k.pg
+    k.spoint("get_ksm_page")  # lockless: the page's mapping, flags and count, then get_page_unless_zero
     with k.guard:  # get_page_unless_zero, then the mapping recheck: one atomic step here (simplified)
         if pg.slot_live(s) and pg.mapping[s] == nref and pg.flags[s] & PG_KSM and pg.count[s] > 0:
             pg.count[s] += 1
@@ -203,9 +208,12 @@ def stable_tree_append(k: K, iref: int, nref: int) -> None:
     n = k.sn.deref(nref, "stable_tree_append")
     k.ri.head[i] = nref
     k.ri.flags[i] |= STABLE_FLAG
+    lid = k.page_lock(k.sn.kpfn[n])  # the stable node's list is its KSM page lock's
+    k.spoint_unless(lid, "stable_tree_append")
     first = k.sn.hfirst[n]
     k.ri.hnext[i] = first
     k.ri.hprev[i] = 0
+    k.spoint_unless(lid, "stable_tree_append:link")  # between reading the first item and linking before it
     if first:
         k.ri.hprev[k.ri.deref(first, "stable_tree_append")] = iref
     k.sn.hfirst[n] = iref
@@ -225,6 +233,7 @@ def calc_checksum(k: K, pref: int) -> int:
 
 def stable_tree_search(k: K, pref: int) -> int:
     s = k.pg.deref(pref, "stable_tree_search")
+    k.spoint_unless(k.page_lock(s), "stable_tree_search:PageKsm")
     if k.pg.flags[s] & PG_KSM and k.pg.mapping[s]:  # ksm page forked
         memory.get_page(k, pref, "stable_tree_search")
         return pref
@@ -259,6 +268,7 @@ def stable_tree_insert(k: K, kpref: int) -> int:
     tree.link(parent, go_left, nref)
     ks = k.pg.deref(kpref, "stable_tree_insert")
     k.sn.kpfn[ref_slot(nref)] = ks
+    k.spoint_unless(k.page_lock(ks), "set_page_stable_node")
     k.pg.mapping[ks] = nref  # set_page_stable_node
     return nref
 
@@ -306,6 +316,7 @@ def _get_rl(k: K, kind: int, ref: int) -> int:
 
 
 def _set_rl(k: K, kind: int, ref: int, val: int) -> None:
+    k.spoint_unless(k.ksm_thread_mutex, "rmap_list")  # rmap_list is ksmd's, under ksm_thread_mutex
     if kind == RL_SLOT:
         k.ms.rmap_list[k.ms.deref(ref, "rmap_list")] = val
     else:
@@ -452,6 +463,7 @@ def try_to_merge_one_page(k: K, vref: int, pref: int, kpref: int) -> int:
         wp, orig = 0, (pref, 0)
     if wp == 0:
         if not kpref:
+            k.spoint_unless(k.page_lock(s), "SetPageKsm")
             k.pg.flags[s] = PG_ANON | PG_KSM  # set_page_stable_node(page, NULL)
             k.pg.mapping[s] = 0
             err = 0
@@ -551,13 +563,16 @@ def cmp_and_merge_page(k: K, pref: int, iref: int) -> None:
 # -- the scan ------------------------------------------------------------------------------------------------
 def _list_del(k: K, sref: int) -> None:
     s = k.ms.deref(sref, "list_del")
+    k.spoint_unless(k.ksm_mmlist_lock, "mm_slot:list_del")  # the mm_slot list is ksm_mmlist_lock's
     prv, nxt = k.ms.prev[s], k.ms.next[s]
+    k.spoint_unless(k.ksm_mmlist_lock, "mm_slot:list_del:unlink")
     k.ms.next[k.ms.deref(prv, "list_del")] = nxt
     k.ms.prev[k.ms.deref(nxt, "list_del")] = prv
 
 
 def _list_insert(k: K, sref: int, prv: int, nxt: int) -> None:
     s = k.ms.deref(sref, "list_add")
+    k.spoint_unless(k.ksm_mmlist_lock, "mm_slot:list_add")
     k.ms.prev[s], k.ms.next[s] = prv, nxt
     k.ms.next[k.ms.deref(prv, "list_add")] = sref
     k.ms.prev[k.ms.deref(nxt, "list_add")] = sref
@@ -657,6 +672,7 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
             _free_mm_slot(k, sref, mref)
             k.locks.unlock(k.ksm_mmlist_lock, "scan_get_next_rmap_item")
             k.ms.free(sref, "free_mm_slot")
+            k.spoint("clear_bit(MMF_VM_MERGEABLE)")
             k.mmc.flags[k.mmc.deref(mref, "clear_bit")] &= ~MMF_VM_MERGEABLE
             if sem:
                 k.locks.up_read(k.mmap_sem(m), "scan_get_next_rmap_item")
@@ -690,6 +706,7 @@ def ksm_do_scan(k: K, scan_npages: int) -> None:
 
 def ksm_mm_list_empty(k: K) -> bool:
     """list_empty(&ksm_mm_head.mm_list): no mm is registered with ksmd."""
+    k.spoint_unless(k.ksm_mmlist_lock, "list_empty(ksm_mm_head)")
     return k.ms.next[MM_SLOT_HEAD] == k.st.ksm_mm_head
 
 
@@ -747,8 +764,9 @@ def __ksm_enter(k: K, mref: int) -> None:  # noqa: N807 - the kernel's name
     _list_insert(k, sref, k.ms.prev[k.ms.deref(cursor, "__ksm_enter")], cursor)
     k.locks.unlock(k.ksm_mmlist_lock, "__ksm_enter")
     m = k.mmc.deref(mref, "__ksm_enter")
+    k.spoint("__ksm_enter:set_bit")
     k.mmc.flags[m] |= MMF_VM_MERGEABLE
-    k.atomic_add(k.mmc.mmcount, m, 1)
+    k.atomic_add(k.mmc.mmcount, m, 1, "__ksm_enter:atomic_inc")
 
 
 def __ksm_exit(k: K, mref: int) -> None:  # noqa: N807
@@ -759,6 +777,7 @@ def __ksm_exit(k: K, mref: int) -> None:  # noqa: N807
     sref = k.mmc.slot[m]
     easy_to_free = False
     if sref and sref != int(k.g[G_SCAN_SLOT]):
+        k.spoint_unless(k.ksm_thread_mutex, "__ksm_exit:rmap_list")  # ksmd changes it without ksm_mmlist_lock
         if not k.ms.rmap_list[k.ms.deref(sref, "__ksm_exit")]:
             _free_mm_slot(k, sref, mref)
             easy_to_free = True
@@ -769,6 +788,7 @@ def __ksm_exit(k: K, mref: int) -> None:  # noqa: N807
     k.locks.unlock(k.ksm_mmlist_lock, "__ksm_exit")
     if easy_to_free:
         k.ms.free(sref, "free_mm_slot")
+        k.spoint("clear_bit(MMF_VM_MERGEABLE)")
         k.mmc.flags[k.mmc.deref(mref, "__ksm_exit")] &= ~MMF_VM_MERGEABLE
         _mm.mmdrop(k, mref, "__ksm_exit")
     elif sref:
@@ -813,6 +833,7 @@ def unmerge_and_remove_all_rmap_items(k: K) -> int:
             _free_mm_slot(k, sref, mref)
             k.locks.unlock(k.ksm_mmlist_lock, "unmerge_and_remove_all_rmap_items")
             k.ms.free(sref, "free_mm_slot")
+            k.spoint("clear_bit(MMF_VM_MERGEABLE)")
             k.mmc.flags[m] &= ~MMF_VM_MERGEABLE
             k.locks.up_read(k.mmap_sem(m), "unmerge_and_remove_all_rmap_items")
             _mm.mmdrop(k, mref, "unmerge_and_remove_all_rmap_items")

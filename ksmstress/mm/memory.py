@@ -30,12 +30,13 @@ def alloc_page(k: K, site: str) -> int:
 
 def get_page(k: K, pref: int, site: str) -> None:
     s = k.pg.deref(pref, site)
-    k.atomic_add(k.pg.count, s, 1)
+    k.atomic_add(k.pg.count, s, 1, "get_page")
 
 
 def get_page_unless_zero(k: K, s: int) -> int:
     """A reference on the page in frame s if it is still allocated (an LRU isolate of a page that may be freed
     concurrently); 0 if it is gone."""
+    k.spoint("get_page_unless_zero")
     with k.guard:
         if not k.pg.slot_live(s) or k.pg.count[s] <= 0:
             return 0
@@ -46,7 +47,7 @@ def get_page_unless_zero(k: K, s: int) -> int:
 def put_page(k: K, pref: int, site: str) -> None:
     """Drop a reference; the last one frees the frame (the traversal detector checks no pte still maps it)."""
     s = k.pg.deref(pref, site)
-    c = k.atomic_add(k.pg.count, s, -1)
+    c = k.atomic_add(k.pg.count, s, -1, "put_page")
     if c < 0:
         raise Failure(
             "refcount-underflow",
@@ -66,6 +67,7 @@ def PageAnon(k: K, s: int) -> bool:  # noqa: N802 - the kernel's name
 
 
 def PageKsm(k: K, s: int) -> bool:  # noqa: N802
+    k.spoint_unless(k.page_lock(s), "PageKsm")  # PG_KSM is set under the page lock: a test without it races
     return bool(k.pg.flags[s] & PG_KSM)
 
 
@@ -92,6 +94,7 @@ def page_address_in_vma(k: K, pref: int, vref: int, site: str) -> int:
 # -- ptes --------------------------------------------------------------------------------------------------
 def pte_get(k: K, m: int, addr: int) -> tuple[int, int, int]:
     """(kind, target reference, write bit) of the pte, from one load of its word (`entry = *pte`)."""
+    k.pte_spoint(m, "pte_get")
     return pte_decode(int(k.st.pte[m, addr]))
 
 
@@ -101,6 +104,7 @@ def pte_decode(word: int) -> tuple[int, int, int]:
 
 def pte_set(k: K, m: int, addr: int, kind: int, ref: int, write: int) -> None:
     """set_pte_at: one store of the whole word, so no reader sees the new kind with the old target."""
+    k.pte_spoint(m, "set_pte_at")
     k.st.pte[m, addr] = mk_pte(kind, ref, write)
 
 
@@ -243,6 +247,7 @@ def swapcache_prepare(k: K, sref: int) -> bool:
     it was freed since its pte was read. swap_map is never freed, so the slot is read raw (no KASAN check); the
     check and the increment are one atomic step, as in get_page_unless_zero."""
     ss = ref_slot(sref)
+    k.spoint("swapcache_prepare")
     with k.guard:
         if not k.st.swap.is_live(sref) or k.st.swap.count[ss] <= 0:
             return False
@@ -252,7 +257,7 @@ def swapcache_prepare(k: K, sref: int) -> bool:
 
 def swap_free(k: K, sref: int, site: str) -> None:
     ss = k.st.swap.deref(sref, site)
-    c = k.atomic_add(k.st.swap.count, ss, -1)
+    c = k.atomic_add(k.st.swap.count, ss, -1, "swap_free")
     if c < 0:
         raise Failure(
             "refcount-underflow",
@@ -284,7 +289,7 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
             pte_set(k, dst, addr, PTE_PRESENT, ref, 0)
         elif kind == PTE_SWAP:
             ss = st.swap.deref(ref, "copy_one_pte:swap_duplicate")
-            k.atomic_add(st.swap.count, ss, 1)
+            k.atomic_add(st.swap.count, ss, 1, "swap_duplicate")
             pte_set(k, dst, addr, PTE_SWAP, ref, 0)
     k.locks.unlock(ptl, "copy_pte_range:src_ptl")
     k.locks.unlock(dst_ptl, "copy_pte_range")

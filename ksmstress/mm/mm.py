@@ -30,7 +30,7 @@ def ksm_test_exit(k: K, m: int) -> bool:
 
 def mmdrop(k: K, mref: int, site: str) -> None:
     m = k.mmc.deref(mref, site)
-    c = k.atomic_add(k.mmc.mmcount, m, -1)
+    c = k.atomic_add(k.mmc.mmcount, m, -1, "mmdrop")
     if c < 0:
         raise Failure(
             "refcount-underflow",
@@ -44,7 +44,7 @@ def mmdrop(k: K, mref: int, site: str) -> None:
 def mmput(k: K, mref: int) -> None:
     """The last user is gone: ksm_exit (with its mmap_sem handshake), then exit_mmap, then mmdrop."""
     m = k.mmc.deref(mref, "mmput")
-    if k.atomic_add(k.mmc.users, m, -1) == 0:
+    if k.atomic_add(k.mmc.users, m, -1, "mmput") == 0:
         ksm.ksm_exit(k, mref)
         exit_mmap(k, mref)
         mmdrop(k, mref, "mmput")

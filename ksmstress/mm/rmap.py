@@ -18,9 +18,11 @@ SWAP_SUCCESS, SWAP_AGAIN, SWAP_FAIL = 0, 1, 2
 def list_add_tail(k: K, vref: int, avref: int) -> None:
     a = k.av.deref(avref, "list_add_tail")
     v = k.vm.deref(vref, "list_add_tail")
+    k.spoint_unless(k.av_lock(a), "list_add_tail")  # the list is anon_vma->lock's: without it, a race
     tail = k.av.tail[a]
     k.vm.av_prev[v] = tail
     k.vm.av_next[v] = 0
+    k.spoint_unless(k.av_lock(a), "list_add_tail:link")  # between reading the tail and linking after it
     if tail:
         k.vm.av_next[k.vm.deref(tail, "list_add_tail")] = vref
     else:
@@ -31,7 +33,9 @@ def list_add_tail(k: K, vref: int, avref: int) -> None:
 def _list_del(k: K, vref: int, avref: int) -> None:
     a = k.av.deref(avref, "list_del")
     v = k.vm.deref(vref, "list_del")
+    k.spoint_unless(k.av_lock(a), "list_del")
     prv, nxt = k.vm.av_prev[v], k.vm.av_next[v]
+    k.spoint_unless(k.av_lock(a), "list_del:unlink")  # between reading the neighbours and unlinking from them
     if prv:
         k.vm.av_next[k.vm.deref(prv, "list_del")] = nxt
     else:
@@ -131,18 +135,18 @@ def page_add_new_anon_rmap(k: K, pref: int, vref: int, addr: int) -> None:
 def page_add_anon_rmap(k: K, pref: int) -> None:
     """One more pte maps an already-mapped anon or KSM page (replace_page's kpage)."""
     s = k.pg.deref(pref, "page_add_anon_rmap")
-    k.atomic_add(k.pg.mapcount, s, 1)
+    k.atomic_add(k.pg.mapcount, s, 1, "page_add_anon_rmap")
 
 
 def page_dup_rmap(k: K, pref: int) -> None:
     """fork's copy_one_pte: one more mapping of the same page."""
     s = k.pg.deref(pref, "page_dup_rmap")
-    k.atomic_add(k.pg.mapcount, s, 1)
+    k.atomic_add(k.pg.mapcount, s, 1, "page_dup_rmap")
 
 
 def page_remove_rmap(k: K, pref: int, site: str) -> None:
     s = k.pg.deref(pref, site)
-    c = k.atomic_add(k.pg.mapcount, s, -1)
+    c = k.atomic_add(k.pg.mapcount, s, -1, "page_remove_rmap")
     if c < 0:
         raise Failure(
             "refcount-underflow",
@@ -171,7 +175,7 @@ def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, swap: int, token: ob
         # the bytes as they are once this pte is gone (the kernel writes back the dirty page after unmapping;
         # a page mapped more than once is read-only everywhere, so every pte converted sees the same bytes)
         k.st.swapdata[ss, :] = k.st.frames[k.pg.deref(pref, "try_to_unmap_one"), :]
-        k.atomic_add(k.st.swap.count, ss, 1)
+        k.atomic_add(k.st.swap.count, ss, 1, "swap_duplicate")
         memory.pte_set(k, m, addr, PTE_SWAP, swap, 0)
         page_remove_rmap(k, pref, "try_to_unmap_one")
         memory.put_page(k, pref, "try_to_unmap_one")
