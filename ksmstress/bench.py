@@ -5,7 +5,8 @@ run (within a time budget); the table gives the per-run detection rate, the fail
 variant's), and the median / 90th percentile of steps and seconds to the first detection. Those come from every
 starting seed i: the steps (seconds) of runs i, i+1, ... up to and including the first run that detects.
 
-Throughput: scheduling points and hand-offs per second on mixed.toml, and of the bare scheduler (tasks that do
+Throughput: seconds per run, scheduling points and hand-offs per second on mixed.toml at each granularity (locks,
+shared), and of the bare scheduler (tasks that do
 nothing but reach scheduling points), beside a raw semaphore ping-pong between two processes on the same CPU,
 measured in the same invocation so the ratios mean something on a shared, noisy machine.
 
@@ -33,7 +34,7 @@ from .bugs import VARIANTS, validate
 from .pool import Pool
 from .runner import run_one
 from .scenario import Scenario, load, resolve
-from .sched import make_strategy
+from .sched import GRANULARITIES, make_strategy
 from .sched.control import HANDOFFS, Control
 
 STRATEGIES = (("random", None), ("pct", 2), ("pct", 3))
@@ -148,25 +149,32 @@ def bare_scheduler(
     }
 
 
-def throughput(sc: Scenario, strategy: str, runs: int, seed: int = 0) -> dict[str, Any]:
-    steps = handoffs = 0
-    elapsed = 0.0
-    clean = 0
+def throughput(sc: Scenario, strategy: str, runs: int, seed: int = 0) -> list[dict[str, Any]]:
+    """One row per granularity: the same seeds at each, run by run in alternation (the order flipping every seed),
+    so a shared machine's drift hits both alike; seconds per run is what a soak pays for one granularity."""
+    acc = {g: {"steps": 0, "handoffs": 0, "elapsed": 0.0, "clean": 0} for g in GRANULARITIES}
     for s in range(seed, seed + runs):
-        r = run_one(sc, s, strategy)
-        steps += r.steps
-        handoffs += r.handoffs
-        elapsed += r.elapsed
-        clean += r.verdict == "clean"
-    return {
-        "scenario": sc.name,
-        "strategy": strategy,
-        "runs": runs,
-        "clean": clean,
-        "steps": steps,
-        "steps_per_second": steps / elapsed,
-        "handoffs_per_second": handoffs / elapsed,
-    }
+        for g in GRANULARITIES if s % 2 == 0 else GRANULARITIES[::-1]:
+            r = run_one(sc, s, strategy, granularity=g)
+            a = acc[g]
+            a["steps"] += r.steps
+            a["handoffs"] += r.handoffs
+            a["elapsed"] += r.elapsed
+            a["clean"] += r.verdict == "clean"
+    return [
+        {
+            "scenario": sc.name,
+            "strategy": strategy,
+            "granularity": g,
+            "runs": runs,
+            "clean": a["clean"],
+            "steps": a["steps"],
+            "seconds_per_run": a["elapsed"] / runs,
+            "steps_per_second": a["steps"] / a["elapsed"],
+            "handoffs_per_second": a["handoffs"] / a["elapsed"],
+        }
+        for g, a in acc.items()
+    ]
 
 
 def _quantiles(xs: list[float]) -> tuple[float | None, float | None]:
@@ -281,12 +289,18 @@ def _print_throughput(out: dict[str, Any]) -> None:
             f"bare controlled scheduler (2 tasks, {what}): {b['points_per_second']:,.0f} points/s, "
             f"{b['handoffs_per_second']:,.0f} hand-offs/s = {b['handoff_ratio_to_raw']:.2f} of raw"
         )
-    print(f"{'scenario':<14}{'strategy':<9}{'runs':>5}{'steps':>10}{'steps/s':>11}{'hand-offs/s':>13}{'vs raw':>8}")
+    print(
+        f"{'scenario':<14}{'strategy':<9}{'granularity':<12}{'runs':>5}{'s/run':>8}{'steps':>10}{'steps/s':>11}"
+        f"{'hand-offs/s':>13}{'vs raw':>8}"
+    )
     for r in out["throughput"]:
         print(
-            f"{r['scenario']:<14}{r['strategy']:<9}{r['runs']:>5}{r['steps']:>10}{r['steps_per_second']:>11,.0f}"
-            f"{r['handoffs_per_second']:>13,.0f}{r['handoff_ratio_to_raw']:>8.2f}"
+            f"{r['scenario']:<14}{r['strategy']:<9}{r['granularity']:<12}{r['runs']:>5}{r['seconds_per_run']:>8.3f}"
+            f"{r['steps']:>10}{r['steps_per_second']:>11,.0f}{r['handoffs_per_second']:>13,.0f}"
+            f"{r['handoff_ratio_to_raw']:>8.2f}"
         )
+    for st, ratio in out["shared_cost"].items():
+        print(f"{st}: shared granularity costs {ratio:.2f}x the seconds per run of locks")
 
 
 def _measure_throughput(sc: Scenario, runs: int) -> dict[str, Any]:
@@ -305,10 +319,12 @@ def _measure_throughput(sc: Scenario, runs: int) -> dict[str, Any]:
     for name, samples in bares.items():
         med = {key: statistics.median(b[key] for b in samples) for key in samples[0]}
         out[f"bare_scheduler_{name}"] = {**med, "handoff_ratio_to_raw": med["handoffs_per_second"] / (2 * raw)}
-    rows_t = [throughput(sc, st, runs) for st in ("random", "pct")]
+    rows_t = [row for st in ("random", "pct") for row in throughput(sc, st, runs)]
     for r in rows_t:
         r["handoff_ratio_to_raw"] = r["handoffs_per_second"] / (2 * raw)
     out["throughput"] = rows_t
+    per_run = {(r["strategy"], r["granularity"]): r["seconds_per_run"] for r in rows_t}
+    out["shared_cost"] = {st: per_run[st, "shared"] / per_run[st, "locks"] for st in ("random", "pct")}
     return out
 
 
