@@ -40,20 +40,29 @@ from .sched.control import HANDOFFS, Control
 STRATEGIES = (("random", None), ("pct", 2), ("pct", 3))
 
 
-def semaphore_pingpong(n: int = 50_000, cpu: int | None = None) -> float:
-    """Round trips per second of a Semaphore pair between two processes on one CPU (2 hand-offs each)."""
+def semaphore_pingpong(n: int = 50_000, cpu: int | None = None) -> dict[str, float]:
+    """A Semaphore pair between two processes on one CPU (2 hand-offs a round trip): round trips per second of
+    wall time, and CPU seconds (user + system, both processes) per hand-off."""
     ctx = multiprocess.get_context("fork")
     procs.name_semaphores()
     ping, pong = ctx.Semaphore(0), ctx.Semaphore(0)
     the_cpu = cpus.pick(cpu)
     parent = os.getpid()
+    block = SharedBlock()
+    block.want("bench.cpu", np.float64, 1)
+    child_cpu = block.allocate()["bench.cpu"]
 
     def echo() -> None:
         procs.in_child(parent)
         os.sched_setaffinity(0, {the_cpu})
-        for _ in range(n + 1000):
+        for _ in range(1000):
             ping.acquire()
             pong.release()
+        c0 = time.process_time()
+        for _ in range(n):
+            ping.acquire()
+            pong.release()
+        child_cpu[0] = time.process_time() - c0
 
     p = ctx.Process(target=echo, daemon=True)
     with procs.fork_guard():
@@ -64,17 +73,17 @@ def semaphore_pingpong(n: int = 50_000, cpu: int | None = None) -> float:
         for _ in range(1000):  # warm up
             ping.release()
             pong.acquire()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         for _ in range(n):
             ping.release()
             pong.acquire()
-        dt = time.perf_counter() - t0
+        dt, mine = time.perf_counter() - t0, time.process_time() - c0
     finally:
         os.sched_setaffinity(0, old)
         p.join(timeout=5)
         procs.kill_and_join([p])
     procs.check_interrupt()
-    return n / dt
+    return {"round_trips_per_second": n / dt, "cpu_seconds_per_handoff": (mine + float(child_cpu[0])) / (2 * n)}
 
 
 class _Alternate:
@@ -100,15 +109,18 @@ def bare_scheduler(
     off).
 
     The clock starts when task 0 has made a tenth of its points (every process is forked, pinned and warm, as
-    the raw ping-pong is after its warm-up) and stops when the last task exits."""
+    the raw ping-pong is after its warm-up) and stops when the last task exits; each task's CPU time (user +
+    system) is taken from its own tenth to its exit: on a machine shared with other jobs the CPU time per hand-off
+    is the steadier figure, wall time mostly measures the other jobs."""
     procs.name_semaphores()
     block = SharedBlock()
     strat = _Alternate() if strategy == "alternate" else make_strategy(strategy)
     ctl = Control(block, ntasks, ntasks * points + 10, strat, {1: "bare"})
     block.want("bench.mark", np.float64, 3)  # perf_counter, steps, hand-offs when the clock started
+    block.want("bench.cpu", np.float64, ntasks)  # each task's CPU seconds from its tenth to its exit
     arrays = block.allocate()
     ctl.bind(arrays)
-    mark = arrays["bench.mark"]
+    mark, task_cpu = arrays["bench.mark"], arrays["bench.cpu"]
     for _ in range(ntasks):
         ctl.add_task(1)
     the_cpu = cpus.pick(cpu)
@@ -120,10 +132,14 @@ def bare_scheduler(
         os.sched_setaffinity(0, {the_cpu})
         ctl.me = tid
         ctl.wait_turn()
+        c0 = time.process_time()
         for i in range(points):
-            if i == warm and tid == 0:  # CLOCK_MONOTONIC: the same clock in every process
-                mark[:] = (time.perf_counter(), ctl.steps, int(ctl.meta[HANDOFFS]))
+            if i == warm:
+                c0 = time.process_time()
+                if tid == 0:  # CLOCK_MONOTONIC: the same clock in every process
+                    mark[:] = (time.perf_counter(), ctl.steps, int(ctl.meta[HANDOFFS]))
             ctl.point("bare")
+        task_cpu[tid] = time.process_time() - c0
         ctl.exit_current()
         os._exit(0)
 
@@ -143,9 +159,11 @@ def bare_scheduler(
     finally:
         procs.kill_and_join(tasks)
     dt = t_end - mark[0]
+    handoffs = int(ctl.meta[HANDOFFS]) - mark[2]
     return {
         "points_per_second": (ctl.steps - mark[1]) / dt,
-        "handoffs_per_second": (int(ctl.meta[HANDOFFS]) - mark[2]) / dt,
+        "handoffs_per_second": handoffs / dt,
+        "cpu_seconds_per_handoff": float(task_cpu.sum()) / handoffs,
     }
 
 
@@ -282,12 +300,16 @@ def _print_detection(rows: list[dict[str, Any]]) -> None:
 
 def _print_throughput(out: dict[str, Any]) -> None:
     raw = out["raw_semaphore_round_trips_per_second"]
-    print(f"raw same-CPU semaphore ping-pong: {raw:,.0f} round trips/s = {2 * raw:,.0f} hand-offs/s")
+    print(
+        f"raw same-CPU semaphore ping-pong: {raw:,.0f} round trips/s = {2 * raw:,.0f} hand-offs/s, "
+        f"{out['raw_cpu_seconds_per_handoff'] * 1e6:.2f} CPU us each"
+    )
     for name, what in (("random", "random picks"), ("alternate", "a hand-off at every point")):
         b = out[f"bare_scheduler_{name}"]
         print(
             f"bare controlled scheduler (2 tasks, {what}): {b['points_per_second']:,.0f} points/s, "
-            f"{b['handoffs_per_second']:,.0f} hand-offs/s = {b['handoff_ratio_to_raw']:.2f} of raw"
+            f"{b['handoffs_per_second']:,.0f} hand-offs/s = {b['handoff_ratio_to_raw']:.2f} of raw; "
+            f"{b['cpu_seconds_per_handoff'] * 1e6:.2f} CPU us a hand-off = {b['cpu_ratio_to_raw']:.2f} of raw's rate"
         )
     print(
         f"{'scenario':<14}{'strategy':<9}{'granularity':<12}{'runs':>5}{'s/run':>8}{'steps':>10}{'steps/s':>11}"
@@ -307,18 +329,24 @@ def _measure_throughput(sc: Scenario, runs: int) -> dict[str, Any]:
     """The raw rate, the bare scheduler and the scenario's throughput rows."""
     out: dict[str, Any] = {}
     # alternate the two measurements and keep the medians: a shared machine's noise hits both alike
-    raws: list[float] = []
+    raws: list[dict[str, float]] = []
     bares: dict[str, list[dict[str, float]]] = {"random": [], "alternate": []}
     for _ in range(3):
         raws.append(semaphore_pingpong())
         for name, samples in bares.items():
             samples.append(bare_scheduler(strategy=name))
-    raw = statistics.median(raws)
+    raw = statistics.median(r["round_trips_per_second"] for r in raws)
+    raw_cpu = statistics.median(r["cpu_seconds_per_handoff"] for r in raws)
     out["raw_semaphore_round_trips_per_second"] = raw
     out["raw_handoffs_per_second"] = 2 * raw
+    out["raw_cpu_seconds_per_handoff"] = raw_cpu
     for name, samples in bares.items():
         med = {key: statistics.median(b[key] for b in samples) for key in samples[0]}
-        out[f"bare_scheduler_{name}"] = {**med, "handoff_ratio_to_raw": med["handoffs_per_second"] / (2 * raw)}
+        out[f"bare_scheduler_{name}"] = {
+            **med,
+            "handoff_ratio_to_raw": med["handoffs_per_second"] / (2 * raw),
+            "cpu_ratio_to_raw": raw_cpu / med["cpu_seconds_per_handoff"],  # hand-offs per CPU second, as a ratio
+        }
     rows_t = [row for st in ("random", "pct") for row in throughput(sc, st, runs)]
     for r in rows_t:
         r["handoff_ratio_to_raw"] = r["handoffs_per_second"] / (2 * raw)
