@@ -22,6 +22,7 @@ from ksmstress.scenario import ScenarioError, load, parse
 from ksmstress.sched import GRANULARITIES
 from ksmstress.sched.control import EXITED, RUNNABLE, UNUSED, Control
 from ksmstress.sched.pct import PctStrategy
+from ksmstress.sched.prng import BLOCK
 from ksmstress.sched.random import RandomStrategy
 
 from .harness import make_kernel, new_program, write
@@ -131,16 +132,20 @@ class _PlainRandom(RandomStrategy):
     """RandomStrategy under another type: Control.point and RandomStrategy.pick run it, not fastpoint."""
 
 
-@pytest.mark.parametrize("granularity", GRANULARITIES)
-def test_fast_random_point_decides_as_the_strategy(granularity: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("granularity", "seed"), [("locks", 3), ("shared", 1)])  # long runs: > 1.5 blocks
+def test_fast_random_point_decides_as_the_strategy(
+    granularity: str, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """fastpoint keeps its working copies out of shared memory; the decisions must still be RandomStrategy.pick's,
-    draw for draw, through blocks, wakes, forks and exits: the same seed gives the same schedule either way."""
+    draw for draw, through blocks, wakes, forks, exits and PRNG block refills: the same seed gives the same
+    schedule either way."""
     import ksmstress.runner as runner
 
-    sc = _scenario("seed-fork-race")
-    fast = run_one(sc, 2, "random", granularity=granularity)
+    sc = _scenario("mixed")
+    fast = run_one(sc, seed, "random", granularity=granularity)
+    assert fast.steps > 3 * BLOCK / 2  # more draws than one buffered block holds: the refill path ran
     monkeypatch.setattr(runner, "make_strategy", lambda name, **kw: _PlainRandom())
-    plain = run_one(sc, 2, "random", granularity=granularity)
+    plain = run_one(sc, seed, "random", granularity=granularity)
     assert (fast.schedule_digest, fast.steps, fast.handoffs, fast.verdict) == (
         plain.schedule_digest, plain.steps, plain.handoffs, plain.verdict)
 

@@ -19,8 +19,6 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .prng import BLOCK
-
 if TYPE_CHECKING:
     from .control import Control
 
@@ -81,10 +79,8 @@ def random_point(ctl: Control, runnable_state: int) -> tuple[PointFn, Nothing, N
 
     def leave() -> None:
         nonlocal live
-        if live:
-            meta[_STEP] = step
-            cell[_USED] = used
-            live = False
+        publish()
+        live = False
 
     def stale() -> None:
         nonlocal seen
@@ -103,15 +99,17 @@ def random_point(ctl: Control, runnable_state: int) -> tuple[PointFn, Nothing, N
         if n == 1:
             nxt = runnable[0]
         else:  # prng.below(n)
-            i = used
-            if i == BLOCK:
-                cell[_USED] = i
+            try:
+                v = vals[used]
+            except IndexError:  # used == BLOCK: the next block, as SharedPrng.below refills it
+                cell[_USED] = used
                 refill()
                 tag = cell[_TAG]
                 vals = buf.tolist()
-                i = 0
-            used = i + 1
-            nxt = runnable[vals[i] % n]
+                used = 0
+                v = vals[0]
+            used += 1
+            nxt = runnable[v % n]
         record[step] = nxt
         if nxt != me:  # hand off: publish, post, park; then take the baton back (load, inlined)
             meta[_STEP] = step
