@@ -96,6 +96,15 @@ VARIANTS: dict[str, Variant] = {
             "oops",
             "scan-exit-race.toml",
         ),
+        Variant(
+            "merge-vma-unchecked",
+            "2.6.33's try_to_merge_with_ksm_page as it was: find_vma without find_mergeable_vma's VM_MERGEABLE and "
+            "anon_vma checks, so when the mm unmaps the scanned vma and maps a fresh one there between the scan and "
+            "the merge, the 'ksm page forked' shortcut (page == kpage) passes hold_anon_vma a NULL anon_vma (checked "
+            "since 3.4; found by ksmstress at shared granularity on the faithful model)",
+            "oops",
+            "seed-fork-race.toml",
+        ),
     )
 }
 

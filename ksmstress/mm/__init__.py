@@ -71,6 +71,11 @@ Deviations from 2.6.33: what, where, why (each also has a one-line note at its p
 18. rwsems have no writer-waiting fairness (a reader never queues behind a waiting writer).
     where: sync.Locks.down_read
     why:   no KSM path depends on it; it only adds interleavings, never removes one the kernel has.
+19. try_to_merge_with_ksm_page checks the vma as find_mergeable_vma does (VM_MERGEABLE and anon_vma; 3.4).
+    where: ksm.try_to_merge_with_ksm_page
+    why:   without it, a KSM page forked into a vma the mm has since replaced by a fresh one (no anon_vma yet) is
+           "merged" by the page == kpage shortcut and hold_anon_vma takes a NULL anon_vma (found by this model at
+           shared granularity); bug variant `merge-vma-unchecked` restores the 2.6.33 code.
 
 Kept as 2.6.33 has them, though they may look like simplifications: one anon_vma per fork family and no
 anon_vma_chain (that is 2.6.34); page_lock_anon_vma reads a SLAB_DESTROY_BY_RCU anon_vma raw (type-stable memory,

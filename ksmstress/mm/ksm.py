@@ -480,8 +480,16 @@ def try_to_merge_with_ksm_page(k: K, iref: int, pref: int, kpref: int) -> int:
     k.locks.down_read(k.mmap_sem(m), "try_to_merge_with_ksm_page")
     err = EFAULT
     if not _mm.ksm_test_exit(k, m):
-        vref = _mm.find_vma(k, m, addr)
-        if vref and k.vm.start[k.vm.deref(vref, "try_to_merge_with_ksm_page")] <= addr:
+        # Deviation from 2.6.33, which only checks find_vma and vm_start here: the mm may have unmapped the scanned
+        # vma and mapped a fresh one (no anon_vma yet) since the scan, and try_to_merge_one_page's "ksm page forked"
+        # shortcut (page == kpage) then hands hold_anon_vma a NULL anon_vma (found by this model; 3.4's
+        # find_mergeable_vma checks VM_MERGEABLE and anon_vma). Variant merge-vma-unchecked restores the 2.6.33 code.
+        if k.bug("merge-vma-unchecked"):
+            vref = _mm.find_vma(k, m, addr)
+            vref = vref if vref and k.vm.start[k.vm.deref(vref, "try_to_merge_with_ksm_page")] <= addr else 0
+        else:
+            vref = _vma_for_item(k, m, addr, "try_to_merge_with_ksm_page")
+        if vref:
             err = try_to_merge_one_page(k, vref, pref, kpref)
             if not err:
                 # must take the anon_vma reference while still holding mmap_sem
