@@ -220,3 +220,20 @@ def test_artifact_records_the_granularity_and_an_old_one_means_locks(tmp_path: P
     art.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="key 'granularity'"):
         read_artifact(art)
+
+
+def test_merge_into_a_replaced_vma_is_caught_and_the_fix_holds() -> None:
+    """The finding of the shared granularity's first sweep: with 2.6.33's try_to_merge_with_ksm_page (variant
+    merge-vma-unchecked) a forked KSM page whose vma the child replaced meanwhile is "merged" into the new vma and
+    hold_anon_vma dereferences its NULL anon_vma (oops); the model's find_mergeable_vma check keeps the same seed
+    clean."""
+    sc = _scenario("seed-fork-race")
+    hit = None
+    for seed in range(40):
+        r = run_one(sc, seed, "random", ["merge-vma-unchecked"], granularity="shared")
+        if r.verdict == "failure":
+            hit = r
+            break
+    assert hit is not None, "no seed replaced the vma between ksmd's scan and its merge"
+    assert hit.failure["class"] == "oops" and "hold_anon_vma" in hit.failure["message"]
+    assert run_one(sc, hit.seed, "random", granularity="shared").verdict == "clean"
