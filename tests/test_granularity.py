@@ -237,3 +237,20 @@ def test_merge_into_a_replaced_vma_is_caught_and_the_fix_holds() -> None:
     assert hit is not None, "no seed replaced the vma between ksmd's scan and its merge"
     assert hit.failure["class"] == "oops" and "hold_anon_vma" in hit.failure["message"]
     assert run_one(sc, hit.seed, "random", granularity="shared").verdict == "clean"
+
+
+def test_free_mode_points_are_the_chaos_points() -> None:
+    """In free mode the shared-access points are FreeControl.point, where the chaos policy may yield or sleep: a
+    window inside a list update can be widened there too."""
+    from ksmstress.actors import KIND_NAMES
+    from ksmstress.mm.state import Sizes, State
+    from ksmstress.runner import _assemble
+    from ksmstress.sched.chaos import ChaosPolicy
+    from ksmstress.sched.free import FreeControl
+
+    block = SharedBlock()
+    st = State(block, Sizes(frames=16, swap=16, rmap_items=16, stable_nodes=16, anon_vmas=16), 2)
+    ctl = FreeControl(block, 2, 1000, RandomStrategy(), KIND_NAMES, 0, ChaosPolicy())
+    k = _assemble(block, st, ctl, frozenset(), granularity="shared")
+    assert k.spoint.__func__ is FreeControl.point  # type: ignore[attr-defined]
+    assert "point" not in vars(ctl)  # no fast closure shadows the chaos point

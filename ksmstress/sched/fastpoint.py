@@ -48,11 +48,12 @@ def random_point(ctl: Control, runnable_state: int) -> tuple[PointFn, Nothing, N
     runnable: list[int] = []
     n = 0
     me = -1
+    wait_mine = park[0]  # park[me], bound at load
     limit = 0  # Control._limit: the next step budget_check looks at
 
     def load() -> None:
         """Take the baton: the shared state as the last running process left it."""
-        nonlocal live, step, used, tag, vals, me, seen, limit
+        nonlocal live, step, used, tag, vals, me, seen, limit, wait_mine
         step = meta[_STEP]
         used = cell[_USED]
         if cell[_TAG] != tag:
@@ -61,6 +62,7 @@ def random_point(ctl: Control, runnable_state: int) -> tuple[PointFn, Nothing, N
         if seen != meta[_VERSION]:  # other tasks blocked, woke, forked or exited meanwhile
             seen = -1
         me = ctl.me
+        wait_mine = park[me]
         limit = ctl._limit
         live = True
 
@@ -117,7 +119,7 @@ def random_point(ctl: Control, runnable_state: int) -> tuple[PointFn, Nothing, N
             meta[_CURRENT] = nxt
             meta[_HANDOFFS] += 1
             post[nxt]()
-            park[me]()  # nothing in this process runs until the next task hands back: `live` may stay set
+            wait_mine()  # nothing in this process runs until the next task hands back: `live` may stay set
             if meta[_STOP]:
                 os._exit(0)
             step = meta[_STEP]
