@@ -5,7 +5,8 @@ run (within a time budget); the table gives the per-run detection rate, the fail
 variant's), and the median / 90th percentile of steps and seconds to the first detection. Those come from every
 starting seed i: the steps (seconds) of runs i, i+1, ... up to and including the first run that detects.
 
-Throughput: scheduling points and hand-offs per second on mixed.toml, and of the bare scheduler (tasks that do
+Throughput: seconds per run, scheduling points and hand-offs per second on mixed.toml at each granularity (locks,
+shared), and of the bare scheduler (tasks that do
 nothing but reach scheduling points), beside a raw semaphore ping-pong between two processes on the same CPU,
 measured in the same invocation so the ratios mean something on a shared, noisy machine.
 
@@ -33,26 +34,35 @@ from .bugs import VARIANTS, validate
 from .pool import Pool
 from .runner import run_one
 from .scenario import Scenario, load, resolve
-from .sched import make_strategy
+from .sched import GRANULARITIES, make_strategy
 from .sched.control import HANDOFFS, Control
 
 STRATEGIES = (("random", None), ("pct", 2), ("pct", 3))
 
 
-def semaphore_pingpong(n: int = 50_000, cpu: int | None = None) -> float:
-    """Round trips per second of a Semaphore pair between two processes on one CPU (2 hand-offs each)."""
+def semaphore_pingpong(n: int = 50_000, cpu: int | None = None) -> dict[str, float]:
+    """A Semaphore pair between two processes on one CPU (2 hand-offs a round trip): round trips per second of
+    wall time, and CPU seconds (user + system, both processes) per hand-off."""
     ctx = multiprocess.get_context("fork")
     procs.name_semaphores()
     ping, pong = ctx.Semaphore(0), ctx.Semaphore(0)
     the_cpu = cpus.pick(cpu)
     parent = os.getpid()
+    block = SharedBlock()
+    block.want("bench.cpu", np.float64, 1)
+    child_cpu = block.allocate()["bench.cpu"]
 
     def echo() -> None:
         procs.in_child(parent)
         os.sched_setaffinity(0, {the_cpu})
-        for _ in range(n + 1000):
+        for _ in range(1000):
             ping.acquire()
             pong.release()
+        c0 = time.process_time()
+        for _ in range(n):
+            ping.acquire()
+            pong.release()
+        child_cpu[0] = time.process_time() - c0
 
     p = ctx.Process(target=echo, daemon=True)
     with procs.fork_guard():
@@ -63,17 +73,17 @@ def semaphore_pingpong(n: int = 50_000, cpu: int | None = None) -> float:
         for _ in range(1000):  # warm up
             ping.release()
             pong.acquire()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         for _ in range(n):
             ping.release()
             pong.acquire()
-        dt = time.perf_counter() - t0
+        dt, mine = time.perf_counter() - t0, time.process_time() - c0
     finally:
         os.sched_setaffinity(0, old)
         p.join(timeout=5)
         procs.kill_and_join([p])
     procs.check_interrupt()
-    return n / dt
+    return {"round_trips_per_second": n / dt, "cpu_seconds_per_handoff": (mine + float(child_cpu[0])) / (2 * n)}
 
 
 class _Alternate:
@@ -99,15 +109,18 @@ def bare_scheduler(
     off).
 
     The clock starts when task 0 has made a tenth of its points (every process is forked, pinned and warm, as
-    the raw ping-pong is after its warm-up) and stops when the last task exits."""
+    the raw ping-pong is after its warm-up) and stops when the last task exits; each task's CPU time (user +
+    system) is taken from its own tenth to its exit: on a machine shared with other jobs the CPU time per hand-off
+    is the steadier figure, wall time mostly measures the other jobs."""
     procs.name_semaphores()
     block = SharedBlock()
     strat = _Alternate() if strategy == "alternate" else make_strategy(strategy)
     ctl = Control(block, ntasks, ntasks * points + 10, strat, {1: "bare"})
     block.want("bench.mark", np.float64, 3)  # perf_counter, steps, hand-offs when the clock started
+    block.want("bench.cpu", np.float64, ntasks)  # each task's CPU seconds from its tenth to its exit
     arrays = block.allocate()
     ctl.bind(arrays)
-    mark = arrays["bench.mark"]
+    mark, task_cpu = arrays["bench.mark"], arrays["bench.cpu"]
     for _ in range(ntasks):
         ctl.add_task(1)
     the_cpu = cpus.pick(cpu)
@@ -119,10 +132,14 @@ def bare_scheduler(
         os.sched_setaffinity(0, {the_cpu})
         ctl.me = tid
         ctl.wait_turn()
+        c0 = time.process_time()
         for i in range(points):
-            if i == warm and tid == 0:  # CLOCK_MONOTONIC: the same clock in every process
-                mark[:] = (time.perf_counter(), ctl.steps, int(ctl.meta[HANDOFFS]))
+            if i == warm:
+                c0 = time.process_time()
+                if tid == 0:  # CLOCK_MONOTONIC: the same clock in every process
+                    mark[:] = (time.perf_counter(), ctl.steps, int(ctl.meta[HANDOFFS]))
             ctl.point("bare")
+        task_cpu[tid] = time.process_time() - c0
         ctl.exit_current()
         os._exit(0)
 
@@ -142,31 +159,40 @@ def bare_scheduler(
     finally:
         procs.kill_and_join(tasks)
     dt = t_end - mark[0]
+    handoffs = int(ctl.meta[HANDOFFS]) - mark[2]
     return {
         "points_per_second": (ctl.steps - mark[1]) / dt,
-        "handoffs_per_second": (int(ctl.meta[HANDOFFS]) - mark[2]) / dt,
+        "handoffs_per_second": handoffs / dt,
+        "cpu_seconds_per_handoff": float(task_cpu.sum()) / handoffs,
     }
 
 
-def throughput(sc: Scenario, strategy: str, runs: int, seed: int = 0) -> dict[str, Any]:
-    steps = handoffs = 0
-    elapsed = 0.0
-    clean = 0
+def throughput(sc: Scenario, strategy: str, runs: int, seed: int = 0) -> list[dict[str, Any]]:
+    """One row per granularity: the same seeds at each, run by run in alternation (the order flipping every seed),
+    so a shared machine's drift hits both alike; seconds per run is what a soak pays for one granularity."""
+    acc = {g: {"steps": 0, "handoffs": 0, "elapsed": 0.0, "clean": 0} for g in GRANULARITIES}
     for s in range(seed, seed + runs):
-        r = run_one(sc, s, strategy)
-        steps += r.steps
-        handoffs += r.handoffs
-        elapsed += r.elapsed
-        clean += r.verdict == "clean"
-    return {
-        "scenario": sc.name,
-        "strategy": strategy,
-        "runs": runs,
-        "clean": clean,
-        "steps": steps,
-        "steps_per_second": steps / elapsed,
-        "handoffs_per_second": handoffs / elapsed,
-    }
+        for g in GRANULARITIES if s % 2 == 0 else GRANULARITIES[::-1]:
+            r = run_one(sc, s, strategy, granularity=g)
+            a = acc[g]
+            a["steps"] += r.steps
+            a["handoffs"] += r.handoffs
+            a["elapsed"] += r.elapsed
+            a["clean"] += r.verdict == "clean"
+    return [
+        {
+            "scenario": sc.name,
+            "strategy": strategy,
+            "granularity": g,
+            "runs": runs,
+            "clean": a["clean"],
+            "steps": a["steps"],
+            "seconds_per_run": a["elapsed"] / runs,
+            "steps_per_second": a["steps"] / a["elapsed"],
+            "handoffs_per_second": a["handoffs"] / a["elapsed"],
+        }
+        for g, a in acc.items()
+    ]
 
 
 def _quantiles(xs: list[float]) -> tuple[float | None, float | None]:
@@ -274,41 +300,59 @@ def _print_detection(rows: list[dict[str, Any]]) -> None:
 
 def _print_throughput(out: dict[str, Any]) -> None:
     raw = out["raw_semaphore_round_trips_per_second"]
-    print(f"raw same-CPU semaphore ping-pong: {raw:,.0f} round trips/s = {2 * raw:,.0f} hand-offs/s")
+    print(
+        f"raw same-CPU semaphore ping-pong: {raw:,.0f} round trips/s = {2 * raw:,.0f} hand-offs/s, "
+        f"{out['raw_cpu_seconds_per_handoff'] * 1e6:.2f} CPU us each"
+    )
     for name, what in (("random", "random picks"), ("alternate", "a hand-off at every point")):
         b = out[f"bare_scheduler_{name}"]
         print(
             f"bare controlled scheduler (2 tasks, {what}): {b['points_per_second']:,.0f} points/s, "
-            f"{b['handoffs_per_second']:,.0f} hand-offs/s = {b['handoff_ratio_to_raw']:.2f} of raw"
+            f"{b['handoffs_per_second']:,.0f} hand-offs/s = {b['handoff_ratio_to_raw']:.2f} of raw; "
+            f"{b['cpu_seconds_per_handoff'] * 1e6:.2f} CPU us a hand-off = {b['cpu_ratio_to_raw']:.2f} of raw's rate"
         )
-    print(f"{'scenario':<14}{'strategy':<9}{'runs':>5}{'steps':>10}{'steps/s':>11}{'hand-offs/s':>13}{'vs raw':>8}")
+    print(
+        f"{'scenario':<14}{'strategy':<9}{'granularity':<12}{'runs':>5}{'s/run':>8}{'steps':>10}{'steps/s':>11}"
+        f"{'hand-offs/s':>13}{'vs raw':>8}"
+    )
     for r in out["throughput"]:
         print(
-            f"{r['scenario']:<14}{r['strategy']:<9}{r['runs']:>5}{r['steps']:>10}{r['steps_per_second']:>11,.0f}"
-            f"{r['handoffs_per_second']:>13,.0f}{r['handoff_ratio_to_raw']:>8.2f}"
+            f"{r['scenario']:<14}{r['strategy']:<9}{r['granularity']:<12}{r['runs']:>5}{r['seconds_per_run']:>8.3f}"
+            f"{r['steps']:>10}{r['steps_per_second']:>11,.0f}{r['handoffs_per_second']:>13,.0f}"
+            f"{r['handoff_ratio_to_raw']:>8.2f}"
         )
+    for st, ratio in out["shared_cost"].items():
+        print(f"{st}: shared granularity costs {ratio:.2f}x the seconds per run of locks")
 
 
 def _measure_throughput(sc: Scenario, runs: int) -> dict[str, Any]:
     """The raw rate, the bare scheduler and the scenario's throughput rows."""
     out: dict[str, Any] = {}
     # alternate the two measurements and keep the medians: a shared machine's noise hits both alike
-    raws: list[float] = []
+    raws: list[dict[str, float]] = []
     bares: dict[str, list[dict[str, float]]] = {"random": [], "alternate": []}
     for _ in range(3):
         raws.append(semaphore_pingpong())
         for name, samples in bares.items():
             samples.append(bare_scheduler(strategy=name))
-    raw = statistics.median(raws)
+    raw = statistics.median(r["round_trips_per_second"] for r in raws)
+    raw_cpu = statistics.median(r["cpu_seconds_per_handoff"] for r in raws)
     out["raw_semaphore_round_trips_per_second"] = raw
     out["raw_handoffs_per_second"] = 2 * raw
+    out["raw_cpu_seconds_per_handoff"] = raw_cpu
     for name, samples in bares.items():
         med = {key: statistics.median(b[key] for b in samples) for key in samples[0]}
-        out[f"bare_scheduler_{name}"] = {**med, "handoff_ratio_to_raw": med["handoffs_per_second"] / (2 * raw)}
-    rows_t = [throughput(sc, st, runs) for st in ("random", "pct")]
+        out[f"bare_scheduler_{name}"] = {
+            **med,
+            "handoff_ratio_to_raw": med["handoffs_per_second"] / (2 * raw),
+            "cpu_ratio_to_raw": raw_cpu / med["cpu_seconds_per_handoff"],  # hand-offs per CPU second, as a ratio
+        }
+    rows_t = [row for st in ("random", "pct") for row in throughput(sc, st, runs)]
     for r in rows_t:
         r["handoff_ratio_to_raw"] = r["handoffs_per_second"] / (2 * raw)
     out["throughput"] = rows_t
+    per_run = {(r["strategy"], r["granularity"]): r["seconds_per_run"] for r in rows_t}
+    out["shared_cost"] = {st: per_run[st, "shared"] / per_run[st, "locks"] for st in ("random", "pct")}
     return out
 
 

@@ -171,7 +171,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         last: RunResult | None = None
         seeds = range(a.seed, a.seed + a.runs)
         for res in run_seeds(sc, seeds, a.strategy, bugs, cpu=a.cpu, pct_depth=a.pct_depth, timeout=a.timeout,
-                             mode=a.mode, hang_seconds=a.hang_seconds):
+                             mode=a.mode, hang_seconds=a.hang_seconds, granularity=a.granularity):
             last = res
             total.add(res)
             mine.add(res)
@@ -183,7 +183,7 @@ def cmd_run(a: argparse.Namespace) -> int:
             if progress:
                 progress.clear()
             _usage_error(_budget_line(sc, last))
-        per.append({"scenario": sc.name, "path": sc.path, "verdict": last.verdict,
+        per.append({"scenario": sc.name, "path": sc.path, "verdict": last.verdict, "granularity": last.granularity,
                     "seeds": {"first": a.seed, "last": last.seed}, **mine.figures()})
         if last.verdict == "failure":
             if progress:
@@ -275,13 +275,14 @@ def cmd_replay(a: argparse.Namespace) -> int:
         _usage_error(f"{a.artifact}: key 'scenario.path': expected the scenario's text or path")
     bugs = sorted(validate(art["bugs"]))
     if art.get("mode") == "free":  # nothing to replay step by step: rerun the seed every time asked, count hits
-        rep = rerun_free(sc, art["seed"], bugs, (art.get("failure") or {}).get("class"), max(1, a.reruns), a.timeout)
+        rep = rerun_free(sc, art["seed"], bugs, (art.get("failure") or {}).get("class"), max(1, a.reruns), a.timeout,
+                         art["granularity"])
         res = rep.first or rep.last
         assert res is not None
         res.reproduced = rep.rate
     else:
         res = run_one(sc, art["seed"], art["strategy"], bugs, schedule=art["schedule_bytes"],
-                      pct_depth=art.get("pct_depth"), timeout=a.timeout)
+                      pct_depth=art.get("pct_depth"), timeout=a.timeout, granularity=art["granularity"])
     same, text = _replay_outcome(art, res)
     log.info("replay", artifact=str(a.artifact), reproduced=same, verdict=res.verdict)
     if a.json:
@@ -291,6 +292,7 @@ def cmd_replay(a: argparse.Namespace) -> int:
             "seed": res.seed,
             "strategy": res.strategy,
             "mode": res.mode,
+            "granularity": res.granularity,
             "bugs": res.bugs,
             "steps": res.steps,
             "schedule_digest": res.schedule_digest,

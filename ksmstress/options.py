@@ -8,14 +8,15 @@ import argparse
 from . import argtypes
 from .catalog import ENV_DIRS
 from .runner import MODES
-from .sched import STRATEGIES
+from .sched import DEFAULT_GRANULARITY, GRANULARITIES, STRATEGIES
 
 # every front door's exit statuses: clean, a failure found, a user's mistake, Ctrl-C
 EXIT_CLEAN, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def add_run_options(p: argparse.ArgumentParser, reruns: int) -> None:
-    """--strategy, --pct-depth, --bug, --artifacts, --timeout, --mode and --reruns (default `reruns`)."""
+    """--strategy, --pct-depth, --granularity, --bug, --artifacts, --timeout, --mode and --reruns (default
+    `reruns`)."""
     p.add_argument(
         "--scenario-dir",
         action="append",
@@ -29,6 +30,14 @@ def add_run_options(p: argparse.ArgumentParser, reruns: int) -> None:
         type=argtypes.pct_depth,
         default=None,
         help="PCT depth d (default: each scenario's)",
+    )
+    p.add_argument(
+        "--granularity",
+        choices=GRANULARITIES,
+        default=None,
+        help="where control may change hands: locks (lock operations and explicit points) or shared (also before "
+        "every shared access the kernel makes without a lock: atomics, list links, page flags); a seed's schedule "
+        f"depends on it (default: each scenario's [sched] granularity, else {DEFAULT_GRANULARITY})",
     )
     p.add_argument("--bug", action="append", default=[], metavar="NAME", help="switch a bug variant on (repeatable)")
     p.add_argument("--artifacts", default="ksmstress-artifacts", help="directory for every failure's artifact")

@@ -26,7 +26,7 @@ from . import __version__
 from .argtypes import SEED_BITS
 from .runner import MODES, RunResult
 from .scenario import Scenario, ScenarioError, load, parse
-from .sched import STRATEGIES
+from .sched import GRANULARITIES, STRATEGIES
 from .sched.pct import MAX_DEPTH
 from .tomltable import shown
 
@@ -132,6 +132,7 @@ def write_artifact(directory: Path, sc: Scenario, res: RunResult, pct_depth: int
         "mode": res.mode,
         "reproduced": res.reproduced,
         "pct_depth": pct_depth,
+        "granularity": res.granularity,
         "bugs": res.bugs,
         "steps": res.steps,
         "schedule_digest": res.schedule_digest,
@@ -216,6 +217,8 @@ def _check_fields(p: Path, data: dict[str, Any]) -> None:
     steps = data.get("steps", 0)
     if not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps < 1 << 63:
         raise ArtifactError(f"{p}: key 'steps': expected a non-negative integer")
+    if data.get("granularity") not in (None, *GRANULARITIES):
+        raise ArtifactError(f"{p}: key 'granularity': expected one of {', '.join(GRANULARITIES)} or null")
     depth = data.get("pct_depth")
     if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= MAX_DEPTH):
         raise ArtifactError(f"{p}: key 'pct_depth': expected an integer in [1, {MAX_DEPTH}] or null")
@@ -272,6 +275,8 @@ def read_artifact(path: str | Path) -> dict[str, Any]:
     raw = _decode(p, data["schedule"])
     sc = artifact_scenario(p, data)
     data["schedule_bytes"] = _inflate(p, raw, sc.max_steps + 1)
+    if data.get("granularity") is None:  # recorded before artifacts said: control changed hands at locks only
+        data["granularity"] = "locks"
     return data
 
 

@@ -32,7 +32,7 @@ from .failures import Failure
 from .mm.mm import mm_alloc
 from .mm.state import G_MAX_REFCOUNT, G_MM_LIVE, G_PAGES_TO_SCAN, G_REFCOUNT_BITS, K, Sizes, State
 from .scenario import Scenario
-from .sched import make_strategy
+from .sched import DEFAULT_GRANULARITY, make_strategy
 from .sched.chaos import ChaosPolicy
 from .sched.control import BLOCKED, CLEAN, CURRENT, FAILED, HANDOFFS, STEP, Control
 from .sched.free import FreeControl
@@ -57,6 +57,7 @@ class RunResult:
     spawn_seconds: float = 0.0  # forking and parking the task processes, before the run's clock starts
     mode: str = "controlled"
     reproduced: str | None = None  # free mode: "k/M" reruns of the seed that failed the same way
+    granularity: str = DEFAULT_GRANULARITY  # where control could change hands (sched.GRANULARITIES)
 
     @property
     def schedule_digest(self) -> str:
@@ -84,7 +85,10 @@ def sizes_for(sc: Scenario) -> Sizes:
     )
 
 
-def _assemble(block: SharedBlock, st: State, ctl: Control, bugs: frozenset[str], hooks: Any = None) -> K:
+def _assemble(
+    block: SharedBlock, st: State, ctl: Control, bugs: frozenset[str], hooks: Any = None,
+    granularity: str = DEFAULT_GRANULARITY,
+) -> K:
     """Lay out the arena, bind the model's state, the scheduler and lockdep to it, and make the kernel: the part
     a solo kernel and a run share. Default hooks are the detectors, with lockdep on this arena."""
     lds = LockdepState(block)
@@ -95,12 +99,14 @@ def _assemble(block: SharedBlock, st: State, ctl: Control, bugs: frozenset[str],
     hooks = Detectors() if hooks is None else hooks
     if isinstance(hooks, Detectors) and hooks.lockdep is None:
         hooks.lockdep = Lockdep(lds, st.locks, ctl.clock)
-    k = K(st, ctl, hooks, bugs)
+    k = K(st, ctl, hooks, bugs, granularity)
     ctl.explain_deadlock = st.locks.explain
     return k
 
 
-def solo_kernel(sz: Sizes, bugs: tuple[str, ...] = (), hooks: Any = None) -> K:
+def solo_kernel(
+    sz: Sizes, bugs: tuple[str, ...] = (), hooks: Any = None, granularity: str = DEFAULT_GRANULARITY
+) -> K:
     """A kernel driven by the calling process alone: one task, so every scheduling point returns at once.
 
     For deterministic step-by-step use (unit tests, the kernel oracle's model side): the caller is the only task
@@ -110,7 +116,7 @@ def solo_kernel(sz: Sizes, bugs: tuple[str, ...] = (), hooks: Any = None) -> K:
     block = SharedBlock()
     st = State(block, sz, 1)
     ctl = Control(block, 1, 1 << 26, make_strategy("random"), {actors.MM: "solo"})
-    k = _assemble(block, st, ctl, validate(list(bugs)), hooks)
+    k = _assemble(block, st, ctl, validate(list(bugs)), hooks, granularity)
     ctl.add_task(actors.MM)
     ctl.me = 0
     ctl.prng.seed(0)
@@ -186,9 +192,12 @@ def run_one(
     timeout: float = 120.0,
     mode: str = "controlled",
     hang_seconds: float = 10.0,
+    granularity: str | None = None,
 ) -> RunResult:
-    """Run one seed of a scenario under the controlled scheduler and return its verdict."""
+    """Run one seed of a scenario under the controlled scheduler and return its verdict. `granularity` None is the
+    scenario's ([sched] granularity)."""
     bugset = validate(list(bugs))
+    gran = granularity if granularity is not None else sc.granularity
     procs.name_semaphores()
     strat_name = "replay" if schedule is not None else strategy
     depth = pct_depth if pct_depth is not None else sc.pct_depth
@@ -205,7 +214,7 @@ def run_one(
         ctl = Control(block, ntasks, sc.max_steps, strat, actors.KIND_NAMES)
     else:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    k = _assemble(block, st, ctl, bugset)
+    k = _assemble(block, st, ctl, bugset, granularity=gran)
     st.g[G_PAGES_TO_SCAN] = sc.pages_to_scan
     st.g[G_REFCOUNT_BITS] = sc.refcount_bits
     if sc.ksmd:
@@ -313,6 +322,7 @@ def run_one(
         max_refcount=int(st.g[G_MAX_REFCOUNT]),
         spawn_seconds=spawn_seconds,
         mode=mode,
+        granularity=gran,
     )
 
 
@@ -339,13 +349,14 @@ class Reproduction:
 
 
 def rerun_free(
-    sc: Scenario, seed: int, bugs: list[str] | tuple[str, ...], cls: str | None, reruns: int, timeout: float = 120.0
+    sc: Scenario, seed: int, bugs: list[str] | tuple[str, ...], cls: str | None, reruns: int, timeout: float = 120.0,
+    granularity: str | None = None,
 ) -> Reproduction:
     """Run `seed` of `sc` in free mode `reruns` times, every time (a free-mode failure depends on the OS's
     interleaving, so one clean or failing rerun says nothing about the rate), counting those failing with `cls`."""
     hits, first, last = 0, None, None
     for _ in range(reruns):
-        last = run_one(sc, seed, "random", bugs, mode="free", timeout=timeout)
+        last = run_one(sc, seed, "random", bugs, mode="free", timeout=timeout, granularity=granularity)
         if (last.failure or {}).get("class") == cls and cls is not None:
             hits += 1
             first = first or last
@@ -356,7 +367,7 @@ def reproduction(sc: Scenario, res: RunResult, reruns: int, timeout: float = 120
     """Free mode: rerun the seed `reruns` times; "k/M" counts the reruns that failed with class `cls` (default: the
     class `res` failed with)."""
     want = cls if cls is not None else (res.failure or {}).get("class")
-    return rerun_free(sc, res.seed, res.bugs, want, reruns, timeout).rate
+    return rerun_free(sc, res.seed, res.bugs, want, reruns, timeout, res.granularity).rate
 
 
 def run_seeds(sc: Scenario, seeds: Iterable[int], *args: Any, **kw: Any) -> Iterator[RunResult]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import catalog
+from .sched import DEFAULT_GRANULARITY, GRANULARITIES
 from .sched.pct import MAX_DEPTH
 from .tomltable import TableReader, loads, read_file, shown
 
@@ -76,6 +77,7 @@ class Scenario:
     chaos_yield: float = 0.05  # free mode: chance a scheduling point yields the CPU
     chaos_sleep: float = 0.01  # ... or sleeps up to chaos_sleep_us microseconds
     chaos_sleep_us: float = 50.0
+    granularity: str = DEFAULT_GRANULARITY  # [sched] granularity: where control may change hands (sched/__init__)
     tasks: tuple[TaskCfg, ...] = field(default_factory=lambda: (TaskCfg(),))
 
     @property
@@ -151,6 +153,13 @@ def _task(path: str, i: int, data: Any, lim: _Limits) -> TaskCfg:
     return t
 
 
+def _granularity(r: TableReader) -> str:
+    g = r.get("granularity", str, DEFAULT_GRANULARITY)
+    if g not in GRANULARITIES:
+        raise r.err("granularity", " or ".join(repr(x) for x in GRANULARITIES), g)
+    return g
+
+
 def _name(r: TableReader, path: str) -> str:
     """The scenario's name: the `name` key, checked (it becomes part of an artifact's file name), or else the
     file's stem made safe (a file may be called anything; its name must still not be a path)."""
@@ -169,7 +178,7 @@ def parse(text: str, path: str = "<string>") -> Scenario:
     data = loads(text, path, ScenarioError)
     r = _table(path, "", data)
     a, k, rc, ad, p = r.table("arena"), r.table("ksm"), r.table("reclaim"), r.table("admin"), r.table("pct")
-    ch = r.table("chaos")
+    ch, sd = r.table("chaos"), r.table("sched")
     name = _name(r, path)
     max_steps = r.get("max_steps", int, 400_000, 100, 250_000_000)
     vpages = a.get("vpages", int, 24, 4, 4096)
@@ -201,9 +210,10 @@ def parse(text: str, path: str = "<string>") -> Scenario:
         chaos_yield=ch.get("yield", float, 0.05, 0.0, 1.0),
         chaos_sleep=ch.get("sleep", float, 0.01, 0.0, 1.0),
         chaos_sleep_us=ch.get("sleep_us", float, 50.0, 0.0, 1_000_000.0),
+        granularity=_granularity(sd),
         tasks=tasks,
     )
-    for sub in (a, k, rc, ad, p, kd, ch):
+    for sub in (a, k, rc, ad, p, kd, ch, sd):
         sub.done()
     r.done()
     if sc.initial_tasks > sc.max_mm:

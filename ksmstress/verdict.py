@@ -53,8 +53,10 @@ def rerun_command(
     pct_depth: int | None,
     mode: str = "controlled",
     runs: int = 1,
+    granularity: str | None = None,
 ) -> str:
-    """The `ksmstress run` command that runs the same seed(s) again from scratch."""
+    """The `ksmstress run` command that runs the same seed(s) again from scratch (`granularity` None: the
+    scenario's own)."""
     parts = ["ksmstress", "run", sc.path, "--seed", str(seed)]
     if runs != 1:
         parts += ["--runs", str(runs)]
@@ -66,6 +68,8 @@ def rerun_command(
         parts += ["--bug", b]
     if mode != "controlled":
         parts += ["--mode", mode]
+    if granularity is not None:
+        parts += ["--granularity", granularity]
     return shlex.join(parts)
 
 

@@ -18,6 +18,7 @@ from ksmstress.mm import mm as mmm
 from ksmstress.mm.hooks import NoHooks
 from ksmstress.mm.state import G_PAGES_SHARED, G_PAGES_SHARING, G_PAGES_UNSHARED, G_RMAP_ITEMS, G_SEQNR, K, Sizes
 from ksmstress.runner import solo_kernel
+from ksmstress.sched import DEFAULT_GRANULARITY
 
 PAGE = 32
 
@@ -50,10 +51,11 @@ class InterleaveAt(NoHooks):
             action()
 
 
-def make_kernel(bugs: tuple[str, ...] = (), hooks: Any = None, **sizes: int) -> K:
+def make_kernel(bugs: tuple[str, ...] = (), hooks: Any = None, granularity: str = DEFAULT_GRANULARITY,
+                **sizes: int) -> K:
     sz = Sizes(**{"page_size": PAGE, "vpages": 16, "max_mm": 6, "max_vmas": 6, "frames": 128, "swap": 64,
                   "rmap_items": 128, "stable_nodes": 64, "anon_vmas": 32, "quarantine": 4, **sizes})
-    return solo_kernel(sz, bugs, Recorder() if hooks is None else hooks)
+    return solo_kernel(sz, bugs, Recorder() if hooks is None else hooks, granularity)
 
 
 def quiet_kernel(**kw: Any) -> K:

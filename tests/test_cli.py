@@ -800,18 +800,23 @@ def test_bench_reports_detection_and_throughput_as_json(capsys: pytest.CaptureFi
     for name in ("random", "alternate"):
         b = d[f"bare_scheduler_{name}"]
         assert b["handoffs_per_second"] > 0 and b["points_per_second"] >= b["handoffs_per_second"]
-    assert {r["strategy"] for r in d["throughput"]} == {"random", "pct"}
+    assert {(r["strategy"], r["granularity"]) for r in d["throughput"]} == {
+        (s, g) for s in ("random", "pct") for g in ("locks", "shared")}
+    assert all(r["seconds_per_run"] > 0 for r in d["throughput"]) and set(d["shared_cost"]) == {"random", "pct"}
 
 
 def test_refcount_width_figures_the_readme_quotes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    """The README's answer to "Is a 32-bit count sufficient?" quotes these runs: 260 references at seed 1, 130 at
-    seeds 0 and 2, and an 8-bit count wraps."""
-    got = {}
-    for seed in ("0", "1", "2"):
-        code, out, _err = cli(capsys, "run", "refcount-width", "--seed", seed, "--json", "--artifacts", str(tmp_path))
-        assert code == 0
-        got[seed] = one_json_object(out)["max_ksm_refcount"]
-    assert got == {"0": 130, "1": 260, "2": 130}
+    """The README's answer to "Is a 32-bit count sufficient?" quotes these runs: 260 references at seeds 0, 1 and 2
+    (at `--granularity locks`, 260 at seed 1 and 130 at seeds 0 and 2), and an 8-bit count wraps."""
+    got: dict[tuple[str, str], int] = {}
+    for gran in ("shared", "locks"):
+        for seed in ("0", "1", "2"):
+            code, out, _err = cli(capsys, "run", "refcount-width", "--seed", seed, "--granularity", gran, "--json",
+                                  "--artifacts", str(tmp_path))
+            assert code == 0
+            got[gran, seed] = one_json_object(out)["max_ksm_refcount"]
+    assert got == {("shared", "0"): 260, ("shared", "1"): 260, ("shared", "2"): 260,
+                   ("locks", "0"): 130, ("locks", "1"): 260, ("locks", "2"): 130}
     code, out, _err = cli(
         capsys, "run", "refcount-width", "--bug", "narrow-refcount", "--json", "--artifacts", str(tmp_path)
     )

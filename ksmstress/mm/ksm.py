@@ -113,6 +113,7 @@ def drop_anon_vma(k: K, iref: int) -> None:
     i = k.ri.deref(iref, "drop_anon_vma")
     avref = k.ri.anon_vma[i]
     a = k.av.deref(avref, "drop_anon_vma")
+    k.spoint("drop_anon_vma:atomic_add_unless")
     with k.guard:  # atomic_add_unless(-1, 1): not the last reference, no lock
         c = k.av.refcount[a]
         if c > 1:
@@ -131,7 +132,7 @@ def drop_anon_vma(k: K, iref: int) -> None:
         # the defect: the last decrement and the list test without anon_vma->lock, so anon_vma_unlink can see
         # refcount 0 and an empty list in between and free it under us
         k.atomic_add(k.av.refcount, a, -1, "drop_anon_vma:unlocked", i + 1)
-        k.point("drop_anon_vma:unlocked")
+        k.spoint_unless(k.av_lock(a), "drop_anon_vma:list_empty")  # a read of the list without its lock
         if k.av.head[k.av.deref(avref, "drop_anon_vma:list_empty")] == 0:
             rmap.anon_vma_free(k, avref, "drop_anon_vma")
         return
@@ -159,7 +160,10 @@ def _hlist(k: K, nref: int, site: str) -> list[int]:
 
 def _hlist_del(k: K, iref: int) -> None:
     i = k.ri.deref(iref, "hlist_del")
+    lid = k.page_lock(k.sn.kpfn[ref_slot(k.ri.head[i])])  # the stable node's list is its KSM page lock's
+    k.spoint_unless(lid, "hlist_del")
     prv, nxt = k.ri.hprev[i], k.ri.hnext[i]
+    k.spoint_unless(lid, "hlist_del:unlink")  # between reading the neighbours and unlinking from them
     if prv:
         k.ri.hnext[k.ri.deref(prv, "hlist_del")] = nxt
     else:
@@ -192,6 +196,7 @@ def get_ksm_page(k: K, nref: int) -> int:
     """
     s = k.sn.kpfn[k.sn.deref(nref, "get_ksm_page")]
     pg = k.pg
+    k.spoint("get_ksm_page")  # lockless: the page's mapping, flags and count, then get_page_unless_zero
     with k.guard:  # get_page_unless_zero, then the mapping recheck: one atomic step here (simplified)
         if pg.slot_live(s) and pg.mapping[s] == nref and pg.flags[s] & PG_KSM and pg.count[s] > 0:
             pg.count[s] += 1
@@ -206,9 +211,12 @@ def stable_tree_append(k: K, iref: int, nref: int) -> None:
     n = k.sn.deref(nref, "stable_tree_append")
     k.ri.head[i] = nref
     k.ri.flags[i] |= STABLE_FLAG
+    lid = k.page_lock(k.sn.kpfn[n])  # the stable node's list is its KSM page lock's
+    k.spoint_unless(lid, "stable_tree_append")
     first = k.sn.hfirst[n]
     k.ri.hnext[i] = first
     k.ri.hprev[i] = 0
+    k.spoint_unless(lid, "stable_tree_append:link")  # between reading the first item and linking before it
     if first:
         k.ri.hprev[k.ri.deref(first, "stable_tree_append")] = iref
     k.sn.hfirst[n] = iref
@@ -228,6 +236,7 @@ def calc_checksum(k: K, pref: int) -> int:
 
 def stable_tree_search(k: K, pref: int) -> int:
     s = k.pg.deref(pref, "stable_tree_search")
+    k.spoint_unless(k.page_lock(s), "stable_tree_search:PageKsm")
     if k.pg.flags[s] & PG_KSM and k.pg.mapping[s]:  # ksm page forked
         memory.get_page(k, pref, "stable_tree_search")
         return pref
@@ -262,6 +271,7 @@ def stable_tree_insert(k: K, kpref: int) -> int:
     tree.link(parent, go_left, nref)
     ks = k.pg.deref(kpref, "stable_tree_insert")
     k.sn.kpfn[ref_slot(nref)] = ks
+    k.spoint_unless(k.page_lock(ks), "set_page_stable_node")
     k.pg.mapping[ks] = nref  # set_page_stable_node
     return nref
 
@@ -309,6 +319,7 @@ def _get_rl(k: K, kind: int, ref: int) -> int:
 
 
 def _set_rl(k: K, kind: int, ref: int, val: int) -> None:
+    k.spoint_unless(k.ksm_thread_mutex, "rmap_list")  # rmap_list is ksmd's, under ksm_thread_mutex
     if kind == RL_SLOT:
         k.ms.rmap_list[k.ms.deref(ref, "rmap_list")] = val
     else:
@@ -456,6 +467,7 @@ def try_to_merge_one_page(k: K, vref: int, pref: int, kpref: int) -> int:
         wp, orig = 0, (pref, 0)
     if wp == 0:
         if not kpref:
+            k.spoint_unless(k.page_lock(s), "SetPageKsm")
             k.pg.flags[s] = PG_ANON | PG_KSM  # set_page_stable_node(page, NULL)
             k.pg.mapping[s] = 0
             err = 0
@@ -472,8 +484,12 @@ def try_to_merge_with_ksm_page(k: K, iref: int, pref: int, kpref: int) -> int:
     k.locks.down_read(k.mmap_sem(m), "try_to_merge_with_ksm_page")
     err = EFAULT
     if not _mm.ksm_test_exit(k, m):
-        vref = _mm.find_vma(k, m, addr)
-        if vref and k.vm.start[k.vm.deref(vref, "try_to_merge_with_ksm_page")] <= addr:
+        # Deviation from 2.6.33, which only checks find_vma and vm_start here: the mm may have unmapped the scanned
+        # vma and mapped a fresh one (no anon_vma yet) since the scan, and try_to_merge_one_page's "ksm page forked"
+        # shortcut (page == kpage) then hands hold_anon_vma a NULL anon_vma (found by this model; 3.4's
+        # find_mergeable_vma checks VM_MERGEABLE and anon_vma). Not a catalogue variant yet: see mm/__init__ 19.
+        vref = _vma_for_item(k, m, addr, "try_to_merge_with_ksm_page")
+        if vref:
             err = try_to_merge_one_page(k, vref, pref, kpref)
             if not err:
                 # must take the anon_vma reference while still holding mmap_sem
@@ -563,13 +579,16 @@ def cmp_and_merge_page(k: K, pref: int, iref: int) -> None:
 # -- the scan ------------------------------------------------------------------------------------------------
 def _list_del(k: K, sref: int) -> None:
     s = k.ms.deref(sref, "list_del")
+    k.spoint_unless(k.ksm_mmlist_lock, "mm_slot:list_del")  # the mm_slot list is ksm_mmlist_lock's
     prv, nxt = k.ms.prev[s], k.ms.next[s]
+    k.spoint_unless(k.ksm_mmlist_lock, "mm_slot:list_del:unlink")
     k.ms.next[k.ms.deref(prv, "list_del")] = nxt
     k.ms.prev[k.ms.deref(nxt, "list_del")] = prv
 
 
 def _list_insert(k: K, sref: int, prv: int, nxt: int) -> None:
     s = k.ms.deref(sref, "list_add")
+    k.spoint_unless(k.ksm_mmlist_lock, "mm_slot:list_add")
     k.ms.prev[s], k.ms.next[s] = prv, nxt
     k.ms.next[k.ms.deref(prv, "list_add")] = sref
     k.ms.prev[k.ms.deref(nxt, "list_add")] = sref
@@ -669,6 +688,7 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
             _free_mm_slot(k, sref, mref)
             k.locks.unlock(k.ksm_mmlist_lock, "scan_get_next_rmap_item")
             k.ms.free(sref, "free_mm_slot")
+            k.spoint("clear_bit(MMF_VM_MERGEABLE)")
             k.mmc.flags[k.mmc.deref(mref, "clear_bit")] &= ~MMF_VM_MERGEABLE
             if sem:
                 k.locks.up_read(k.mmap_sem(m), "scan_get_next_rmap_item")
@@ -704,6 +724,7 @@ def ksm_do_scan(k: K, scan_npages: int) -> None:
 
 def ksm_mm_list_empty(k: K) -> bool:
     """list_empty(&ksm_mm_head.mm_list): no mm is registered with ksmd."""
+    k.spoint_unless(k.ksm_mmlist_lock, "list_empty(ksm_mm_head)")
     return k.ms.next[MM_SLOT_HEAD] == k.st.ksm_mm_head
 
 
@@ -763,6 +784,7 @@ def __ksm_enter(k: K, mref: int) -> None:  # noqa: N807 - the kernel's name
     _list_insert(k, sref, k.ms.prev[k.ms.deref(cursor, "__ksm_enter")], cursor)
     k.locks.unlock(k.ksm_mmlist_lock, "__ksm_enter")
     m = k.mmc.deref(mref, "__ksm_enter")
+    k.spoint("__ksm_enter:set_bit")
     k.mmc.flags[m] |= MMF_VM_MERGEABLE
     k.atomic_add(k.mmc.mmcount, m, 1, "__ksm_enter")
 
@@ -775,6 +797,7 @@ def __ksm_exit(k: K, mref: int) -> None:  # noqa: N807
     sref = k.mmc.slot[m]
     easy_to_free = False
     if sref and sref != int(k.g[G_SCAN_SLOT]):
+        k.spoint_unless(k.ksm_thread_mutex, "__ksm_exit:rmap_list")  # ksmd changes it without ksm_mmlist_lock
         if not k.ms.rmap_list[k.ms.deref(sref, "__ksm_exit")]:
             _free_mm_slot(k, sref, mref)
             easy_to_free = True
@@ -785,6 +808,7 @@ def __ksm_exit(k: K, mref: int) -> None:  # noqa: N807
     k.locks.unlock(k.ksm_mmlist_lock, "__ksm_exit")
     if easy_to_free:
         k.ms.free(sref, "free_mm_slot")
+        k.spoint("clear_bit(MMF_VM_MERGEABLE)")
         k.mmc.flags[k.mmc.deref(mref, "__ksm_exit")] &= ~MMF_VM_MERGEABLE
         _mm.mmdrop(k, mref, "__ksm_exit")
     elif sref:
@@ -830,6 +854,7 @@ def unmerge_and_remove_all_rmap_items(k: K) -> int:
             _free_mm_slot(k, sref, mref)
             k.locks.unlock(k.ksm_mmlist_lock, "unmerge_and_remove_all_rmap_items")
             k.ms.free(sref, "free_mm_slot")
+            k.spoint("clear_bit(MMF_VM_MERGEABLE)")
             k.mmc.flags[m] &= ~MMF_VM_MERGEABLE
             k.locks.up_read(k.mmap_sem(m), "unmerge_and_remove_all_rmap_items")
             _mm.mmdrop(k, mref, "unmerge_and_remove_all_rmap_items")

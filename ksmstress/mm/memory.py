@@ -37,6 +37,7 @@ def get_page(k: K, pref: int, site: str) -> None:
 def get_page_unless_zero(k: K, s: int) -> int:
     """A reference on the page in frame s if it is still allocated (an LRU isolate of a page that may be freed
     concurrently); 0 if it is gone."""
+    k.spoint("get_page_unless_zero")
     with k.guard:
         if not k.pg.slot_live(s) or k.pg.count[s] <= 0:
             return 0
@@ -68,6 +69,7 @@ def PageAnon(k: K, s: int) -> bool:  # noqa: N802 - the kernel's name
 
 
 def PageKsm(k: K, s: int) -> bool:  # noqa: N802
+    k.spoint_unless(k.page_lock(s), "PageKsm")  # PG_KSM is set under the page lock: a test without it races
     return bool(k.pg.flags[s] & PG_KSM)
 
 
@@ -94,11 +96,13 @@ def page_address_in_vma(k: K, pref: int, vref: int, site: str) -> int:
 # -- ptes --------------------------------------------------------------------------------------------------
 def pte_get(k: K, m: int, addr: int) -> tuple[int, int, int]:
     """(kind, target reference, write bit) of the pte, from one load of its word (`entry = *pte`)."""
+    k.pte_spoint(m, "pte_get")
     return pte_decode(int(k.st.pte[m, addr]))
 
 
 def pte_set(k: K, m: int, addr: int, kind: int, ref: int, write: int, site: str = "pte_set") -> None:
     """set_pte_at: one store of the whole word, so no reader sees the new kind with the old target."""
+    k.pte_spoint(m, "set_pte_at")
     k.st.pte[m, addr] = mk_pte(kind, ref, write)
     pte_stored(k, m, addr, kind, ref, write, site)
 
@@ -254,6 +258,7 @@ def swapcache_prepare(k: K, sref: int) -> bool:
     it was freed since its pte was read. swap_map is never freed, so the slot is read raw (no KASAN check); the
     check and the increment are one atomic step, as in get_page_unless_zero."""
     ss = ref_slot(sref)
+    k.spoint("swapcache_prepare")
     with k.guard:
         if not k.st.swap.is_live(sref) or k.st.swap.count[ss] <= 0:
             return False
@@ -264,9 +269,12 @@ def swapcache_prepare(k: K, sref: int) -> bool:
 
 
 def swapcache_free(k: K, sref: int, site: str) -> None:
-    """The swap-in's own reference on the entry, taken by swapcache_prepare, dropped."""
-    k.atomic_add(k.g, G_SWAPIN_HELD, -1)
+    """The swap-in's own reference on the entry, taken by swapcache_prepare, dropped: the count first, then the
+    detectors' tally of such references (the other order, with a scheduling point between, would show a count
+    above its ptes and no reference to account for it)."""
     swap_free(k, sref, site)
+    with k.guard:  # the detectors' bookkeeping, not the kernel's: no scheduling point
+        k.g[G_SWAPIN_HELD] -= 1
 
 
 def swap_free(k: K, sref: int, site: str) -> None:

@@ -18,9 +18,11 @@ SWAP_SUCCESS, SWAP_AGAIN, SWAP_FAIL = 0, 1, 2
 def list_add_tail(k: K, vref: int, avref: int) -> None:
     a = k.av.deref(avref, "list_add_tail")
     v = k.vm.deref(vref, "list_add_tail")
+    k.spoint_unless(k.av_lock(a), "list_add_tail")  # the list is anon_vma->lock's: without it, a race
     tail = k.av.tail[a]
     k.vm.av_prev[v] = tail
     k.vm.av_next[v] = 0
+    k.spoint_unless(k.av_lock(a), "list_add_tail:link")  # between reading the tail and linking after it
     if tail:
         k.vm.av_next[k.vm.deref(tail, "list_add_tail")] = vref
     else:
@@ -31,7 +33,9 @@ def list_add_tail(k: K, vref: int, avref: int) -> None:
 def _list_del(k: K, vref: int, avref: int) -> None:
     a = k.av.deref(avref, "list_del")
     v = k.vm.deref(vref, "list_del")
+    k.spoint_unless(k.av_lock(a), "list_del")
     prv, nxt = k.vm.av_prev[v], k.vm.av_next[v]
+    k.spoint_unless(k.av_lock(a), "list_del:unlink")  # between reading the neighbours and unlinking from them
     if prv:
         k.vm.av_next[k.vm.deref(prv, "list_del")] = nxt
     else:

@@ -7,12 +7,14 @@ PageKsm and its mapping names its stable_node; an anon page's mapping names its 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..arena import Column, Ring, SharedBlock, Stamp, Table, make_ref
+from ..sched import DEFAULT_GRANULARITY, GRANULARITIES
 from ..sched.control import STEP
 from ..sync import (
     ANON_VMA_LOCK,
@@ -263,12 +265,40 @@ class State:
         self.expect[:] = -1
 
 
+def _no_point(site: str) -> None:
+    """The shared-access point at `locks` granularity: nothing (bound once, so the call sites test nothing)."""
+
+
+def _no_point_unless(lid: int, site: str) -> None:
+    """spoint_unless at `locks` granularity: nothing."""
+
+
 class K:
     """The context a model function runs in: state, locks, scheduler handle, detector hooks, bug switches."""
 
-    def __init__(self, st: State, ctl: Control, hooks: Hooks | None, bugs: frozenset[str]) -> None:
+    def __init__(
+        self, st: State, ctl: Control, hooks: Hooks | None, bugs: frozenset[str], granularity: str = DEFAULT_GRANULARITY
+    ) -> None:
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {granularity!r}; expected one of {', '.join(GRANULARITIES)}")
         self.st = st
         self.ctl = ctl
+        self.granularity = granularity
+        # k.spoint(site): a scheduling point before a shared access the kernel makes without the lock that would
+        # serialise it (an atomic, a list link, a page flag bit, a lockless read), so another task can run between
+        # a read and the write that depends on it. The scheduler's own point at `shared` granularity (free mode's
+        # chaos included), a no-op at `locks`: chosen here once, never tested per call.
+        self.spoint: Callable[[str], None] = ctl.point if granularity == "shared" else _no_point
+        # k.spoint_unless(lid, site): the same point, unless the running task holds lock `lid`, the lock that
+        # serialises this access (anon_vma->lock for its vma list, the KSM page's lock for its stable node's list
+        # and PG_KSM, ksm_mmlist_lock for the mm_slot list): under it no other task can touch the data, so a point
+        # adds nothing; without it (a lockless reader, a bug, a mutant that dropped the lock) the access races.
+        # k.pte_spoint(m, site): spoint_unless for a pte of mm m and its page_table_lock.
+        self.spoint_unless: Callable[[int, str], None] = _no_point_unless
+        self.pte_spoint: Callable[[int, str], None] = _no_point_unless
+        if granularity == "shared":
+            self.spoint_unless, self.pte_spoint = self._shared_points(ctl, st.locks._owner,
+                                                                      st.locks.base[PAGE_TABLE_LOCK])
         self.hooks: Hooks = hooks or NoHooks()
         self.bugs = bugs
         self.locks = Locks(st.locks, ctl, self.hooks)
@@ -298,10 +328,12 @@ class K:
         self.ms: MmSlots = st.mm_slot
         self.g = st.g
 
-    def atomic_add(self, view: Column | np.ndarray, i: int, delta: int, site: str = "", arg: int = 0) -> int:
+    def atomic_add(self, view: Column | np.ndarray, i: int, delta: int, site: str = "atomic_add", arg: int = 0) -> int:
         """atomic_add_return: one read-modify-write that no other task can interleave (page _count, _mapcount,
-        swap_map, ksm_refcount, mm_users...); the guard is a real mutex only in free mode. A TRACKED column's
-        change goes into its object's history ring, at `site` (arg: the table's ARG object, slot + 1)."""
+        swap_map, ksm_refcount, mm_users...); the guard is a real mutex only in free mode. At `shared`
+        granularity a scheduling point comes before it (never inside: the read-modify-write stays atomic). A
+        TRACKED column's change goes into its object's history ring, at `site` (arg: the table's ARG object)."""
+        self.spoint(site)
         with self.guard:
             v = view[i] + delta
             view[i] = v
@@ -309,6 +341,24 @@ class K:
             if tr is not None:
                 tr[0].note(i, tr[1], v, site, arg)
         return int(v)
+
+    @staticmethod
+    def _shared_points(
+        ctl: Control, owner: memoryview, ptl_base: int
+    ) -> tuple[Callable[[int, str], None], Callable[[int, str], None]]:
+        """spoint_unless and pte_spoint at `shared` granularity, as closures over the lock owners (the hot path:
+        no attribute lookups beyond the running task's id)."""
+        point = ctl.point
+
+        def spoint_unless(lid: int, site: str) -> None:
+            if owner[lid] != ctl.me:
+                point(site)
+
+        def pte_spoint(m: int, site: str) -> None:
+            if owner[ptl_base + m] != ctl.me:
+                point(site)
+
+        return spoint_unless, pte_spoint
 
     def bug(self, name: str) -> bool:
         """Whether bug variant `name` is switched on (each variant is consulted at exactly one place)."""

@@ -8,6 +8,11 @@ from .random import RandomStrategy
 from .replay import ReplayStrategy
 
 STRATEGIES = ("random", "pct")
+# Where control may change hands: `locks` at lock operations and explicit points only; `shared` also before every
+# shared access the kernel makes without the lock that would serialise it (atomics, list links, page flag bits,
+# lockless reads), as loom and Lincheck switch at every atomic. The schedule, and so a seed's meaning, depends on it.
+GRANULARITIES = ("locks", "shared")
+DEFAULT_GRANULARITY = "shared"
 
 
 def make_strategy(name: str, *, depth: int = 3, steps: int = 5000, schedule: bytes = b"") -> Strategy:

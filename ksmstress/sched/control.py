@@ -20,6 +20,7 @@ import numpy as np
 from ..arena import NO_GUARD, SharedBlock
 from ..failures import Failure
 from .base import Strategy
+from .fastpoint import random_point
 from .prng import BLOCK, SharedPrng
 
 UNUSED, RUNNABLE, BLOCKED, EXITED, RESERVED = 0, 1, 2, 3, 4  # a task slot's state (ctl.state)
@@ -29,10 +30,15 @@ NO_LOCK = -1  # ctl.wait of a task that waits for no lock
 STEP, CURRENT, STOP, OUTCOME, HANDOFFS, FAIL_LEN, NBLOCKED, VERSION = range(8)  # VERSION: task states changed
 PROGRESS, PROGRESS_MARK, MARKED = 8, 9, 10  # operations the programs completed; their count at 3/4 of max_steps
 MARK_AT = 0.75  # where the budget check takes its snapshot of PROGRESS
+assert (STEP, CURRENT, STOP, HANDOFFS, VERSION) == (0, 1, 2, 4, 7)  # fastpoint's cells
 RUNNING, CLEAN, FAILED = 0, 1, 2
 
 NARGS = 8
 FAIL_BUF = 1 << 16
+
+
+def _nothing() -> None:
+    pass
 
 
 class Control:
@@ -85,12 +91,37 @@ class Control:
         self._state = memoryview(self.state)
         self._wait = memoryview(self.wait)
         self._record = memoryview(self.record)
+        self._prio = memoryview(self.prio)
+        self._strat = memoryview(self.strat)
         self._tids = range(self.ntasks)
         self._pick = self.strategy.pick
         self._post = [s.release for s in self.sems]  # bound once: the hand-off is the hot path
+        self._park = [s.acquire for s in self.sems]
         self._seen_version = -1  # this process's cached runnable list is valid while VERSION stays the same
         self._limit = int(self.max_steps * MARK_AT)  # the next step at which budget_check looks
         self._runnable: list[int] = []
+        # the running task's working copies of shared state (fastpoint): write back, write back and let go, and
+        # "task states changed"; nothing to do for Control.point, which keeps everything shared
+        self._publish: Callable[[], None] = _nothing
+        self._leave: Callable[[], None] = _nothing
+        self._stale: Callable[[], None] = _nothing
+        self._install_point()
+
+    def _install_point(self) -> None:
+        """Under the `random` strategy, make `self.point` fastpoint's closure (the same decisions; a point that
+        keeps the running task touches no shared memory but the record). Other strategies use Control.point."""
+        from .random import RandomStrategy  # random.py imports this module (for type checking only)
+
+        if type(self.strategy) is RandomStrategy:
+            self.point, self._publish, self._leave, self._stale = random_point(self, RUNNABLE)  # type: ignore[method-assign]
+
+    def _refresh_runnable(self, site: str) -> None:
+        """Rebuild this process's runnable list after a task state change; none runnable is a deadlock."""
+        st = self._state
+        self._seen_version = self._meta[VERSION]
+        self._runnable = [t for t in self._tids if st[t] == RUNNABLE]
+        if not self._runnable:
+            self._deadlock(site)
 
     # -- names ------------------------------------------------------------------------------------------
     def label(self, tid: int) -> str:
@@ -100,6 +131,7 @@ class Control:
 
     def clock(self) -> tuple[int, str]:
         """(step, running task) for reports: deterministic, no pids or times."""
+        self._publish()
         return int(self.meta[STEP]), self.label(self.me)
 
     # -- runner side -------------------------------------------------------------------------------------
@@ -114,6 +146,7 @@ class Control:
         self.arg[tid, : len(args)] = args
         self.state[tid] = RUNNABLE
         self.meta[VERSION] += 1
+        self._stale()
         return tid
 
     def start(self, seed: int) -> None:
@@ -128,6 +161,7 @@ class Control:
 
     @property
     def steps(self) -> int:
+        self._publish()
         return int(self.meta[STEP])
 
     @property
@@ -155,27 +189,24 @@ class Control:
         return [t for t in self._tids if st[t] == RUNNABLE]
 
     def point(self, site: str, yielding: bool = False) -> None:
-        """A scheduling point: maybe hand control to another task. `yielding` marks a sleep / cond_resched."""
+        """A scheduling point: maybe hand control to another task. `yielding` marks a sleep / cond_resched.
+        Replaced at bind by the closure `_install_point` makes (this is its specification, and what runs before
+        bind)."""
         meta = self._meta
         step = meta[STEP] + 1
         meta[STEP] = step
         if step >= self._limit:
             self.budget_check(step, site)
         if meta[VERSION] != self._seen_version:
-            self._seen_version = meta[VERSION]
-            st = self._state
-            self._runnable = [t for t in self._tids if st[t] == RUNNABLE]
-        runnable = self._runnable
-        if not runnable:
-            self._deadlock(site)
+            self._refresh_runnable(site)
         me = self.me
-        nxt = self._pick(self, runnable, me, step, yielding)
+        nxt = self._pick(self, self._runnable, me, step, yielding)
         self._record[step] = nxt
         if nxt != me:
             meta[CURRENT] = nxt
             meta[HANDOFFS] += 1
             self._post[nxt]()
-            self.sems[me].acquire()
+            self._park[me]()
             if meta[STOP]:
                 os._exit(0)
 
@@ -218,6 +249,7 @@ class Control:
         self._wait[self.me] = lid
         self._meta[NBLOCKED] += 1
         self._meta[VERSION] += 1
+        self._stale()
 
     def block(self, lid: int, site: str) -> None:
         """Switch away (the strategy cannot pick a blocked task) until woken and picked again."""
@@ -234,6 +266,7 @@ class Control:
                 wait[t] = NO_LOCK
                 self._meta[NBLOCKED] -= 1
                 self._meta[VERSION] += 1
+                self._stale()
                 self._woken(t)
 
     def _woken(self, tid: int) -> None:
@@ -256,10 +289,13 @@ class Control:
         self.arg[tid, : len(args)] = args
         self.state[tid] = RUNNABLE
         self.meta[VERSION] += 1
+        self._stale()
+        self._leave()  # the strategy may draw from the shared PRNG
         self.strategy.on_new_task(self, tid)
 
     def exit_current(self) -> None:
         """The running task is done: hand control on for the last time, or end the run cleanly."""
+        self._leave()
         self.state[self.me] = EXITED
         self.meta[VERSION] += 1
         runnable = np.flatnonzero(self.state == RUNNABLE).tolist()
@@ -280,6 +316,7 @@ class Control:
 
     def report(self, failure: dict[str, Any]) -> None:
         """Publish a failure found by the running task and stop the run."""
+        self._publish()
         data = json.dumps(failure, sort_keys=True).encode()[:FAIL_BUF]
         self.fail_buf[: len(data)] = np.frombuffer(data, dtype=np.uint8)
         self.meta[FAIL_LEN] = len(data)

@@ -47,6 +47,9 @@ class FreeControl(Control):
         self.chaos = chaos
         self._rng: random.Random | None = None
 
+    def _install_point(self) -> None:
+        """Free mode keeps its own `point` (chaos, no pick): nothing to install."""
+
     def start(self, seed: int) -> None:
         """Every initial task starts at once."""
         for t in self.runnable():

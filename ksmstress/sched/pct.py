@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from .control import EXITED
 
 if TYPE_CHECKING:
@@ -32,6 +30,9 @@ class PctStrategy:
     def __init__(self, depth: int = 3, steps: int = 5000) -> None:
         self.depth = depth
         self.steps = steps
+        # change point step -> the priority it gives, read once per process from ctl.strat (fixed after setup,
+        # which may run after this process was forked: so read on first use, not inherited)
+        self._lower: dict[int, int] | None = None
 
     def setup(self, ctl: Control) -> None:
         n = ctl.ntasks
@@ -45,21 +46,40 @@ class PctStrategy:
         ctl.strat[_NPOINTS] = len(points)
         for i, p in enumerate(points):
             ctl.strat[_POINTS + i] = p
+        self._lower = None
 
     def on_new_task(self, ctl: Control, tid: int) -> None:
         ctl.prio[tid] = (self.depth + ctl.prng.below(ctl.ntasks)) * _SPREAD + 1 + ctl.prng.below(_SPREAD - 1)
 
+    def _change_points(self, ctl: Control) -> dict[int, int]:
+        strat = ctl._strat
+        lower: dict[int, int] = {}
+        for i in range(strat[_NPOINTS]):
+            lower[strat[_POINTS + i]] = self.depth - 1 - i  # i-th change point: lower than all others so far
+        self._lower = lower  # two change points on one step: the later one's (lower) priority, as applied in turn
+        return lower
+
     def pick(self, ctl: Control, runnable: list[int], current: int, step: int, yielding: bool) -> int:
+        """Plain ints through memoryviews (a point's hot path: numpy indexing here cost microseconds)."""
+        prio = ctl._prio
         if current >= 0:
-            npts = int(ctl.strat[_NPOINTS])
-            for i in range(npts):
-                if int(ctl.strat[_POINTS + i]) == step:
-                    ctl.prio[current] = self.depth - 1 - i  # i-th change point: lower than all others so far
-            if yielding:
-                others = (ctl.state != EXITED) & (np.arange(ctl.ntasks) != current)  # every live task but this one
-                if others.any():
-                    ctl.prio[current] = int(ctl.prio[others].min()) - 1
-        if len(runnable) == 1:
-            return runnable[0]
-        pr = ctl.prio[runnable]
-        return runnable[int(np.argmax(pr))]
+            lower = self._lower
+            if lower is None:
+                lower = self._change_points(ctl)
+            if step in lower:
+                prio[current] = lower[step]
+            if yielding:  # below every live task but this one
+                st = ctl._state
+                low = None
+                for t in ctl._tids:
+                    if t != current and st[t] != EXITED and (low is None or prio[t] < low):
+                        low = prio[t]
+                if low is not None:
+                    prio[current] = low - 1
+        best = runnable[0]
+        if len(runnable) > 1:  # the first of the highest priority, as np.argmax
+            top = prio[best]
+            for t in runnable:
+                if prio[t] > top:
+                    best, top = t, prio[t]
+        return best

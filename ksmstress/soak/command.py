@@ -129,7 +129,8 @@ def cmd_soak(a: argparse.Namespace) -> int:
     runs = a.soak_runs
     duration = None if runs else (a.duration or DEFAULT_DURATION)
     space = SeedSpace(a.seed, len(scenarios), *a.shard)
-    plan = Plan(scenarios, space, a.strategy, tuple(sorted(bugs)), a.pct_depth, a.timeout, a.mode, artifacts, a.reruns)
+    plan = Plan(scenarios, space, a.strategy, tuple(sorted(bugs)), a.pct_depth, a.timeout, a.mode, artifacts, a.reruns,
+                a.granularity)
     total = runs * len(scenarios) if runs else None
     progress = Progress(total, duration)
     soak = Soak(plan, a.jobs, total, duration, a.keep_going, progress)

@@ -34,6 +34,7 @@ class Plan:
     mode: str
     artifacts: Path
     reruns: int = 5
+    granularity: str | None = None  # None: each scenario's own
 
 
 def run_item(plan: Plan, k: int, job: int) -> dict[str, Any]:
@@ -43,7 +44,10 @@ def run_item(plan: Plan, k: int, job: int) -> dict[str, Any]:
     sc = plan.scenarios[si]
     row: dict[str, Any] = {"type": "run", "k": k, "job": job, "scenario": sc.name, "seed": seed, "path": sc.path}
     extra: dict[str, Any] = {"mode": plan.mode} if plan.mode != "controlled" else {}
-    rerun = rerun_command(sc, seed, plan.strategy, list(plan.bugs), plan.pct_depth, plan.mode)
+    if plan.granularity is not None:
+        extra["granularity"] = plan.granularity
+    rerun = rerun_command(sc, seed, plan.strategy, list(plan.bugs), plan.pct_depth, plan.mode,
+                          granularity=plan.granularity)
     try:
         res = run_one(sc, seed, plan.strategy, list(plan.bugs), pct_depth=plan.pct_depth, timeout=plan.timeout, **extra)
     except Exception as e:  # a bug of the framework itself, not of the model: reported, never swallowed
