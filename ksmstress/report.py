@@ -59,38 +59,6 @@ class _StderrLogger:
     log = debug = info = warning = error = critical = msg
 
 
-def verdict_dict(res: RunResult, runs: int, artifact: str | None = None) -> dict[str, Any]:
-    """The machine-readable verdict of `run --json` / `replay --json` (timings live under their own keys)."""
-    d: dict[str, Any] = {
-        "verdict": res.verdict,
-        "scenario": res.scenario,
-        "seed": res.seed,
-        "runs": runs,
-        "strategy": res.strategy,
-        "bugs": res.bugs,
-        "steps": res.steps,
-        "handoffs": res.handoffs,
-        "schedule_digest": res.schedule_digest,
-        "failure": None,
-        "max_ksm_refcount": res.max_refcount,
-        "mode": res.mode,
-        "steps_per_second": round(res.steps_per_second, 1),
-        "elapsed_seconds": round(res.elapsed, 4),
-    }
-    if res.failure:
-        d["failure"] = {
-            "class": res.failure.get("class"),
-            "message": res.failure.get("message"),
-            "details": res.failure.get("details", {}),
-        }
-    if res.reproduced is not None:
-        d["reproduced_rate"] = res.reproduced
-    if artifact:
-        d["artifact"] = artifact
-        d["replay"] = f"ksmstress replay {artifact}"
-    return d
-
-
 SAFE_PART = re.compile(r"[^A-Za-z0-9._-]")
 MAX_FILE_NAME = 200  # bytes; most file systems allow 255
 MAX_ARTIFACT = 256 << 20  # bytes of JSON: a 250M-step schedule compresses to well under this

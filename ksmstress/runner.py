@@ -363,11 +363,9 @@ def rerun_free(
     return Reproduction(hits, reruns, first, last)
 
 
-def reproduction(sc: Scenario, res: RunResult, reruns: int, timeout: float = 120.0, cls: str | None = None) -> str:
-    """Free mode: rerun the seed `reruns` times; "k/M" counts the reruns that failed with class `cls` (default: the
-    class `res` failed with)."""
-    want = cls if cls is not None else (res.failure or {}).get("class")
-    return rerun_free(sc, res.seed, res.bugs, want, reruns, timeout, res.granularity).rate
+def reproduction(sc: Scenario, res: RunResult, reruns: int, timeout: float = 120.0) -> str:
+    """Free mode: rerun the failing seed `reruns` times; "k/M" counts the reruns that failed the same way."""
+    return rerun_free(sc, res.seed, res.bugs, (res.failure or {}).get("class"), reruns, timeout, res.granularity).rate
 
 
 def run_seeds(sc: Scenario, seeds: Iterable[int], *args: Any, **kw: Any) -> Iterator[RunResult]:

@@ -12,9 +12,10 @@ Where they are exact, and so where they run (2.6.33's locking makes each hold at
   at every pte store (`check_pte_store`, cheap) and over every pte at ksm_quiescent (controlled mode: in free mode
   a scan would race with the stores it reads).
 - `refcount-mismatch` mapcount / swap: page_mapcount equals the present ptes that map the page, page_count is at
-  least its mapcount, and a swap slot's count is its swap ptes plus at most the swap cache's own reference (held
-  only under the page lock in shrink_page). The model changes a mapcount or swap count and its pte under that mm's
-  pte lock, so these are checked only when no task holds any pte lock (controlled mode).
+  least its mapcount, and a swap slot's count is its swap ptes plus at most the references the model knows are held
+  beyond them: the swap cache's (only under the page lock in shrink_page) and each swap-in's (do_swap_page, from
+  swapcache_prepare to swapcache_free, tallied in G_SWAPIN_HELD). The model changes a mapcount or swap count and
+  its pte under that mm's pte lock, so these are checked only when no task holds any pte lock (controlled mode).
 - At quiescence (every task gone) all of the above, then `leak`: every table empty, every counter 0, no pte, no
   lock; a leaked object is named with its counts, its allocation and the references it still holds.
 
@@ -176,8 +177,8 @@ def _held(st: State, cls: int) -> int:
 
 def check_counts(st: State, where: str) -> None:
     """page_mapcount = present ptes mapping the page, page_count >= mapcount (each pte holds a reference), and a
-    swap slot's count = its swap ptes + at most the swap cache's reference (one per page lock held). Exact only
-    while no pte lock is held (the caller's business)."""
+    swap slot's count = its swap ptes + at most the swap cache's and the swap-ins' references (one per page lock
+    held, one per swap-in in flight). Exact only while no pte lock is held (the caller's business)."""
     pg, sw = st.page, st.swap
     kind, ref, _write = pte_fields(st.pte)
     present = kind == PTE_PRESENT
