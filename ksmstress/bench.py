@@ -28,6 +28,7 @@ import argparse
 import gc
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -179,14 +180,24 @@ def bare_scheduler(
     }
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its reaped children (a run's task processes)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def throughput(sc: Scenario, strategy: str, runs: int, seed: int = 0) -> list[dict[str, Any]]:
     """One row per granularity: the same seeds at each, run by run in alternation (the order flipping every seed),
-    so a shared machine's drift hits both alike; seconds per run is what a soak pays for one granularity."""
-    acc = {g: {"steps": 0, "handoffs": 0, "elapsed": 0.0, "clean": 0} for g in GRANULARITIES}
+    so a shared machine's drift hits both alike; seconds per run is what a soak pays for one granularity. CPU
+    seconds per run (the runner's and its task processes', from fork to reaping) beside it: other jobs on the
+    machine stretch the wall-clock figure by any amount, not the CPU a run costs."""
+    acc = {g: {"steps": 0, "handoffs": 0, "elapsed": 0.0, "cpu": 0.0, "clean": 0} for g in GRANULARITIES}
     for s in range(seed, seed + runs):
         for g in GRANULARITIES if s % 2 == 0 else GRANULARITIES[::-1]:
+            c0 = _cpu_seconds()
             r = run_one(sc, s, strategy, granularity=g)
             a = acc[g]
+            a["cpu"] += _cpu_seconds() - c0
             a["steps"] += r.steps
             a["handoffs"] += r.handoffs
             a["elapsed"] += r.elapsed
@@ -200,6 +211,7 @@ def throughput(sc: Scenario, strategy: str, runs: int, seed: int = 0) -> list[di
             "clean": a["clean"],
             "steps": a["steps"],
             "seconds_per_run": a["elapsed"] / runs,
+            "cpu_seconds_per_run": a["cpu"] / runs,
             "steps_per_second": a["steps"] / a["elapsed"],
             "handoffs_per_second": a["handoffs"] / a["elapsed"],
         }
@@ -336,17 +348,20 @@ def _print_scheduler(out: dict[str, Any]) -> None:
 
 def _print_throughput(out: dict[str, Any]) -> None:
     print(
-        f"{'scenario':<14}{'strategy':<9}{'granularity':<12}{'runs':>5}{'s/run':>8}{'steps':>10}{'steps/s':>11}"
-        f"{'hand-offs/s':>13}{'vs raw':>8}"
+        f"{'scenario':<14}{'strategy':<9}{'granularity':<12}{'runs':>5}{'s/run':>8}{'CPU s/run':>10}{'steps':>10}"
+        f"{'steps/s':>11}{'hand-offs/s':>13}{'vs raw':>8}"
     )
     for r in out["throughput"]:
         print(
             f"{r['scenario']:<14}{r['strategy']:<9}{r['granularity']:<12}{r['runs']:>5}{r['seconds_per_run']:>8.3f}"
-            f"{r['steps']:>10}{r['steps_per_second']:>11,.0f}{r['handoffs_per_second']:>13,.0f}"
-            f"{r['handoff_ratio_to_raw']:>8.2f}"
+            f"{r['cpu_seconds_per_run']:>10.3f}{r['steps']:>10}{r['steps_per_second']:>11,.0f}"
+            f"{r['handoffs_per_second']:>13,.0f}{r['handoff_ratio_to_raw']:>8.2f}"
         )
     for st, ratio in out["shared_cost"].items():
-        print(f"{st}: shared granularity costs {ratio:.2f}x the seconds per run of locks")
+        print(
+            f"{st}: shared granularity costs {ratio:.2f}x the seconds per run of locks, "
+            f"{out['shared_cost_cpu'][st]:.2f}x the CPU seconds"
+        )
 
 
 def measure_scheduler(samples: int) -> dict[str, Any]:
@@ -394,6 +409,8 @@ def _measure_throughput(sc: Scenario, runs: int, samples: int) -> dict[str, Any]
     out["throughput"] = rows_t
     per_run = {(r["strategy"], r["granularity"]): r["seconds_per_run"] for r in rows_t}
     out["shared_cost"] = {st: per_run[st, "shared"] / per_run[st, "locks"] for st in ("random", "pct")}
+    cpu = {(r["strategy"], r["granularity"]): r["cpu_seconds_per_run"] for r in rows_t}
+    out["shared_cost_cpu"] = {st: cpu[st, "shared"] / cpu[st, "locks"] for st in ("random", "pct")}
     return out
 
 

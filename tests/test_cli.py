@@ -807,7 +807,8 @@ def test_bench_reports_detection_and_throughput_as_json(capsys: pytest.CaptureFi
         assert b["handoffs_per_second"] > 0 and b["points_per_second"] >= b["handoffs_per_second"]
     assert {(r["strategy"], r["granularity"]) for r in d["throughput"]} == {
         (s, g) for s in ("random", "pct") for g in ("locks", "shared")}
-    assert all(r["seconds_per_run"] > 0 for r in d["throughput"]) and set(d["shared_cost"]) == {"random", "pct"}
+    assert all(r["seconds_per_run"] > 0 and r["cpu_seconds_per_run"] > 0 for r in d["throughput"])
+    assert set(d["shared_cost"]) == set(d["shared_cost_cpu"]) == {"random", "pct"}
 
 
 def test_bench_only_scheduler_gives_the_raw_and_bare_rows_and_the_bar(capsys: pytest.CaptureFixture[str]) -> None:

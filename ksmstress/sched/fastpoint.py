@@ -9,9 +9,14 @@ raw hand-off. Here the running process keeps its working copies in closure varia
 another process may look: at a hand-off (before posting the next task), and when Control itself reads or hands
 on the state (clock, steps, report, exit_current), through `publish` and `leave`.
 
-What a point costs, and why each piece is there:
+What a point costs, and why each piece is there (the bar: bench's bare scheduler at >= 0.75 of a raw same-CPU
+semaphore ping-pong's hand-offs per CPU second, with a stay for every hand-off under `random` with two tasks):
 - a stay: the step, one compare against `gate` (the step budget's next check; -1 when the baton must be taken or
-  the runnable list rebuilt, so those three rare cases cost one test), the draw, the record byte;
+  the runnable list rebuilt, so those three rare cases cost one test), the draw, the record byte. The draw is a
+  list index into the block's residues modulo the runnable count, computed once per block and count: small ints,
+  which CPython keeps as shared objects, where the raw 64-bit draws were a fresh heap object and a 3-digit long
+  division at every point. The rare paths are functions of their own: every name the point uses is a closure
+  cell copied into its frame at each call;
 - a hand-off adds the step and draw index written back, post, park, both read again and one compare of VERSION.
   VERSION is the one cell a parked process must look at: it changes with every task state change, with a PRNG
   block refill (this path bumps it, so a woken task reloads the block only then) and with a stop (Control.report
@@ -91,8 +96,7 @@ def random_point(ctl: Control, runnable_state: int) -> tuple[PointFn, Nothing, N
         gate = ctl._limit
 
     def residues(k: int) -> list[int]:
-        """The block's draws modulo k: RandomStrategy's `vbuf[i] % k`, computed once per block and runnable count
-        (a 64-bit Python int per draw made every point touch a fresh heap object and divide a 3-digit long)."""
+        """The block's draws modulo k: RandomStrategy's `vbuf[i] % k` (numpy's uint64 remainder is exact)."""
         return (buf % np.uint64(k)).tolist()
 
     def publish() -> None:
@@ -124,8 +128,6 @@ def random_point(ctl: Control, runnable_state: int) -> tuple[PointFn, Nothing, N
         return runnable[mods[0]]
 
     def point(site: str, yielding: bool = False) -> None:
-        # every name used here is a closure cell copied into the frame at each call: the rare paths are
-        # functions of their own (slow, next_block), so they add one cell each, not theirs
         nonlocal step, used, gate
         step += 1
         if step >= gate:
