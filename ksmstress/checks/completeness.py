@@ -170,6 +170,7 @@ def _report(
         {
             "step": step,
             "task": who,
+            "object": f"page[{pages[1]}]",
             "pages": info,
             "full_scans": full,
             "last_disturbance": last,

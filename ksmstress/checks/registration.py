@@ -36,9 +36,7 @@ if TYPE_CHECKING:
 
 def _fail(k: K, where: str, msg: str, obj: str, **details: Any) -> None:
     step, who = k.ctl.clock()
-    raise Failure(
-        "registration", f"{msg} (at {where}, step {step}, {who})", {"step": step, "task": who, "object": obj, **details}
-    )
+    raise Failure("registration", f"{msg} ({where})", {"step": step, "task": who, "object": obj, **details})
 
 
 def _mm_list(k: K, where: str) -> list[int]:

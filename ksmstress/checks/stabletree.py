@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 def _fail(k: K, where: str, msg: str, **details: Any) -> None:
     step, who = k.ctl.clock()
-    raise Failure("stable-tree", f"{msg} (at {where}, step {step}, {who})", {"step": step, "task": who, **details})
+    raise Failure("stable-tree", f"{msg} ({where})", {"step": step, "task": who, **details})
 
 
 def _walk(k: K, where: str) -> list[tuple[int, str]]:
