@@ -260,7 +260,8 @@ def ksmd_body(k: K, sc: Scenario) -> None:
 
 def reclaim_body(k: K, sc: Scenario, seed: int, tid: int) -> None:
     """kswapd over seeded picks: a mapped anon or KSM page (KSM ones preferred by ksm_bias) goes through
-    shrink_page, which walks it and sometimes swaps it out. Simplified: no LRU; the pick is the PRNG's."""
+    shrink_page, which walks it and sometimes swaps it out, then `[reclaim] pause` yields of rest. Simplified: no
+    LRU; the pick is the PRNG's."""
     rng = random.Random(f"{seed}:{tid}")
     st = k.st
     while k.g[G_MM_LIVE] > 0:
@@ -275,6 +276,10 @@ def reclaim_body(k: K, sc: Scenario, seed: int, tid: int) -> None:
         if page:
             vmscan.shrink_page(k, page, rng.random() < sc.reclaim_swap)
             memory.put_page(k, page, "putback_lru_page")
+        for _ in range(sc.reclaim_pause):  # kswapd waits for the next shortage: mms may settle meanwhile
+            if k.g[G_MM_LIVE] == 0:
+                return
+            k.point("reclaim:sleep", yielding=True)
 
 
 def admin_body(k: K, sc: Scenario) -> None:

@@ -74,6 +74,9 @@ VARIANTS: dict[str, Variant] = {
             "ksmd walks an mm's vmas (scan_get_next_rmap_item) without mmap_sem, while the owner unmaps them",
             "use-after-free",
             "scan-munmap-race.toml",
+            # the mmap_sem that keeps MADV_MERGEABLE out while ksmd frees an idle mm's slot is gone too: madvise sees
+            # MMF_VM_MERGEABLE still set, skips __ksm_enter, and ksmd then clears it under a mergeable vma
+            also=("registration",),
         ),
         Variant(
             "merge-without-wrprotect",

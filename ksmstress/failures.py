@@ -26,6 +26,12 @@ CLASSES: dict[str, str] = {
     "stale-pte": "a pte maps a freed page frame or swap slot",
     "writable-ksm": "a KSM page is mapped by a writable pte (a write would reach every page sharing it)",
     "unmerge-incomplete": "MADV_UNMERGEABLE or run=2 returned with a pte it had to break still mapping a KSM page",
+    "missed-merge": "two page frames of mergeable areas still hold identical bytes after the world stood still for "
+    "more full scans than KSM needs to merge them",
+    "stable-tree": "the stable tree is not a search tree of distinct KSM pages in memcmp order, or a KSM page and its "
+    "stable node disagree",
+    "registration": "an mm with a mergeable area is not on ksmd's mm list, or the list names an mm that is not "
+    "registered (flag, slot, mm_count)",
     "deadlock": "no task can run: a wait-for cycle",
     "lockdep": "a lock order against 2.6.33's, a sleeping lock under a spinlock, or a lock held at exit",
     "hang": "the run made no progress (step budget or wall clock exhausted)",

@@ -26,6 +26,7 @@ from . import actors, cpus, procs
 from .arena import SharedBlock
 from .bugs import validate
 from .checks import Detectors
+from .checks.disturbance import Disturbance, DisturbanceState
 from .checks.invariants import check_quiescence
 from .checks.lockdep import Lockdep, LockdepState
 from .failures import Failure
@@ -90,15 +91,20 @@ def _assemble(
     granularity: str = DEFAULT_GRANULARITY,
 ) -> K:
     """Lay out the arena, bind the model's state, the scheduler and lockdep to it, and make the kernel: the part
-    a solo kernel and a run share. Default hooks are the detectors, with lockdep on this arena."""
+    a solo kernel and a run share. Default hooks are the detectors, with lockdep and the merge-completeness
+    bookkeeping on this arena."""
     lds = LockdepState(block)
+    dst = DisturbanceState(block)
     arrays = block.allocate()
     st.bind(arrays)
     ctl.bind(arrays)
     lds.bind(arrays)
+    dst.bind(arrays)
     hooks = Detectors() if hooks is None else hooks
     if isinstance(hooks, Detectors) and hooks.lockdep is None:
         hooks.lockdep = Lockdep(lds, st.locks, ctl.clock)
+    if isinstance(hooks, Detectors) and hooks.disturbance is None:
+        hooks.disturbance = Disturbance(dst, st, ctl)
     k = K(st, ctl, hooks, bugs, granularity)
     ctl.explain_deadlock = st.locks.explain
     return k

@@ -71,6 +71,7 @@ class Scenario:
     reclaim: bool = True
     reclaim_ksm_bias: float = 0.7
     reclaim_swap: float = 0.3
+    reclaim_pause: int = 0  # [reclaim] pause: yields reclaim sleeps after each page (0: it never rests)
     admin_unmerge_every: int = 0
     pct_depth: int = 3
     pct_steps: int = 4000
@@ -204,6 +205,7 @@ def parse(text: str, path: str = "<string>") -> Scenario:
         reclaim=rc.get("enabled", bool, True),
         reclaim_ksm_bias=rc.get("ksm_bias", float, 0.7, 0.0, 1.0),
         reclaim_swap=rc.get("swap", float, 0.3, 0.0, 1.0),
+        reclaim_pause=rc.get("pause", int, 0, 0, 10_000_000),
         admin_unmerge_every=ad.get("unmerge_every", int, 0, 0, 10_000_000),
         pct_depth=p.get("depth", int, 3, 1, MAX_DEPTH),
         pct_steps=p.get("steps", int, 4000, 1, 100_000_000),

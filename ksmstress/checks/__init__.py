@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .completeness import check_merge_completeness
 from .counters import check_counters
+from .disturbance import Disturbance
 from .invariants import check_ksm_quiescent, check_pte_store
 from .lockdep import Lockdep
 from .traversal import TraversalCheck
@@ -13,14 +15,18 @@ from .unmerge import unmerge_begin, unmerge_end
 
 class Detectors(TraversalCheck):
     """Every in-run detector behind the model's hook interface: traversal, lockdep, counters, the invariants
-    (ksm_refcount, mapcount, stale and writable-KSM ptes) and unmerge completeness."""
+    (ksm_refcount, mapcount, stale and writable-KSM ptes, the stable tree, registration), unmerge completeness
+    and merge completeness (with its bookkeeping of when the world last moved, `disturbance`)."""
 
-    def __init__(self, lockdep: Lockdep | None = None) -> None:
+    def __init__(self, lockdep: Lockdep | None = None, disturbance: Disturbance | None = None) -> None:
         self.lockdep = lockdep
+        self.disturbance = disturbance
 
     def lock_acquiring(self, tid: int, lid: int, site: str, trylock: bool, subclass: int) -> None:
         if self.lockdep is not None:
             self.lockdep.acquiring(lid, site, trylock, subclass)
+        if self.disturbance is not None:
+            self.disturbance.lock_acquiring(tid, lid, site)
 
     def lock_acquired(self, tid: int, lid: int, mode: int, site: str, subclass: int) -> None:
         if self.lockdep is not None:
@@ -37,6 +43,8 @@ class Detectors(TraversalCheck):
     def ksm_quiescent(self, k: Any, where: str) -> None:
         check_counters(k, where)
         check_ksm_quiescent(k, where)
+        if self.disturbance is not None:
+            check_merge_completeness(k, where, self.disturbance)
 
     def pte_stored(self, k: Any, m: int, addr: int, kind: int, ref: int, write: int, site: str) -> None:
         check_pte_store(k, m, addr, kind, ref, write, site)

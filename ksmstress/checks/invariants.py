@@ -16,6 +16,9 @@ Where they are exact, and so where they run (2.6.33's locking makes each hold at
   beyond them: the swap cache's (only under the page lock in shrink_page) and each swap-in's (do_swap_page, from
   swapcache_prepare to swapcache_free, tallied in G_SWAPIN_HELD). The model changes a mapcount or swap count and
   its pte under that mm's pte lock, so these are checked only when no task holds any pte lock (controlled mode).
+- `stable-tree` (checks.stabletree: the tree's structure at every ksm_quiescent, its memcmp order, distinct contents
+  and page/node agreement in controlled mode) and `registration` (checks.registration, controlled mode): KSM's own
+  structures, also exact whenever ksmd or run=2 holds ksm_thread_mutex between batches.
 - At quiescence (every task gone) all of the above, then `leak`: every table empty, every counter 0, no pte, no
   lock; a leaked object is named with its counts, its allocation and the references it still holds.
 
@@ -45,6 +48,8 @@ from ..mm.state import (
 )
 from ..sync import NOBODY, PAGE_LOCK, PAGE_TABLE_LOCK
 from .history import changes_text, last_changes, outstanding, reference_text
+from .registration import check_registration
+from .stabletree import check_stable_tree
 
 if TYPE_CHECKING:
     from ..arena import Table
@@ -232,8 +237,10 @@ def check_ksm_quiescent(k: K, where: str) -> None:
     at = f"at {where}, step {step}, {who}"
     st = k.st
     check_ksm_refcounts(st, at)
+    check_stable_tree(k, at)  # its structure in free mode too (only ksmd changes it); the rest controlled only
     if k.guard is not NO_GUARD:
         return  # free mode: the other tasks run meanwhile, a scan of ptes and counts would race with them
+    check_registration(k, at)
     check_ptes(st, at)
     if _held(st, PAGE_TABLE_LOCK) == 0:
         check_counts(st, at)
