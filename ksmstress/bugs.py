@@ -72,8 +72,9 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             "ksmd-no-mmap-sem",
             "ksmd walks an mm's vmas (scan_get_next_rmap_item) without mmap_sem, while the owner unmaps them",
-            "use-after-free",
+            "unlocked-access",  # find_vma without mmap_sem breaks the lock rule at once, before any unmap races it
             "scan-munmap-race.toml",
+            also=("use-after-free",),  # the race itself: a vma freed by munmap under the scan
         ),
         Variant(
             "merge-without-wrprotect",

@@ -26,6 +26,8 @@ CLASSES: dict[str, str] = {
     "stale-pte": "a pte maps a freed page frame or swap slot",
     "writable-ksm": "a KSM page is mapped by a writable pte (a write would reach every page sharing it)",
     "unmerge-incomplete": "MADV_UNMERGEABLE or run=2 returned with a pte it had to break still mapping a KSM page",
+    "unlocked-access": "data a kernel lock rule covers (ptes, vma and anon_vma lists, the mm_slot list, the trees, a "
+    "stable node's rmap_items, a page becoming KSM) touched by a task not holding the lock the rule names",
     "deadlock": "no task can run: a wait-for cycle",
     "lockdep": "a lock order against 2.6.33's, a sleeping lock under a spinlock, or a lock held at exit",
     "hang": "the run made no progress (step budget or wall clock exhausted)",

@@ -95,13 +95,17 @@ def page_address_in_vma(k: K, pref: int, vref: int, site: str) -> int:
 
 # -- ptes --------------------------------------------------------------------------------------------------
 def pte_get(k: K, m: int, addr: int) -> tuple[int, int, int]:
-    """(kind, target reference, write bit) of the pte, from one load of its word (`entry = *pte`)."""
+    """(kind, target reference, write bit) of the pte, from one load of its word (`entry = *pte`). Every caller
+    acts on what it reads, so it holds the pte lock (lock rule "pte"; the fault's lockless first read and its
+    pte_same recheck are one locked read here)."""
+    k.hooks.lock_rule(k, "pte", k.ptl(m), 0, m, "pte_get", addr)
     k.pte_spoint(m, "pte_get")
     return pte_decode(int(k.st.pte[m, addr]))
 
 
 def pte_set(k: K, m: int, addr: int, kind: int, ref: int, write: int, site: str = "pte_set") -> None:
-    """set_pte_at: one store of the whole word, so no reader sees the new kind with the old target."""
+    """set_pte_at: one store of the whole word, so no reader sees the new kind with the old target (under the pte
+    lock: the pte_stored hook checks lock rule "pte")."""
     k.pte_spoint(m, "set_pte_at")
     k.st.pte[m, addr] = mk_pte(kind, ref, write)
     pte_stored(k, m, addr, kind, ref, write, site)
@@ -121,7 +125,7 @@ def pte_mkwrite(k: K, m: int, addr: int, site: str) -> None:
 
 def pte_stored(k: K, m: int, addr: int, kind: int, ref: int, write: int, site: str) -> None:
     """Every pte store ends here: the pte's history ring (data-loss reports name the last stores) and the
-    detectors' cheap pte invariants. No scheduling point."""
+    detectors' cheap pte checks (the pte lock held, the invariants). No scheduling point."""
     k.st.pte_hist.note(m * k.st.sz.vpages + addr, kind, ref, site, write)
     k.hooks.pte_stored(k, m, addr, kind, ref, write, site)
 
@@ -216,8 +220,9 @@ def reuse_swap_page(k: K, s: int) -> bool:
     """Whether the faulting mm may write to the locked anon page in place (swapfile.c; no swap cache here).
 
     The PageKsm recheck matters: do_wp_page tested PageKsm before taking the page lock, and ksmd may have made
-    the page a KSM page (set_page_stable_node, then unlock_page) in between.
+    the page a KSM page (set_page_stable_node, then unlock_page) in between. VM_BUG_ON(!PageLocked(page)).
     """
+    k.hooks.lock_rule(k, "page_locked", k.page_lock(s), 2, s, "reuse_swap_page")
     if PageKsm(k, s):
         return False
     return page_mapcount(k, s) <= 1
@@ -339,6 +344,20 @@ def zap_pte_range(k: K, m: int, start: int, end: int) -> None:
 
 
 # -- the CPU: user-space loads and stores --------------------------------------------------------------------
+def cpu_store(k: K, m: int, addr: int, ref: int, data: np.ndarray) -> None:
+    """The CPU's store of a page through the pte of mm m at addr, which maps `ref`: under that pte lock (lock rule
+    "user-access", deviation 16), so no pte change (and its TLB flush) comes between the translation and the store."""
+    k.hooks.lock_rule(k, "user-access", k.ptl(m), 1, m, "user_write", addr)
+    k.st.frames[k.pg.deref(ref, "user_write"), :] = data
+
+
+def cpu_load(k: K, m: int, addr: int, ref: int) -> np.ndarray:
+    """The CPU's load of a page through the pte of mm m at addr, which maps `ref`: under that pte lock, as
+    cpu_store."""
+    k.hooks.lock_rule(k, "user-access", k.ptl(m), 0, m, "user_read", addr)
+    return k.st.frames[k.pg.deref(ref, "user_read"), :].copy()
+
+
 def user_write(k: K, m: int, addr: int, data: np.ndarray) -> bool:
     """A store of a whole page from user space; False is SIGSEGV (no vma).
 
@@ -352,7 +371,7 @@ def user_write(k: K, m: int, addr: int, data: np.ndarray) -> bool:
         k.locks.lock(ptl, "user_write")
         kind, ref, w = pte_get(k, m, addr)
         if kind == PTE_PRESENT and w:
-            k.st.frames[k.pg.deref(ref, "user_write"), :] = data
+            cpu_store(k, m, addr, ref, data)
             k.locks.unlock(ptl, "user_write")
             return True
         k.locks.unlock(ptl, "user_write")
@@ -369,7 +388,7 @@ def user_read(k: K, m: int, addr: int) -> np.ndarray | None:
         k.locks.lock(ptl, "user_read")
         kind, ref, _w = pte_get(k, m, addr)
         if kind == PTE_PRESENT:
-            data = k.st.frames[k.pg.deref(ref, "user_read"), :].copy()
+            data = cpu_load(k, m, addr, ref)
             k.locks.unlock(ptl, "user_read")
             return data
         k.locks.unlock(ptl, "user_read")
