@@ -179,6 +179,27 @@ def test_a_user_store_after_the_pte_lock_is_dropped(monkeypatch):
     caught(lambda: write(k, a, 1, 4), "user-access", f"mm[{a}].page_table_lock", f"the page mm[{a}] maps at address 1")
 
 
+def test_a_reference_taken_through_a_pte_after_its_lock_is_dropped(monkeypatch):
+    """A scratch follow_page that takes its reference after pte_unmap_unlock: the page may be gone by then."""
+    k = make_kernel()
+    _aref, a = new_program(k, 1)
+    write(k, a, 1, 3)
+
+    def follow_page_late(k: K, m: int, addr: int, site: str) -> int:
+        k.locks.lock(k.ptl(m), site)
+        kind, ref, _w = memory.pte_get(k, m, addr)
+        k.locks.unlock(k.ptl(m), site)
+        if kind == 1:
+            memory.get_pte_page(k, m, ref, site)  # the defect
+            return ref
+        return 0
+
+    monkeypatch.setattr(memory, "follow_page", follow_page_late)
+    page = pte_page(k, a, 1)
+    f = caught(lambda: scan(k, 1), "pte_page_ref", f"mm[{a}].page_table_lock", f"writes page[{ref_slot(page)}]'s")
+    assert "scan_get_next_rmap_item" in f.details["path"]
+
+
 # -- the mm_slot list: ksm_mmlist_lock ---------------------------------------------------------------------------
 def test_mm_slot_list_changed_without_ksm_mmlist_lock(monkeypatch):
     k = make_kernel()
@@ -348,13 +369,23 @@ def test_fork_without_the_parents_mmap_sem(monkeypatch):
     assert "dup_mmap" in f.details["path"]
 
 
+def test_a_fork_registers_its_child_with_ksmd_before_taking_the_childs_mmap_sem(monkeypatch):
+    """dup_mmap's ksm_fork before down_write_nested(&mm->mmap_sem): ksmd could scan the child's empty vma list and
+    forget it (no VM_MERGEABLE vma), and the forked mm would never be merged."""
+    k = make_kernel()
+    aref, a = new_program(k, 1)
+    without_lock(monkeypatch, k, at("dup_mmap:nested"))
+    f = caught(lambda: mmm.dup_mmap(k, aref), "ksm_enter", "mm[1].mmap_sem", "registration with ksmd")
+    assert f.details["path"][:3] == ["__ksm_enter", "ksm_fork", "dup_mmap"] and a == 0
+
+
 def test_vm_flags_changed_under_mmap_sem_for_read_only(monkeypatch):
     """madvise with down_read: the vma's vm_flags change needs mmap_sem for write."""
     k = make_kernel()
-    aref, a = new_program(k, 2, mergeable=False)
+    aref, a = new_program(k, 2)
     without_lock(monkeypatch, k, at("sys_madvise"), downgrade=True)
     f = caught(
-        lambda: mmm.sys_madvise(k, aref, 1, 3, ksm.MADV_MERGEABLE),
+        lambda: mmm.sys_madvise(k, aref, 1, 3, ksm.MADV_UNMERGEABLE),
         "vm_flags",
         f"mm[{a}].mmap_sem",
         "->vm_flags",

@@ -39,6 +39,11 @@ PTE = (
     "follow_page, write_protect_page, replace_page, try_to_unmap_one, page_referenced_one (a fault's first, lockless "
     "read is rechecked under the lock with pte_same: the model folds the two into one locked read)"
 )
+PTE_PAGE_REF = (
+    "a reference on a page found through a pte is taken before that pte lock is released (follow_page's get_page, "
+    "do_wp_page's page_cache_get(old_page) before pte_unmap_unlock, copy_one_pte's get_page): until then only the "
+    "pte's own reference keeps the page, and an unmap or swap-out may drop it the moment the lock goes"
+)
 USER_ACCESS = (
     "a user load or store reaches a page only through a pte that maps it at that moment: ptep_clear_flush flushes "
     "the TLB before any pte change, and the model stands for that by making the access under the pte lock "
@@ -57,6 +62,12 @@ KSM_THREAD_MUTEX = (
     "ksm_run is changed, and ksm_do_scan (the ksm_scan cursor, the rmap_lists, the stable and unstable trees, the "
     "ksm_pages_* counters) and unmerge_and_remove_all_rmap_items run, only under ksm_thread_mutex (mm/ksm.c: "
     "ksm_scan_thread and run_store hold it around them)"
+)
+KSM_ENTER = (
+    "an mm is registered with ksmd (__ksm_enter: MMF_VM_MERGEABLE, its mm_slot) with its mmap_sem held for write: "
+    "ksm_madvise under madvise's down_write, ksm_fork under dup_mmap's down_write of the new mm; ksmd relies on it "
+    "when it forgets an mm with no VM_MERGEABLE vma (scan_get_next_rmap_item: 'mmap_sem then protects against race "
+    "with MADV_MERGEABLE')"
 )
 STABLE_HLIST = (
     "a stable node's hlist of rmap_items is changed (stable_tree_append, remove_rmap_item_from_tree's hlist_del) "
@@ -99,10 +110,12 @@ class Rule:
 #: Every rule the model names in `k.hooks.lock_rule`, by key.
 RULES: dict[str, Rule] = {
     "pte": Rule("mm[{0}]'s pte at address {1}", PTE),
+    "pte_page_ref": Rule("page[{0}]'s _count (a reference taken through a pte)", PTE_PAGE_REF),
     "user-access": Rule("the page mm[{0}] maps at address {1}", USER_ACCESS),
     "mm_list": Rule("mm_slot[{0}]'s mm_list links", MM_LIST),
     "mm_slots_hash": Rule("mm_struct[{0}]'s mm_slot (mm_slots_hash)", MM_LIST),
     "ksm_scan.mm_slot": Rule("ksm_scan.mm_slot", SCAN_SLOT),
+    "ksm_enter": Rule("mm[{0}]'s registration with ksmd (MMF_VM_MERGEABLE, mm_slot)", KSM_ENTER),
     "ksm_run": Rule("ksm_run", KSM_THREAD_MUTEX),
     "ksm_do_scan": Rule("ksm_do_scan's scan", KSM_THREAD_MUTEX),
     "unmerge_all": Rule("unmerge_and_remove_all_rmap_items", KSM_THREAD_MUTEX),
@@ -119,7 +132,7 @@ RULES: dict[str, Rule] = {
     "vm_flags": Rule("vma[{0}]->vm_flags", MMAP_SEM),
 }
 #: Rules whose changes need an rwsem held for write (a reader's down_read covers only reads).
-FOR_WRITE = frozenset({"mmap_sem", "vm_flags"})
+FOR_WRITE = frozenset({"mmap_sem", "vm_flags", "ksm_enter"})
 VERBS = ("reads", "writes", "runs")  # write: 0 a read, 1 a change, 2 a whole path the rule covers
 
 

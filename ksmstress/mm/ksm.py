@@ -820,6 +820,8 @@ def ksm_madvise(k: K, vref: int, advice: int) -> int:
 
 
 def __ksm_enter(k: K, mref: int) -> None:  # noqa: N807 - the kernel's name
+    """Register the mm with ksmd; its mmap_sem is held for write (madvise, or dup_mmap for the child)."""
+    k.hooks.lock_rule(k, "ksm_enter", k.mmap_sem(ref_slot(mref)), 1, ref_slot(mref), "__ksm_enter")
     sref = k.ms.alloc("alloc_mm_slot")
     k.ms.mm[ref_slot(sref)] = mref
     k.locks.lock(k.ksm_mmlist_lock, "__ksm_enter")

@@ -34,6 +34,13 @@ def get_page(k: K, pref: int, site: str) -> None:
     k.atomic_add(k.pg.count, s, 1, site)
 
 
+def get_pte_page(k: K, m: int, pref: int, site: str) -> None:
+    """get_page on the page a pte of mm m maps, before that pte lock is let go (lock rule "pte_page_ref"): until
+    then the pte's own reference is what keeps the page alive."""
+    k.hooks.lock_rule(k, "pte_page_ref", k.ptl(m), 1, ref_slot(pref), site)
+    get_page(k, pref, site)
+
+
 def get_page_unless_zero(k: K, s: int) -> int:
     """A reference on the page in frame s if it is still allocated (an LRU isolate of a page that may be freed
     concurrently); 0 if it is gone."""
@@ -136,7 +143,7 @@ def follow_page(k: K, m: int, addr: int, site: str) -> int:
     kind, ref, _w = pte_get(k, m, addr)
     page = 0
     if kind == PTE_PRESENT:
-        get_page(k, ref, site)
+        get_pte_page(k, m, ref, site)
         page = ref
     k.locks.unlock(k.ptl(m), site)
     return page
@@ -193,7 +200,7 @@ def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
                 pte_mkwrite(k, m, addr, "do_wp_page:reuse")
                 k.locks.unlock(ptl, "do_wp_page:reuse")
                 return VM_FAULT_WRITE
-    get_page(k, old, "do_wp_page")
+    get_pte_page(k, m, old, "do_wp_page")  # page_cache_get(old_page), before pte_unmap_unlock
     k.locks.unlock(ptl, "do_wp_page")
     rmap.anon_vma_prepare(k, vref)
     new = alloc_page(k, "do_wp_page:cow")
@@ -309,7 +316,7 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
     for addr in range(start, end):
         kind, ref, _w = pte_get(k, src, addr)
         if kind == PTE_PRESENT:
-            get_page(k, ref, "copy_one_pte")
+            get_pte_page(k, src, ref, "copy_one_pte")
             if not (skip_ksm and k.pg.flags[k.pg.deref(ref, "copy_one_pte")] & PG_KSM):
                 rmap.page_dup_rmap(k, ref)
             # both ptes share the page: should it become KSM through one's rmap_item, the other has none of its
