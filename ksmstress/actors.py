@@ -138,8 +138,8 @@ class MmTask:
             if free:
                 self.do_mmap(rng.choice(free), n)
         elif op in ("mergeable", "unmergeable") and pages:
-            a = rng.choice(pages)
-            self.madvise(a, a + 1, op == "mergeable")
+            a = rng.choice(pages)  # a range that may run past the mapping: madvise must then say -ENOMEM
+            self.madvise(a, min(a + 1 + rng.randrange(3), self.sc.vpages), op == "mergeable")
         elif op == "sleep":
             k.point("user:sleep", yielding=True)
 
@@ -165,16 +165,66 @@ class MmTask:
             self.mapped.update(range(start, start + n))
             self.k.st.expect[self.m, start : start + n] = -1
             if self.cfg.mergeable:
-                mmm.sys_madvise(self.k, self.mref, start, start + n, ksm.MADV_MERGEABLE)
+                self.madvise(start, start + n, True)
+            return
+        maps = self.proc_maps()
+        if 1 <= start and start + n <= self.sc.vpages and len(maps) < self.k.st.sz.max_vmas and not any(
+            vs < start + n and ve > start for vs, ve in maps
+        ):
+            self.syscall_failure(
+                f"mmap([{start},{start + n})) failed though its range is free and {len(maps)} of "
+                f"{self.k.st.sz.max_vmas} vmas are in use (mmap fails only on an overlap or at max_map_count)", maps
+            )
 
     def do_munmap(self, start: int, end: int) -> None:
         end = min(end, self.sc.vpages)
         if mmm.sys_munmap(self.k, self.mref, start, end):
             self.mapped.difference_update(range(start, end))
             self.k.st.expect[self.m, start:end] = -1
+            return
+        maps = self.proc_maps()
+        hit = [(vs, ve) for vs, ve in maps if vs < end and ve > start]
+        splits = int(bool(hit) and hit[0][0] < start) + int(bool(hit) and hit[-1][1] > end)
+        if len(maps) + splits <= self.k.st.sz.max_vmas:
+            self.syscall_failure(
+                f"munmap([{start},{end})) failed (ENOMEM) though its {splits} split(s) fit: {len(maps)} of "
+                f"{self.k.st.sz.max_vmas} vmas are in use (__split_vma fails only at max_map_count)", maps
+            )
 
     def madvise(self, start: int, end: int, mergeable: bool) -> None:
-        mmm.sys_madvise(self.k, self.mref, start, end, ksm.MADV_MERGEABLE if mergeable else ksm.MADV_UNMERGEABLE)
+        advice = ksm.MADV_MERGEABLE if mergeable else ksm.MADV_UNMERGEABLE
+        err = mmm.sys_madvise(self.k, self.mref, start, end, advice)
+        holes = [a for a in range(start, end) if a not in self.mapped]
+        if holes and err != -12:
+            self.syscall_failure(
+                f"madvise([{start},{end})) returned {err} though address {holes[0]} is not mapped "
+                "(sys_madvise reports -ENOMEM for a range with unmapped pages)", self.proc_maps()
+            )
+        if not holes and err == -12:
+            maps = self.proc_maps()
+            if len(maps) + 2 <= self.k.st.sz.max_vmas:
+                self.syscall_failure(
+                    f"madvise([{start},{end})) returned -ENOMEM though the range is mapped and any split fits "
+                    f"({len(maps)} of {self.k.st.sz.max_vmas} vmas in use)", maps
+                )
+
+    # -- the syscall contract: a program knows what it mapped, and reads /proc/self/maps when a call fails -------
+    def proc_maps(self) -> list[tuple[int, int]]:
+        """/proc/self/maps: the vmas' ranges, read under mmap_sem (read) as show_map's m_start takes it."""
+        k = self.k
+        k.locks.down_read(k.mmap_sem(self.m), "show_map")
+        maps = [(int(k.vm.start[ref_slot(v)]), int(k.vm.end[ref_slot(v)])) for v in mmm.vma_list(k, self.m)]
+        k.locks.up_read(k.mmap_sem(self.m), "show_map")
+        return maps
+
+    def syscall_failure(self, what: str, maps: list[tuple[int, int]]) -> None:
+        step, who = self.k.ctl.clock()
+        raise Failure(
+            "syscall",
+            f"{who}: {what}, at step {step}; /proc/self/maps: "
+            + (" ".join(f"[{a},{b})" for a, b in maps) or "empty"),
+            {"task": who, "step": step, "maps": [list(x) for x in maps]},
+        )
 
     def fork(self) -> None:
         k = self.k

@@ -352,7 +352,7 @@ class Table:
     def _free(self, ref: int, site: str) -> None:
         slot, gen = ref_slot(ref), ref_gen(ref)
         if ref == NULL:
-            self._oops(site, "free")
+            self.oops(site, "free")
         if not (0 <= slot < self.capacity) or self.state[slot] != LIVE or int(self.gen[slot]) != gen:
             step, who = self.clock()
             raise Failure(
@@ -380,7 +380,7 @@ class Table:
         """Check that `ref` still names a live object and return its slot: the KASAN check."""
         slot = (ref & _SLOT_MASK) - 1
         if slot < 0:
-            self._oops(site, "dereference")
+            self.oops(site, "dereference")
         if self._state[slot] == LIVE and self._gen[slot] == (ref >> 32):
             return slot
         step, who = self.clock()
@@ -493,7 +493,8 @@ class Table:
         i = self._freed_info(slot)
         return f"{i['task']} at step {i['step']} ({i['site']})"
 
-    def _oops(self, site: str, what: str) -> None:
+    def oops(self, site: str, what: str) -> None:
+        """A NULL dereference: the kernel would oops here."""
         step, who = self.clock()
         raise Failure(
             "oops",

@@ -34,6 +34,8 @@ CLASSES: dict[str, str] = {
     "bug-on": "a kernel BUG_ON / VM_BUG_ON condition was hit",
     "oops": "a NULL pointer was dereferenced",
     "arena-exhausted": "a table of the arena ran out of slots (scenario sizes too small)",
+    "syscall": "a system call broke its contract: mmap, munmap or madvise failed (or succeeded) against what the "
+    "program's own /proc/self/maps says",
     "crash": "a task process died or raised an unexpected Python exception",
     "replay-diverged": "a replay could not follow its recorded schedule",
     "budget-exhausted": "the run used up its max_steps while its programs were still making progress (raise it)",

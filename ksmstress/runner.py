@@ -34,7 +34,7 @@ from .mm.state import G_MAX_REFCOUNT, G_MM_LIVE, G_PAGES_TO_SCAN, G_REFCOUNT_BIT
 from .scenario import Scenario
 from .sched import DEFAULT_GRANULARITY, make_strategy
 from .sched.chaos import ChaosPolicy
-from .sched.control import BLOCKED, CLEAN, CURRENT, FAILED, HANDOFFS, STEP, Control
+from .sched.control import BLOCKED, CLEAN, FAILED, STEP, Control
 from .sched.free import FreeControl
 
 MODES = ("controlled", "free")  # controlled: one task at a time, replayable; free: all at once
@@ -292,8 +292,8 @@ def run_one(
             if time.monotonic() > deadline:
                 failure = Failure(
                     "hang",
-                    f"no end after {timeout:.0f}s wall clock at step {ctl.steps} "
-                    f"(running: {ctl.label(int(ctl.meta[CURRENT]))})",
+                    f"no end after {timeout:.0f}s wall clock at step {ctl.steps}"
+                    + (f" (running: {ctl.label(ctl.current())})" if ctl.current() >= 0 else ""),
                     {"step": ctl.steps, "stacks": stacks.collect(tasks, ctl)},
                 ).to_dict()
                 break
@@ -316,7 +316,7 @@ def run_one(
         verdict=verdict_of(failure),
         failure=failure,
         steps=ctl.steps,
-        handoffs=int(ctl.meta[HANDOFFS]),
+        handoffs=ctl.handoffs(),
         elapsed=elapsed,
         schedule=ctl.schedule(),
         max_refcount=int(st.g[G_MAX_REFCOUNT]),

@@ -347,6 +347,9 @@ def test_runs_must_be_positive(runs: str, capsys: pytest.CaptureFixture[str]) ->
         (("bench", "--jobs", "0"), "--jobs"),
         (("bench", "--seconds", "-1"), "--seconds"),
         (("bench", "--skip-detection", "--throughput-runs", "0"), "--throughput-runs"),
+        (("bench", "--only", "scheduler", "--samples", "0"), "--samples"),
+        (("bench", "--only", "speed"), "--only"),
+        (("bench", "--only", "detection", "--skip-detection"), "--skip-detection"),
         (("soak", "--pct-depth", "0"), "--pct-depth"),
         (("soak", "--timeout", "nan"), "--timeout"),
         (("soak", "--seed", "-1"), "--seed"),
@@ -786,6 +789,8 @@ def test_bench_reports_detection_and_throughput_as_json(capsys: pytest.CaptureFi
         "30",
         "--throughput-runs",
         "1",
+        "--samples",
+        "1",
         "--jobs",
         "1",
         "--json",
@@ -802,7 +807,25 @@ def test_bench_reports_detection_and_throughput_as_json(capsys: pytest.CaptureFi
         assert b["handoffs_per_second"] > 0 and b["points_per_second"] >= b["handoffs_per_second"]
     assert {(r["strategy"], r["granularity"]) for r in d["throughput"]} == {
         (s, g) for s in ("random", "pct") for g in ("locks", "shared")}
-    assert all(r["seconds_per_run"] > 0 for r in d["throughput"]) and set(d["shared_cost"]) == {"random", "pct"}
+    assert all(r["seconds_per_run"] > 0 and r["cpu_seconds_per_run"] > 0 for r in d["throughput"])
+    assert set(d["shared_cost"]) == set(d["shared_cost_cpu"]) == {"random", "pct"}
+
+
+def test_bench_only_scheduler_gives_the_raw_and_bare_rows_and_the_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--only scheduler`: the raw ping-pong and the bare scheduler, each ratio per sample, and issue 11's bar
+    stated as the CPU-time ratio of the random row (a figure and its verdict, not an asserted speed)."""
+    code, out, _err = cli(capsys, "bench", "--only", "scheduler", "--samples", "2", "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert "detection" not in d and "throughput" not in d and d["samples"] == 2
+    for name in ("random", "alternate"):
+        b = d[f"bare_scheduler_{name}"]
+        assert len(b["cpu_ratio_samples"]) == 2 and b["cpu_ratio_to_raw"] > 0 and b["handoff_ratio_to_raw"] > 0
+    bar = d["bar"]
+    assert bar["what"] == "bare_scheduler_random.cpu_ratio_to_raw" and bar["at_least"] == 0.75
+    assert bar["value"] == d["bare_scheduler_random"]["cpu_ratio_to_raw"] and bar["met"] == (bar["value"] >= 0.75)
+    code, out, _err = cli(capsys, "bench", "--only", "scheduler", "--samples", "1")
+    assert code == 0 and "bar (issue 11)" in out and "hand-offs per CPU second" in out
 
 
 def test_refcount_width_figures_the_readme_quotes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

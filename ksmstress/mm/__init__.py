@@ -80,6 +80,10 @@ Deviations from 2.6.33: what, where, why (each also has a one-line note at its p
            "merged" by the page == kpage shortcut and hold_anon_vma takes a NULL anon_vma (found by this model at
            shared granularity, seed-fork-race random seed 30 before later changes moved the schedules; no seed of
            0..399 reaches it now, so the 2.6.33 code is not yet a catalogue variant: it needs a focused scenario).
+20. One task per mm: no second thread of an mm faults, zaps (MADV_DONTNEED) or swaps in its ptes.
+    where: actors.MmTask, memory.do_swap_page
+    why:   the lifetimes under test are between ksmd, reclaim, fork/exit and an mm's owner; a swap pte therefore
+           changes only by its own task, which keeps do_swap_page's raced branch dead until threads are modelled.
 
 Kept as 2.6.33 has them, though they may look like simplifications: one anon_vma per fork family and no
 anon_vma_chain (that is 2.6.34); page_lock_anon_vma reads a SLAB_DESTROY_BY_RCU anon_vma raw (type-stable memory,

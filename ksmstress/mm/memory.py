@@ -65,6 +65,10 @@ def put_page(k: K, pref: int, site: str) -> None:
         )
     if c == 0:
         k.hooks.page_freeing(k, pref, site)
+        # put_page_testzero, then __put_single_page -> free_hot_cold_page: between the zero count and the free the
+        # page still carries its flags and mapping, so a lockless lookup (get_page_unless_zero, get_ksm_page) can
+        # find it here and must be refused by its count test
+        k.spoint("__put_single_page")
         k.pg.flags[s] = 0
         k.pg.mapping[s] = 0  # free_hot_cold_page clears an anon page's mapping: get_ksm_page relies on it
         k.pg.mapcount[s] = 0
@@ -72,10 +76,14 @@ def put_page(k: K, pref: int, site: str) -> None:
 
 
 def PageAnon(k: K, s: int) -> bool:  # noqa: N802 - the kernel's name
+    if s < 0:  # ref_slot(NULL): a Python index of -1 would read the last frame's flags where C would oops
+        k.pg.oops("PageAnon", "dereference")
     return bool(k.pg.flags[s] & PG_ANON)
 
 
 def PageKsm(k: K, s: int) -> bool:  # noqa: N802
+    if s < 0:  # ref_slot(NULL), as in PageAnon
+        k.pg.oops("PageKsm", "dereference")
     k.spoint_unless(k.page_lock(s), "PageKsm")  # PG_KSM is set under the page lock: a test without it races
     return bool(k.pg.flags[s] & PG_KSM)
 

@@ -285,7 +285,9 @@ def page_referenced_anon(k: K, pref: int) -> int:
             if not mapcount[0]:
                 break
         k.locks.unlock(k.av_lock(ref_slot(avref)), "page_referenced_anon")
-    k.hooks.walk_end(k, token, mapcount[0] if avref else 0)
+    # without an anon_vma the walk counted nothing (mapcount -1): page_lock_anon_vma's refusal is only right if no
+    # pte maps the page, which the detector checks instead of taking the refusal on trust
+    k.hooks.walk_end(k, token, mapcount[0])
     return referenced
 
 

@@ -26,11 +26,16 @@ from .prng import BLOCK, SharedPrng
 UNUSED, RUNNABLE, BLOCKED, EXITED, RESERVED = 0, 1, 2, 3, 4  # a task slot's state (ctl.state)
 NO_LOCK = -1  # ctl.wait of a task that waits for no lock
 
-# meta cells
-STEP, CURRENT, STOP, OUTCOME, HANDOFFS, FAIL_LEN, NBLOCKED, VERSION = range(8)  # VERSION: task states changed
-PROGRESS, PROGRESS_MARK, MARKED = 8, 9, 10  # operations the programs completed; their count at 3/4 of max_steps
+# meta cells. A hand-off reads and writes only the first five, through one memoryview, on one cache line:
+# the step, the shared PRNG's two cells (meta[1:3] are its _STATE and _USED, viewed as uint64), STOP, and VERSION,
+# which changes whenever a parked task must look again (task states, a PRNG block refill by fastpoint, a stop).
+# HANDOFFS is free mode's: controlled mode reads who runs and how many hand-offs there were from the record
+# (Control.current, Control.handoffs), so a hand-off writes neither.
+STEP, PRNG_CELLS, STOP, VERSION = 0, 1, 3, 4
+OUTCOME, HANDOFFS, NBLOCKED, FAIL_LEN = 5, 6, 7, 8
+PROGRESS, PROGRESS_MARK, MARKED = 9, 10, 11  # operations the programs completed; their count at 3/4 of max_steps
 MARK_AT = 0.75  # where the budget check takes its snapshot of PROGRESS
-assert (STEP, CURRENT, STOP, HANDOFFS, VERSION) == (0, 1, 2, 4, 7)  # fastpoint's cells
+assert (STEP, PRNG_CELLS, STOP, VERSION) == (0, 1, 3, 4)  # fastpoint's cells
 RUNNING, CLEAN, FAILED = 0, 1, 2
 
 NARGS = 8
@@ -60,7 +65,6 @@ class Control:
         block.want("ctl.strat", np.int64, 64)
         block.want("ctl.record", np.uint8, max_steps + 1)
         block.want("ctl.replay", np.uint8, max_steps + 1)
-        block.want("ctl.prng", np.uint64, 2)
         block.want("ctl.prngbuf", np.uint64, BLOCK)
         block.want("ctl.fail", np.uint8, FAIL_BUF)
         ctx = multiprocess.get_context("fork")
@@ -83,7 +87,7 @@ class Control:
         self.strat = a["ctl.strat"]
         self.record = a["ctl.record"]
         self.replay = a["ctl.replay"]
-        self.prng = SharedPrng(a["ctl.prng"], a["ctl.prngbuf"])
+        self.prng = SharedPrng(self.meta[PRNG_CELLS : PRNG_CELLS + 2].view(np.uint64), a["ctl.prngbuf"])
         self.fail_buf = a["ctl.fail"]
         self.wait[:] = NO_LOCK
         # the hot path reads and writes through memoryviews: plain Python ints, ~5x cheaper than numpy scalars
@@ -156,7 +160,6 @@ class Control:
         runnable = np.flatnonzero(self.state == RUNNABLE).tolist()
         first = self.strategy.pick(self, runnable, -1, 0, False)
         self.record[0] = first
-        self.meta[CURRENT] = first
         self.sems[first].release()
 
     @property
@@ -176,6 +179,16 @@ class Control:
 
     def schedule(self) -> bytes:
         return bytes(self.record[: self.steps + 1])
+
+    def handoffs(self, since: int = 0) -> int:
+        """Hand-offs from step `since` on: the steps whose decision differs from the one before (every decision is
+        recorded, a hand-off is exactly a decision for another task), so the hot path counts nothing."""
+        rec = self.record[since : self.steps + 1]
+        return int(np.count_nonzero(rec[1:] != rec[:-1]))
+
+    def current(self) -> int:
+        """The task running now (for a report): the last hand-off's decision, at the last published step."""
+        return int(self.record[int(self.meta[STEP])])
 
     # -- task side ---------------------------------------------------------------------------------------
     def wait_turn(self) -> None:
@@ -203,8 +216,6 @@ class Control:
         nxt = self._pick(self, self._runnable, me, step, yielding)
         self._record[step] = nxt
         if nxt != me:
-            meta[CURRENT] = nxt
-            meta[HANDOFFS] += 1
             self._post[nxt]()
             self._park[me]()
             if meta[STOP]:
@@ -304,14 +315,13 @@ class Control:
                 self._deadlock("task exit")
             self.meta[OUTCOME] = CLEAN
             self.meta[STOP] = 1
+            self.meta[VERSION] += 1
             self.done.release()
             return
         step = int(self.meta[STEP]) + 1
         self.meta[STEP] = step
         nxt = self.strategy.pick(self, runnable, self.me, step, True)
         self.record[step] = nxt
-        self.meta[CURRENT] = nxt
-        self.meta[HANDOFFS] += 1
         self.sems[nxt].release()
 
     def report(self, failure: dict[str, Any]) -> None:
@@ -322,6 +332,7 @@ class Control:
         self.meta[FAIL_LEN] = len(data)
         self.meta[OUTCOME] = FAILED
         self.meta[STOP] = 1
+        self.meta[VERSION] += 1
         self.done.release()
 
     def _deadlock(self, site: str) -> None:

@@ -39,8 +39,16 @@ from .control import (
 class FreeControl(Control):
     """The free-running waiter: same task table and semaphores as Control, real concurrency."""
 
-    def __init__(self, block: SharedBlock, ntasks: int, max_steps: int, strategy: Strategy,
-                 kind_names: dict[int, str], seed: int, chaos: ChaosPolicy) -> None:
+    def __init__(
+        self,
+        block: SharedBlock,
+        ntasks: int,
+        max_steps: int,
+        strategy: Strategy,
+        kind_names: dict[int, str],
+        seed: int,
+        chaos: ChaosPolicy,
+    ) -> None:
         super().__init__(block, ntasks, max_steps, strategy, kind_names)
         self.guard = multiprocess.get_context("fork").RLock()
         self.seed = seed
@@ -57,6 +65,14 @@ class FreeControl(Control):
 
     def schedule(self) -> bytes:
         return b""
+
+    def handoffs(self, since: int = 0) -> int:
+        """The times a task slept on its semaphore (there is no record to count them from)."""
+        return int(self._meta[HANDOFFS])
+
+    def current(self) -> int:
+        """Every task runs at once: none in particular (-1)."""
+        return -1
 
     def point(self, site: str, yielding: bool = False) -> None:
         meta = self._meta
@@ -112,4 +128,3 @@ class FreeControl(Control):
             if self._meta[OUTCOME] != RUNNING:
                 return  # the first failure wins; the others are its echoes
             super().report(failure)
-
