@@ -53,7 +53,7 @@ class MmTask:
         self.page_size = sc.page_size
         # what this program knows it has mapped (its /proc/self/maps): a child inherits the parent's
         self.mapped: set[int] = set()
-        for vref in mmm.vma_list(k, self.m):
+        for vref in mmm.vma_walk(k, self.m):  # not the kernel: only this program changes its own vmas
             v = ref_slot(vref)
             self.mapped.update(range(k.vm.start[v], k.vm.end[v]))
 

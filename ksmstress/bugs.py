@@ -72,11 +72,12 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             "ksmd-no-mmap-sem",
             "ksmd walks an mm's vmas (scan_get_next_rmap_item) without mmap_sem, while the owner unmaps them",
-            "use-after-free",
+            "unlocked-access",  # find_vma without mmap_sem breaks the lock rule at once, before any unmap races it
             "scan-munmap-race.toml",
-            # the mmap_sem that keeps MADV_MERGEABLE out while ksmd frees an idle mm's slot is gone too: madvise sees
-            # MMF_VM_MERGEABLE still set, skips __ksm_enter, and ksmd then clears it under a mergeable vma
-            also=("registration",),
+            # the race itself: a vma freed by munmap under the scan; and the mmap_sem that keeps MADV_MERGEABLE
+            # out while ksmd frees an idle mm's slot is gone too: madvise sees MMF_VM_MERGEABLE still set, skips
+            # __ksm_enter, and ksmd then clears it under a mergeable vma
+            also=("use-after-free", "registration"),
         ),
         Variant(
             "merge-without-wrprotect",

@@ -26,6 +26,8 @@ CLASSES: dict[str, str] = {
     "stale-pte": "a pte maps a freed page frame or swap slot",
     "writable-ksm": "a KSM page is mapped by a writable pte (a write would reach every page sharing it)",
     "unmerge-incomplete": "MADV_UNMERGEABLE or run=2 returned with a pte it had to break still mapping a KSM page",
+    "unlocked-access": "data a kernel lock rule covers (ptes, vma and anon_vma lists, the mm_slot list, the trees, a "
+    "stable node's rmap_items, a page becoming KSM) touched by a task not holding the lock the rule names",
     "missed-merge": "two page frames of mergeable areas still hold identical bytes after the world stood still for "
     "more full scans than KSM needs to merge them",
     "stable-tree": "the stable tree is not a search tree of distinct KSM pages in memcmp order, or a KSM page and its "

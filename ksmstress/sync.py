@@ -173,7 +173,9 @@ class Locks:
     """The lock API the model calls. Each process has one, bound to its scheduler handle.
 
     The running task's held-lock stack is kept in a process-local list (only that task changes it) and mirrored
-    into shared memory, where deadlock reports and the quiescence check read it.
+    into shared memory, where deadlock reports and the quiescence check read it. Beside it, `modes` keeps the
+    mode each entry was taken in (READ for down_read, WRITE otherwise), so a lock rule that wants mmap_sem for
+    write can tell a reader from a writer without touching shared memory.
     """
 
     def __init__(self, space: LockSpace, waiter: Waiter, hooks: LockHooks | None = None) -> None:
@@ -181,6 +183,7 @@ class Locks:
         self.w = waiter
         self.hooks: LockHooks = hooks or NoLockHooks()
         self.mine: list[int] = []
+        self.modes: list[int] = []  # modes[i]: the mode mine[i] was taken in (READ or WRITE)
 
     # -- bookkeeping --------------------------------------------------------------------------------------
     def _push(self, lid: int, mode: int, site: str, subclass: int) -> None:
@@ -190,6 +193,7 @@ class Locks:
         if n >= MAX_HELD:
             raise Failure("bug-on", f"{self.w.label(me)} holds more than {MAX_HELD} locks at {site}")
         mine.append(lid)
+        self.modes.append(mode)
         self.s._held[me * MAX_HELD + n] = lid
         self.s._nheld[me] = n + 1
         self.hooks.lock_acquired(me, lid, mode, site, subclass)
@@ -206,11 +210,20 @@ class Locks:
             )
         i = len(mine) - 1 - mine[::-1].index(lid)
         del mine[i]
+        del self.modes[i]
         held, base = self.s._held, me * MAX_HELD
         for j in range(i, len(mine)):
             held[base + j] = mine[j]
         self.s._nheld[me] = len(mine)
         self.hooks.lock_released(me, lid, site)
+
+    def holds(self, lid: int, mode: int = READ) -> bool:
+        """Whether the running task holds `lid`; with mode WRITE, exclusively (an rwsem taken by down_read does
+        not count). Process-local: no shared memory, no scheduling point."""
+        mine = self.mine
+        if lid not in mine:
+            return False
+        return mode != WRITE or self.modes[len(mine) - 1 - mine[::-1].index(lid)] == WRITE
 
     def _self_deadlock(self, lid: int, site: str) -> None:
         step, who = self.w.clock()
@@ -273,8 +286,7 @@ class Locks:
             step, who = w.clock()
             raise Failure(
                 "bug-on",
-                f"{who} unlocks {self.s.name(lid)} owned by "
-                f"{w.label(int(self.s.owner[lid]))} at {site} (step {step})",
+                f"{who} unlocks {self.s.name(lid)} owned by {w.label(int(self.s.owner[lid]))} at {site} (step {step})",
                 {"lock": self.s.name(lid), "site": site},
             )
         self._pop(lid, site)

@@ -6,6 +6,8 @@ kernel thread after another, and checks exact counts.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,16 @@ from ksmstress.checks.content import pattern_bytes
 from ksmstress.mm import ksm, memory
 from ksmstress.mm import mm as mmm
 from ksmstress.mm.hooks import NoHooks
-from ksmstress.mm.state import G_PAGES_SHARED, G_PAGES_SHARING, G_PAGES_UNSHARED, G_RMAP_ITEMS, G_SEQNR, K, Sizes
+from ksmstress.mm.state import (
+    G_PAGES_SHARED,
+    G_PAGES_SHARING,
+    G_PAGES_UNSHARED,
+    G_RMAP_ITEMS,
+    G_SEQNR,
+    K,
+    Sizes,
+    pte_decode,
+)
 from ksmstress.runner import solo_kernel
 from ksmstress.sched import DEFAULT_GRANULARITY
 
@@ -109,9 +120,38 @@ def counters(k: K) -> dict[str, int]:
 
 
 def pte_page(k: K, m: int, addr: int) -> int:
-    kind, ref, _w = memory.pte_get(k, m, addr)
+    """The page the pte maps, read raw: the test looks at the page table, it is not a kernel path (pte_get checks
+    the pte lock the kernel's readers hold)."""
+    kind, ref, _w = pte_decode(int(k.st.pte[m, addr]))
     assert kind == 1, f"pte ({m}, {addr}) not present"
     return ref
+
+
+def pte(k: K, m: int, addr: int) -> tuple[int, int, int]:
+    """(kind, target, write) of a pte, read raw: the test inspecting the page table is no kernel path."""
+    return pte_decode(int(k.st.pte[m, addr]))
+
+
+def vma_at(k: K, m: int, addr: int) -> int:
+    """find_vma for the test's own inspection (the first vma ending above addr, or 0), read raw: the kernel's
+    find_vma asserts the mmap_sem its callers hold."""
+    return next((v for v in mmm.vma_walk(k, m) if k.vm.end[ref_slot(v)] > addr), 0)
+
+
+@contextmanager
+def holding(k: K, lid: int, site: str = "test") -> Iterator[None]:
+    """The test, as a kernel path would, holds lock `lid` around what it does (the lock rules want it)."""
+    k.locks.lock(lid, site)
+    try:
+        yield
+    finally:
+        k.locks.unlock(lid, site)
+
+
+def page_locked(k: K, page: int) -> Any:
+    """lock_page ... unlock_page around an rmap walk, as reclaim's shrink_page holds it (try_to_unmap and
+    page_referenced_ksm run with the page locked)."""
+    return holding(k, k.page_lock(ref_slot(page)), "test:lock_page")
 
 
 def mapped_pages(k: K) -> np.ndarray:

@@ -14,7 +14,7 @@ from ksmstress.mm import memory, rmap
 from ksmstress.mm import mm as mmm
 from ksmstress.mm.state import PTE_PRESENT, PTE_SWAP, mk_pte
 
-from .harness import make_kernel, new_program, pte_page, scan, write
+from .harness import make_kernel, new_program, page_locked, pte_page, scan, vma_at, write
 
 
 def test_use_after_free_names_who_freed_and_who_touched():
@@ -108,7 +108,9 @@ def test_traversal_when_a_page_is_freed_while_mapped():
     bref, b = new_program(k, 1)
     write(k, a, 1, 1)
     page = pte_page(k, a, 1)
+    k.locks.lock(k.ptl(b), "test")
     memory.pte_set(k, b, 1, PTE_PRESENT, page, 0)
+    k.locks.unlock(k.ptl(b), "test")
     with pytest.raises(Failure) as e:
         mmm.sys_munmap(k, aref, 1, 2)
     assert e.value.cls == "traversal" and "still maps" in e.value.message and e.value.details["mm"] == b
@@ -123,7 +125,7 @@ def test_traversal_when_a_walk_skips_a_reachable_pte():
     page = pte_page(k, a, 1)
     k.pg.mapcount[ref_slot(page)] = 1
     sref = k.st.swap.alloc("t")
-    with pytest.raises(Failure) as e:
+    with pytest.raises(Failure) as e, page_locked(k, page):
         rmap.try_to_unmap(k, page, sref)
     assert e.value.cls == "traversal" and e.value.details["mm"] == ref_slot(cref)
 
@@ -188,7 +190,8 @@ def test_detectors_quiet_on_the_correct_model():
     for s in np.flatnonzero(k.st.page.state == 1).tolist():
         page = k.page_ref(s)
         if rmap.page_mapped(k, s):
-            rmap.page_referenced(k, page)
+            with page_locked(k, page):
+                rmap.page_referenced(k, page)
     mmm.mmput(k, aref)
     mmm.mmput(k, cref)
     scan(k, 2)
@@ -204,7 +207,7 @@ def test_lockdep_reports_an_inversion_before_any_deadlock():
     aref, a = new_program(k, 1)
     write(k, a, 1, 1)
     page = pte_page(k, a, 1)
-    av = int(k.vm.anon_vma[ref_slot(mmm.find_vma(k, a, 1))])
+    av = int(k.vm.anon_vma[ref_slot(vma_at(k, a, 1))])
     k.locks.lock(k.av_lock(ref_slot(av)), "test:anon_vma_first")
     with pytest.raises(Failure) as e:
         k.locks.lock(k.page_lock(ref_slot(page)), "test:then_page")

@@ -14,7 +14,7 @@ from ksmstress.mm import ksm, memory, vmscan
 from ksmstress.mm import mm as mmm
 from ksmstress.mm.state import KSM_RUN_MERGE, KSM_RUN_UNMERGE, PG_KSM, PTE_PRESENT, PTE_SWAP, STABLE_FLAG
 
-from .harness import make_kernel, new_program, pte_page, read, scan, write
+from .harness import holding, make_kernel, new_program, pte, pte_page, read, scan, vma_at, write
 
 
 def merged_pair(k):
@@ -110,7 +110,7 @@ def test_a_pte_stored_to_a_freed_page_is_stale_at_the_store():
     _a, a = new_program(k, 2)
     page = memory.alloc_page(k, "test_alloc")
     memory.put_page(k, page, "test_free")
-    with pytest.raises(Failure) as e:
+    with pytest.raises(Failure) as e, holding(k, k.ptl(a)):
         memory.pte_set(k, a, 2, PTE_PRESENT, page, 0, "test:store")
     f = e.value
     assert f.cls == "stale-pte" and "test:store" in f.message and "test_free" in f.message
@@ -121,7 +121,7 @@ def test_a_swap_pte_to_a_freed_slot_is_stale():
     _a, a = new_program(k, 2)
     sref = k.st.swap.alloc("t")
     k.st.swap.free(sref, "test_swap_free")
-    with pytest.raises(Failure) as e:
+    with pytest.raises(Failure) as e, holding(k, k.ptl(a)):
         memory.pte_set(k, a, 2, PTE_SWAP, sref, 0, "test:store")
     assert e.value.cls == "stale-pte" and "swap[" in e.value.message
 
@@ -129,7 +129,7 @@ def test_a_swap_pte_to_a_freed_slot_is_stale():
 def test_a_writable_pte_to_a_ksm_page_fires_at_the_store():
     k = make_kernel()
     (_aref, a), _b, page = merged_pair(k)
-    with pytest.raises(Failure) as e:
+    with pytest.raises(Failure) as e, holding(k, k.ptl(a)):
         memory.pte_mkwrite(k, a, 1, "test:mkwrite")
     f = e.value
     assert f.cls == "writable-ksm" and f.details["page"] == ref_slot(page) and "test:mkwrite" in f.message
@@ -156,7 +156,8 @@ def test_a_pte_copied_without_mapcount_is_named_when_no_pte_lock_is_held():
     (_aref, a), (_bref, b), page = merged_pair(k)
     cref, c = new_program(k, 1, mergeable=False)
     memory.get_page(k, page, "test:copy")
-    memory.pte_set(k, c, 1, PTE_PRESENT, page, 0, "test:copy")  # no page_dup_rmap: the defect
+    with holding(k, k.ptl(c)):
+        memory.pte_set(k, c, 1, PTE_PRESENT, page, 0, "test:copy")  # no page_dup_rmap: the defect
     k.hooks.lockdep = None  # the lock order below is inverted on purpose: lockdep is not under test
     k.locks.lock(k.ptl(c), "test:holds_ptl")
     k.locks.lock(k.ksm_thread_mutex, "test")
@@ -190,9 +191,9 @@ def test_swap_count_is_its_swap_ptes_plus_the_swap_cache_reference():
     isolated = memory.get_page_unless_zero(k, ref_slot(page))
     vmscan.shrink_page(k, isolated, True)
     memory.put_page(k, isolated, "putback_lru_page")
-    assert memory.pte_get(k, a, 1)[0] == PTE_SWAP
+    assert pte(k, a, 1)[0] == PTE_SWAP
     check_counts(k.st, "test")  # one swap pte, count 1
-    sref = memory.pte_get(k, a, 1)[1]
+    sref = pte(k, a, 1)[1]
     k.atomic_add(k.st.swap.count, ref_slot(sref), 1, "test:swap_duplicate_without_pte")
     with pytest.raises(Failure) as e:  # +1 with no page lock held: no swap cache can hold it
         check_counts(k.st, "test")
@@ -279,7 +280,7 @@ def test_madvise_allows_a_cow_shared_page_merged_meanwhile_through_another_mm():
     c = ref_slot(cref)
     page = pte_page(k, a, 1)
     token = unmerge_begin(k, aref, 1, 2)
-    err = ksm.try_to_merge_one_page(k, mmm.find_vma(k, c, 1), page, 0)  # ksmd, through the child's mapping
+    err = ksm.try_to_merge_one_page(k, vma_at(k, c, 1), page, 0)  # ksmd, through the child's mapping
     assert err == 0 and k.pg.flags[ref_slot(page)] & PG_KSM and pte_page(k, a, 1) == page
     unmerge_end(k, token, "test")
     token = unmerge_begin(k, aref, 1, 2)
@@ -337,7 +338,7 @@ def test_a_leaked_ksm_refcount_is_named_at_quiescence_with_its_holder():
     k = make_kernel()
     aref, a = new_program(k, 1, mergeable=False)
     write(k, a, 1, 3)
-    av = ref_slot(int(k.vm.anon_vma[ref_slot(mmm.find_vma(k, a, 1))]))
+    av = ref_slot(int(k.vm.anon_vma[ref_slot(vma_at(k, a, 1))]))
     k.atomic_add(k.av.refcount, av, 1, "test:hold", 7 + 1)
     mmm.mmput(k, aref)
     f = check_quiescence(k.st)

@@ -19,9 +19,12 @@ from .harness import (
     make_kernel,
     mapped_pages,
     new_program,
+    page_locked,
+    pte,
     pte_page,
     read,
     scan,
+    vma_at,
     write,
 )
 
@@ -83,7 +86,8 @@ def test_fork_of_ksm_page_and_pass1_finds_the_child():
     assert k.pg.mapcount[ref_slot(page)] == 4
     assert not any(k.ri.mm[i] == cref for i in k.ri.live_slots())  # ksmd has not seen the child
     k.hooks.visits.clear()
-    assert rmap.page_referenced(k, page) == 4
+    with page_locked(k, page):
+        assert rmap.page_referenced(k, page) == 4
     assert {(c, 1), (c, 2)} <= set(k.hooks.visits)  # only pass 1 can reach them
 
 
@@ -92,7 +96,7 @@ def test_single_pass_walk_misses_the_forked_pte():
     ((aref, a),) = merged(k, [[5, 5]])
     page = pte_page(k, a, 1)
     mmm.dup_mmap(k, aref)
-    with pytest.raises(Failure) as e:
+    with pytest.raises(Failure) as e, page_locked(k, page):
         rmap.page_referenced(k, page)
     assert e.value.cls == "traversal" and "without visiting" in e.value.message
 
@@ -121,7 +125,7 @@ def test_try_to_unmap_ksm_swaps_every_pte_and_data_survives():
 def test_anon_vma_outlives_munmap_while_referenced_and_is_freed_on_the_last_drop():
     k = make_kernel()
     (aref, a), (bref, b) = merged(k, [[4], [4]])
-    av = int(k.vm.anon_vma[ref_slot(mmm.find_vma(k, a, 1))])
+    av = int(k.vm.anon_vma[ref_slot(vma_at(k, a, 1))])
     assert k.av.refcount[ref_slot(av)] == 1
     mmm.sys_munmap(k, aref, 1, 2)
     assert k.av.is_live(av)  # list empty, but the stable rmap_item holds it
@@ -154,7 +158,7 @@ def test_no_anon_vma_ref_walk_touches_freed_anon_vma():
     page = pte_page(k, b, 1)
     mmm.sys_munmap(k, aref, 1, 2)
     mmm.dup_mmap(k, bref)  # a forked pte only pass 1 finds: pass 0 must try every rmap_item, A's too
-    with pytest.raises(Failure) as e:
+    with pytest.raises(Failure) as e, page_locked(k, page):
         rmap.page_referenced(k, page)
     assert e.value.cls == "use-after-free"
 
@@ -166,7 +170,7 @@ def test_cow_breaks_a_ksm_page():
     write(k, a, 2, 9)
     new = pte_page(k, a, 2)
     assert new != kpage and not k.pg.flags[ref_slot(new)] & PG_KSM
-    assert memory.pte_get(k, a, 2)[2] == 1  # writable private copy
+    assert pte(k, a, 2)[2] == 1  # writable private copy
     assert k.pg.mapcount[ref_slot(kpage)] == 2
     assert read(k, a, 2) == content(k, 9) and read(k, a, 1) == content(k, 6)
 
@@ -197,7 +201,7 @@ def test_write_fault_racing_a_merge_never_reuses_the_new_ksm_page():
     # ksmd: follow_page's reference, lock_page, write_protect_page (try_to_merge_one_page with kpage NULL)
     assert memory.follow_page(k, a, 1, "test:follow_page") == page
     assert k.locks.trylock(k.page_lock(s), "test:trylock_page")
-    assert ksm.write_protect_page(k, mmm.find_vma(k, a, 1), page)[0] == 0
+    assert ksm.write_protect_page(k, vma_at(k, a, 1), page)[0] == 0
 
     def rest_of_merge() -> None:  # ksmd, after the fault's PageKsm test: set_page_stable_node(page, NULL)
         k.pg.flags[s] |= PG_KSM
@@ -253,10 +257,13 @@ def test_munmap_splits_a_vma_and_both_halves_stay_on_the_anon_vma():
     for x in range(1, 7):
         write(k, a, x, x)
     assert mmm.sys_munmap(k, aref, 3, 5)
-    vmas = mmm.vma_list(k, a)
+    vmas = mmm.vma_walk(k, a)
     assert [(int(k.vm.start[ref_slot(v)]), int(k.vm.end[ref_slot(v)])) for v in vmas] == [(1, 3), (5, 7)]
     av = int(k.vm.anon_vma[ref_slot(vmas[0])])
-    assert rmap.anon_vma_vmas(k, av, "test") == vmas or sorted(rmap.anon_vma_vmas(k, av, "test")) == sorted(vmas)
+    k.locks.lock(k.av_lock(ref_slot(av)), "test")
+    on_list = rmap.anon_vma_vmas(k, av, "test")
+    k.locks.unlock(k.av_lock(ref_slot(av)), "test")
+    assert on_list == vmas or sorted(on_list) == sorted(vmas)
     assert memory.user_read(k, a, 3) is None  # SIGSEGV in the hole
     assert read(k, a, 6) == content(k, 6)
 
@@ -287,7 +294,7 @@ def swapped_out(k, m, addr):
     memory.get_page(k, page, "isolate_lru_page")
     vmscan.shrink_page(k, page, swap=True)
     memory.put_page(k, page, "putback_lru_page")
-    kind, sref, _w = memory.pte_get(k, m, addr)
+    kind, sref, _w = pte(k, m, addr)
     assert kind == 2 and k.st.swap.is_live(sref)
     return sref
 
@@ -302,7 +309,7 @@ def test_swap_fault_racing_another_swap_in_of_the_same_entry_backs_out():
     mref, m = new_program(k, 1, mergeable=False)
     write(k, m, 1, 6)
     sref = swapped_out(k, m, 1)
-    vref = mmm.find_vma(k, m, 1)
+    vref = vma_at(k, m, 1)
     at_point(k, "handle_mm_fault", lambda: read(k, m, 1), nth=2)  # after its unlock, the program faults it in
     assert memory.handle_mm_fault(k, m, vref, 1, write=True) == 0  # raced: nothing done
     assert not k.st.swap.is_live(sref)
@@ -321,7 +328,7 @@ def test_swap_fault_holds_the_entry_while_it_reads():
     mref, m = new_program(k, 1, mergeable=False)
     write(k, m, 1, 9)
     sref = swapped_out(k, m, 1)
-    vref = mmm.find_vma(k, m, 1)
+    vref = vma_at(k, m, 1)
     seen = []
 
     def other():

@@ -18,7 +18,7 @@ from ksmstress.mm import ksm, memory, rmap, vmscan
 from ksmstress.mm import mm as mmm
 from ksmstress.mm.state import PG_KSM, K
 
-from .harness import make_kernel, new_program, pte_page, scan, write
+from .harness import holding, make_kernel, new_program, page_locked, pte, pte_page, scan, vma_at, write
 
 
 @contextmanager
@@ -57,7 +57,7 @@ def reclaim(k: K, page: int) -> None:
 
 
 def maps(k: K, m: int, addr: int, page: int) -> bool:
-    kind, ref, _w = memory.pte_get(k, m, addr)
+    kind, ref, _w = pte(k, m, addr)
     return kind == 1 and ref == page
 
 
@@ -93,8 +93,10 @@ def test_a_forked_vma_missing_from_the_anon_vma_list_is_caught_from_the_page_tab
     cref = mmm.dup_mmap(k, aref)
     c = ref_slot(cref)
     page = pte_page(k, a, 1)
-    cvma = mmm.find_vma(k, c, 1)
-    rmap._list_del(k, cvma, k.vm.anon_vma[ref_slot(cvma)])  # the defect: the child's vma is off the list
+    cvma = vma_at(k, c, 1)
+    avref = k.vm.anon_vma[ref_slot(cvma)]
+    with holding(k, k.av_lock(ref_slot(avref))):
+        rmap._list_del(k, cvma, avref)  # the defect: the child's vma is off the list
     with duties("lists"):
         reclaim(k, page)  # blind: the list-based duty holds the walk only to what the list names
     assert maps(k, c, 1, page) and not maps(k, a, 1, page)
@@ -113,7 +115,8 @@ def test_an_rmap_item_missing_from_the_stable_node_is_caught_from_the_page_table
     k = make_kernel()
     _aref, a, _bref, b, page = merged_pair(k)
     bitem = own_item(k, b, 1)
-    ksm._hlist_del(k, bitem)  # the defect: b's rmap_item is off the stable node's list
+    with page_locked(k, page):
+        ksm._hlist_del(k, bitem)  # the defect: b's rmap_item is off the stable node's list
     with duties("lists"):
         reclaim(k, page)
     assert maps(k, b, 1, page) and not maps(k, a, 1, page)
@@ -181,7 +184,8 @@ def test_window_replace_before_append():
     assert not maps(k, a, 1, page) and not maps(k, b, 1, page)
     citem = own_item(k, c, 1)
     assert citem in windows.stable_items(k, page)
-    ksm._hlist_del(k, citem)  # outside the window: c's pte as unreachable as it was inside
+    with page_locked(k, page):
+        ksm._hlist_del(k, citem)  # outside the window: c's pte as unreachable as it was inside
     with pytest.raises(Failure) as e:
         reclaim(k, page)
     assert e.value.details["duty"] == "page-tables" and e.value.details["mm"] == c
@@ -215,7 +219,8 @@ def test_window_fork_before_scan():
     scan(k, 1)  # ksmd scans c (its own item now) and merges q's page back
     citem = own_item(k, c, 1)
     assert citem in windows.stable_items(k, page) and k.st.window[c, 1, windows.W_CODE] == 0
-    ksm._hlist_del(k, citem)  # outside the window: c's pte unreachable again
+    with page_locked(k, page):
+        ksm._hlist_del(k, citem)  # outside the window: c's pte unreachable again
     with pytest.raises(Failure) as e:
         reclaim(k, page)
     assert e.value.details["duty"] == "page-tables" and e.value.details["mm"] == c

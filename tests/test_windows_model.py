@@ -76,7 +76,13 @@ def test_get_ksm_page_refuses_a_ksm_page_being_freed_and_prunes_its_node():
     assert mmm.sys_munmap(k, aref, 1, 2) and mmm.sys_munmap(k, bref, 1, 2)
     assert k.pg.count[s] == 1 and k.sn.is_live(nref)  # the stable node is stale only once the page is freed
     got: list[int] = []
-    freeing_with(k, "__put_single_page", lambda: got.append(ksm.get_ksm_page(k, nref)))
+
+    def ksmd_get_ksm_page() -> None:  # ksmd's lookup, under ksm_thread_mutex as ksmd holds it
+        k.locks.lock(k.ksm_thread_mutex, "test")
+        got.append(ksm.get_ksm_page(k, nref))
+        k.locks.unlock(k.ksm_thread_mutex, "test")
+
+    freeing_with(k, "__put_single_page", ksmd_get_ksm_page)
     memory.put_page(k, page, "test")
     assert got == [0] and not k.sn.is_live(nref)
 

@@ -9,14 +9,19 @@ from .counters import check_counters
 from .disturbance import Disturbance
 from .invariants import check_ksm_quiescent, check_pte_store
 from .lockdep import Lockdep
+from .lockrules import check as check_lock_rule
 from .traversal import TraversalCheck
 from .unmerge import unmerge_begin, unmerge_end
 
 
 class Detectors(TraversalCheck):
-    """Every in-run detector behind the model's hook interface: traversal, lockdep, counters, the invariants
-    (ksm_refcount, mapcount, stale and writable-KSM ptes, the stable tree, registration), unmerge completeness
-    and merge completeness (with its bookkeeping of when the world last moved, `disturbance`)."""
+    """Every in-run detector behind the model's hook interface: traversal, lockdep, the kernel's lock rules
+    (unlocked-access), counters, the invariants (ksm_refcount, mapcount, stale and writable-KSM ptes, the stable tree,
+    registration), unmerge completeness and merge completeness (with its bookkeeping of when the world last moved,
+    `disturbance`)."""
+
+    # the hot path: k.hooks.lock_rule(...) calls the check itself, no frame in between
+    lock_rule = staticmethod(check_lock_rule)
 
     def __init__(self, lockdep: Lockdep | None = None, disturbance: Disturbance | None = None) -> None:
         self.lockdep = lockdep
@@ -47,6 +52,7 @@ class Detectors(TraversalCheck):
             check_merge_completeness(k, where, self.disturbance)
 
     def pte_stored(self, k: Any, m: int, addr: int, kind: int, ref: int, write: int, site: str) -> None:
+        check_lock_rule(k, "pte", k.ptl(m), 1, m, site, addr)  # set_pte_at under the pte lock
         check_pte_store(k, m, addr, kind, ref, write, site)
 
     def unmerge_begin(self, k: Any, mm_ref: int, start: int, end: int) -> Any:

@@ -5,7 +5,10 @@ parts of mm/memory.c, mm/mmap.c, kernel/fork.c and mm/vmscan.c that KSM meets, w
 and lock order (ksm_thread_mutex -> mmap_sem -> page lock -> anon_vma->lock -> page_table_lock; ksm_mmlist_lock
 a leaf). Every function takes `k` (state.K): tables read field by field (`k.sn.hfirst[n]` is
 stable_node->hlist.first), every pointer is a generation-tagged reference, every dereference the kernel makes is
-a KASAN check (`k.sn.deref(ref, site)`), and every lock operation is a scheduling point.
+a KASAN check (`k.sn.deref(ref, site)`), and every lock operation is a scheduling point. Data a kernel lock rule
+covers (ptes, vma and anon_vma lists, the mm_slot list, the trees, a stable node's rmap_items...) is touched through
+a helper that names the lock the rule wants (`k.hooks.lock_rule`, checked by checks/lockrules.py as
+lockdep_assert_held would); where the kernel itself goes without that lock, the place says why in one line.
 
 Deviations from 2.6.33: what, where, why (each also has a one-line note at its place).
 

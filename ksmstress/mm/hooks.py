@@ -1,8 +1,8 @@
 """The small interface through which the model tells detectors what it does.
 
 The model never imports a detector: it calls these hooks at the moments a detector needs (a page freed, an rmap
-walk begun, a pte visited, a walk ended, a lock taken, a pte stored, an unmerge begun and returned). `NoHooks` is
-the silent default, so the model runs alone in unit tests.
+walk begun, a pte visited, a walk ended, a lock taken, a pte stored, an unmerge begun and returned, data that a
+kernel lock rule covers touched). `NoHooks` is the silent default, so the model runs alone in unit tests.
 """
 
 from __future__ import annotations
@@ -50,6 +50,11 @@ class Hooks(LockHooks, Protocol):
     def unmerge_end(self, k: Any, token: Any, site: str) -> None:
         """The unmerge returns: no pte it was bound to break may still map a KSM page."""
 
+    def lock_rule(self, k: Any, rule: str, lid: int, write: int, obj: int, site: str, sub: int = -1) -> None:
+        """The running task reads (write 0) or changes (write 1) data that the kernel's lock rule `rule`
+        (checks.lockrules) puts under lock `lid` (an rwsem and a change: held for write); `obj` and `sub` name
+        the object in a report. Instrumentation, like every hook: `ksmstress mutate` leaves these calls alone."""
+
 
 class NoHooks(NoLockHooks):
     """Hooks that hear nothing: the model on its own."""
@@ -85,4 +90,7 @@ class NoHooks(NoLockHooks):
         return None
 
     def unmerge_end(self, k: Any, token: Any, site: str) -> None:
+        pass
+
+    def lock_rule(self, k: Any, rule: str, lid: int, write: int, obj: int, site: str, sub: int = -1) -> None:
         pass

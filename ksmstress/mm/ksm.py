@@ -56,20 +56,26 @@ MADV_MERGEABLE, MADV_UNMERGEABLE = 12, 13
 EFAULT = -14
 
 
+# The trees, the ksm_scan cursor's rmap_lists and the counters are ksm_thread_mutex's (lock rule); the mm_slot list
+# is ksm_mmlist_lock's; a stable node's hlist is its KSM page lock's. Each helper below names the lock it needs.
 def stable_tree(k: K) -> Tree:
+    k.hooks.lock_rule(k, "stable_tree", k.ksm_thread_mutex, 2, 0, "stable_tree")
     return Tree(k, k.st.stable_node, G_STABLE_ROOT)
 
 
 def unstable_tree(k: K) -> Tree:
+    k.hooks.lock_rule(k, "unstable_tree", k.ksm_thread_mutex, 2, 0, "unstable_tree")
     return Tree(k, k.st.rmap_item, G_UNSTABLE_ROOT)
 
 
 def _inc(k: K, cell: int) -> None:
+    k.hooks.lock_rule(k, "ksm_counters", k.ksm_thread_mutex, 1, cell, "counter++")
     k.g[cell] += 1
 
 
 def _dec(k: K, cell: int, what: str) -> None:
     """counter--, checked: the model reports a counter going below zero, where the kernel's would just wrap."""
+    k.hooks.lock_rule(k, "ksm_counters", k.ksm_thread_mutex, 1, cell, "counter--")
     if k.g[cell] <= 0:
         raise Failure("counters", f"ksm_{what} would go below zero", k.fail_details(counter=what))
     k.g[cell] -= 1
@@ -140,7 +146,7 @@ def drop_anon_vma(k: K, iref: int) -> None:
     k.locks.lock(lid, "drop_anon_vma")
     a = k.av.deref(avref, "drop_anon_vma")
     if k.atomic_add(k.av.refcount, a, -1, "drop_anon_vma", i + 1) == 0:
-        empty = k.av.head[a] == 0
+        empty = rmap.anon_vma_list_empty(k, a, "drop_anon_vma")
         k.locks.unlock(lid, "drop_anon_vma")
         if empty:
             rmap.anon_vma_free(k, avref, "drop_anon_vma")
@@ -150,6 +156,8 @@ def drop_anon_vma(k: K, iref: int) -> None:
 
 # -- stable tree ---------------------------------------------------------------------------------------------
 def _hlist(k: K, nref: int, site: str) -> list[int]:
+    """hlist_for_each_entry over the stable node's rmap_items (the caller holds the KSM page's lock, or the page is
+    gone: see remove_node_from_stable_tree)."""
     n = k.sn.deref(nref, site)
     out, iref = [], k.sn.hfirst[n]
     while iref:
@@ -161,6 +169,7 @@ def _hlist(k: K, nref: int, site: str) -> list[int]:
 def _hlist_del(k: K, iref: int) -> None:
     i = k.ri.deref(iref, "hlist_del")
     lid = k.page_lock(k.sn.kpfn[ref_slot(k.ri.head[i])])  # the stable node's list is its KSM page lock's
+    k.hooks.lock_rule(k, "stable_node", lid, 1, ref_slot(k.ri.head[i]), "hlist_del")
     k.spoint_unless(lid, "hlist_del")
     prv, nxt = k.ri.hprev[i], k.ri.hnext[i]
     k.spoint_unless(lid, "hlist_del:unlink")  # between reading the neighbours and unlinking from them
@@ -175,6 +184,8 @@ def _hlist_del(k: K, iref: int) -> None:
 
 def remove_node_from_stable_tree(k: K, nref: int) -> None:
     """A stale stable_node: un-count and un-reference its rmap_items (they stay linked), erase and free it."""
+    # the hlist walked without the page lock: the KSM page is gone (get_ksm_page found it stale), so no rmap walk
+    # can reach this node any more, and ksm_thread_mutex serialises ksmd's own changes
     for iref in _hlist(k, nref, "remove_node_from_stable_tree"):
         i = k.ri.deref(iref, "remove_node_from_stable_tree")
         if k.ri.hnext[i]:
@@ -212,6 +223,7 @@ def stable_tree_append(k: K, iref: int, nref: int) -> None:
     k.ri.head[i] = nref
     k.ri.flags[i] |= STABLE_FLAG
     lid = k.page_lock(k.sn.kpfn[n])  # the stable node's list is its KSM page lock's
+    k.hooks.lock_rule(k, "stable_node", lid, 1, n, "stable_tree_append")
     k.spoint_unless(lid, "stable_tree_append")
     first = k.sn.hfirst[n]
     k.ri.hnext[i] = first
@@ -271,9 +283,16 @@ def stable_tree_insert(k: K, kpref: int) -> int:
     tree.link(parent, go_left, nref)
     ks = k.pg.deref(kpref, "stable_tree_insert")
     k.sn.kpfn[ref_slot(nref)] = ks
-    k.spoint_unless(k.page_lock(ks), "set_page_stable_node")
-    k.pg.mapping[ks] = nref  # set_page_stable_node
+    set_page_stable_node(k, ks, nref)
     return nref
+
+
+def set_page_stable_node(k: K, s: int, nref: int) -> None:
+    """page->mapping = the stable node (0: none yet), PageAnon and PageKsm: under the page's lock."""
+    k.hooks.lock_rule(k, "page_stable_node", k.page_lock(s), 1, s, "set_page_stable_node")
+    k.spoint_unless(k.page_lock(s), "set_page_stable_node")
+    k.pg.flags[s] = PG_ANON | PG_KSM
+    k.pg.mapping[s] = nref
 
 
 # -- removing rmap_items -------------------------------------------------------------------------------------
@@ -319,6 +338,7 @@ def _get_rl(k: K, kind: int, ref: int) -> int:
 
 
 def _set_rl(k: K, kind: int, ref: int, val: int) -> None:
+    k.hooks.lock_rule(k, "rmap_list", k.ksm_thread_mutex, 1, 0, "rmap_list")
     k.spoint_unless(k.ksm_thread_mutex, "rmap_list")  # rmap_list is ksmd's, under ksm_thread_mutex
     if kind == RL_SLOT:
         k.ms.rmap_list[k.ms.deref(ref, "rmap_list")] = val
@@ -467,9 +487,7 @@ def try_to_merge_one_page(k: K, vref: int, pref: int, kpref: int) -> int:
         wp, orig = 0, (pref, 0)
     if wp == 0:
         if not kpref:
-            k.spoint_unless(k.page_lock(s), "SetPageKsm")
-            k.pg.flags[s] = PG_ANON | PG_KSM  # set_page_stable_node(page, NULL)
-            k.pg.mapping[s] = 0
+            set_page_stable_node(k, s, 0)  # while we hold page lock, upgrade PageAnon+anon_vma to PageKsm+NULL
             err = 0
         elif memcmp_pages(k, pref, kpref) == 0:  # pages_identical
             err = replace_page(k, vref, pref, kpref, orig, careful)
@@ -579,6 +597,7 @@ def cmp_and_merge_page(k: K, pref: int, iref: int) -> None:
 # -- the scan ------------------------------------------------------------------------------------------------
 def _list_del(k: K, sref: int) -> None:
     s = k.ms.deref(sref, "list_del")
+    k.hooks.lock_rule(k, "mm_list", k.ksm_mmlist_lock, 1, s, "mm_slot:list_del")
     k.spoint_unless(k.ksm_mmlist_lock, "mm_slot:list_del")  # the mm_slot list is ksm_mmlist_lock's
     prv, nxt = k.ms.prev[s], k.ms.next[s]
     k.spoint_unless(k.ksm_mmlist_lock, "mm_slot:list_del:unlink")
@@ -588,16 +607,42 @@ def _list_del(k: K, sref: int) -> None:
 
 def _list_insert(k: K, sref: int, prv: int, nxt: int) -> None:
     s = k.ms.deref(sref, "list_add")
+    k.hooks.lock_rule(k, "mm_list", k.ksm_mmlist_lock, 1, s, "mm_slot:list_add")
     k.spoint_unless(k.ksm_mmlist_lock, "mm_slot:list_add")
     k.ms.prev[s], k.ms.next[s] = prv, nxt
     k.ms.next[k.ms.deref(prv, "list_add")] = sref
     k.ms.prev[k.ms.deref(nxt, "list_add")] = sref
 
 
+def mm_slot_next(k: K, sref: int, site: str) -> int:
+    """slot->mm_list.next, followed under ksm_mmlist_lock."""
+    s = k.ms.deref(sref, site)
+    k.hooks.lock_rule(k, "mm_list", k.ksm_mmlist_lock, 0, s, site)
+    return int(k.ms.next[s])
+
+
+def set_scan_slot(k: K, sref: int, site: str) -> None:
+    """ksm_scan.mm_slot = sref, under ksm_mmlist_lock: __ksm_enter and __ksm_exit read the cursor under it alone."""
+    k.hooks.lock_rule(k, "ksm_scan.mm_slot", k.ksm_mmlist_lock, 1, 0, site)
+    k.g[G_SCAN_SLOT] = sref
+
+
+def get_mm_slot(k: K, m: int) -> int:
+    """The mm's mm_slot (mm_slots_hash; a column here, deviation 6), looked up under ksm_mmlist_lock."""
+    k.hooks.lock_rule(k, "mm_slots_hash", k.ksm_mmlist_lock, 0, m, "get_mm_slot")
+    return int(k.mmc.slot[m])
+
+
+def set_mm_slot(k: K, m: int, sref: int, site: str) -> None:
+    """insert_to_mm_slots_hash (sref) or hlist_del(&mm_slot->link) (0), under ksm_mmlist_lock."""
+    k.hooks.lock_rule(k, "mm_slots_hash", k.ksm_mmlist_lock, 1, m, site)
+    k.mmc.slot[m] = sref
+
+
 def _free_mm_slot(k: K, sref: int, mref: int) -> None:
     """Remove the slot from the list and the mm (caller holds ksm_mmlist_lock), free it, clear the flag."""
     _list_del(k, sref)
-    k.mmc.slot[k.mmc.deref(mref, "hlist_del")] = 0
+    set_mm_slot(k, k.mmc.deref(mref, "hlist_del"), 0, "hlist_del")
 
 
 def get_next_rmap_item(k: K, sref: int, kind: int, ref: int, addr: int) -> int:
@@ -634,8 +679,8 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
     if sref == head:
         unstable_tree(k).reset()  # root_unstable_tree = RB_ROOT
         k.locks.lock(k.ksm_mmlist_lock, "scan_get_next_rmap_item")
-        sref = k.ms.next[MM_SLOT_HEAD]
-        g[G_SCAN_SLOT] = sref
+        sref = mm_slot_next(k, head, "scan_get_next_rmap_item")
+        set_scan_slot(k, sref, "scan_get_next_rmap_item")
         k.locks.unlock(k.ksm_mmlist_lock, "scan_get_next_rmap_item")
         # Deviation from 2.6.33, which lacks this recheck: a racing __ksm_exit of the last mm may have emptied the
         # list since list_empty() above, leaving ksmd on ksm_mm_head's NULL mm (CVE-2011-2183, fixed in 3.0).
@@ -676,13 +721,13 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
                     k.point("scan_get_next_rmap_item:cond_resched")
                 if _mm.ksm_test_exit(k, m):
                     break
-            vref = k.vm.next[k.vm.deref(vref, "scan_get_next_rmap_item")]
+            vref = _mm.vma_next(k, m, vref, "scan_get_next_rmap_item")
         if _mm.ksm_test_exit(k, m):
             g[G_SCAN_ADDRESS], g[G_SCAN_RL_KIND], g[G_SCAN_RL_REF] = 0, RL_SLOT, sref
         # nuke all the rmap_items that are above this current rmap
         remove_trailing_rmap_items(k, int(g[G_SCAN_RL_KIND]), int(g[G_SCAN_RL_REF]))
         k.locks.lock(k.ksm_mmlist_lock, "scan_get_next_rmap_item")
-        g[G_SCAN_SLOT] = k.ms.next[k.ms.deref(sref, "scan_get_next_rmap_item")]
+        set_scan_slot(k, mm_slot_next(k, sref, "scan_get_next_rmap_item"), "scan_get_next_rmap_item")
         if g[G_SCAN_ADDRESS] == 0:
             # a full scan of this mm found no VM_MERGEABLE area (or it is exiting): forget it, as __ksm_exit does
             _free_mm_slot(k, sref, mref)
@@ -710,6 +755,7 @@ def in_stable_tree(k: K, iref: int) -> bool:
 
 
 def ksm_do_scan(k: K, scan_npages: int) -> None:
+    k.hooks.lock_rule(k, "ksm_do_scan", k.ksm_thread_mutex, 2, 0, "ksm_do_scan")
     for _ in range(scan_npages):
         k.point("ksm_do_scan:cond_resched")
         iref, page = scan_get_next_rmap_item(k)
@@ -759,7 +805,7 @@ def ksm_madvise(k: K, vref: int, advice: int) -> int:
         mref = k.vm.mm[v]
         if not k.mmc.flags[k.mmc.deref(mref, "ksm_madvise")] & MMF_VM_MERGEABLE:
             __ksm_enter(k, mref)
-        k.vm.flags[k.vm.deref(vref, "ksm_madvise")] |= VM_MERGEABLE
+        _mm.set_vm_flags(k, ref_slot(mref), vref, k.vm.flags[v] | VM_MERGEABLE, "ksm_madvise")
         return 0
     if not k.vm.flags[v] & VM_MERGEABLE:
         return 0
@@ -769,16 +815,18 @@ def ksm_madvise(k: K, vref: int, advice: int) -> int:
         if err:
             return err
         k.hooks.unmerge_end(k, token, "ksm_madvise")
-    k.vm.flags[k.vm.deref(vref, "ksm_madvise")] &= ~VM_MERGEABLE
+    _mm.set_vm_flags(k, ref_slot(k.vm.mm[v]), vref, k.vm.flags[v] & ~VM_MERGEABLE, "ksm_madvise")
     return 0
 
 
 def __ksm_enter(k: K, mref: int) -> None:  # noqa: N807 - the kernel's name
+    """Register the mm with ksmd; its mmap_sem is held for write (madvise, or dup_mmap for the child)."""
+    k.hooks.lock_rule(k, "ksm_enter", k.mmap_sem(ref_slot(mref)), 1, ref_slot(mref), "__ksm_enter")
     sref = k.ms.alloc("alloc_mm_slot")
     k.ms.mm[ref_slot(sref)] = mref
     k.locks.lock(k.ksm_mmlist_lock, "__ksm_enter")
     m = k.mmc.deref(mref, "__ksm_enter")
-    k.mmc.slot[m] = sref
+    set_mm_slot(k, m, sref, "insert_to_mm_slots_hash")
     # insert just behind the scanning cursor, to let the area settle down a little
     cursor = int(k.g[G_SCAN_SLOT])
     _list_insert(k, sref, k.ms.prev[k.ms.deref(cursor, "__ksm_enter")], cursor)
@@ -794,7 +842,7 @@ def __ksm_exit(k: K, mref: int) -> None:  # noqa: N807
     that waits out any ksmd pass already inside this mm."""
     k.locks.lock(k.ksm_mmlist_lock, "__ksm_exit")
     m = k.mmc.deref(mref, "__ksm_exit")
-    sref = k.mmc.slot[m]
+    sref = get_mm_slot(k, m)
     easy_to_free = False
     if sref and sref != int(k.g[G_SCAN_SLOT]):
         k.spoint_unless(k.ksm_thread_mutex, "__ksm_exit:rmap_list")  # ksmd changes it without ksm_mmlist_lock
@@ -804,7 +852,7 @@ def __ksm_exit(k: K, mref: int) -> None:  # noqa: N807
         else:
             _list_del(k, sref)  # list_move: just after the cursor
             cursor = int(k.g[G_SCAN_SLOT])
-            _list_insert(k, sref, cursor, k.ms.next[k.ms.deref(cursor, "__ksm_exit")])
+            _list_insert(k, sref, cursor, mm_slot_next(k, cursor, "__ksm_exit"))
     k.locks.unlock(k.ksm_mmlist_lock, "__ksm_exit")
     if easy_to_free:
         k.ms.free(sref, "free_mm_slot")
@@ -828,28 +876,31 @@ def ksm_fork(k: K, mref: int, oldref: int) -> None:
 
 # -- run=2 ---------------------------------------------------------------------------------------------------
 def unmerge_and_remove_all_rmap_items(k: K) -> int:
+    k.hooks.lock_rule(k, "unmerge_all", k.ksm_thread_mutex, 2, 0, "unmerge_and_remove_all_rmap_items")
     g = k.g
     head = k.st.ksm_mm_head
     token = k.hooks.unmerge_begin(k, 0, 0, 0)
     k.locks.lock(k.ksm_mmlist_lock, "unmerge_and_remove_all_rmap_items")
-    g[G_SCAN_SLOT] = k.ms.next[MM_SLOT_HEAD]
+    nxt = mm_slot_next(k, head, "unmerge_and_remove_all_rmap_items")
+    set_scan_slot(k, nxt, "unmerge_and_remove_all_rmap_items")
     k.locks.unlock(k.ksm_mmlist_lock, "unmerge_and_remove_all_rmap_items")
     while int(g[G_SCAN_SLOT]) != head:
         sref = int(g[G_SCAN_SLOT])
         mref = k.ms.mm[k.ms.deref(sref, "unmerge_and_remove_all_rmap_items")]
         m = k.mmc.deref(mref, "unmerge_and_remove_all_rmap_items")
         k.locks.down_read(k.mmap_sem(m), "unmerge_and_remove_all_rmap_items")
-        vref = k.mmc.mmap[m]
+        vref = _mm.first_vma(k, m, "unmerge_and_remove_all_rmap_items")
         while vref:
             if _mm.ksm_test_exit(k, m):  # before touching the vma: exit_mmap may be freeing them
                 break
             v = k.vm.deref(vref, "unmerge_and_remove_all_rmap_items")
             if k.vm.flags[v] & VM_MERGEABLE and k.vm.anon_vma[v]:
                 unmerge_ksm_pages(k, vref, k.vm.start[v], k.vm.end[v])
-            vref = k.vm.next[k.vm.deref(vref, "unmerge_and_remove_all_rmap_items")]
+            vref = _mm.vma_next(k, m, vref, "unmerge_and_remove_all_rmap_items")
         remove_trailing_rmap_items(k, RL_SLOT, sref)
         k.locks.lock(k.ksm_mmlist_lock, "unmerge_and_remove_all_rmap_items")
-        g[G_SCAN_SLOT] = k.ms.next[k.ms.deref(sref, "unmerge_and_remove_all_rmap_items")]
+        nxt = mm_slot_next(k, sref, "unmerge_and_remove_all_rmap_items")
+        set_scan_slot(k, nxt, "unmerge_and_remove_all_rmap_items")
         if _mm.ksm_test_exit(k, m):
             _free_mm_slot(k, sref, mref)
             k.locks.unlock(k.ksm_mmlist_lock, "unmerge_and_remove_all_rmap_items")
@@ -870,6 +921,7 @@ def run_store(k: K, value: int) -> None:
     """echo VALUE > /sys/kernel/mm/ksm/run, in the writer's context, under ksm_thread_mutex."""
     k.locks.lock(k.ksm_thread_mutex, "run_store")
     if int(k.g[G_RUN]) != value:
+        k.hooks.lock_rule(k, "ksm_run", k.ksm_thread_mutex, 1, 0, "run_store")
         k.g[G_RUN] = value
         if value & KSM_RUN_UNMERGE:
             unmerge_and_remove_all_rmap_items(k)
@@ -895,7 +947,9 @@ def prune_stale_stable_nodes(k: K) -> None:
 
 # -- rmap walks of a KSM page --------------------------------------------------------------------------------
 def _walk_items(k: K, pref: int, site: str) -> tuple[int, list[int]]:
+    """The stable node and rmap_items of a KSM page an rmap walk visits: VM_BUG_ON(!PageLocked(page))."""
     s = k.pg.deref(pref, site)
+    k.hooks.lock_rule(k, "page_locked", k.page_lock(s), 2, s, site)
     nref = k.pg.mapping[s]
     return nref, (_hlist(k, nref, site) if nref else [])
 

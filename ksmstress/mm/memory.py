@@ -34,6 +34,13 @@ def get_page(k: K, pref: int, site: str) -> None:
     k.atomic_add(k.pg.count, s, 1, site)
 
 
+def get_pte_page(k: K, m: int, pref: int, site: str) -> None:
+    """get_page on the page a pte of mm m maps, before that pte lock is let go (lock rule "pte_page_ref"): until
+    then the pte's own reference is what keeps the page alive."""
+    k.hooks.lock_rule(k, "pte_page_ref", k.ptl(m), 1, ref_slot(pref), site)
+    get_page(k, pref, site)
+
+
 def get_page_unless_zero(k: K, s: int) -> int:
     """A reference on the page in frame s if it is still allocated (an LRU isolate of a page that may be freed
     concurrently); 0 if it is gone."""
@@ -103,13 +110,17 @@ def page_address_in_vma(k: K, pref: int, vref: int, site: str) -> int:
 
 # -- ptes --------------------------------------------------------------------------------------------------
 def pte_get(k: K, m: int, addr: int) -> tuple[int, int, int]:
-    """(kind, target reference, write bit) of the pte, from one load of its word (`entry = *pte`)."""
+    """(kind, target reference, write bit) of the pte, from one load of its word (`entry = *pte`). Every caller
+    acts on what it reads, so it holds the pte lock (lock rule "pte"; the fault's lockless first read and its
+    pte_same recheck are one locked read here)."""
+    k.hooks.lock_rule(k, "pte", k.ptl(m), 0, m, "pte_get", addr)
     k.pte_spoint(m, "pte_get")
     return pte_decode(int(k.st.pte[m, addr]))
 
 
 def pte_set(k: K, m: int, addr: int, kind: int, ref: int, write: int, site: str = "pte_set") -> None:
-    """set_pte_at: one store of the whole word, so no reader sees the new kind with the old target."""
+    """set_pte_at: one store of the whole word, so no reader sees the new kind with the old target (under the pte
+    lock: the pte_stored hook checks lock rule "pte")."""
     k.pte_spoint(m, "set_pte_at")
     k.st.pte[m, addr] = mk_pte(kind, ref, write)
     pte_stored(k, m, addr, kind, ref, write, site)
@@ -129,7 +140,7 @@ def pte_mkwrite(k: K, m: int, addr: int, site: str) -> None:
 
 def pte_stored(k: K, m: int, addr: int, kind: int, ref: int, write: int, site: str) -> None:
     """Every pte store ends here: the pte's history ring (data-loss reports name the last stores) and the
-    detectors' cheap pte invariants. No scheduling point."""
+    detectors' cheap pte checks (the pte lock held, the invariants). No scheduling point."""
     k.st.pte_hist.note(m * k.st.sz.vpages + addr, kind, ref, site, write)
     k.hooks.pte_stored(k, m, addr, kind, ref, write, site)
 
@@ -140,7 +151,7 @@ def follow_page(k: K, m: int, addr: int, site: str) -> int:
     kind, ref, _w = pte_get(k, m, addr)
     page = 0
     if kind == PTE_PRESENT:
-        get_page(k, ref, site)
+        get_pte_page(k, m, ref, site)
         page = ref
     k.locks.unlock(k.ptl(m), site)
     return page
@@ -197,7 +208,7 @@ def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
                 pte_mkwrite(k, m, addr, "do_wp_page:reuse")
                 k.locks.unlock(ptl, "do_wp_page:reuse")
                 return VM_FAULT_WRITE
-    get_page(k, old, "do_wp_page")
+    get_pte_page(k, m, old, "do_wp_page")  # page_cache_get(old_page), before pte_unmap_unlock
     k.locks.unlock(ptl, "do_wp_page")
     rmap.anon_vma_prepare(k, vref)
     new = alloc_page(k, "do_wp_page:cow")
@@ -224,8 +235,9 @@ def reuse_swap_page(k: K, s: int) -> bool:
     """Whether the faulting mm may write to the locked anon page in place (swapfile.c; no swap cache here).
 
     The PageKsm recheck matters: do_wp_page tested PageKsm before taking the page lock, and ksmd may have made
-    the page a KSM page (set_page_stable_node, then unlock_page) in between.
+    the page a KSM page (set_page_stable_node, then unlock_page) in between. VM_BUG_ON(!PageLocked(page)).
     """
+    k.hooks.lock_rule(k, "page_locked", k.page_lock(s), 2, s, "reuse_swap_page")
     if PageKsm(k, s):
         return False
     return page_mapcount(k, s) <= 1
@@ -312,7 +324,7 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
     for addr in range(start, end):
         kind, ref, _w = pte_get(k, src, addr)
         if kind == PTE_PRESENT:
-            get_page(k, ref, "copy_one_pte")
+            get_pte_page(k, src, ref, "copy_one_pte")
             if not (skip_ksm and k.pg.flags[k.pg.deref(ref, "copy_one_pte")] & PG_KSM):
                 rmap.page_dup_rmap(k, ref)
             # both ptes share the page: should it become KSM through one's rmap_item, the other has none of its
@@ -347,6 +359,20 @@ def zap_pte_range(k: K, m: int, start: int, end: int) -> None:
 
 
 # -- the CPU: user-space loads and stores --------------------------------------------------------------------
+def cpu_store(k: K, m: int, addr: int, ref: int, data: np.ndarray) -> None:
+    """The CPU's store of a page through the pte of mm m at addr, which maps `ref`: under that pte lock (lock rule
+    "user-access", deviation 16), so no pte change (and its TLB flush) comes between the translation and the store."""
+    k.hooks.lock_rule(k, "user-access", k.ptl(m), 1, m, "user_write", addr)
+    k.st.frames[k.pg.deref(ref, "user_write"), :] = data
+
+
+def cpu_load(k: K, m: int, addr: int, ref: int) -> np.ndarray:
+    """The CPU's load of a page through the pte of mm m at addr, which maps `ref`: under that pte lock, as
+    cpu_store."""
+    k.hooks.lock_rule(k, "user-access", k.ptl(m), 0, m, "user_read", addr)
+    return k.st.frames[k.pg.deref(ref, "user_read"), :].copy()
+
+
 def user_write(k: K, m: int, addr: int, data: np.ndarray) -> bool:
     """A store of a whole page from user space; False is SIGSEGV (no vma).
 
@@ -360,7 +386,7 @@ def user_write(k: K, m: int, addr: int, data: np.ndarray) -> bool:
         k.locks.lock(ptl, "user_write")
         kind, ref, w = pte_get(k, m, addr)
         if kind == PTE_PRESENT and w:
-            k.st.frames[k.pg.deref(ref, "user_write"), :] = data
+            cpu_store(k, m, addr, ref, data)
             k.locks.unlock(ptl, "user_write")
             return True
         k.locks.unlock(ptl, "user_write")
@@ -377,7 +403,7 @@ def user_read(k: K, m: int, addr: int) -> np.ndarray | None:
         k.locks.lock(ptl, "user_read")
         kind, ref, _w = pte_get(k, m, addr)
         if kind == PTE_PRESENT:
-            data = k.st.frames[k.pg.deref(ref, "user_read"), :].copy()
+            data = cpu_load(k, m, addr, ref)
             k.locks.unlock(ptl, "user_read")
             return data
         k.locks.unlock(ptl, "user_read")

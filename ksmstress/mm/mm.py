@@ -55,7 +55,7 @@ def mmput(k: K, mref: int) -> None:
 def exit_mmap(k: K, mref: int) -> None:
     """Tear down every vma: zap all ptes first (unmap_vmas), then unlink and free each vma (free_pgtables)."""
     m = k.mmc.deref(mref, "exit_mmap")
-    vmas = vma_list(k, m)
+    vmas = vma_walk(k, m)  # no mmap_sem: mm_users is 0 and __ksm_exit's handshake let ksmd out, nobody else is here
     for vref in vmas:
         v = k.vm.deref(vref, "exit_mmap")
         memory.zap_pte_range(k, m, k.vm.start[v], k.vm.end[v])
@@ -66,7 +66,10 @@ def exit_mmap(k: K, mref: int) -> None:
 
 
 # -- the vma list --------------------------------------------------------------------------------------------
-def vma_list(k: K, m: int) -> list[int]:
+# An mm's vma list and its vmas are mmap_sem's (lock rule "mmap_sem"): read under it, changed under it for write.
+def vma_walk(k: K, m: int) -> list[int]:
+    """The vmas of mm m in address order, read without asserting mmap_sem: only for a caller that has the mm to
+    itself (exit_mmap, with mm_users 0), or that is not the kernel (a program's record of its own mappings)."""
     out, vref = [], k.mmc.mmap[m]
     while vref:
         out.append(vref)
@@ -74,8 +77,36 @@ def vma_list(k: K, m: int) -> list[int]:
     return out
 
 
+def vma_list(k: K, m: int) -> list[int]:
+    """for (vma = mm->mmap; vma; vma = vma->vm_next), mmap_sem held."""
+    k.hooks.lock_rule(k, "mmap_sem", k.mmap_sem(m), 0, m, "vma_list")
+    return vma_walk(k, m)
+
+
+def first_vma(k: K, m: int, site: str) -> int:
+    """mm->mmap, mmap_sem held."""
+    k.hooks.lock_rule(k, "mmap_sem", k.mmap_sem(m), 0, m, site)
+    return int(k.mmc.mmap[m])
+
+
+def vma_next(k: K, m: int, vref: int, site: str) -> int:
+    """vma->vm_next of a vma of mm m, mmap_sem held."""
+    k.hooks.lock_rule(k, "mmap_sem", k.mmap_sem(m), 0, m, site)
+    return int(k.vm.next[k.vm.deref(vref, site)])
+
+
+def set_vm_flags(k: K, m: int, vref: int, flags: int, site: str) -> None:
+    """vma->vm_flags = flags, for a vma of mm m: mmap_sem held for write (madvise_behavior stores what
+    ksm_madvise computed)."""
+    v = k.vm.deref(vref, site)
+    k.hooks.lock_rule(k, "vm_flags", k.mmap_sem(m), 1, v, site)
+    k.vm.flags[v] = flags
+
+
 def find_vma(k: K, m: int, addr: int) -> int:
-    """The first vma with vm_end > addr (it may start above addr), or 0."""
+    """The first vma with vm_end > addr (it may start above addr), or 0. mmap_sem held (later kernels'
+    mmap_assert_locked)."""
+    k.hooks.lock_rule(k, "mmap_sem", k.mmap_sem(m), 0, m, "find_vma")
     vref = k.mmc.mmap[m]
     while vref:
         v = k.vm.deref(vref, "find_vma")
@@ -86,7 +117,8 @@ def find_vma(k: K, m: int, addr: int) -> int:
 
 
 def _link_vma(k: K, m: int, vref: int) -> None:
-    """Insert into the mm's address-ordered list (__vma_link_list)."""
+    """Insert into the mm's address-ordered list (__vma_link_list), mmap_sem held for write."""
+    k.hooks.lock_rule(k, "mmap_sem", k.mmap_sem(m), 1, m, "vma_link")
     v = k.vm.deref(vref, "vma_link")
     start = k.vm.start[v]
     prev, cur = 0, k.mmc.mmap[m]
@@ -100,6 +132,8 @@ def _link_vma(k: K, m: int, vref: int) -> None:
 
 
 def _unlink_vma(k: K, m: int, vref: int) -> None:
+    """detach_vmas_to_be_unmapped's unlink of one vma, mmap_sem held for write."""
+    k.hooks.lock_rule(k, "mmap_sem", k.mmap_sem(m), 1, m, "vma_unlink")
     prev, cur = 0, k.mmc.mmap[m]
     while cur and cur != vref:
         prev, cur = cur, k.vm.next[k.vm.deref(cur, "vma_unlink")]
@@ -135,6 +169,7 @@ def split_vma(k: K, m: int, vref: int, addr: int) -> int:
     As vma_adjust does, the range change and the new vma's anon_vma link happen under anon_vma->lock, so an rmap
     walker sees either the old vma or both halves, never a hole.
     """
+    k.hooks.lock_rule(k, "mmap_sem", k.mmap_sem(m), 1, m, "split_vma")
     v = k.vm.deref(vref, "split_vma")
     nref = k.vm.alloc("split_vma")
     n = ref_slot(nref)

@@ -15,9 +15,11 @@ SWAP_SUCCESS, SWAP_AGAIN, SWAP_FAIL = 0, 1, 2
 
 
 # -- the anon_vma list ---------------------------------------------------------------------------------------
+# The list is anon_vma->lock's (lock rule "anon_vma"): every helper that reads or changes it says so.
 def list_add_tail(k: K, vref: int, avref: int) -> None:
     a = k.av.deref(avref, "list_add_tail")
     v = k.vm.deref(vref, "list_add_tail")
+    k.hooks.lock_rule(k, "anon_vma", k.av_lock(a), 1, a, "list_add_tail")
     k.spoint_unless(k.av_lock(a), "list_add_tail")  # the list is anon_vma->lock's: without it, a race
     tail = k.av.tail[a]
     k.vm.av_prev[v] = tail
@@ -33,6 +35,7 @@ def list_add_tail(k: K, vref: int, avref: int) -> None:
 def _list_del(k: K, vref: int, avref: int) -> None:
     a = k.av.deref(avref, "list_del")
     v = k.vm.deref(vref, "list_del")
+    k.hooks.lock_rule(k, "anon_vma", k.av_lock(a), 1, a, "list_del")
     k.spoint_unless(k.av_lock(a), "list_del")
     prv, nxt = k.vm.av_prev[v], k.vm.av_next[v]
     k.spoint_unless(k.av_lock(a), "list_del:unlink")  # between reading the neighbours and unlinking from them
@@ -51,11 +54,18 @@ def _list_del(k: K, vref: int, avref: int) -> None:
 def anon_vma_vmas(k: K, avref: int, site: str) -> list[int]:
     """The vmas on an anon_vma's list, walked as list_for_each_entry does (each one dereferenced)."""
     a = k.av.deref(avref, site)
+    k.hooks.lock_rule(k, "anon_vma", k.av_lock(a), 0, a, site)
     out, vref = [], k.av.head[a]
     while vref:
         out.append(vref)
         vref = k.vm.av_next[k.vm.deref(vref, site)]
     return out
+
+
+def anon_vma_list_empty(k: K, a: int, site: str) -> bool:
+    """list_empty(&anon_vma->head), of anon_vma slot a: read under its lock, like every access to the head."""
+    k.hooks.lock_rule(k, "anon_vma", k.av_lock(a), 0, a, site)
+    return bool(k.av.head[a] == 0)
 
 
 def anon_vma_alloc(k: K) -> int:
@@ -81,6 +91,9 @@ def anon_vma_prepare(k: K, vref: int) -> None:
     v = k.vm.deref(vref, "anon_vma_prepare")
     used = False
     if not k.vm.anon_vma[v]:
+        # vma->anon_vma "Serialized by page_table_lock" (mm_types.h), set with mmap_sem held for read (the fault's)
+        k.hooks.lock_rule(k, "vma_anon_vma", k.ptl(m), 1, v, "anon_vma_prepare")
+        k.hooks.lock_rule(k, "mmap_sem", k.mmap_sem(m), 0, m, "anon_vma_prepare")
         k.vm.anon_vma[v] = avref
         list_add_tail(k, vref, avref)
         used = True
@@ -111,7 +124,7 @@ def anon_vma_unlink(k: K, vref: int) -> None:
     a = k.av.deref(avref, "anon_vma_unlink")
     k.locks.lock(k.av_lock(a), "anon_vma_unlink")
     _list_del(k, vref, avref)
-    empty = k.av.head[a] == 0
+    empty = anon_vma_list_empty(k, a, "anon_vma_unlink")
     if not k.bug("free-on-empty-list"):
         empty = empty and k.av.refcount[a] == 0
     k.locks.unlock(k.av_lock(a), "anon_vma_unlink")
@@ -205,6 +218,7 @@ def page_referenced_one(k: K, pref: int, vref: int, addr: int, mapcount: list[in
 
 
 def _vma_address(k: K, s: int, vref: int, site: str) -> int:
+    # vm_start / vm_end read without mmap_sem: under anon_vma->lock, which vma_adjust holds to change a listed range
     v = k.vm.deref(vref, site)
     a = k.pg.index[s]
     return a if k.vm.start[v] <= a < k.vm.end[v] else -1
@@ -228,7 +242,9 @@ def page_lock_anon_vma(k: K, pref: int, site: str) -> int:
 def anon_vma_vmas_rcu(k: K, avref: int, site: str) -> list[int]:
     """The vma list of a type-stable anon_vma (see page_lock_anon_vma): read through its slot, whatever the
     generation; a freed anon_vma's list is empty, a reused one's vmas are live."""
-    out, vref = [], k.av.head[ref_slot(avref)]
+    a = ref_slot(avref)
+    k.hooks.lock_rule(k, "anon_vma", k.av_lock(a), 0, a, site)
+    out, vref = [], k.av.head[a]
     while vref:
         out.append(vref)
         vref = k.vm.av_next[k.vm.deref(vref, site)]
@@ -276,11 +292,12 @@ def page_referenced_anon(k: K, pref: int) -> int:
 
 
 def try_to_unmap(k: K, pref: int, swap: int) -> int:
-    """Unmap every pte of a locked page, turning them into swap entries for `swap`."""
+    """Unmap every pte of a locked page (BUG_ON(!PageLocked(page))), turning them into swap entries for `swap`."""
     from . import ksm
     from .memory import PageKsm
 
     s = k.pg.deref(pref, "try_to_unmap")
+    k.hooks.lock_rule(k, "page_locked", k.page_lock(s), 2, s, "try_to_unmap")
     if PageKsm(k, s):
         return ksm.try_to_unmap_ksm(k, pref, swap)
     return try_to_unmap_anon(k, pref, swap)

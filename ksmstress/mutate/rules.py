@@ -29,7 +29,7 @@ RELEASE = {"unlock": "x", "up_write": "x", "up_read": "r"}
 TRYLOCK = "trylock"
 # calls that take or drop a reference, a mapping count or a counter (get/put, hold/drop, inc/dec)
 REF_CALLS = frozenset({
-    "get_page", "put_page", "hold_anon_vma", "drop_anon_vma", "page_dup_rmap", "page_add_anon_rmap",
+    "get_page", "get_pte_page", "put_page", "hold_anon_vma", "drop_anon_vma", "page_dup_rmap", "page_add_anon_rmap",
     "page_remove_rmap", "mmdrop", "swap_free", "_inc", "_dec", "atomic_add",
 })
 # predicates that re-read shared state: a test calling one is a recheck wherever it stands
