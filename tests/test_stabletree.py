@@ -66,7 +66,7 @@ def test_a_duplicate_node_is_named(monkeypatch):
 
 
 def test_a_node_whose_page_does_not_name_it(monkeypatch):
-    edited(monkeypatch, ksm.stable_tree_insert, "k.pg.mapping[ks] = nref  # set_page_stable_node", "pass")
+    edited(monkeypatch, ksm.stable_tree_insert, "set_page_stable_node(k, ks, nref)", "pass")
     k = make_kernel()
     pairs(k, [7])
     with pytest.raises(Failure) as e:
