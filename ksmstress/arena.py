@@ -88,6 +88,10 @@ def _no_now() -> tuple[int, int]:
 class _NoRunner:
     me = -1
 
+    @staticmethod
+    def _publish() -> None:
+        pass
+
 
 def _no_label(tid: int) -> str:
     return "runner" if tid < 0 else f"task#{tid}"
@@ -183,6 +187,7 @@ class Ring:
         pos[key] = p + 1
         b = (key * self.depth + p % self.depth) * 6
         e = self._e
+        st.runner._publish()  # the running task may keep the step in a working copy (fastpoint): write it back
         e[b] = st.cells[st.cell]
         e[b + 1] = st.runner.me
         sid = st._ids.get(site)

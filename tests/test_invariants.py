@@ -407,3 +407,23 @@ def test_invariants_quiet_through_merge_fork_cow_swap_unmerge_and_exit():
     scan(k, 2)
     ksm.prune_stale_stable_nodes(k)
     assert check_quiescence(k.st) is None
+
+
+def test_history_entries_carry_the_step_they_were_made_at():
+    """The running task keeps the step in a working copy between hand-offs (fastpoint); a history entry must still
+    be stamped with the step of its change, not the last one published (the solo kernel's single task never hands
+    off, so every step here is such a kept step)."""
+    k = make_kernel()
+    _a, a = new_program(k, 1)
+    write(k, a, 1, 5)
+    page = pte_page(k, a, 1)
+    s = ref_slot(page)
+    for _ in range(5):
+        k.point("test")
+    before, _who = k.ctl.clock()
+    memory.get_page(k, page, "test:get")
+    memory.put_page(k, page, "test:put")
+    after, _who = k.ctl.clock()
+    mine = [e for e in k.pg.history(s) if e["site"].startswith("test:")]
+    assert [e["site"] for e in mine] == ["test:get", "test:put"]
+    assert before < mine[0]["step"] <= mine[1]["step"] <= after
