@@ -302,3 +302,30 @@ def test_real_runs_need_the_windows_and_are_clean_with_them():
         for strategy in ("random", "pct"):
             r = runner.run_one(one, 1, strategy=strategy)
             assert r.verdict == "clean", (one.name, strategy, r.failure)
+
+
+def test_an_unmap_walk_that_visits_a_mapping_and_leaves_it_is_a_traversal(monkeypatch):
+    """try_to_unmap_one with its pte test inverted visits every pte and unmaps none: the walk's visits are not
+    enough, the mapping it found must be gone when it returns."""
+    from ksmstress.failures import Failure
+    from ksmstress.mm import memory, rmap
+
+    from .harness import holding, make_kernel, new_program, pte_page, write
+
+    k = make_kernel()
+    _a, a = new_program(k, 1)
+    write(k, a, 1, 5)
+    page = pte_page(k, a, 1)
+
+    def visit_only(k, pref, vref, addr, swap, token):
+        v = k.vm.deref(vref, "try_to_unmap_one")
+        k.hooks.walk_visit(token, ref_slot(k.vm.mm[v]), addr)
+        return rmap.SWAP_AGAIN
+
+    monkeypatch.setattr(rmap, "try_to_unmap_one", visit_only)
+    sref = k.st.swap.alloc("add_to_swap")
+    k.st.swap.count[ref_slot(sref)] = 1
+    with holding(k, k.page_lock(ref_slot(page))), pytest.raises(Failure) as e:
+        rmap.try_to_unmap(k, page, sref)
+    assert e.value.cls == "traversal" and "without unmapping" in e.value.message
+    assert memory.PageAnon(k, ref_slot(page))

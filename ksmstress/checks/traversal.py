@@ -89,8 +89,7 @@ def reachable(k: K, pref: int) -> dict[tuple[int, int], tuple[int, str]]:
                         (m, addr),
                         (
                             mref,
-                            f"vma[{v}] [{k.vm.start[v]},{k.vm.end[v]}) "
-                            f"on anon_vma[{ref_slot(avref)}] via {via}",
+                            f"vma[{v}] [{k.vm.start[v]},{k.vm.end[v]}) on anon_vma[{ref_slot(avref)}] via {via}",
                         ),
                     )
     return out
@@ -190,6 +189,41 @@ class TraversalCheck:
             return
         self._check_lists(k, token)
         self._check_ptes(k, token)
+        if uncounted is None:
+            self._check_unmapped(k, token)
+
+    def _check_unmapped(self, k: K, token: Walk) -> None:
+        """An unmap walk's visit must unmap: try_to_unmap_one, finding the page at the address under the pte lock,
+        replaces the pte by a swap entry unless it returns SWAP_FAIL (a young pte or VM_LOCKED, neither modelled:
+        deviations 11, 14), and no path maps the same page there again while the walker holds the page lock (a
+        swap-in makes a new page, deviation 10). So a pte the walk visited that still holds the word it held when
+        the walk began, in the same mm, was left mapped by the visit."""
+        kept = [
+            (m, addr)
+            for m, addr, word, mref in token.mapped
+            if (m, addr) in token.visited and int(k.st.pte[m, addr]) == word and k.mmc.is_live(mref)
+        ]
+        if not kept:
+            return
+        step, who = k.ctl.clock()
+        m, addr = kept[0]
+        raise Failure(
+            "traversal",
+            f"{token.kind} of page[{ref_slot(token.page)}] by {who} returned at step {step} having visited "
+            f"{len(kept)} pte(s) that map it without unmapping them: "
+            + "; ".join(_miss_text(describe_miss(k, mm, a, token.page)) for mm, a in kept[:4]),
+            {
+                "walk": token.kind,
+                "page": ref_slot(token.page),
+                "duty": "unmap",
+                "mm": m,
+                "address": addr,
+                "step": step,
+                "task": who,
+                "kept": [list(x) for x in kept[:32]],
+                "kept_count": len(kept),
+            },
+        )
 
     def _check_ptes(self, k: K, token: Walk) -> None:
         """The duty from the page tables: a pte that mapped the page at the start and holds the same word now, in
