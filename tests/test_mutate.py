@@ -3,6 +3,7 @@ class; the checkout never touched; equivalents read from the list; Ctrl-C leaves
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -168,7 +170,16 @@ def test_known_killable_mutant_is_killed_and_the_checkout_is_untouched(tmp_path:
     assert _scratch_dirs(tmp) == [], "scratch copies must be removed"
 
 
-def test_ctrl_c_stops_every_probe_and_removes_the_scratch_copies(tmp_path: Path, mutants: list[Mutant]):
+def _ignored_sigint() -> None:
+    """Ctrl-C ignored at start, as for a background job of a non-interactive shell or a CI step: the campaign must
+    still stop on SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("start", [_terminal_sigint, _ignored_sigint], ids=["terminal", "sigint-ignored"])
+def test_ctrl_c_stops_every_probe_and_removes_the_scratch_copies(
+    tmp_path: Path, mutants: list[Mutant], start: Callable[[], None]
+):
     # a mutant no run kills (it is listed as equivalent: run it anyway, with an empty list)
     m = next(x for x in mutants if x.function == "drop_anon_vma" and x.rule == "move-out-of-lock")
     empty = tmp_path / "none.toml"
@@ -176,7 +187,7 @@ def test_ctrl_c_stops_every_probe_and_removes_the_scratch_copies(tmp_path: Path,
     p = subprocess.Popen([sys.executable, "-c", CODE, "--mutant", m.name, "--seconds-per-mutant", "120",
                           "--jobs", "1", "--equivalent", str(empty), "mixed"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True, env=_env(tmp_path),
-                         preexec_fn=_terminal_sigint)
+                         preexec_fn=start)
     seen: dict[int, psutil.Process] = {}
     deadline = time.monotonic() + 120
     # wait until the probe runs tasks (the probe and at least one run process below it)
@@ -186,7 +197,14 @@ def test_ctrl_c_stops_every_probe_and_removes_the_scratch_copies(tmp_path: Path,
         p.kill()
         pytest.fail(f"the probe never started its runs: {p.communicate()}")
     os.killpg(p.pid, signal.SIGINT)
-    out, err = p.communicate(timeout=60)
+    try:
+        out, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # it ignored Ctrl-C: take everything it started down before failing
+        for c in [p.pid, *seen]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(c, signal.SIGKILL)
+        p.communicate()
+        pytest.fail("Ctrl-C did not stop the campaign within 60 s")
     assert p.returncode == 130, err
     assert "interrupted" in out and "ksmstress: interrupted" in err
     left = wait_all_gone(seen.values(), 10)

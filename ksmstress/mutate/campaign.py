@@ -120,6 +120,9 @@ class Campaign:
 
     def run(self) -> list[Result]:
         old = signal.signal(signal.SIGTERM, self._on_sigterm)
+        # Ctrl-C must stop the campaign even when this process was started with SIGINT ignored (a background job of
+        # a non-interactive shell, a CI step): Python then leaves SIG_IGN in place instead of KeyboardInterrupt
+        old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         pending = list(self.mutants)
         try:
             while pending or self.running:
@@ -147,6 +150,7 @@ class Campaign:
         finally:
             self._stop_all()
             signal.signal(signal.SIGTERM, old)
+            signal.signal(signal.SIGINT, old_int)
         return self.results
 
     def _start(self, slot: int, mutant: Mutant) -> None:
