@@ -13,7 +13,7 @@ from ksmstress.mm.state import PG_KSM
 from ksmstress.runner import run_one
 from ksmstress.scenario import load, resolve
 
-from .harness import make_kernel, new_program, pte_page, scan, write
+from .harness import holding, make_kernel, new_program, pte_page, scan, write
 
 
 def freeing_with(k, site: str, action):
@@ -142,3 +142,30 @@ def test_madvise_over_a_hole_must_say_enomem(monkeypatch):
     res = run_one(load(resolve(["mixed"])[0]), 1, "random", ())
     assert res.failure and res.failure["class"] == "syscall", res.failure
     assert "not mapped" in res.failure["message"]
+
+
+def test_a_ksm_page_in_the_freeing_window_may_name_its_pruned_node():
+    """get_ksm_page finds the KSM page at count 0 (put_page's window), prunes its stable node as stale, and
+    ksmd's quiescent check then sees the page still naming the freed node: legal until free_hot_cold_page."""
+    from ksmstress.checks.stabletree import check_stable_tree
+
+    k = make_kernel()
+    aref, a = new_program(k, 1)
+    bref, b = new_program(k, 1)
+    write(k, a, 1, 5)
+    write(k, b, 1, 5)
+    scan(k, 3)
+    page = pte_page(k, a, 1)
+    s = ref_slot(page)
+    nref = int(k.pg.mapping[s])
+    memory.get_page(k, page, "test")
+    assert mmm.sys_munmap(k, aref, 1, 2) and mmm.sys_munmap(k, bref, 1, 2)
+
+    def prune_and_check():
+        with holding(k, k.ksm_thread_mutex):
+            assert ksm.get_ksm_page(k, nref) == 0
+            check_stable_tree(k, "test")
+
+    freeing_with(k, "__put_single_page", prune_and_check)
+    memory.put_page(k, page, "test")
+    assert not k.sn.is_live(nref)

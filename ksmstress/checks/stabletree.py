@@ -180,7 +180,9 @@ def _check_ksm_pages(k: K, where: str, in_tree: set[int]) -> None:
     st = k.st
     pg, sn = st.page, st.stable_node
     live = pg.live_slots()
-    ksm = live[((pg.c["flags"][live] & PG_KSM) != 0) & (pg.c["mapping"][live] != 0)]
+    # a page at count 0 is in put_page's window before free_hot_cold_page clears its mapping: get_ksm_page rightly
+    # took it for stale and freed its node meanwhile, so only pages someone still holds are checked
+    ksm = live[((pg.c["flags"][live] & PG_KSM) != 0) & (pg.c["mapping"][live] != 0) & (pg.c["count"][live] > 0)]
     for s in ksm.tolist():
         nref = int(pg.c["mapping"][s])
         ok = sn.is_live(nref) and ref_slot(nref) in in_tree and int(sn.c["kpfn"][ref_slot(nref)]) == s
