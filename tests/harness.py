@@ -156,3 +156,17 @@ def page_locked(k: K, page: int) -> Any:
 
 def mapped_pages(k: K) -> np.ndarray:
     return np.flatnonzero((k.st.page.state == LIVE) & (k.st.page.c["mapcount"] > 0))
+
+
+def merged_pair(k: K) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """Two programs with one identical page each, merged by ksmd: (aref, a), (bref, b), the KSM page."""
+    from ksmstress.mm.state import PG_KSM
+
+    aref, a = new_program(k, 1)
+    bref, b = new_program(k, 1)
+    write(k, a, 1, 5)
+    write(k, b, 1, 5)
+    scan(k, 3)
+    page = pte_page(k, a, 1)
+    assert k.pg.flags[ref_slot(page)] & PG_KSM and pte_page(k, b, 1) == page
+    return (aref, a), (bref, b), page

@@ -14,19 +14,7 @@ from ksmstress.mm import ksm, memory, vmscan
 from ksmstress.mm import mm as mmm
 from ksmstress.mm.state import KSM_RUN_MERGE, KSM_RUN_UNMERGE, PG_KSM, PTE_PRESENT, PTE_SWAP, STABLE_FLAG
 
-from .harness import holding, make_kernel, new_program, pte, pte_page, read, scan, vma_at, write
-
-
-def merged_pair(k):
-    """Two programs with one identical page each, merged by ksmd: (aref, a), (bref, b), the KSM page."""
-    aref, a = new_program(k, 1)
-    bref, b = new_program(k, 1)
-    write(k, a, 1, 5)
-    write(k, b, 1, 5)
-    scan(k, 3)
-    page = pte_page(k, a, 1)
-    assert k.pg.flags[ref_slot(page)] & PG_KSM and pte_page(k, b, 1) == page
-    return (aref, a), (bref, b), page
+from .harness import holding, make_kernel, merged_pair, new_program, pte, pte_page, read, scan, vma_at, write
 
 
 def stable_anon_vma(k):

@@ -26,7 +26,7 @@ from ksmstress.runner import run_one
 from ksmstress.scenario import load
 from ksmstress.sync import MMAP_SEM, READ, WRITE
 
-from .harness import holding, make_kernel, new_program, pte_page, scan, vma_at, write
+from .harness import holding, make_kernel, merged_pair, new_program, pte_page, scan, vma_at, write
 
 MM_DIR = Path(ksm.__file__).parent
 Pred = Callable[[int, str], bool]
@@ -83,15 +83,6 @@ def caught(fn: Callable[[], Any], rule: str, lock: str | set[str], *words: str) 
     return f
 
 
-def merged_pair(k: K) -> tuple[int, int, int, int, int]:
-    aref, a = new_program(k, 1)
-    bref, b = new_program(k, 1)
-    write(k, a, 1, 5)
-    write(k, b, 1, 5)
-    scan(k, 3)
-    page = pte_page(k, a, 1)
-    assert pte_page(k, b, 1) == page
-    return aref, a, bref, b, page
 
 
 # -- the class and the rule table ---------------------------------------------------------------------------------
@@ -255,7 +246,7 @@ def test_run2_unmerge_without_ksm_thread_mutex():
 def test_stable_tree_append_without_the_ksm_page_lock(monkeypatch):
     """A third equal page found in the stable tree: cmp_and_merge_page appends its rmap_item without lock_page."""
     k = make_kernel()
-    _aref, _a, _bref, _b, page = merged_pair(k)
+    _a, _b, page = merged_pair(k)
     without_lock(monkeypatch, k, at("cmp_and_merge_page:lock_page", "cmp_and_merge_page:unlock_page"))
     _cref, c = new_program(k, 1)
     write(k, c, 1, 5)
@@ -266,7 +257,7 @@ def test_stable_tree_append_without_the_ksm_page_lock(monkeypatch):
 def test_hlist_del_without_the_ksm_page_lock(monkeypatch):
     """remove_rmap_item_from_tree's hlist_del without lock_page: b's page changes, ksmd takes its item out."""
     k = make_kernel()
-    _aref, _a, _bref, b, page = merged_pair(k)
+    _a, (_bref, b), page = merged_pair(k)
     write(k, b, 1, 6)
     without_lock(monkeypatch, k, at("remove_rmap_item_from_tree"))
     caught(lambda: scan(k, 1), "stable_node", f"page[{ref_slot(page)}].page_lock", "hlist_del")
@@ -288,7 +279,7 @@ def test_a_page_made_ksm_without_its_lock(monkeypatch):
 def test_rmap_walk_of_an_unlocked_ksm_page(monkeypatch):
     """shrink_page without trylock_page: page_referenced_ksm on an unlocked page (VM_BUG_ON(!PageLocked))."""
     k = make_kernel()
-    _aref, _a, _bref, _b, page = merged_pair(k)
+    _a, _b, page = merged_pair(k)
     without_lock(monkeypatch, k, at("shrink_page_list:trylock_page", "shrink_page_list:unlock_page"))
     memory.get_page(k, page, "isolate_lru_page")
     f = caught(lambda: vmscan.shrink_page(k, page, True), "page_locked", f"page[{ref_slot(page)}].page_lock")
@@ -339,7 +330,7 @@ def test_anon_vma_unlink_without_its_lock(monkeypatch):
 
 def test_a_ksm_rmap_walk_without_the_anon_vma_lock(monkeypatch):
     k = make_kernel()
-    _aref, _a, _bref, _b, page = merged_pair(k)
+    _a, _b, page = merged_pair(k)
     without_lock(monkeypatch, k, at("page_referenced_ksm"))
     memory.get_page(k, page, "isolate_lru_page")
     f = caught(lambda: vmscan.shrink_page(k, page, False), "anon_vma", "anon_vma[1].lock", "reads anon_vma[1]")
@@ -415,7 +406,7 @@ def test_exit_mmap_reads_the_vmas_without_mmap_sem_legitimately():
 def test_quiet_on_the_correct_model_step_by_step():
     """Merge, fork, COW, swap, unmap, run=2, exit: every rule holds."""
     k = make_kernel()
-    aref, a, bref, b, page = merged_pair(k)
+    (aref, a), (bref, b), page = merged_pair(k)
     cref = mmm.dup_mmap(k, aref)
     write(k, ref_slot(cref), 1, 9)
     memory.get_page(k, page, "isolate_lru_page")

@@ -13,7 +13,7 @@ from ksmstress.mm.state import PG_KSM
 from ksmstress.runner import run_one
 from ksmstress.scenario import load, resolve
 
-from .harness import holding, make_kernel, new_program, pte_page, scan, write
+from .harness import holding, make_kernel, merged_pair, new_program, pte_page, write
 
 
 def freeing_with(k, site: str, action):
@@ -63,12 +63,7 @@ def test_a_lookup_without_the_count_test_is_a_use_after_free(monkeypatch):
 
 def test_get_ksm_page_refuses_a_ksm_page_being_freed_and_prunes_its_node():
     k = make_kernel()
-    aref, a = new_program(k, 1)
-    bref, b = new_program(k, 1)
-    write(k, a, 1, 5)
-    write(k, b, 1, 5)
-    scan(k, 3)
-    page = pte_page(k, a, 1)
+    (aref, _a), (bref, _b), page = merged_pair(k)
     s = ref_slot(page)
     assert k.pg.flags[s] & PG_KSM
     nref = int(k.pg.mapping[s])
@@ -150,12 +145,7 @@ def test_a_ksm_page_in_the_freeing_window_may_name_its_pruned_node():
     from ksmstress.checks.stabletree import check_stable_tree
 
     k = make_kernel()
-    aref, a = new_program(k, 1)
-    bref, b = new_program(k, 1)
-    write(k, a, 1, 5)
-    write(k, b, 1, 5)
-    scan(k, 3)
-    page = pte_page(k, a, 1)
+    (aref, _a), (bref, _b), page = merged_pair(k)
     s = ref_slot(page)
     nref = int(k.pg.mapping[s])
     memory.get_page(k, page, "test")
