@@ -59,6 +59,8 @@ class RunResult:
     mode: str = "controlled"
     reproduced: str | None = None  # free mode: "k/M" reruns of the seed that failed the same way
     granularity: str = DEFAULT_GRANULARITY  # where control could change hands (sched.GRANULARITIES)
+    # the guided strategy: each step's runnable set, uint64 per step (sched.guided.decode_masks); else empty
+    runnable: bytes = field(repr=False, default=b"")
 
     @property
     def schedule_digest(self) -> str:
@@ -199,15 +201,17 @@ def run_one(
     mode: str = "controlled",
     hang_seconds: float = 10.0,
     granularity: str | None = None,
+    tail: str = "stay",
 ) -> RunResult:
     """Run one seed of a scenario under the controlled scheduler and return its verdict. `granularity` None is the
-    scenario's ([sched] granularity)."""
+    scenario's ([sched] granularity). Under strategy `guided`, `schedule` is the prefix to follow and `tail` what
+    decides after it (sched/guided.py); under any other, a `schedule` is replayed."""
     bugset = validate(list(bugs))
     gran = granularity if granularity is not None else sc.granularity
     procs.name_semaphores()
-    strat_name = "replay" if schedule is not None else strategy
+    strat_name = "replay" if schedule is not None and strategy != "guided" else strategy
     depth = pct_depth if pct_depth is not None else sc.pct_depth
-    strat = make_strategy(strat_name, depth=depth, steps=sc.pct_steps, schedule=schedule or b"")
+    strat = make_strategy(strat_name, depth=depth, steps=sc.pct_steps, schedule=schedule or b"", tail=tail)
     nsys = int(sc.ksmd) + int(sc.reclaim) + int(sc.admin_unmerge_every > 0)
     ntasks = nsys + sc.max_mm
     block = SharedBlock()
@@ -329,6 +333,7 @@ def run_one(
         spawn_seconds=spawn_seconds,
         mode=mode,
         granularity=gran,
+        runnable=ctl.runnable_masks(),
     )
 
 
