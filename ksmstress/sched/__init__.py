@@ -9,6 +9,9 @@ from .random import RandomStrategy
 from .replay import ReplayStrategy
 
 STRATEGIES = ("random", "pct")
+# `run --strategy` values that drive many runs of one seed (ksmstress/explore) rather than pick per run: not for
+# soak, bench or mutate, which run one run per seed; a failure they find is an artifact replayed step by step.
+SEARCHES = ("bounded",)
 # Where control may change hands: `locks` at lock operations and explicit points only; `shared` also before every
 # shared access the kernel makes without the lock that would serialise it (atomics, list links, page flag bits,
 # lockless reads), as loom and Lincheck switch at every atomic. The schedule, and so a seed's meaning, depends on it.
