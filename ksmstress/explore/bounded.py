@@ -103,8 +103,8 @@ def explore_bounded(
 ) -> BoundedResult:
     """Run every schedule of `sc` at `seed` with at most `preemptions` departures from the non-preemptive one, level
     by level, until the first failure or a budget (`max_schedules` of this shard's schedules, `seconds` of wall
-    clock). `shard` = (index, count) picks this shard's disjoint part of the tree. `on_run` sees every run (for a
-    progress line)."""
+    clock). `shard` = (index, count) picks this shard's disjoint part of the tree. `on_run` sees each of this shard's
+    schedules as it ends (a progress line, a test collecting them)."""
     if preemptions < 0:
         raise ValueError(f"preemptions: expected a non-negative bound, got {preemptions}")
     index, count = shard
@@ -125,12 +125,12 @@ def explore_bounded(
         t = time.monotonic()
         res = run_one(sc, seed, "guided", bugs, schedule=prefix, granularity=granularity, timeout=timeout)
         out.runs += 1
+        level.seconds += time.monotonic() - t
         if mine:
             out.schedules += 1
             level.schedules += 1
-        level.seconds += time.monotonic() - t
-        if on_run is not None:
-            on_run(out, res)
+            if on_run is not None:
+                on_run(out, res)
         return res
 
     def failed(res: RunResult, c: int) -> bool:
