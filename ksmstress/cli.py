@@ -232,7 +232,9 @@ def _cmd_bounded(a: argparse.Namespace, scenarios: list[Scenario], bugs: list[st
     bound = a.preemptions if a.preemptions is not None else explore_cmd.DEFAULT_PREEMPTIONS
     shard = (a.shard[0] - 1, a.shard[1]) if a.shard else (0, 1)
     counts = explore_cmd.Counts()
-    progress = Progress(a.runs, a.seconds, label="bounded", tty=False if a.json else None)
+    n = len(scenarios)  # --runs and --seconds are per scenario
+    progress = Progress(a.runs and a.runs * n, a.seconds and a.seconds * n, label="bounded",
+                        tty=False if a.json else None)
     per: list[dict[str, Any]] = []
 
     def on_run(_r: Any, res: RunResult) -> None:

@@ -142,6 +142,9 @@ def explore_bounded(
     try:
         level = Level(0)
         out.levels.append(level)
+        if index and not preemptions:  # the root is shard 0's and has no children here
+            out.complete = True
+            return out
         root = run(b"", index == 0, level)
         if root is None:
             return out
