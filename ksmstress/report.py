@@ -100,6 +100,7 @@ def write_artifact(directory: Path, sc: Scenario, res: RunResult, pct_depth: int
         "mode": res.mode,
         "reproduced": res.reproduced,
         "pct_depth": pct_depth,
+        "pct_k": res.pct_k or None,  # informative: replay follows the schedule, a rerun estimates the same k
         "granularity": res.granularity,
         "bugs": res.bugs,
         "steps": res.steps,

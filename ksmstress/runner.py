@@ -37,6 +37,7 @@ from .sched import DEFAULT_GRANULARITY, make_strategy
 from .sched.chaos import ChaosPolicy
 from .sched.control import BLOCKED, CLEAN, FAILED, STEP, Control
 from .sched.free import FreeControl
+from .sched.pct import PctStrategy
 
 MODES = ("controlled", "free")  # controlled: one task at a time, replayable; free: all at once
 
@@ -59,6 +60,8 @@ class RunResult:
     mode: str = "controlled"
     reproduced: str | None = None  # free mode: "k/M" reruns of the seed that failed the same way
     granularity: str = DEFAULT_GRANULARITY  # where control could change hands (sched.GRANULARITIES)
+    contested: int = 0  # pct: the run's points with two or more runnable tasks (what k estimates); 0 otherwise
+    pct_k: int = 0  # pct: the k its change points were drawn from; 0 otherwise
 
     @property
     def schedule_digest(self) -> str:
@@ -199,15 +202,19 @@ def run_one(
     mode: str = "controlled",
     hang_seconds: float = 10.0,
     granularity: str | None = None,
+    pct_k: int | None = None,
 ) -> RunResult:
     """Run one seed of a scenario under the controlled scheduler and return its verdict. `granularity` None is the
-    scenario's ([sched] granularity)."""
+    scenario's ([sched] granularity); `pct_k` None is the scenario's [pct] k, else estimated (pct_k_of)."""
     bugset = validate(list(bugs))
     gran = granularity if granularity is not None else sc.granularity
     procs.name_semaphores()
     strat_name = "replay" if schedule is not None else strategy
     depth = pct_depth if pct_depth is not None else sc.pct_depth
-    strat = make_strategy(strat_name, depth=depth, steps=sc.pct_steps, schedule=schedule or b"")
+    change_k = 0  # pct: the contested points its change points are drawn from
+    if strat_name == "pct" and mode == "controlled":
+        change_k = pct_k or sc.pct_k or pct_k_of(sc, gran, timeout)
+    strat = make_strategy(strat_name, depth=depth, k=change_k, schedule=schedule or b"")
     nsys = int(sc.ksmd) + int(sc.reclaim) + int(sc.admin_unmerge_every > 0)
     ntasks = nsys + sc.max_mm
     block = SharedBlock()
@@ -329,7 +336,27 @@ def run_one(
         spawn_seconds=spawn_seconds,
         mode=mode,
         granularity=gran,
+        contested=strat.contested(ctl) if isinstance(strat, PctStrategy) else 0,
+        pct_k=change_k,
     )
+
+
+# PCT's k per (scenario, granularity), estimated once per process: warm-up runs are whole runs
+_PCT_K: dict[tuple[str, str], int] = {}
+PCT_WARMUP = 3  # warm-up runs: seeds 0..2, depth 1 (no change points), no bug variant
+
+
+def pct_k_of(sc: Scenario, granularity: str, timeout: float = 120.0) -> int:
+    """PCT's k for a scenario: the most contested points (two or more runnable tasks) in PCT_WARMUP depth-1 runs
+    of the faithful model. Fixed seeds and no variant make k a function of the scenario and granularity alone, so
+    a seed's PCT schedule is the same in every process and every front door (a rerun command needs no k); the
+    faithful model keeps a variant that fails early from shrinking k for the runs that follow."""
+    key = (repr(sc), granularity)
+    if key not in _PCT_K:
+        runs = [run_one(sc, seed, "pct", (), pct_depth=1, pct_k=1, timeout=timeout, granularity=granularity)
+                for seed in range(PCT_WARMUP)]
+        _PCT_K[key] = max(1, *(r.contested for r in runs))
+    return _PCT_K[key]
 
 
 def verdict_of(failure: dict[str, Any] | None) -> str:

@@ -15,12 +15,12 @@ GRANULARITIES = ("locks", "shared")
 DEFAULT_GRANULARITY = "shared"
 
 
-def make_strategy(name: str, *, depth: int = 3, steps: int = 5000, schedule: bytes = b"") -> Strategy:
+def make_strategy(name: str, *, depth: int = 3, k: int = 1000, schedule: bytes = b"") -> Strategy:
     """Build a strategy by name (`random`, `pct`, `replay`)."""
     if name == "random":
         return RandomStrategy()
     if name == "pct":
-        return PctStrategy(depth=depth, steps=steps)
+        return PctStrategy(depth=depth, k=k)
     if name == "replay":
         return ReplayStrategy(schedule)
     raise ValueError(f"unknown strategy {name!r}; expected random, pct or replay")
