@@ -17,6 +17,7 @@ from __future__ import annotations
 import zlib
 
 from ..arena import ref_slot
+from ..callchain import kfunc
 from ..failures import Failure
 from . import memory, rmap
 from . import mm as _mm  # mm.py calls back into this module: bind names at call time
@@ -92,6 +93,7 @@ def _rmap_walk_passes(k: K) -> int:
 
 
 # -- anon_vma references (the commit under test) -------------------------------------------------------------
+@kfunc
 def hold_anon_vma(k: K, iref: int, avref: int) -> None:
     """Record the page's anon_vma in the rmap_item and take a reference (ksm_refcount++)."""
     i = k.ri.deref(iref, "hold_anon_vma")
@@ -111,6 +113,7 @@ def hold_anon_vma(k: K, iref: int, avref: int) -> None:
         k.g[G_MAX_REFCOUNT] = c
 
 
+@kfunc
 def drop_anon_vma(k: K, iref: int) -> None:
     """atomic_dec_and_lock(&ksm_refcount, &anon_vma->lock): the last reference frees an anon_vma whose vma list
     is already empty."""
@@ -182,6 +185,7 @@ def _hlist_del(k: K, iref: int) -> None:
     k.ri.hnext[i] = k.ri.hprev[i] = 0
 
 
+@kfunc
 def remove_node_from_stable_tree(k: K, nref: int) -> None:
     """A stale stable_node: un-count and un-reference its rmap_items (they stay linked), erase and free it."""
     # the hlist walked without the page lock: the KSM page is gone (get_ksm_page found it stale), so no rmap walk
@@ -199,6 +203,7 @@ def remove_node_from_stable_tree(k: K, nref: int) -> None:
     k.sn.free(nref, "free_stable_node")
 
 
+@kfunc
 def get_ksm_page(k: K, nref: int) -> int:
     """The stable node's KSM page with a reference taken, or 0 after pruning a stale node.
 
@@ -246,6 +251,7 @@ def calc_checksum(k: K, pref: int) -> int:
     return zlib.crc32(k.st.frames[k.pg.deref(pref, "calc_checksum")].tobytes())
 
 
+@kfunc
 def stable_tree_search(k: K, pref: int) -> int:
     s = k.pg.deref(pref, "stable_tree_search")
     k.spoint_unless(k.page_lock(s), "stable_tree_search:PageKsm")
@@ -266,6 +272,7 @@ def stable_tree_search(k: K, pref: int) -> int:
     return 0
 
 
+@kfunc
 def stable_tree_insert(k: K, kpref: int) -> int:
     tree = stable_tree(k)
     parent, go_left, node = 0, False, tree.root
@@ -296,6 +303,7 @@ def set_page_stable_node(k: K, s: int, nref: int) -> None:
 
 
 # -- removing rmap_items -------------------------------------------------------------------------------------
+@kfunc
 def remove_rmap_item_from_tree(k: K, iref: int) -> None:
     i = k.ri.deref(iref, "remove_rmap_item_from_tree")
     flags = k.ri.flags[i]
@@ -346,6 +354,7 @@ def _set_rl(k: K, kind: int, ref: int, val: int) -> None:
         k.ri.rmap_next[k.ri.deref(ref, "rmap_list")] = val
 
 
+@kfunc
 def remove_trailing_rmap_items(k: K, kind: int, ref: int) -> None:
     while True:
         iref = _get_rl(k, kind, ref)
@@ -357,6 +366,7 @@ def remove_trailing_rmap_items(k: K, kind: int, ref: int) -> None:
 
 
 # -- breaking COW --------------------------------------------------------------------------------------------
+@kfunc
 def break_ksm(k: K, vref: int, addr: int) -> int:
     """Fault a write on a KSM page until the pte no longer maps one (the caller holds mmap_sem).
 
@@ -389,6 +399,7 @@ def _vma_for_item(k: K, m: int, addr: int, site: str) -> int:
     return vref
 
 
+@kfunc
 def break_cow(k: K, iref: int) -> None:
     """Undo a merge: drop the rmap_item's anon_vma reference first, then break COW at its address."""
     i = k.ri.deref(iref, "break_cow")
@@ -419,6 +430,7 @@ def get_mergeable_page(k: K, iref: int) -> int:
 
 
 # -- merging -------------------------------------------------------------------------------------------------
+@kfunc
 def write_protect_page(k: K, vref: int, pref: int) -> tuple[int, tuple[int, int]]:
     """Make the page's pte read-only, refusing if someone holds an extra reference (O_DIRECT, GUP, reclaim).
 
@@ -445,6 +457,7 @@ def write_protect_page(k: K, vref: int, pref: int) -> tuple[int, tuple[int, int]
     return err, (ref, 0)
 
 
+@kfunc
 def replace_page(k: K, vref: int, pref: int, kpref: int, orig: tuple[int, int], check: bool = True) -> int:
     """Point the pte that maps `page` (and still equals orig_pte) at the KSM page `kpage`."""
     v = k.vm.deref(vref, "replace_page")
@@ -467,6 +480,7 @@ def replace_page(k: K, vref: int, pref: int, kpref: int, orig: tuple[int, int], 
     return 0
 
 
+@kfunc
 def try_to_merge_one_page(k: K, vref: int, pref: int, kpref: int) -> int:
     """Merge `page` into `kpage`; with kpage 0, make `page` itself a KSM page (no allocation, as 2.6.33)."""
     if pref == kpref:  # ksm page forked
@@ -495,6 +509,7 @@ def try_to_merge_one_page(k: K, vref: int, pref: int, kpref: int) -> int:
     return err
 
 
+@kfunc
 def try_to_merge_with_ksm_page(k: K, iref: int, pref: int, kpref: int) -> int:
     i = k.ri.deref(iref, "try_to_merge_with_ksm_page")
     mref, addr = k.ri.mm[i], k.ri.address[i]
@@ -516,6 +531,7 @@ def try_to_merge_with_ksm_page(k: K, iref: int, pref: int, kpref: int) -> int:
     return err
 
 
+@kfunc
 def try_to_merge_two_pages(k: K, iref: int, pref: int, tiref: int, tpref: int) -> int:
     err = try_to_merge_with_ksm_page(k, iref, pref, 0)
     if not err:
@@ -525,6 +541,7 @@ def try_to_merge_two_pages(k: K, iref: int, pref: int, tiref: int, tpref: int) -
     return 0 if err else pref
 
 
+@kfunc
 def unstable_tree_search_insert(k: K, iref: int, pref: int) -> tuple[int, int]:
     tree = unstable_tree(k)
     parent, go_left, node = 0, False, tree.root
@@ -555,6 +572,7 @@ def _window_close(k: K, kind: str, iref: int) -> None:
     k.hooks.window_close(k, kind, ref_slot(k.ri.mm[i]), k.ri.address[i])
 
 
+@kfunc
 def cmp_and_merge_page(k: K, pref: int, iref: int) -> None:
     remove_rmap_item_from_tree(k, iref)
     kpage = stable_tree_search(k, pref)
@@ -669,6 +687,7 @@ def get_next_rmap_item(k: K, sref: int, kind: int, ref: int, addr: int) -> int:
     return iref
 
 
+@kfunc
 def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
     """The next (rmap_item, page) of the scan, or (0, 0) at the end of a full pass (seqnr++)."""
     g = k.g
@@ -754,6 +773,7 @@ def in_stable_tree(k: K, iref: int) -> bool:
     return bool(k.ri.flags[k.ri.deref(iref, "in_stable_tree")] & STABLE_FLAG)
 
 
+@kfunc
 def ksm_do_scan(k: K, scan_npages: int) -> None:
     k.hooks.lock_rule(k, "ksm_do_scan", k.ksm_thread_mutex, 2, 0, "ksm_do_scan")
     for _ in range(scan_npages):
@@ -779,6 +799,7 @@ def ksmd_should_run(k: K) -> bool:
 
 
 # -- madvise, fork, exit -------------------------------------------------------------------------------------
+@kfunc
 def unmerge_ksm_pages(k: K, vref: int, start: int, end: int) -> int:
     """break_ksm over [start, end). Simplified: no signal_pending() / -ERESTARTSYS (model tasks get no signals)."""
     v = k.vm.deref(vref, "unmerge_ksm_pages")
@@ -792,6 +813,7 @@ def unmerge_ksm_pages(k: K, vref: int, start: int, end: int) -> int:
     return 0
 
 
+@kfunc
 def ksm_madvise(k: K, vref: int, advice: int) -> int:
     """MADV_MERGEABLE registers the mm with ksmd; MADV_UNMERGEABLE breaks every KSM page of the vma.
 
@@ -819,6 +841,7 @@ def ksm_madvise(k: K, vref: int, advice: int) -> int:
     return 0
 
 
+@kfunc
 def __ksm_enter(k: K, mref: int) -> None:  # noqa: N807 - the kernel's name
     """Register the mm with ksmd; its mmap_sem is held for write (madvise, or dup_mmap for the child)."""
     k.hooks.lock_rule(k, "ksm_enter", k.mmap_sem(ref_slot(mref)), 1, ref_slot(mref), "__ksm_enter")
@@ -837,6 +860,7 @@ def __ksm_enter(k: K, mref: int) -> None:  # noqa: N807 - the kernel's name
     k.atomic_add(k.mmc.mmcount, m, 1, "__ksm_enter")
 
 
+@kfunc
 def __ksm_exit(k: K, mref: int) -> None:  # noqa: N807
     """Free the mm_slot now if ksmd holds nothing for it; else leave that to ksmd, after an mmap_sem handshake
     that waits out any ksmd pass already inside this mm."""
@@ -864,17 +888,20 @@ def __ksm_exit(k: K, mref: int) -> None:  # noqa: N807
         k.locks.up_write(k.mmap_sem(m), "__ksm_exit")
 
 
+@kfunc
 def ksm_exit(k: K, mref: int) -> None:
     if k.mmc.flags[k.mmc.deref(mref, "ksm_exit")] & MMF_VM_MERGEABLE:
         __ksm_exit(k, mref)
 
 
+@kfunc
 def ksm_fork(k: K, mref: int, oldref: int) -> None:
     if k.mmc.flags[k.mmc.deref(oldref, "ksm_fork")] & MMF_VM_MERGEABLE:
         __ksm_enter(k, mref)
 
 
 # -- run=2 ---------------------------------------------------------------------------------------------------
+@kfunc
 def unmerge_and_remove_all_rmap_items(k: K) -> int:
     k.hooks.lock_rule(k, "unmerge_all", k.ksm_thread_mutex, 2, 0, "unmerge_and_remove_all_rmap_items")
     g = k.g
@@ -917,6 +944,7 @@ def unmerge_and_remove_all_rmap_items(k: K) -> int:
     return 0
 
 
+@kfunc
 def run_store(k: K, value: int) -> None:
     """echo VALUE > /sys/kernel/mm/ksm/run, in the writer's context, under ksm_thread_mutex."""
     k.locks.lock(k.ksm_thread_mutex, "run_store")
@@ -929,6 +957,7 @@ def run_store(k: K, value: int) -> None:
     k.locks.unlock(k.ksm_thread_mutex, "run_store")
 
 
+@kfunc
 def prune_stale_stable_nodes(k: K) -> None:
     """Visit every stable node with get_ksm_page, pruning the stale ones.
 
@@ -954,6 +983,7 @@ def _walk_items(k: K, pref: int, site: str) -> tuple[int, list[int]]:
     return nref, (_hlist(k, nref, site) if nref else [])
 
 
+@kfunc
 def try_to_unmap_ksm(k: K, pref: int, swap: int) -> int:
     """Unmap every pte of a locked KSM page: pass 0 visits the vma of each rmap_item's own mm, pass 1 the
     covering vmas of other mms (forked since ksmd gave the rmap_item)."""
@@ -991,6 +1021,7 @@ def try_to_unmap_ksm(k: K, pref: int, swap: int) -> int:
     return ret
 
 
+@kfunc
 def page_referenced_ksm(k: K, pref: int) -> int:
     nref, items = _walk_items(k, pref, "page_referenced_ksm")
     if not nref:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..arena import ref_slot
+from ..callchain import kfunc
 from ..failures import Failure
 from . import rmap
 from .state import G_SWAPIN_HELD, PG_ANON, PG_KSM, PTE_NONE, PTE_PRESENT, PTE_SWAP, K, mk_pte, pte_decode
@@ -158,6 +159,7 @@ def follow_page(k: K, m: int, addr: int, site: str) -> int:
 
 
 # -- faults --------------------------------------------------------------------------------------------------
+@kfunc
 def handle_mm_fault(k: K, m: int, vref: int, addr: int, write: bool) -> int:
     """Resolve a fault at addr of mm m inside vma vref; the caller holds mmap_sem for read."""
     ptl = k.ptl(m)
@@ -175,6 +177,7 @@ def handle_mm_fault(k: K, m: int, vref: int, addr: int, write: bool) -> int:
     return VM_FAULT_WRITE if w else 0
 
 
+@kfunc
 def do_anonymous_page(k: K, m: int, vref: int, addr: int) -> int:
     """First touch: a zeroed page mapped writable (simplified: read faults also allocate, no ZERO_PAGE)."""
     rmap.anon_vma_prepare(k, vref)
@@ -191,6 +194,7 @@ def do_anonymous_page(k: K, m: int, vref: int, addr: int) -> int:
     return VM_FAULT_WRITE
 
 
+@kfunc
 def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
     """Write to a write-protected present pte; called with the pte lock held, returns with it released.
 
@@ -243,6 +247,7 @@ def reuse_swap_page(k: K, s: int) -> bool:
     return page_mapcount(k, s) <= 1
 
 
+@kfunc
 def do_swap_page(k: K, m: int, vref: int, addr: int, write: bool, sref: int) -> int:
     """Fault swap entry `sref` back in: handle_mm_fault read it from the pte (orig_pte) and let the pte lock go.
 
@@ -311,6 +316,7 @@ def swap_free(k: K, sref: int, site: str) -> None:
 
 
 # -- fork and unmap ------------------------------------------------------------------------------------------
+@kfunc
 def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
     """copy_one_pte for every pte of vma: anon and KSM ptes are shared read-only (COW), mapcount++ and a page
     reference each; swap entries get one more swap count. No rmap_item is made: ksmd has not seen the child."""
@@ -341,6 +347,7 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
     k.locks.unlock(dst_ptl, "copy_pte_range")
 
 
+@kfunc
 def zap_pte_range(k: K, m: int, start: int, end: int) -> None:
     """Unmap [start, end) of mm m: every present pte drops its mapcount and page reference."""
     ptl = k.ptl(m)
@@ -373,6 +380,7 @@ def cpu_load(k: K, m: int, addr: int, ref: int) -> np.ndarray:
     return k.st.frames[k.pg.deref(ref, "user_read"), :].copy()
 
 
+@kfunc
 def user_write(k: K, m: int, addr: int, data: np.ndarray) -> bool:
     """A store of a whole page from user space; False is SIGSEGV (no vma).
 
@@ -394,6 +402,7 @@ def user_write(k: K, m: int, addr: int, data: np.ndarray) -> bool:
             return False
 
 
+@kfunc
 def user_read(k: K, m: int, addr: int) -> np.ndarray | None:
     """A load of a whole page from user space; None is SIGSEGV (no vma)."""
     from . import mm as mmmod
