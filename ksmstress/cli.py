@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import structlog
 
 from . import __version__, argtypes, catalog, mutate, procs
 from . import bench as benchmod
+from . import explain as explainmod
 from . import soak as soakmod
 from .bugs import VARIANTS, UnknownBug, validate
 from .failures import CLASSES
@@ -159,6 +161,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     bugs = sorted(validate(a.bug))
     scenarios: list[Scenario] = [load(p) for p in resolve(a.scenario, a.scenario_dir)]
     check_artifact_dir(a.artifacts)  # before any run: a failure found later must have somewhere to go
+    _check_out("--trace", a.trace)
+    _check_out("--timeline", a.timeline)
+    if (a.trace or a.timeline) and a.mode == "free":
+        _usage_error("--trace/--timeline: expected --mode controlled (a free-mode run has no schedule to replay)")
     total = _Totals()
     count = a.runs * len(scenarios)
     # a redrawn line on a terminal; with --json or into a log, a line every 10 s on stderr (none for short runs)
@@ -197,6 +203,9 @@ def cmd_run(a: argparse.Namespace) -> int:
                 print(_run_json(a, total, per, _failure_dict(last, artifact)))
             else:
                 _print_failure(last, artifact)
+            if (a.trace or a.timeline) and a.mode == "controlled":  # the failing run again, with its events
+                again, events = explainmod.recorded_replay(read_artifact(artifact), artifact, a.timeout)
+                _export(a, events, again)
             return EXIT_FAILURE
         if progress:
             progress.clear()
@@ -266,6 +275,13 @@ def _replay_outcome(art: dict[str, Any], res: RunResult) -> tuple[bool, str]:
     return False, f"different failure: {at} instead of {rec}{why}"
 
 
+def add_export_options(p: argparse.ArgumentParser) -> None:
+    """--trace and --timeline: what a failing controlled run (replayed with per-step events) is exported as."""
+    p.add_argument("--trace", metavar="FILE", default=None,
+                   help="write the failing run as Chrome trace-event JSON (Perfetto UI, chrome://tracing)")
+    p.set_defaults(timeline=None)  # --timeline: the SVG swimlanes (explain.timeline) come in their own step
+
+
 def cmd_replay(a: argparse.Namespace) -> int:
     art = read_artifact(a.artifact)
     scd = art["scenario"]
@@ -274,16 +290,27 @@ def cmd_replay(a: argparse.Namespace) -> int:
     except KeyError:
         _usage_error(f"{a.artifact}: key 'scenario.path': expected the scenario's text or path")
     bugs = sorted(validate(art["bugs"]))
+    events: list[explainmod.Event] | None = None
+    if art.get("mode") == "free" and (a.explain or a.trace or a.timeline):
+        _usage_error(f"{a.artifact}: key 'mode': expected a controlled-mode artifact for --explain, --trace or "
+                     f"--timeline (a free-mode run has no schedule to replay step by step)")
+    _check_out("--trace", a.trace)
+    _check_out("--timeline", a.timeline)
     if art.get("mode") == "free":  # nothing to replay step by step: rerun the seed every time asked, count hits
         rep = rerun_free(sc, art["seed"], bugs, (art.get("failure") or {}).get("class"), max(1, a.reruns), a.timeout,
                          art["granularity"])
         res = rep.first or rep.last
         assert res is not None
         res.reproduced = rep.rate
+    elif a.explain or a.trace or a.timeline:  # the same controlled replay, with its per-step events
+        res, events = explainmod.recorded_replay(art, a.artifact, a.timeout, sc)
     else:
         res = run_one(sc, art["seed"], art["strategy"], bugs, schedule=art["schedule_bytes"],
                       pct_depth=art.get("pct_depth"), timeout=a.timeout, granularity=art["granularity"])
     same, text = _replay_outcome(art, res)
+    x = explainmod.view.explain(events, res.failure or {}) if events is not None and res.failure else None
+    if events is not None:
+        _export(a, events, res)
     log.info("replay", artifact=str(a.artifact), reproduced=same, verdict=res.verdict)
     if a.json:
         d: dict[str, Any] = {
@@ -304,12 +331,47 @@ def cmd_replay(a: argparse.Namespace) -> int:
         }
         if res.reproduced is not None:
             d["reproduced_rate"] = res.reproduced
+        if a.explain:
+            d["explain"] = x.to_dict() if x is not None else None
         print(json.dumps(d, sort_keys=True))
     else:
         if res.verdict == "failure":
             _print_failure(res, None)
         print(("  " if res.verdict == "failure" else "") + text)
+        if a.explain and x is not None:
+            print()
+            print("\n".join(explainmod.view.render(x)))
+        elif a.explain:
+            print("nothing to explain: the replay did not fail")
     return EXIT_FAILURE if res.verdict == "failure" else EXIT_CLEAN
+
+
+def _check_out(option: str, path: str | None) -> None:
+    """Refuse, before any run, an output file that could not be written (exit status 2, naming the option)."""
+    if path is None:
+        return
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        _usage_error(f"{option} {path}: is a directory; expected a file path to write")
+    if not parent.is_dir() or not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        _usage_error(f"{option} {path}: cannot write there; expected a file path in a writable directory")
+
+
+def _export(a: argparse.Namespace, events: list[explainmod.Event], res: RunResult) -> None:
+    """--trace and --timeline of a recorded replay."""
+    title = f"{res.scenario} seed {res.seed}" + (f" ({', '.join(res.bugs)})" if res.bugs else "")
+    try:
+        if getattr(a, "trace", None):
+            explainmod.trace.write_trace(a.trace, explainmod.trace.chrome_trace(events, res.failure, title))
+            if not getattr(a, "json", False):
+                print(f"  trace:    {a.trace} (open it in https://ui.perfetto.dev or chrome://tracing)")
+        if getattr(a, "timeline", None):
+            raise NotImplementedError("--timeline")
+            if not getattr(a, "json", False):
+                print(f"  timeline: {a.timeline}")
+    except OSError as e:
+        _usage_error(f"{e.filename}: cannot write it ({e.strerror}); expected a writable file path")
 
 
 # -- listings ---------------------------------------------------------------------------------------------------
@@ -362,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU to pin the run's processes to (default: $KSMSTRESS_CPU, else the last allowed CPU)")
     r.add_argument("--hang-seconds", type=argtypes.positive_seconds, default=10.0,
                    help="free mode: no progress this long is a hang")
+    add_export_options(r)
     r.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("replay", help="replay a failure artifact and say whether the same failure recurs")
@@ -371,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock seconds before 'hang'")
     p.add_argument("--reruns", type=argtypes.non_negative_int, default=10,
                    help="free-mode artifacts: reruns for the reproduction rate")
+    p.add_argument("--explain", action="store_true",
+                   help="print the interleaving as columns, one per task that matters, with call chains, lock "
+                        "operations and the failing object's count changes (with --json: the same rows)")
+    add_export_options(p)
     p.set_defaults(fn=cmd_replay)
 
     soakmod.add_parser(sub)

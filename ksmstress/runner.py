@@ -15,7 +15,7 @@ import hashlib
 import os
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,9 +203,12 @@ def run_one(
     hang_seconds: float = 10.0,
     granularity: str | None = None,
     pct_k: int | None = None,
+    observe: Callable[[State, K, Control], None] | None = None,
 ) -> RunResult:
     """Run one seed of a scenario under the controlled scheduler and return its verdict. `granularity` None is the
-    scenario's ([sched] granularity); `pct_k` None is the scenario's [pct] k, else estimated (pct_k_of)."""
+    scenario's ([sched] granularity); `pct_k` None is the scenario's [pct] k, else estimated (pct_k_of).
+    `observe(st, k, ctl)` runs once the run is assembled, before any task exists: ksmstress.explain instruments
+    (or swaps) that run's own instances there, so a normal run pays nothing for it."""
     bugset = validate(list(bugs))
     gran = granularity if granularity is not None else sc.granularity
     procs.name_semaphores()
@@ -228,6 +231,8 @@ def run_one(
     else:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     k = _assemble(block, st, ctl, bugset, granularity=gran)
+    if observe is not None:
+        observe(st, k, ctl)
     st.g[G_PAGES_TO_SCAN] = sc.pages_to_scan
     st.g[G_REFCOUNT_BITS] = sc.refcount_bits
     if sc.ksmd:

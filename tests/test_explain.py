@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ksmstress import callchain
 from ksmstress.failures import Failure
 from ksmstress.mm import mm as mmmod
+from ksmstress.report import write_artifact
+from ksmstress.runner import run_seeds
+from ksmstress.scenario import load, resolve
 from ksmstress.verdict import failure_lines
 from tests.clitools import cli
 from tests.harness import make_kernel, new_program, write
@@ -110,3 +114,177 @@ def test_history_and_event_details_render_as_text() -> None:
     )
     assert lines[1] == "  first_free: by ksmd#0 at step 3 in ksm_do_scan > drop_anon_vma"
     assert lines[2:] == ["  history:", "    step 2 ksmd#0 hold_anon_vma: ksm_refcount = 1 (rmap_item rmap_item[4])"]
+
+
+# -- replay --explain and --trace ------------------------------------------------------------------------------
+VARIANTS = {  # three catalogue variants: first failing seed of each within 50
+    "use-after-free": ("seed-unmap-race", "no-anon-vma-ref"),
+    "traversal": ("seed-fork-race", "single-pass-walk"),
+    "writable-ksm": ("merge-write-race", "merge-without-wrprotect"),
+}
+
+
+def first_failure(scenario: str, bug: str, directory: Path) -> Path:
+    """The artifact of the first failing seed of `scenario` with `bug` (the same loop `ksmstress run` runs)."""
+    sc = load(resolve([scenario], [])[0])
+    for res in run_seeds(sc, range(50), "random", [bug]):
+        if res.verdict == "failure":
+            return write_artifact(directory, sc, res, None)
+    raise AssertionError(f"{scenario} --bug {bug}: no failure in 50 seeds")
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("arts")
+    return {cls: first_failure(sc, bug, d) for cls, (sc, bug) in VARIANTS.items()}
+
+
+def test_explain_lays_the_interleaving_out_in_columns_within_120(
+    artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = cli(capsys, "replay", str(artifacts["use-after-free"]), "--explain")
+    assert code == 1 and "reproduced the recorded use-after-free" in out
+    table = out.split("\n\n", 1)[1].splitlines()
+    assert all(len(line) <= 120 for line in table)
+    header = [c.strip() for c in table[0].split("|")]
+    failing, freer = header[1], header[2]  # the failing task first, then the one that freed the object
+    assert failing.startswith("reclaim#") and freer.startswith("mm#")
+    col = {name: i for i, name in enumerate(header)}
+
+    def cell(line: str, task: str) -> str:
+        parts = line.split("|")
+        return parts[col[task]].strip() if len(parts) > col[task] else ""
+
+    frees = [line for line in table if "FREE anon_vma" in cell(line, freer)]
+    assert len(frees) == 1  # the free, in the freeing task's column
+    assert cell(table[-1], failing) == "USE-AFTER-FREE anon_vma[1]" or "USE-AFTER-FREE" in table[-1]
+    assert any("in " in cell(line, freer) and "anon_vma_unlink" in cell(line, freer) for line in table)
+    assert any(line.strip().startswith("...") and " of " in line for line in table)  # other steps folded
+
+
+def test_explain_json_gives_the_same_rows(artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "replay", str(artifacts["use-after-free"]), "--explain", "--json")
+    d = json.loads(out)
+    x = d["explain"]
+    assert code == 1 and d["reproduced"] and x["object"] == "anon_vma[1]"
+    events = [r for r in x["rows"] if "event" in r]
+    assert events[-1]["event"] == "USE-AFTER-FREE anon_vma[1]" and events[-1]["task"] == x["tasks"][0]
+    free = next(r for r in events if r["event"].startswith("FREE"))
+    assert free["chain"].endswith("anon_vma_unlink > anon_vma_free") and free["task"] == x["tasks"][1]
+    assert [r["step"] for r in x["rows"]] == sorted(r["step"] for r in x["rows"])
+
+
+def check_chrome_trace(trace: dict[str, Any]) -> dict[str, int]:
+    """A strict check of the Chrome trace-event format as Perfetto reads it: known phases, numeric pid/tid/ts,
+    B/E slices nested per thread (each E closes the innermost open B of the same name), async b/e paired by id,
+    flows s/f paired by id and each inside a slice of its thread, timestamps never going back per thread.
+    Returns counts per phase."""
+    assert set(trace) >= {"traceEvents"}
+    counts: dict[str, int] = {}
+    open_b: dict[int, list[tuple[str, float]]] = {}
+    async_open: dict[int, str] = {}
+    flows: dict[int, str] = {}
+    last_ts: dict[int, float] = {}
+    for ev in sorted(trace["traceEvents"], key=lambda e: e.get("ts", -1)):
+        ph = ev["ph"]
+        counts[ph] = counts.get(ph, 0) + 1
+        assert ph in {"M", "B", "E", "b", "e", "i", "s", "f"}, ev
+        assert isinstance(ev["pid"], int) and isinstance(ev["tid"], int) and isinstance(ev["name"], str), ev
+        if ph == "M":
+            assert ev["name"] in ("process_name", "thread_name") and isinstance(ev["args"]["name"], str)
+            continue
+        ts, tid = ev["ts"], ev["tid"]
+        assert isinstance(ts, int | float) and ts >= last_ts.get(tid, 0), ev
+        last_ts[tid] = ts
+        stack = open_b.setdefault(tid, [])
+        if ph == "B":
+            stack.append((ev["name"], ts))
+        elif ph == "E":
+            assert stack and stack[-1][0] == ev["name"], f"unbalanced E {ev} (open: {stack})"
+            stack.pop()
+        elif ph == "b":
+            assert ev["id"] not in async_open
+            async_open[ev["id"]] = ev["name"]
+        elif ph == "e":
+            assert async_open.pop(ev["id"]) == ev["name"]
+        elif ph == "s":
+            assert stack, f"a flow must start inside a slice: {ev}"
+            flows[ev["id"]] = ev["name"]
+        elif ph == "f":
+            assert flows.pop(ev["id"]) == ev["name"] and ev.get("bp") == "e" and stack, ev
+        elif ph == "i":
+            assert ev["s"] in ("t", "p", "g")
+    assert all(not s for s in open_b.values()), "every slice closed"
+    assert not async_open and not flows, "every lock hold closed and every flow arrow landed"
+    return counts
+
+
+@pytest.mark.parametrize("cls", list(VARIANTS))
+def test_a_trace_of_each_of_three_variants_is_valid_chrome_json(
+    cls: str, artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out_file = tmp_path / "t.json"
+    code, out, _ = cli(capsys, "replay", str(artifacts[cls]), "--trace", str(out_file))
+    assert code == 1 and f"trace:    {out_file}" in out
+    trace = json.loads(out_file.read_text())
+    counts = check_chrome_trace(trace)
+    assert counts["B"] == counts["E"] > 0 and counts["b"] == counts["e"] > 0 and counts["s"] == counts["f"] > 0
+    names = {e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "thread_name"}
+    assert any(n.startswith("ksmd#") for n in names) and any(n.startswith("mm#") for n in names)
+    assert [e["name"] for e in trace["traceEvents"] if e.get("cat") == "failure"] == [cls]
+
+
+def test_nesting_check_rejects_a_crossed_slice() -> None:
+    """The checker itself: slices that cross are refused (so the tests above can fail)."""
+    bad = {
+        "traceEvents": [
+            {"ph": "B", "name": "a", "pid": 1, "tid": 1, "ts": 0},
+            {"ph": "B", "name": "b", "pid": 1, "tid": 1, "ts": 1},
+            {"ph": "E", "name": "a", "pid": 1, "tid": 1, "ts": 2},
+            {"ph": "E", "name": "b", "pid": 1, "tid": 1, "ts": 3},
+        ]
+    }
+    with pytest.raises(AssertionError, match="unbalanced"):
+        check_chrome_trace(bad)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("replay", "/nonexistent/a.json", "--explain"), "/nonexistent/a.json"),
+        (("replay", "ART", "--trace", "/nonexistent-dir/t.json"), "--trace /nonexistent-dir/t.json"),
+        (("replay", "ART", "--trace", "DIR"), "is a directory"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    args: tuple[str, ...],
+    needle: str,
+    artifacts: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    real = [str(artifacts["traversal"]) if x == "ART" else str(tmp_path) if x == "DIR" else x for x in args]
+    code, out, err = cli(capsys, *real)
+    assert code == 2 and out == "" and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_writes_the_trace_of_its_failing_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out_file = tmp_path / "run-trace.json"
+    code, out, _ = cli(
+        capsys,
+        "run",
+        "seed-unmap-race",
+        "--bug",
+        "no-anon-vma-ref",
+        "--runs",
+        "50",
+        "--artifacts",
+        str(tmp_path),
+        "--trace",
+        str(out_file),
+    )
+    assert code == 1 and f"trace:    {out_file}" in out
+    counts = check_chrome_trace(json.loads(out_file.read_text()))
+    assert counts["B"] > 0 and counts["i"] > 0
+    code, _, err = cli(capsys, "run", "mixed", "--mode", "free", "--trace", str(out_file))
+    assert code == 2 and "--mode controlled" in err
