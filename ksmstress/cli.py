@@ -1,4 +1,4 @@
-"""`ksmstress`: run, replay, soak, bench, bugs, scenarios, kernel, mutate.
+"""`ksmstress`: run, replay, shrink, soak, bench, bugs, scenarios, kernel, mutate.
 
 Exit status: 0 clean, 1 a failure was found, 2 bad input (one line naming the file, the key and what was
 expected; never a traceback for a user's mistake), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
@@ -23,12 +23,20 @@ from . import bench as benchmod
 from . import explain as explainmod
 from . import soak as soakmod
 from .bugs import VARIANTS, UnknownBug, validate
+from .explain import shrink as shrinkmod
 from .failures import CLASSES
 from .kernel import WorkloadError
 from .kernel import add_parser as add_kernel_parser
 from .options import EXIT_CLEAN, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, add_run_options
 from .progress import Progress
-from .report import ArtifactError, check_artifact_dir, configure_logging, read_artifact, write_artifact
+from .report import (
+    ArtifactError,
+    artifact_scenario,
+    check_artifact_dir,
+    configure_logging,
+    read_artifact,
+    write_artifact,
+)
 from .runner import RunResult, reproduction, rerun_free, run_one, run_seeds
 from .scenario import Scenario, ScenarioError, load, parse, resolve
 from .verdict import failure_lines, replay_command, reproduced_text, where
@@ -374,6 +382,56 @@ def _export(a: argparse.Namespace, events: list[explainmod.Event], res: RunResul
         _usage_error(f"{e.filename}: cannot write it ({e.strerror}); expected a writable file path")
 
 
+# -- shrink -----------------------------------------------------------------------------------------------------
+def cmd_shrink(a: argparse.Namespace) -> int:
+    """Minimise an artifact's schedule and programs, write the shrunk artifact, prove that replay reproduces it."""
+    art = read_artifact(a.artifact)
+    if art.get("mode") == "free":
+        _usage_error(f"{a.artifact}: key 'mode': expected a controlled-mode artifact (a free-mode run has no "
+                     f"schedule to shrink)")
+    if not art.get("failure"):
+        _usage_error(f"{a.artifact}: key 'failure': expected a failing run's artifact (there is nothing to shrink)")
+    out = Path(a.out) if a.out else shrinkmod.shrunk_path(Path(a.artifact))
+    _check_out("--out", str(out))
+    _check_out("--trace", a.trace)
+    _check_out("--timeline", a.timeline)
+    t0 = time.monotonic()
+    shrinker = shrinkmod.Shrinker(art, Path(a.artifact), a.seconds, a.timeout,
+                                  log=lambda msg: log.info("shrink", progress=msg))
+    try:
+        first, best = shrinker.run()
+    except shrinkmod.ShrinkError as e:
+        _usage_error(f"{a.artifact}: {e}")
+    before, after = shrinker.size(first), shrinker.size(best)
+    took = time.monotonic() - t0
+    data = shrinkmod.shrunk_artifact(Path(a.artifact), best, before, after, took)
+    try:
+        out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    except OSError as e:
+        _usage_error(f"--out {out}: cannot write it ({e.strerror}); expected a writable file path")
+    shrunk = read_artifact(out)  # the proof: a strict replay of what was written reproduces the failure
+    res = run_one(artifact_scenario(out, shrunk), shrunk["seed"], shrunk["strategy"], sorted(shrunk["bugs"]),
+                  schedule=shrunk["schedule_bytes"], pct_depth=shrunk.get("pct_depth"), timeout=a.timeout,
+                  granularity=shrunk["granularity"])
+    same, text = _replay_outcome(shrunk, res)
+    if a.json:
+        print(json.dumps({"artifact": str(out), "from": str(a.artifact), "before": before.as_dict(),
+                          "after": after.as_dict(), "seconds": round(took, 1), "candidates": shrinker.runs,
+                          "reproduced": same, "outcome": text, "replay": replay_command(out)}, sort_keys=True))
+    else:
+        f = best.res.failure or {}
+        print(f"shrunk {f.get('class')} at {shrinkmod.site_of(f)} in {took:.1f} s ({shrinker.runs} candidate runs)")
+        print(f"  {'':<12}{'before':>8}{'after':>8}")
+        for k in ("steps", "preemptions", "tasks", "ops"):
+            print(f"  {k:<12}{getattr(before, k):>8}{getattr(after, k):>8}")
+        print(f"  artifact: {out}")
+        print(f"  replay:   {replay_command(out)}  ({text})")
+    if a.trace or a.timeline:
+        again, events = explainmod.recorded_replay(shrunk, out, a.timeout)
+        _export(a, events, again)
+    return EXIT_CLEAN if same else EXIT_FAILURE  # 1: the shrunk artifact did not replay (never expected)
+
+
 # -- listings ---------------------------------------------------------------------------------------------------
 def cmd_bugs(a: argparse.Namespace) -> int:
     if a.json:
@@ -439,6 +497,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "operations and the failing object's count changes (with --json: the same rows)")
     add_export_options(p)
     p.set_defaults(fn=cmd_replay)
+
+    k = sub.add_parser("shrink", help="minimise a failing artifact (preemptions, steps, programs) that replay "
+                                      "still reproduces")
+    k.add_argument("artifact", help="an artifact JSON file of a controlled-mode failure")
+    k.add_argument("--seconds", type=argtypes.positive_seconds, default=60.0, help="time budget for the search")
+    k.add_argument("--out", metavar="FILE", default=None,
+                   help="where to write the shrunk artifact (default: next to ARTIFACT, named ...-shrunk.json)")
+    k.add_argument("--json", action="store_true", help="print one machine-readable summary")
+    k.add_argument("--timeout", type=argtypes.positive_seconds, default=60.0,
+                   help="wall-clock seconds per candidate run before 'hang'")
+    add_export_options(k)
+    k.set_defaults(fn=cmd_shrink)
 
     soakmod.add_parser(sub)
     benchmod.add_parser(sub)

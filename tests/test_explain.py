@@ -4,17 +4,20 @@ shrunk artifact). Real runs of catalogue variants; no mock of the model."""
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ksmstress import callchain
+from ksmstress.explain import tomlout
 from ksmstress.failures import Failure
 from ksmstress.mm import mm as mmmod
 from ksmstress.report import write_artifact
 from ksmstress.runner import run_seeds
 from ksmstress.scenario import load, resolve
+from ksmstress.sched.follow import default_pick
 from ksmstress.verdict import failure_lines
 from tests.clitools import cli
 from tests.harness import make_kernel, new_program, write
@@ -288,3 +291,49 @@ def test_run_writes_the_trace_of_its_failing_run(capsys: pytest.CaptureFixture[s
     assert counts["B"] > 0 and counts["i"] > 0
     code, _, err = cli(capsys, "run", "mixed", "--mode", "free", "--trace", str(out_file))
     assert code == 2 and "--mode controlled" in err
+
+
+# -- shrink -----------------------------------------------------------------------------------------------------
+def test_shrink_keeps_the_failure_and_cuts_preemptions_and_steps(
+    artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out_file = tmp_path / "small.json"
+    code, out, err = cli(
+        capsys, "shrink", str(artifacts["use-after-free"]), "--seconds", "20", "--json", "--out", str(out_file)
+    )
+    d = json.loads(out)
+    assert code == 0 and d["reproduced"] and d["artifact"] == str(out_file), err
+    before, after = d["before"], d["after"]
+    assert after["preemptions"] * 4 <= before["preemptions"] and after["steps"] < before["steps"]
+    assert after["ops"] <= before["ops"]
+    shrunk = json.loads(out_file.read_text())
+    assert shrunk["failure"]["class"] == "use-after-free" and shrunk["shrunk"]["before"] == before
+    assert tomllib.loads(shrunk["scenario"]["text"])["name"] == "seed-unmap-race"
+    for _ in range(3):  # a normal artifact: replay reproduces it, every time
+        code, out, _ = cli(capsys, "replay", str(out_file), "--json")
+        r = json.loads(out)
+        assert code == 1 and r["reproduced"] and r["steps"] == after["steps"]
+
+
+def test_follow_takes_its_deviations_and_defaults_to_no_preemption() -> None:
+    assert default_pick([0, 1, 2], 1, False) == 1  # the current task goes on
+    assert default_pick([0, 1, 2], 1, True) == 2  # a yield passes to the next in id order
+    assert default_pick([0, 2], 2, True) == 0  # ... wrapping round
+    assert default_pick([0, 2], 1, False) == 2  # a blocked task passes on too
+
+
+@pytest.mark.parametrize("name", ["seed-unmap-race", "mixed", "seed-fork-race"])
+def test_scenarios_survive_a_toml_round_trip(name: str) -> None:
+    """The shrunk artifact's scenario is written back as TOML: what it says must be what was read."""
+    text = Path(resolve([name], [])[0]).read_text()
+    d = tomllib.loads(text)
+    assert tomllib.loads(tomlout.dumps(d)) == d
+
+
+def test_shrink_refuses_what_it_cannot_shrink(
+    artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, err = cli(capsys, "shrink", str(tmp_path / "missing.json"))
+    assert code == 2 and out == "" and "missing.json" in err and len(err.strip().splitlines()) == 1
+    code, out, err = cli(capsys, "shrink", str(artifacts["traversal"]), "--out", str(tmp_path / "no" / "x.json"))
+    assert code == 2 and "--out" in err and len(err.strip().splitlines()) == 1

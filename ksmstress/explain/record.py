@@ -51,7 +51,7 @@ class Recorder:
 
     def __init__(self, uses: bool = True) -> None:
         self.uses = uses  # record every successful dereference (the most numerous event)
-        self.fd = _unnamed_file()
+        self.fd = unnamed_file()
         self.labels: dict[int, str] = {}
 
     def close(self) -> None:
@@ -186,7 +186,7 @@ class Recorder:
         return out
 
 
-def _unnamed_file() -> int:
+def unnamed_file() -> int:
     """A file with no name anywhere (O_TMPFILE where the file system allows it), so nothing outlives the run."""
     try:
         return os.open(tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR, 0o600)
