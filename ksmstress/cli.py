@@ -287,7 +287,8 @@ def add_export_options(p: argparse.ArgumentParser) -> None:
     """--trace and --timeline: what a failing controlled run (replayed with per-step events) is exported as."""
     p.add_argument("--trace", metavar="FILE", default=None,
                    help="write the failing run as Chrome trace-event JSON (Perfetto UI, chrome://tracing)")
-    p.set_defaults(timeline=None)  # --timeline: the SVG swimlanes (explain.timeline) come in their own step
+    p.add_argument("--timeline", metavar="FILE.svg", default=None,
+                   help="draw the failing run as SVG swimlanes (lock holds, the free and the failing access)")
 
 
 def cmd_replay(a: argparse.Namespace) -> int:
@@ -375,7 +376,7 @@ def _export(a: argparse.Namespace, events: list[explainmod.Event], res: RunResul
             if not getattr(a, "json", False):
                 print(f"  trace:    {a.trace} (open it in https://ui.perfetto.dev or chrome://tracing)")
         if getattr(a, "timeline", None):
-            raise NotImplementedError("--timeline")
+            explainmod.timeline.write_svg(a.timeline, events, res.failure or {}, title)
             if not getattr(a, "json", False):
                 print(f"  timeline: {a.timeline}")
     except OSError as e:

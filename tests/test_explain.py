@@ -7,6 +7,7 @@ import json
 import tomllib
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 
@@ -337,3 +338,22 @@ def test_shrink_refuses_what_it_cannot_shrink(
     assert code == 2 and out == "" and "missing.json" in err and len(err.strip().splitlines()) == 1
     code, out, err = cli(capsys, "shrink", str(artifacts["traversal"]), "--out", str(tmp_path / "no" / "x.json"))
     assert code == 2 and "--out" in err and len(err.strip().splitlines()) == 1
+
+
+# -- --timeline --------------------------------------------------------------------------------------------------
+def test_the_timeline_draws_lanes_holds_and_joins_the_free_to_the_access(
+    artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    picture = tmp_path / "race.svg"
+    code, out, _ = cli(capsys, "replay", str(artifacts["use-after-free"]), "--timeline", str(picture))
+    assert code == 1 and f"timeline: {picture}" in out
+    root = ElementTree.parse(picture).getroot()  # well-formed SVG
+    ns = "{http://www.w3.org/2000/svg}"
+    texts = [t.text or "" for t in root.iter(f"{ns}text")]
+    assert any(t.startswith("reclaim#") for t in texts) and any(t.startswith("mm#") for t in texts)  # lanes
+    titles = [t.text or "" for t in root.iter(f"{ns}title")]
+    assert any(t.startswith("free anon_vma[1]") for t in titles)
+    assert any(t.startswith("use-after-free") for t in titles)
+    assert any(t == "anon_vma[1].lock" for t in titles)  # a hold of the object's lock
+    assert len([x for x in root.iter(f"{ns}line") if x.get("stroke-dasharray")]) == 1  # the free joined to the use
+    assert picture.stat().st_size < 200_000  # small enough for a bug report

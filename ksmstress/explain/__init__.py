@@ -10,10 +10,10 @@ from typing import Any
 from ..report import artifact_scenario
 from ..runner import RunResult, run_one
 from ..scenario import Scenario
-from . import trace, view
+from . import timeline, trace, view
 from .record import Event, Recorder
 
-__all__ = ["Event", "Recorder", "recorded_replay", "trace", "view"]
+__all__ = ["Event", "Recorder", "recorded_replay", "timeline", "trace", "view"]
 
 
 def recorded_replay(
