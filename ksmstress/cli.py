@@ -311,8 +311,11 @@ def cmd_replay(a: argparse.Namespace) -> int:
         res = rep.first or rep.last
         assert res is not None
         res.reproduced = rep.rate
-    elif a.explain or a.trace or a.timeline:  # the same controlled replay, with its per-step events
+    elif a.explain or a.trace or a.timeline or a.verbose:  # the same controlled replay, with per-step events
         res, events = explainmod.recorded_replay(art, a.artifact, a.timeout, sc)
+        if a.verbose:  # one structured event each (JSON lines when stderr is not a terminal): searchable CI logs
+            for e in events:
+                log.info("replay.event", **e.to_dict())
     else:
         res = run_one(sc, art["seed"], art["strategy"], bugs, schedule=art["schedule_bytes"],
                       pct_depth=art.get("pct_depth"), timeout=a.timeout, granularity=art["granularity"])

@@ -20,7 +20,7 @@ from ksmstress.runner import run_seeds
 from ksmstress.scenario import load, resolve
 from ksmstress.sched.follow import default_pick
 from ksmstress.verdict import failure_lines
-from tests.clitools import cli
+from tests.clitools import cli, run_cli
 from tests.harness import make_kernel, new_program, write
 
 
@@ -357,3 +357,16 @@ def test_the_timeline_draws_lanes_holds_and_joins_the_free_to_the_access(
     assert any(t == "anon_vma[1].lock" for t in titles)  # a hold of the object's lock
     assert len([x for x in root.iter(f"{ns}line") if x.get("stroke-dasharray")]) == 1  # the free joined to the use
     assert picture.stat().st_size < 200_000  # small enough for a bug report
+
+
+def test_verbose_replay_logs_every_event_as_a_json_line(artifacts: dict[str, Path]) -> None:
+    r = run_cli("-v", "replay", str(artifacts["use-after-free"]))  # stderr a pipe, as on CI: JSON lines
+    assert r.returncode == 1
+    events = [json.loads(line) for line in r.stderr.splitlines() if '"replay.event"' in line]
+    assert len(events) > 100
+    assert all({"step", "task", "kind"} <= e.keys() for e in events)
+    assert [e["step"] for e in events] == sorted(e["step"] for e in events)
+    picks = [e for e in events if e["kind"] == "pick"]
+    assert picks and all("next" in e and "runnable" in e for e in picks)
+    last = events[-1]
+    assert last["kind"] == "use" and last["obj"] == "anon_vma[1]" and last["chain"].endswith("page_referenced_ksm")
