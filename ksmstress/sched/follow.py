@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from .control import Control
 
 _PREEMPTIONS = 0  # ctl.strat cell: switches away from a task that could have gone on
-Deviation = tuple[int, int, int]  # (running task, its point count, task switched to)
+Deviation = tuple[int, int, int]  # (running task, its position (see pick), task switched to)
+_SHIFT = 24  # a position: non-yielding points << _SHIFT | yields since the last of them
 
 
 def default_pick(runnable: list[int], current: int, yielding: bool) -> int:
@@ -47,8 +48,12 @@ class FollowStrategy:
         pass
 
     def pick(self, ctl: Control, runnable: list[int], current: int, step: int, yielding: bool) -> int:
-        n = self.points.get(current, 0)
-        self.points[current] = n + 1
+        # a task's position: its non-yielding points, then its yields since the last of them. A wait loop (sleep,
+        # cond_resched) yields as long as it waits, so a deviation keyed past it keeps its meaning when an earlier
+        # deviation makes the wait shorter or longer
+        pos = self.points.get(current, 0)
+        n = pos + 1 if yielding else ((pos >> _SHIFT) + 1) << _SHIFT
+        self.points[current] = n
         default = default_pick(runnable, current, yielding)
         if self.schedule is not None:
             want = self.schedule[step] if step < len(self.schedule) else default
