@@ -8,8 +8,9 @@ strict replay follows exactly. Passes, each until the time budget runs out:
 1. preemptions: delta debugging over the deviations that switch to another task;
 2. switches: the same over every deviation left, which also cuts steps (a run stops at its failure: no step after
    it is ever kept);
-3. programs: each [[task]]'s `count`, `ops`, `child_ops`, `max_forks` lowered and its script steps dropped one by
-   one, whole [[task]] tables dropped (the shrunk artifact carries the reduced scenario text); then 1 and 2 again.
+3. programs: each [[task]]'s `count`, `ops`, `child_ops`, `max_forks` and `region` lowered, its script steps dropped
+   one by one and their numbers (sleeps, waits) lowered, whole [[task]] tables dropped (the shrunk artifact carries
+   the reduced scenario text); then 1 and 2 again.
 
 A candidate is kept when it fails with the same class at the same site and is smaller: (preemptions, steps,
 deviations) for the schedule passes, the programs' operations for the last.
@@ -155,9 +156,9 @@ class Shrinker:
             raise ShrinkError("the artifact's failure does not reproduce under a controlled replay; nothing to shrink")
         best = self.reduce(first, switches_only=True)
         best = self.reduce(best, switches_only=False)
-        before = program_ops(best.text)
+        before = best.text
         best = self.programs(best)
-        if program_ops(best.text) < before:
+        if best.text != before:
             best = self.reduce(self.reduce(best, switches_only=True), switches_only=False)
         return first, best
 
@@ -196,9 +197,9 @@ class Shrinker:
                 if self.left() <= 0:
                     break
                 cand = self.attempt(best.deviations, text, self._cap(best))
-                if cand is not None and program_ops(cand.text) < program_ops(best.text):
+                if cand is not None and _program_key(cand) < _program_key(best):
                     best, changed = cand, True
-                    self.log(f"programs: {program_ops(best.text)} operations")
+                    self.log(f"programs: {program_ops(best.text)} operations, {best.res.steps} steps")
                     break
         return best
 
@@ -235,7 +236,31 @@ def _smaller_programs(text: str) -> list[str]:
             steps = list(t.get(key, []))
             for j in reversed(range(len(steps))):
                 out.append(with_task(i, {**t, key: steps[:j] + steps[j + 1 :]}))
+        for key in ("script", "child_script"):  # fewer pages, shorter sleeps and waits: fewer steps
+            steps = list(t.get(key, []))
+            for j, step in enumerate(steps):
+                for fewer in _smaller_numbers(step):
+                    out.append(with_task(i, {**t, key: [*steps[:j], fewer, *steps[j + 1 :]]}))
+        region = int(t.get("region", 8))
+        if region > 1:
+            out.append(with_task(i, {**t, "region": region // 2}))
     return [dumps(x) for x in out]
+
+
+def _smaller_numbers(step: str) -> list[str]:
+    """A script step with its first number halved, then less one (`sleep:40` -> `sleep:20`, `sleep:39`)."""
+    name, _, rest = step.partition(":")
+    first, sep, tail = rest.partition(":")
+    if not first.isdigit() or int(first) <= 1:
+        return []
+    n = int(first)
+    return [f"{name}:{m}{sep}{tail}" for m in sorted({n // 2, n - 1}) if 1 <= m < n]
+
+
+def _program_key(c: Candidate) -> tuple[int, int, int]:
+    """Programs are smaller with fewer operations; at equal operations, a run with fewer preemptions, then fewer
+    steps (shorter waits, fewer pages) is smaller."""
+    return (program_ops(c.text), c.preemptions, c.res.steps)
 
 
 def shrunk_artifact(art_path: Path, best: Candidate, before: Size, after: Size, seconds: float) -> dict[str, Any]:
