@@ -321,8 +321,6 @@ def cmd_replay(a: argparse.Namespace) -> int:
                       pct_depth=art.get("pct_depth"), timeout=a.timeout, granularity=art["granularity"])
     same, text = _replay_outcome(art, res)
     x = explainmod.view.explain(events, res.failure or {}) if events is not None and res.failure else None
-    if events is not None:
-        _export(a, events, res)
     log.info("replay", artifact=str(a.artifact), reproduced=same, verdict=res.verdict)
     if a.json:
         d: dict[str, Any] = {
@@ -355,6 +353,8 @@ def cmd_replay(a: argparse.Namespace) -> int:
             print("\n".join(explainmod.view.render(x)))
         elif a.explain:
             print("nothing to explain: the replay did not fail")
+    if events is not None:
+        _export(a, events, res)
     return EXIT_FAILURE if res.verdict == "failure" else EXIT_CLEAN
 
 
