@@ -26,14 +26,17 @@ from . import actors, cpus, procs
 from .arena import SharedBlock
 from .bugs import validate
 from .checks import Detectors
+from .checks.accesslog import AccessLogState, AccessRecorder
 from .checks.disturbance import Disturbance, DisturbanceState
 from .checks.invariants import check_quiescence
 from .checks.lockdep import Lockdep, LockdepState
+from .checks.pairs import Pair, RunCoverage, pairs_of
 from .failures import Failure
 from .mm.mm import mm_alloc
 from .mm.state import G_MAX_REFCOUNT, G_MM_LIVE, G_PAGES_TO_SCAN, G_REFCOUNT_BITS, K, Sizes, State
 from .scenario import Scenario
 from .sched import DEFAULT_GRANULARITY, make_strategy
+from .sched.base import Strategy
 from .sched.chaos import ChaosPolicy
 from .sched.control import BLOCKED, CLEAN, FAILED, STEP, Control
 from .sched.free import FreeControl
@@ -59,6 +62,12 @@ class RunResult:
     mode: str = "controlled"
     reproduced: str | None = None  # free mode: "k/M" reruns of the seed that failed the same way
     granularity: str = DEFAULT_GRANULARITY  # where control could change hands (sched.GRANULARITIES)
+    coverage: RunCoverage | None = field(repr=False, default=None)  # interleaving pairs, when asked for
+
+    @property
+    def pairs(self) -> frozenset[Pair]:
+        """The run's interleaving pairs (checks.pairs); empty when the run did not record coverage."""
+        return self.coverage.pairs if self.coverage is not None else frozenset()
 
     @property
     def schedule_digest(self) -> str:
@@ -88,11 +97,12 @@ def sizes_for(sc: Scenario) -> Sizes:
 
 def _assemble(
     block: SharedBlock, st: State, ctl: Control, bugs: frozenset[str], hooks: Any = None,
-    granularity: str = DEFAULT_GRANULARITY,
+    granularity: str = DEFAULT_GRANULARITY, access_log: AccessLogState | None = None,
 ) -> K:
     """Lay out the arena, bind the model's state, the scheduler and lockdep to it, and make the kernel: the part
     a solo kernel and a run share. Default hooks are the detectors, with lockdep and the merge-completeness
-    bookkeeping on this arena."""
+    bookkeeping on this arena. With `access_log` (made on `block` before this), the kernel's shared accesses are
+    recorded into it (interleaving coverage)."""
     lds = LockdepState(block)
     dst = DisturbanceState(block)
     arrays = block.allocate()
@@ -100,6 +110,8 @@ def _assemble(
     ctl.bind(arrays)
     lds.bind(arrays)
     dst.bind(arrays)
+    if access_log is not None:
+        access_log.bind(arrays)
     hooks = Detectors() if hooks is None else hooks
     if isinstance(hooks, Detectors) and hooks.lockdep is None:
         hooks.lockdep = Lockdep(lds, st.locks, ctl.clock)
@@ -107,7 +119,16 @@ def _assemble(
         hooks.disturbance = Disturbance(dst, st, ctl)
     k = K(st, ctl, hooks, bugs, granularity)
     ctl.explain_deadlock = st.locks.explain
+    if access_log is not None:
+        AccessRecorder(access_log, k).install(k)
     return k
+
+
+def run_coverage(access_log: AccessLogState, st: State, ctl: Control) -> RunCoverage:
+    """The interleaving pairs of a finished run, from its access log (read in the runner, tasks gone)."""
+    kinds = ctl.kind.copy()
+    return pairs_of(access_log.rows(), access_log.lockset_table(),
+                    lambda tid: actors.KIND_NAMES.get(int(kinds[tid]), "task"), st.stamp.site, access_log.dropped)
 
 
 def solo_kernel(
@@ -199,15 +220,24 @@ def run_one(
     mode: str = "controlled",
     hang_seconds: float = 10.0,
     granularity: str | None = None,
+    coverage: bool = False,
+    strategy_obj: Strategy | None = None,
 ) -> RunResult:
     """Run one seed of a scenario under the controlled scheduler and return its verdict. `granularity` None is the
-    scenario's ([sched] granularity)."""
+    scenario's ([sched] granularity). `coverage`: record the run's shared accesses and return its interleaving
+    pairs (controlled mode only). `strategy_obj`: a strategy built by the caller (a guided prefix), used instead
+    of building `strategy` by name; `strategy` is then only the name the result and its artifact carry."""
     bugset = validate(list(bugs))
     gran = granularity if granularity is not None else sc.granularity
     procs.name_semaphores()
     strat_name = "replay" if schedule is not None else strategy
     depth = pct_depth if pct_depth is not None else sc.pct_depth
-    strat = make_strategy(strat_name, depth=depth, steps=sc.pct_steps, schedule=schedule or b"")
+    if strategy_obj is not None and schedule is None:
+        strat = strategy_obj
+    else:
+        strat = make_strategy(strat_name, depth=depth, steps=sc.pct_steps, schedule=schedule or b"")
+    if coverage and mode != "controlled":
+        raise ValueError("interleaving coverage needs the controlled mode (one task at a time)")
     nsys = int(sc.ksmd) + int(sc.reclaim) + int(sc.admin_unmerge_every > 0)
     ntasks = nsys + sc.max_mm
     block = SharedBlock()
@@ -220,7 +250,8 @@ def run_one(
         ctl = Control(block, ntasks, sc.max_steps, strat, actors.KIND_NAMES)
     else:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    k = _assemble(block, st, ctl, bugset, granularity=gran)
+    alog = AccessLogState(block) if coverage else None
+    k = _assemble(block, st, ctl, bugset, granularity=gran, access_log=alog)
     st.g[G_PAGES_TO_SCAN] = sc.pages_to_scan
     st.g[G_REFCOUNT_BITS] = sc.refcount_bits
     if sc.ksmd:
@@ -309,6 +340,7 @@ def run_one(
         elif failure is None and ctl.outcome == CLEAN:
             leak = check_quiescence(st)
             failure = leak.to_dict() if leak else None
+        cov = run_coverage(alog, st, ctl) if alog is not None else None
     finally:
         gc.unfreeze()
         procs.kill_and_join(tasks)
@@ -329,6 +361,7 @@ def run_one(
         spawn_seconds=spawn_seconds,
         mode=mode,
         granularity=gran,
+        coverage=cov,
     )
 
 
