@@ -36,7 +36,6 @@ from .mm.mm import mm_alloc
 from .mm.state import G_MAX_REFCOUNT, G_MM_LIVE, G_PAGES_TO_SCAN, G_REFCOUNT_BITS, K, Sizes, State
 from .scenario import Scenario
 from .sched import DEFAULT_GRANULARITY, make_strategy
-from .sched.base import Strategy
 from .sched.chaos import ChaosPolicy
 from .sched.control import BLOCKED, CLEAN, FAILED, STEP, Control
 from .sched.free import FreeControl
@@ -62,6 +61,8 @@ class RunResult:
     mode: str = "controlled"
     reproduced: str | None = None  # free mode: "k/M" reruns of the seed that failed the same way
     granularity: str = DEFAULT_GRANULARITY  # where control could change hands (sched.GRANULARITIES)
+    # the guided strategy: each step's runnable set, uint64 per step (sched.guided.decode_masks); else empty
+    runnable: bytes = field(repr=False, default=b"")
     coverage: RunCoverage | None = field(repr=False, default=None)  # interleaving pairs, when asked for
 
     @property
@@ -220,22 +221,19 @@ def run_one(
     mode: str = "controlled",
     hang_seconds: float = 10.0,
     granularity: str | None = None,
+    tail: str = "stay",
     coverage: bool = False,
-    strategy_obj: Strategy | None = None,
 ) -> RunResult:
     """Run one seed of a scenario under the controlled scheduler and return its verdict. `granularity` None is the
-    scenario's ([sched] granularity). `coverage`: record the run's shared accesses and return its interleaving
-    pairs (controlled mode only). `strategy_obj`: a strategy built by the caller (a guided prefix), used instead
-    of building `strategy` by name; `strategy` is then only the name the result and its artifact carry."""
+    scenario's ([sched] granularity). Under strategy `guided`, `schedule` is the prefix to follow and `tail` what
+    decides after it (sched/guided.py); under any other, a `schedule` is replayed. `coverage`: record the run's
+    shared accesses and return its interleaving pairs (checks.pairs; controlled mode only)."""
     bugset = validate(list(bugs))
     gran = granularity if granularity is not None else sc.granularity
     procs.name_semaphores()
-    strat_name = "replay" if schedule is not None else strategy
+    strat_name = "replay" if schedule is not None and strategy != "guided" else strategy
     depth = pct_depth if pct_depth is not None else sc.pct_depth
-    if strategy_obj is not None and schedule is None:
-        strat = strategy_obj
-    else:
-        strat = make_strategy(strat_name, depth=depth, steps=sc.pct_steps, schedule=schedule or b"")
+    strat = make_strategy(strat_name, depth=depth, steps=sc.pct_steps, schedule=schedule or b"", tail=tail)
     if coverage and mode != "controlled":
         raise ValueError("interleaving coverage needs the controlled mode (one task at a time)")
     nsys = int(sc.ksmd) + int(sc.reclaim) + int(sc.admin_unmerge_every > 0)
@@ -362,6 +360,7 @@ def run_one(
         mode=mode,
         granularity=gran,
         coverage=cov,
+        runnable=ctl.runnable_masks(),
     )
 
 

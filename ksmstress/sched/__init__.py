@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import Strategy
+from .guided import GuidedStrategy
 from .pct import PctStrategy
 from .random import RandomStrategy
 from .replay import ReplayStrategy
@@ -15,12 +16,17 @@ GRANULARITIES = ("locks", "shared")
 DEFAULT_GRANULARITY = "shared"
 
 
-def make_strategy(name: str, *, depth: int = 3, steps: int = 5000, schedule: bytes = b"") -> Strategy:
-    """Build a strategy by name (`random`, `pct`, `replay`)."""
+def make_strategy(
+    name: str, *, depth: int = 3, steps: int = 5000, schedule: bytes = b"", tail: str = "stay"
+) -> Strategy:
+    """Build a strategy by name (`random`, `pct`, `replay`, or `guided`: `schedule` is then its prefix, followed by
+    `tail`; a search's tool, not a user's choice, so not in STRATEGIES)."""
     if name == "random":
         return RandomStrategy()
     if name == "pct":
         return PctStrategy(depth=depth, steps=steps)
     if name == "replay":
         return ReplayStrategy(schedule)
-    raise ValueError(f"unknown strategy {name!r}; expected random, pct or replay")
+    if name == "guided":
+        return GuidedStrategy(schedule, tail)
+    raise ValueError(f"unknown strategy {name!r}; expected random, pct, replay or guided")
