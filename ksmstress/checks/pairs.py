@@ -14,14 +14,16 @@ Deterministic: a function of the log (checks.accesslog), which the schedule fixe
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .accesslog import C_LOCKSET, C_OBJ, C_SITE, C_SUB, C_TASK, C_WRITE
+from .accesslog import C_LOCKSET, C_OBJ, C_SITE, C_STEP, C_SUB, C_TASK, C_WRITE
 
 Pair = tuple[str, str, str, str]  # (kind A, site A, kind B, site B): A's access came first
 Site = tuple[str, str]  # (kind, site)
+Witness = tuple[int, int, int, int]  # (step of A, task of A, step of B, task of B): the pair's first occurrence
+Access = tuple[int, int, int, int]  # (task, site id, lockset id, step)
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,11 @@ class RunCoverage:
     sites: frozenset[Site]
     accesses: int
     dropped: int = 0  # accesses past the log's capacity (not in the pairs)
+    # where each pair first occurred in this run: a search reorders the two accesses from there (explore/)
+    witness: dict[Pair, Witness] = field(default_factory=dict, repr=False, compare=False)
 
 
-def _remember(
-    d: dict[tuple[int, int], list[tuple[int, int, int] | None]], key: tuple[int, int], acc: tuple[int, int, int]
-) -> None:
+def _remember(d: dict[tuple[int, int], list[Access | None]], key: tuple[int, int], acc: Access) -> None:
     """Keep, per object, the most recent access and the most recent one by a different task than it."""
     ent = d.get(key)
     if ent is None:
@@ -57,13 +59,14 @@ def pairs_of(
 ) -> RunCoverage:
     """The run's coverage from its log rows (in run order), its interned locksets, and how to name a task's kind
     and a site id."""
-    last: dict[tuple[int, int], list[tuple[int, int, int] | None]] = {}  # any access
-    last_w: dict[tuple[int, int], list[tuple[int, int, int] | None]] = {}  # writes
+    last: dict[tuple[int, int], list[Access | None]] = {}  # any access
+    last_w: dict[tuple[int, int], list[Access | None]] = {}  # writes
     disjoint: dict[tuple[int, int], bool] = {}
-    found: set[tuple[int, int, int, int]] = set()  # (task A, site A, task B, site B) ids, named at the end
+    found: dict[tuple[int, int, int, int], Witness] = {}  # (task A, site A, task B, site B) ids -> first witness
     seen: set[tuple[int, int]] = set()
     for row in rows[:, : C_LOCKSET + 1].tolist():
         tid, sid, key, write, ls = row[C_TASK], row[C_SITE], (row[C_OBJ], row[C_SUB]), row[C_WRITE], row[C_LOCKSET]
+        step = row[C_STEP]
         seen.add((tid, sid))
         ent = (last if write else last_w).get(key)
         if ent is not None:
@@ -74,8 +77,8 @@ def pairs_of(
                 if ok is None:
                     ok = disjoint[pair_ls] = not (locksets[a[2]] & locksets[ls])
                 if ok:
-                    found.add((a[0], a[1], tid, sid))
-        acc = (tid, sid, ls)
+                    found.setdefault((a[0], a[1], tid, sid), (a[3], a[0], step, tid))
+        acc = (tid, sid, ls, step)
         _remember(last, key, acc)
         if write:
             _remember(last_w, key, acc)
@@ -88,9 +91,13 @@ def pairs_of(
     def name(s: int) -> str:
         return names.get(s) or names.setdefault(s, site_of(s))
 
+    witness: dict[Pair, Witness] = {}
+    for (ta, sa, tb, sb), w in found.items():
+        witness.setdefault((kind(ta), name(sa), kind(tb), name(sb)), w)
     return RunCoverage(
-        pairs=frozenset((kind(ta), name(sa), kind(tb), name(sb)) for ta, sa, tb, sb in found),
+        pairs=frozenset(witness),
         sites=frozenset((kind(t), name(s)) for t, s in seen),
         accesses=len(rows),
         dropped=dropped,
+        witness=witness,
     )
