@@ -112,6 +112,33 @@ def reorder(e: Entry, rng: random.Random, pair: Pair) -> Mutant | None:
 MUTATORS = {"flip": flip, "delay": delay, "swap": swap}
 
 
+class Arms:
+    """Which way to make the next run: a fresh seed or one of the operators, chosen in proportion to the new pairs
+    each has found per run so far (Laplace-smoothed, so an arm that stopped paying can come back), with a floor
+    for fresh seeds: new programs are where the pairs of paths no corpus entry takes come from."""
+
+    NAMES = ("fresh", *OPERATORS)
+
+    def __init__(self, fresh_floor: float) -> None:
+        self.fresh_floor = fresh_floor
+        self.gain = dict.fromkeys(self.NAMES, 0)
+        self.tries = dict.fromkeys(self.NAMES, 0)
+
+    def pick(self, rng: random.Random) -> str:
+        w = {a: (self.gain[a] + 1) / (self.tries[a] + 2) for a in self.NAMES}
+        total = sum(w.values())
+        others = total - w["fresh"]
+        share = max(self.fresh_floor, w["fresh"] / total)
+        if rng.random() < share:
+            return "fresh"
+        ops = list(OPERATORS)
+        return rng.choices(ops, [w[o] / others for o in ops])[0]
+
+    def count(self, arm: str, new: int) -> None:
+        self.tries[arm] += 1
+        self.gain[arm] += new
+
+
 class Corpus:
     """The entries, how many runs produced each pair, and the weighted choice of what to mutate next."""
 
@@ -134,14 +161,15 @@ class Corpus:
         if len(self.entries) > MAX_ENTRIES:
             self.entries.remove(min(self.entries, key=self.weight))
 
-    def mutant(self, rng: random.Random) -> Mutant | None:
-        """A mutant of an entry chosen by weight, or None when no entry offers a choice to change."""
+    def mutant(self, rng: random.Random, operator: str | None = None) -> Mutant | None:
+        """A mutant of an entry chosen by weight, made by `operator` (or another, if that one finds nothing to
+        change in the entries drawn), or None when no entry offers a choice to change."""
         if not self.entries:
             return None
         weights = [self.weight(e) + 1e-9 for e in self.entries]
-        for _ in range(8):
+        for attempt in range(8):
             e = rng.choices(self.entries, weights)[0]
-            op = rng.choice(OPERATORS)
+            op = operator if operator is not None and attempt < 4 else rng.choice(OPERATORS)
             if op == "reorder":
                 pairs = sorted(e.witness)
                 if not pairs:

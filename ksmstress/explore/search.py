@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from ..checks.pairs import Pair, Site
 from ..runner import RunResult, run_one
 from ..scenario import Scenario
-from .corpus import Corpus, Entry, Mutant
+from .corpus import Arms, Corpus, Entry, Mutant
 
 SEARCHES = ("coverage", "random")  # coverage-guided, and fresh random seeds only (the baseline)
-FRESH = 0.25  # share of a coverage search's runs that start from a new seed
+FRESH = 0.25  # the least share of a coverage search's runs that start from a new seed
 DIVERGED = "replay-diverged"
 
 
@@ -60,6 +60,7 @@ class SearchResult:
     timeline: list[Sample] = field(default_factory=list)
     failure: RunResult | None = None
     runs_to_failure: int | None = None
+    failure_origin: str | None = None  # fresh, or the operator whose mutant failed
     seconds_to_failure: float | None = None
     budget: RunResult | None = None
     fresh: int = 0  # runs from a new seed
@@ -139,6 +140,7 @@ def search_runs(
         raise ValueError("a search needs a budget: runs, seconds or both")
     rng = random.Random(f"coverage-search:{seed}")
     corpus = Corpus()
+    arms = Arms(fresh)
     next_seed = seed
     started = time.monotonic()
 
@@ -164,8 +166,10 @@ def search_runs(
     try:
         while left():
             m: Mutant | None = None
-            if strategy == "coverage" and corpus.entries and rng.random() >= fresh:
-                m = corpus.mutant(rng)
+            if strategy == "coverage" and corpus.entries:
+                arm = arms.pick(rng)
+                if arm != "fresh":
+                    m = corpus.mutant(rng, arm)
             if m is None:
                 res = run(next_seed, None)
                 next_seed += 1
@@ -176,19 +180,20 @@ def search_runs(
                 out.mutants += 1
                 origin = m.operator
                 if _diverged(res):
-                    _account(out, corpus, res, origin, started, keep=False)
+                    arms.count(origin, _account(out, corpus, res, origin, started, keep=False))
                     out.diverged += 1
                     if not left():
                         break
                     step = int((res.failure or {}).get("details", {}).get("step", 0))
                     res = run(m.seed, m.prefix[:step])
                     out.mutants += 1
-            _account(out, corpus, res, origin, started, keep=strategy == "coverage")
+            arms.count(origin, _account(out, corpus, res, origin, started, keep=strategy == "coverage"))
             if res.verdict == "failure":
                 res.strategy = strategy
                 if out.failure is None:
                     out.failure = res
                     out.runs_to_failure = out.runs
+                    out.failure_origin = origin
                     out.seconds_to_failure = round(time.monotonic() - started, 3)
             elif res.verdict == "budget" and out.budget is None:
                 out.budget = res
@@ -204,13 +209,14 @@ def _diverged(res: RunResult) -> bool:
     return (res.failure or {}).get("class") == DIVERGED
 
 
-def _account(out: SearchResult, corpus: Corpus, res: RunResult, origin: str, started: float, keep: bool) -> None:
-    """Count one run: its steps and pairs, a timeline sample, and a corpus entry if it added pairs."""
+def _account(out: SearchResult, corpus: Corpus, res: RunResult, origin: str, started: float, keep: bool) -> int:
+    """Count one run: its steps and pairs, a timeline sample, and a corpus entry if it added pairs; returns how
+    many pairs it added."""
     out.runs += 1
     out.steps += res.steps
     cov = res.coverage
     if cov is None:
-        return
+        return 0
     new = corpus.count(cov.pairs)
     out.sites |= cov.sites
     for p in cov.pairs:
@@ -218,3 +224,4 @@ def _account(out: SearchResult, corpus: Corpus, res: RunResult, origin: str, sta
     out.timeline.append(Sample(out.runs, round(time.monotonic() - started, 3), len(out.pair_runs)))
     if keep and new and res.runnable and not _diverged(res):
         corpus.add(Entry(res.seed, res.schedule, res.runnable, cov.pairs, cov.witness, origin))
+    return len(new)
