@@ -62,6 +62,7 @@ class SearchResult:
     runs_to_failure: int | None = None
     failure_origin: str | None = None  # fresh, or the operator whose mutant failed
     seconds_to_failure: float | None = None
+    steps_to_failure: int | None = None  # scheduling points of every run up to and including the failing one
     budget: RunResult | None = None
     fresh: int = 0  # runs from a new seed
     mutants: int = 0  # runs of a mutated schedule (diverged ones and their reruns included)
@@ -194,6 +195,7 @@ def search_runs(
                     out.failure = res
                     out.runs_to_failure = out.runs
                     out.failure_origin = origin
+                    out.steps_to_failure = out.steps
                     out.seconds_to_failure = round(time.monotonic() - started, 3)
             elif res.verdict == "budget" and out.budget is None:
                 out.budget = res
