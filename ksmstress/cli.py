@@ -24,6 +24,9 @@ from . import explain as explainmod
 from . import soak as soakmod
 from .bugs import VARIANTS, UnknownBug, validate
 from .explain import shrink as shrinkmod
+from .explore import SearchResult
+from .explore import command as coverage_command
+from .explore.search import search_runs
 from .failures import CLASSES
 from .kernel import WorkloadError
 from .kernel import add_parser as add_kernel_parser
@@ -39,7 +42,8 @@ from .report import (
 )
 from .runner import RunResult, reproduction, rerun_free, run_one, run_seeds
 from .scenario import Scenario, ScenarioError, load, parse, resolve
-from .verdict import failure_lines, replay_command, reproduced_text, where
+from .sched import SEARCH_STRATEGIES
+from .verdict import failure_lines, replay_command, reproduced_text, rerun_command, where
 
 log = structlog.get_logger("ksmstress")
 
@@ -165,8 +169,17 @@ def _run_json(a: argparse.Namespace, total: _Totals, per: list[dict[str, Any]], 
     return json.dumps(d, sort_keys=True)
 
 
+def _search_figures(s: SearchResult) -> dict[str, Any]:
+    """What a coverage search adds to a scenario's figures: how its runs were made and the pairs they reached."""
+    return {"pairs": len(s.pair_runs), "fresh_seeds": s.fresh, "mutated_schedules": s.mutants,
+            "diverged_prefixes": s.diverged, "corpus": s.corpus}
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     bugs = sorted(validate(a.bug))
+    if a.strategy in SEARCH_STRATEGIES and a.mode != "controlled":
+        _usage_error(f"--strategy {a.strategy}: expected --mode controlled (the search steers the controlled "
+                     f"scheduler), got --mode {a.mode}")
     scenarios: list[Scenario] = [load(p) for p in resolve(a.scenario, a.scenario_dir)]
     check_artifact_dir(a.artifacts)  # before any run: a failure found later must have somewhere to go
     _check_out("--trace", a.trace)
@@ -184,21 +197,31 @@ def cmd_run(a: argparse.Namespace) -> int:
         mine = _Totals()
         last: RunResult | None = None
         seeds = range(a.seed, a.seed + a.runs)
-        for res in run_seeds(sc, seeds, a.strategy, bugs, cpu=a.cpu, pct_depth=a.pct_depth, timeout=a.timeout,
-                             mode=a.mode, hang_seconds=a.hang_seconds, granularity=a.granularity):
+        search: SearchResult | None = None
+        if a.strategy == "coverage":  # one search of --runs runs; its fresh seeds count up from --seed
+            search = SearchResult(sc.name, a.strategy, a.seed)
+            results = search_runs(search, sc, bugs, a.runs, timeout=a.timeout, granularity=a.granularity, cpu=a.cpu)
+        else:
+            results = run_seeds(sc, seeds, a.strategy, bugs, cpu=a.cpu, pct_depth=a.pct_depth, timeout=a.timeout,
+                                mode=a.mode, hang_seconds=a.hang_seconds, granularity=a.granularity)
+        for res in results:
             last = res
             total.add(res)
             mine.add(res)
             log.debug("run.done", scenario=sc.name, seed=res.seed, verdict=res.verdict, steps=res.steps)
             if progress:
                 progress.update(total)
+            if res.verdict != "clean":
+                break
         assert last is not None
         if last.verdict == "budget":
             if progress:
                 progress.clear()
             _usage_error(_budget_line(sc, last))
+        last_seed = last.seed if search is None else a.seed + max(0, search.fresh - 1)
         per.append({"scenario": sc.name, "path": sc.path, "verdict": last.verdict, "granularity": last.granularity,
-                    "seeds": {"first": a.seed, "last": last.seed}, **mine.figures()})
+                    "seeds": {"first": a.seed, "last": last_seed}, **mine.figures(),
+                    **({"search": _search_figures(search)} if search is not None else {})})
         if last.verdict == "failure":
             if progress:
                 progress.clear()
@@ -207,10 +230,18 @@ def cmd_run(a: argparse.Namespace) -> int:
             artifact = write_artifact(Path(a.artifacts), sc, last, a.pct_depth)
             log.info("failure", scenario=sc.name, seed=last.seed, cls=(last.failure or {}).get("class"),
                         artifact=str(artifact))
+            # a search is deterministic for its seed: the same command with the runs it took finds the same run
+            rerun = (rerun_command(sc, a.seed, a.strategy, bugs, None, runs=search.runs, granularity=a.granularity)
+                     if search is not None else None)
             if a.json:
-                print(_run_json(a, total, per, _failure_dict(last, artifact)))
+                fd = _failure_dict(last, artifact)
+                if rerun:
+                    fd["rerun"] = rerun
+                print(_run_json(a, total, per, fd))
             else:
                 _print_failure(last, artifact)
+                if rerun:
+                    print(f"  rerun:    {rerun}   (the search; it finds this failure at run {search.runs})")
             if (a.trace or a.timeline) and a.mode == "controlled":  # the failing run again, with its events
                 again, events = explainmod.recorded_replay(read_artifact(artifact), artifact, a.timeout)
                 _export(a, events, again)
@@ -219,9 +250,13 @@ def cmd_run(a: argparse.Namespace) -> int:
             progress.clear()
         if not a.json:
             fig = mine.figures()
+            how = (f"seeds {a.seed}..{last.seed}" if search is None else
+                   f"seed {a.seed}: {search.fresh} fresh seed(s), {search.mutants} mutated schedule(s)"
+                   + (f" ({search.diverged} cut short where a prefix diverged)" if search.diverged else "")
+                   + f", {len(search.pair_runs)} interleaving pairs")
             print(
                 f"{sc.name}: {mine.runs} run(s) clean ({a.strategy if a.mode == 'controlled' else 'free'}, "
-                f"seeds {a.seed}..{last.seed}" + (f", bugs {','.join(bugs)}" if bugs else "")
+                f"{how}" + (f", bugs {','.join(bugs)}" if bugs else "")
                 + f"), {fig['steps']:,} steps, {fig['steps_per_second']:,.0f} steps/s"
             )
     log.info("run.end", runs=total.runs, steps=total.steps, wall_seconds=round(total.wall(), 3))
@@ -481,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true",
                    help="print one machine-readable verdict: totals over every run, a list per scenario, the "
                         "failing run under 'failure'")
-    add_run_options(r, reruns=10)
+    add_run_options(r, reruns=10, searches=SEARCH_STRATEGIES)
     r.add_argument("--cpu", type=argtypes.cpu, default=None,
                    help="CPU to pin the run's processes to (default: $KSMSTRESS_CPU, else the last allowed CPU)")
     r.add_argument("--hang-seconds", type=argtypes.positive_seconds, default=10.0,
@@ -527,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_kernel_parser(sub)
     mutate.add_parser(sub)
+    coverage_command.add_parser(sub)
     return ap
 
 

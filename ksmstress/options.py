@@ -14,9 +14,9 @@ from .sched import DEFAULT_GRANULARITY, GRANULARITIES, STRATEGIES
 EXIT_CLEAN, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def add_run_options(p: argparse.ArgumentParser, reruns: int) -> None:
+def add_run_options(p: argparse.ArgumentParser, reruns: int, searches: tuple[str, ...] = ()) -> None:
     """--strategy, --pct-depth, --granularity, --bug, --artifacts, --timeout, --mode and --reruns (default
-    `reruns`)."""
+    `reruns`); `searches`: the search strategies (sched.SEARCH_STRATEGIES) this command also offers."""
     p.add_argument(
         "--scenario-dir",
         action="append",
@@ -24,7 +24,14 @@ def add_run_options(p: argparse.ArgumentParser, reruns: int) -> None:
         metavar="DIR",
         help=f"look for scenario names here before the shipped ones (repeatable; also ${ENV_DIRS})",
     )
-    p.add_argument("--strategy", choices=STRATEGIES, default="random", help="scheduling strategy (default: random)")
+    p.add_argument(
+        "--strategy",
+        choices=STRATEGIES + searches,
+        default="random",
+        help="scheduling strategy"
+        + (" (coverage: a search over schedules guided by interleaving coverage)" if "coverage" in searches else "")
+        + " (default: random)",
+    )
     p.add_argument(
         "--pct-depth",
         type=argtypes.pct_depth,

@@ -123,6 +123,7 @@ def drop_anon_vma(k: K, iref: int) -> None:
     avref = k.ri.anon_vma[i]
     a = k.av.deref(avref, "drop_anon_vma")
     k.spoint("drop_anon_vma:atomic_add_unless")
+    k.hooks.shared_access(k, k.av.refcount, a, 1, "drop_anon_vma:atomic_add_unless")
     with k.guard:  # atomic_add_unless(-1, 1): not the last reference, no lock
         c = k.av.refcount[a]
         if c > 1:
@@ -213,6 +214,8 @@ def get_ksm_page(k: K, nref: int) -> int:
     s = k.sn.kpfn[k.sn.deref(nref, "get_ksm_page")]
     pg = k.pg
     k.spoint("get_ksm_page")  # lockless: the page's mapping, flags and count, then get_page_unless_zero
+    k.hooks.shared_access(k, pg.mapping, s, 0, "get_ksm_page")
+    k.hooks.shared_access(k, pg.count, s, 1, "get_ksm_page")
     with k.guard:  # get_page_unless_zero, then the mapping recheck: one atomic step here (simplified)
         if pg.slot_live(s) and pg.mapping[s] == nref and pg.flags[s] & PG_KSM and pg.count[s] > 0:
             pg.count[s] += 1
@@ -241,14 +244,19 @@ def stable_tree_append(k: K, iref: int, nref: int) -> None:
 
 
 def memcmp_pages(k: K, a: int, b: int) -> int:
-    fa = k.st.frames[k.pg.deref(a, "memcmp_pages")].tobytes()
-    fb = k.st.frames[k.pg.deref(b, "memcmp_pages")].tobytes()
+    sa, sb = k.pg.deref(a, "memcmp_pages"), k.pg.deref(b, "memcmp_pages")
+    k.hooks.shared_access(k, k.st.frames, sa, 0, "memcmp_pages")
+    k.hooks.shared_access(k, k.st.frames, sb, 0, "memcmp_pages")
+    fa = k.st.frames[sa].tobytes()
+    fb = k.st.frames[sb].tobytes()
     return (fa > fb) - (fa < fb)
 
 
 def calc_checksum(k: K, pref: int) -> int:
     """jhash2 of the page in the kernel; crc32 here (only equality over time matters)."""
-    return zlib.crc32(k.st.frames[k.pg.deref(pref, "calc_checksum")].tobytes())
+    s = k.pg.deref(pref, "calc_checksum")
+    k.hooks.shared_access(k, k.st.frames, s, 0, "calc_checksum")  # without the page lock: the page may be written
+    return zlib.crc32(k.st.frames[s].tobytes())
 
 
 @kfunc
@@ -753,7 +761,9 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
             k.locks.unlock(k.ksm_mmlist_lock, "scan_get_next_rmap_item")
             k.ms.free(sref, "free_mm_slot")
             k.spoint("clear_bit(MMF_VM_MERGEABLE)")
-            k.mmc.flags[k.mmc.deref(mref, "clear_bit")] &= ~MMF_VM_MERGEABLE
+            mslot = k.mmc.deref(mref, "clear_bit")
+            k.hooks.shared_access(k, k.mmc.flags, mslot, 1, "scan_get_next_rmap_item:clear_bit")
+            k.mmc.flags[mslot] &= ~MMF_VM_MERGEABLE
             if sem:
                 k.locks.up_read(k.mmap_sem(m), "scan_get_next_rmap_item")
             _mm.mmdrop(k, mref, "scan_get_next_rmap_item")
@@ -825,7 +835,9 @@ def ksm_madvise(k: K, vref: int, advice: int) -> int:
         if k.vm.flags[v] & VM_MERGEABLE:
             return 0
         mref = k.vm.mm[v]
-        if not k.mmc.flags[k.mmc.deref(mref, "ksm_madvise")] & MMF_VM_MERGEABLE:
+        mslot = k.mmc.deref(mref, "ksm_madvise")
+        k.hooks.shared_access(k, k.mmc.flags, mslot, 0, "ksm_madvise:test_bit")
+        if not k.mmc.flags[mslot] & MMF_VM_MERGEABLE:
             __ksm_enter(k, mref)
         _mm.set_vm_flags(k, ref_slot(mref), vref, k.vm.flags[v] | VM_MERGEABLE, "ksm_madvise")
         return 0
@@ -856,6 +868,7 @@ def __ksm_enter(k: K, mref: int) -> None:  # noqa: N807 - the kernel's name
     k.locks.unlock(k.ksm_mmlist_lock, "__ksm_enter")
     m = k.mmc.deref(mref, "__ksm_enter")
     k.spoint("__ksm_enter:set_bit")
+    k.hooks.shared_access(k, k.mmc.flags, m, 1, "__ksm_enter:set_bit")
     k.mmc.flags[m] |= MMF_VM_MERGEABLE
     k.atomic_add(k.mmc.mmcount, m, 1, "__ksm_enter")
 
@@ -881,7 +894,9 @@ def __ksm_exit(k: K, mref: int) -> None:  # noqa: N807
     if easy_to_free:
         k.ms.free(sref, "free_mm_slot")
         k.spoint("clear_bit(MMF_VM_MERGEABLE)")
-        k.mmc.flags[k.mmc.deref(mref, "__ksm_exit")] &= ~MMF_VM_MERGEABLE
+        mslot = k.mmc.deref(mref, "__ksm_exit")
+        k.hooks.shared_access(k, k.mmc.flags, mslot, 1, "__ksm_exit:clear_bit")
+        k.mmc.flags[mslot] &= ~MMF_VM_MERGEABLE
         _mm.mmdrop(k, mref, "__ksm_exit")
     elif sref:
         k.locks.down_write(k.mmap_sem(m), "__ksm_exit")
@@ -890,13 +905,17 @@ def __ksm_exit(k: K, mref: int) -> None:  # noqa: N807
 
 @kfunc
 def ksm_exit(k: K, mref: int) -> None:
-    if k.mmc.flags[k.mmc.deref(mref, "ksm_exit")] & MMF_VM_MERGEABLE:
+    m = k.mmc.deref(mref, "ksm_exit")
+    k.hooks.shared_access(k, k.mmc.flags, m, 0, "ksm_exit:test_bit")
+    if k.mmc.flags[m] & MMF_VM_MERGEABLE:
         __ksm_exit(k, mref)
 
 
 @kfunc
 def ksm_fork(k: K, mref: int, oldref: int) -> None:
-    if k.mmc.flags[k.mmc.deref(oldref, "ksm_fork")] & MMF_VM_MERGEABLE:
+    old = k.mmc.deref(oldref, "ksm_fork")
+    k.hooks.shared_access(k, k.mmc.flags, old, 0, "ksm_fork:test_bit")
+    if k.mmc.flags[old] & MMF_VM_MERGEABLE:
         __ksm_enter(k, mref)
 
 
@@ -933,6 +952,7 @@ def unmerge_and_remove_all_rmap_items(k: K) -> int:
             k.locks.unlock(k.ksm_mmlist_lock, "unmerge_and_remove_all_rmap_items")
             k.ms.free(sref, "free_mm_slot")
             k.spoint("clear_bit(MMF_VM_MERGEABLE)")
+            k.hooks.shared_access(k, k.mmc.flags, m, 1, "unmerge_and_remove_all_rmap_items:clear_bit")
             k.mmc.flags[m] &= ~MMF_VM_MERGEABLE
             k.locks.up_read(k.mmap_sem(m), "unmerge_and_remove_all_rmap_items")
             _mm.mmdrop(k, mref, "unmerge_and_remove_all_rmap_items")

@@ -194,7 +194,9 @@ def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, swap: int, token: ob
         ss = k.st.swap.deref(swap, "try_to_unmap_one:swap_duplicate")
         # the bytes as they are once this pte is gone (the kernel writes back the dirty page after unmapping;
         # a page mapped more than once is read-only everywhere, so every pte converted sees the same bytes)
-        k.st.swapdata[ss, :] = k.st.frames[k.pg.deref(pref, "try_to_unmap_one"), :]
+        ps = k.pg.deref(pref, "try_to_unmap_one")
+        k.hooks.shared_access(k, k.st.frames, ps, 0, "try_to_unmap_one:swap_writepage")
+        k.st.swapdata[ss, :] = k.st.frames[ps, :]
         k.atomic_add(k.st.swap.count, ss, 1, "try_to_unmap_one:swap_duplicate")
         memory.pte_set(k, m, addr, PTE_SWAP, swap, 0, "try_to_unmap_one")
         page_remove_rmap(k, pref, "try_to_unmap_one")

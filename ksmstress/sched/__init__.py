@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from .base import Strategy
+from .guided import GuidedStrategy
 from .pct import PctStrategy
 from .random import RandomStrategy
 from .replay import ReplayStrategy
 
 STRATEGIES = ("random", "pct")
+# Strategies that are searches over many runs, each run's schedule steered by the runs before it (ksmstress.explore):
+# `run --strategy` offers them and an artifact may name one; each run of a search is replayed like any other.
+SEARCH_STRATEGIES = ("coverage",)
 # Where control may change hands: `locks` at lock operations and explicit points only; `shared` also before every
 # shared access the kernel makes without the lock that would serialise it (atomics, list links, page flag bits,
 # lockless reads), as loom and Lincheck switch at every atomic. The schedule, and so a seed's meaning, depends on it.
@@ -15,12 +19,17 @@ GRANULARITIES = ("locks", "shared")
 DEFAULT_GRANULARITY = "shared"
 
 
-def make_strategy(name: str, *, depth: int = 3, k: int = 1000, schedule: bytes = b"") -> Strategy:
-    """Build a strategy by name (`random`, `pct`, `replay`)."""
+def make_strategy(
+    name: str, *, depth: int = 3, k: int = 1000, schedule: bytes = b"", tail: str = "stay"
+) -> Strategy:
+    """Build a strategy by name (`random`, `pct`, `replay`, or `guided`: `schedule` is then its prefix, followed by
+    `tail`; a search's tool, not a user's choice, so not in STRATEGIES)."""
     if name == "random":
         return RandomStrategy()
     if name == "pct":
         return PctStrategy(depth=depth, k=k)
     if name == "replay":
         return ReplayStrategy(schedule)
-    raise ValueError(f"unknown strategy {name!r}; expected random, pct or replay")
+    if name == "guided":
+        return GuidedStrategy(schedule, tail)
+    raise ValueError(f"unknown strategy {name!r}; expected random, pct, replay or guided")

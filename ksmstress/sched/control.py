@@ -21,6 +21,7 @@ from ..arena import NO_GUARD, SharedBlock
 from ..failures import Failure
 from .base import Strategy
 from .fastpoint import random_point
+from .guided import MAX_TASKS
 from .prng import BLOCK, SharedPrng
 
 UNUSED, RUNNABLE, BLOCKED, EXITED, RESERVED = 0, 1, 2, 3, 4  # a task slot's state (ctl.state)
@@ -67,6 +68,13 @@ class Control:
         block.want("ctl.replay", np.uint8, max_steps + 1)
         block.want("ctl.prngbuf", np.uint64, BLOCK)
         block.want("ctl.fail", np.uint8, FAIL_BUF)
+        # a strategy that records each step's runnable set (guided.py) gets an array for it; no other pays for it
+        self.records_runnable = bool(getattr(strategy, "records_runnable", False))
+        if self.records_runnable:
+            if ntasks > MAX_TASKS:
+                raise ValueError(f"the {strategy.name} strategy records runnable sets of at most {MAX_TASKS} tasks, "
+                                 f"not {ntasks}")
+            block.want("ctl.runnable", np.uint64, max_steps + 1)
         ctx = multiprocess.get_context("fork")
         # fork-context semaphores are unlinked from /dev/shm as soon as they are created
         self.sems = [ctx.Semaphore(0) for _ in range(ntasks)]
@@ -89,6 +97,8 @@ class Control:
         self.replay = a["ctl.replay"]
         self.prng = SharedPrng(self.meta[PRNG_CELLS : PRNG_CELLS + 2].view(np.uint64), a["ctl.prngbuf"])
         self.fail_buf = a["ctl.fail"]
+        self.runmask = a["ctl.runnable"] if self.records_runnable else np.zeros(0, np.uint64)
+        self._runmask = memoryview(self.runmask)
         self.wait[:] = NO_LOCK
         # the hot path reads and writes through memoryviews: plain Python ints, ~5x cheaper than numpy scalars
         self._meta = memoryview(self.meta)
@@ -179,6 +189,12 @@ class Control:
 
     def schedule(self) -> bytes:
         return bytes(self.record[: self.steps + 1])
+
+    def runnable_masks(self) -> bytes:
+        """Each step's runnable set as recorded by the strategy (uint64 per step), empty if it records none."""
+        if not self.records_runnable:
+            return b""
+        return self.runmask[: self.steps + 1].tobytes()
 
     def handoffs(self, since: int = 0) -> int:
         """Hand-offs from step `since` on: the steps whose decision differs from the one before (every decision is
