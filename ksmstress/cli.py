@@ -24,8 +24,9 @@ from . import explain as explainmod
 from . import soak as soakmod
 from .bugs import VARIANTS, UnknownBug, validate
 from .explain import shrink as shrinkmod
-from .explore import SearchResult
-from .explore import command as coverage_command
+from .explore import SearchResult, explore_bounded
+from .explore import bounded_cmd as explore_cmd
+from .explore import coverage_cmd as coverage_command
 from .explore.search import search_runs
 from .failures import CLASSES
 from .kernel import WorkloadError
@@ -176,6 +177,9 @@ def _search_figures(s: SearchResult) -> dict[str, Any]:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    wrong = explore_cmd.misuse(a)
+    if wrong:
+        _usage_error(wrong)
     bugs = sorted(validate(a.bug))
     if a.strategy in SEARCH_STRATEGIES and a.mode != "controlled":
         _usage_error(f"--strategy {a.strategy}: expected --mode controlled (the search steers the controlled "
@@ -186,6 +190,11 @@ def cmd_run(a: argparse.Namespace) -> int:
     _check_out("--timeline", a.timeline)
     if (a.trace or a.timeline) and a.mode == "free":
         _usage_error("--trace/--timeline: expected --mode controlled (a free-mode run has no schedule to replay)")
+    if (a.trace or a.timeline) and a.strategy == "bounded":
+        _usage_error("--trace/--timeline: not with --strategy bounded; replay its artifact with --trace instead")
+    if a.strategy == "bounded":
+        return _cmd_bounded(a, scenarios, bugs)
+    a.runs = a.runs or 1
     total = _Totals()
     count = a.runs * len(scenarios)
     # a redrawn line on a terminal; with --json or into a log, a line every 10 s on stderr (none for short runs)
@@ -266,6 +275,74 @@ def cmd_run(a: argparse.Namespace) -> int:
         fig = total.figures()
         print(f"all clean: {total.runs} run(s), {fig['steps']:,} steps in {total.wall():.1f} s "
               f"({fig['steps_per_second']:,.0f} steps/s while running)")
+    return EXIT_CLEAN
+
+
+def _cmd_bounded(a: argparse.Namespace, scenarios: list[Scenario], bugs: list[str]) -> int:
+    """`run --strategy bounded`: explore each scenario's schedules of seed --seed with at most --preemptions
+    preemptions (ksmstress/explore), stopping at the first failure, which becomes an artifact as any run's."""
+    bound = a.preemptions if a.preemptions is not None else explore_cmd.DEFAULT_PREEMPTIONS
+    shard = (a.shard[0] - 1, a.shard[1]) if a.shard else (0, 1)
+    counts = explore_cmd.Counts()
+    n = len(scenarios)  # --runs and --seconds are per scenario
+    progress = Progress(a.runs and a.runs * n, a.seconds and a.seconds * n, label="bounded",
+                        tty=False if a.json else None)
+    per: list[dict[str, Any]] = []
+
+    def on_run(_r: Any, res: RunResult) -> None:
+        counts.add(res)
+        progress.update(counts)
+
+    def as_json(failed: dict[str, Any] | None) -> str:
+        d: dict[str, Any] = {
+            "verdict": "failure" if failed else "clean",
+            "strategy": "bounded",
+            "mode": "controlled",
+            "seed": a.seed,
+            "bugs": bugs,
+            "preemptions": bound,
+            "shard": f"{shard[0] + 1}/{shard[1]}",
+            "schedules": sum(p["schedules"] for p in per),
+            "runs": sum(p["runs"] for p in per),
+            "complete": all(p["complete"] for p in per),
+            "seconds": round(counts.wall(), 3),
+            "scenarios": per,
+            "failure": failed,
+        }
+        if failed and "artifact" in failed:
+            d["artifact"], d["replay"] = failed["artifact"], failed["replay"]
+        return json.dumps(d, sort_keys=True)
+
+    log.info("bounded.start", scenarios=[sc.name for sc in scenarios], seed=a.seed, preemptions=bound, bugs=bugs)
+    for sc in scenarios:
+        if not a.json:
+            print(explore_cmd.head_line(sc.name, a.seed, bound, shard, bugs))
+        r = explore_bounded(sc, a.seed, bugs, bound, a.runs, a.seconds, shard, granularity=a.granularity,
+                            timeout=a.timeout, on_run=on_run)
+        progress.clear()
+        per.append(explore_cmd.result_dict(r, sc.path))
+        if not a.json:
+            for lv in r.levels:
+                print(explore_cmd.level_line(lv))
+        res = r.failure
+        if res is None:
+            if not a.json:
+                print(explore_cmd.outcome_line(r))
+            continue
+        if res.verdict == "budget":
+            _usage_error(_budget_line(sc, res))
+        res.strategy = "bounded"  # the artifact replays the recorded schedule step by step
+        artifact = write_artifact(Path(a.artifacts), sc, res, None)
+        log.info("failure", scenario=sc.name, seed=res.seed, cls=(res.failure or {}).get("class"),
+                 preemptions=r.preemptions, artifact=str(artifact))
+        if a.json:
+            print(as_json({**_failure_dict(res, artifact), "preemptions": r.preemptions, "schedules": r.schedules}))
+        else:
+            _print_failure(res, artifact)
+            print(explore_cmd.outcome_line(r))
+        return EXIT_FAILURE
+    if a.json:
+        print(as_json(None))
     return EXIT_CLEAN
 
 
@@ -512,11 +589,14 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run scenarios over seeds N..N+K-1, stop at the first failure")
     r.add_argument("scenario", nargs="*", help="scenario files or names (default: mixed)")
     r.add_argument("--seed", type=argtypes.seed, default=0, help="first seed")
-    r.add_argument("--runs", type=argtypes.positive_int, default=1, help="seeds per scenario (seed, seed+1, ...)")
+    r.add_argument("--runs", type=argtypes.positive_int, default=None,
+                   help="seeds per scenario (seed, seed+1, ...; default: 1); with --strategy bounded: at most this "
+                        "many schedules per scenario (default: no cap)")
     r.add_argument("--json", action="store_true",
                    help="print one machine-readable verdict: totals over every run, a list per scenario, the "
                         "failing run under 'failure'")
     add_run_options(r, reruns=10, searches=SEARCH_STRATEGIES)
+    explore_cmd.add_bounded_options(r)
     r.add_argument("--cpu", type=argtypes.cpu, default=None,
                    help="CPU to pin the run's processes to (default: $KSMSTRESS_CPU, else the last allowed CPU)")
     r.add_argument("--hang-seconds", type=argtypes.positive_seconds, default=10.0,

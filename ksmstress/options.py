@@ -29,7 +29,8 @@ def add_run_options(p: argparse.ArgumentParser, reruns: int, searches: tuple[str
         choices=STRATEGIES + searches,
         default="random",
         help="scheduling strategy"
-        + (" (coverage: a search over schedules guided by interleaving coverage)" if "coverage" in searches else "")
+        + (" (bounded: every schedule of --seed with at most --preemptions preemptions, fewest first; coverage: a "
+           "search over schedules guided by interleaving coverage)" if searches else "")
         + " (default: random)",
     )
     p.add_argument(

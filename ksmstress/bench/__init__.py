@@ -1,9 +1,9 @@
 """`ksmstress bench`: detection power of every bug variant, and the scheduler's throughput beside the raw rate.
 
-Detection: for each variant (in its own scenario) and each strategy (random, PCT depth 1 to 3), seeds 0..R-1 are
-run (within a time budget); the table gives the per-run detection rate, the failure classes seen (they must be the
-variant's), and the median / 90th percentile of steps and seconds to the first detection. Those come from every
-starting seed i: the steps (seconds) of runs i, i+1, ... up to and including the first run that detects.
+Detection: for each variant (in its own scenario) and each strategy (random, PCT depth 1 to 3, bounded
+exploration at 1 and 2 preemptions, coverage-guided search), the rate, the failure classes seen (they must be the
+variant's), and the median / 90th percentile of steps and seconds to the first detection (bench/detection.py
+says how each kind of row counts them).
 
 Throughput: seconds (wall clock and CPU) per run, scheduling points and hand-offs per second on mixed.toml at each
 granularity (locks, shared), and of the bare scheduler (tasks that do nothing but reach scheduling points) beside
@@ -38,15 +38,18 @@ def _fmt(x: float | None, spec: str) -> str:
 
 def _print_detection(rows: list[dict[str, Any]]) -> None:
     print(
-        f"{'variant':<24}{'strategy':<9}{'rate':>10}{'class':>30}{'med steps':>11}{'p90 steps':>11}"
+        f"{'variant':<24}{'strategy':<11}{'rate':>10}{'class':>30}{'med steps':>11}{'p90 steps':>11}"
         f"{'med s':>8}{'p90 s':>8}  PCT bound 1/(n*k^(d-1))"
     )
     for r in rows:
         bound = f"  {r['bound']:.2g} (n={r['n']}, k={r['k']})" if r.get("bound") else ""
+        if "schedules" in r:  # a bounded exploration: how far it went, and the failure's preemption count
+            bound = f"  {r['schedules']} schedules" + (
+                f", {r['preemptions']} preemptions" if r["detections"] else (", complete" if r["complete"] else ""))
         cls = ",".join(r["classes"]) or "-"
         mark = " !" if r["classes"] and not r["class_ok"] else ""
         print(
-            f"{r['variant']:<24}{r['strategy']:<9}{r['detections']:>4}/{r['runs']:<3} {r['rate']:>4.0%}"
+            f"{r['variant']:<24}{r['strategy']:<11}{r['detections']:>4}/{r['runs']:<3} {r['rate']:>4.0%}"
             f"{cls + mark:>30}{_fmt(r['median_steps_to_first'], ',.0f'):>11}"
             f"{_fmt(r['p90_steps_to_first'], ',.0f'):>11}{_fmt(r['median_seconds_to_first'], '.2f'):>8}"
             f"{_fmt(r['p90_seconds_to_first'], '.2f'):>8}{bound}"

@@ -9,9 +9,10 @@ from .random import RandomStrategy
 from .replay import ReplayStrategy
 
 STRATEGIES = ("random", "pct")
-# Strategies that are searches over many runs, each run's schedule steered by the runs before it (ksmstress.explore):
-# `run --strategy` offers them and an artifact may name one; each run of a search is replayed like any other.
-SEARCH_STRATEGIES = ("coverage",)
+# Strategies that are searches over many runs (ksmstress.explore), each run's schedule steered by the runs before it:
+# `run --strategy` offers them and an artifact may name one (each run of a search is replayed like any other); not
+# soak, bench's per-seed rows or mutate, which run one run per seed.
+SEARCH_STRATEGIES = ("bounded", "coverage")
 # Where control may change hands: `locks` at lock operations and explicit points only; `shared` also before every
 # shared access the kernel makes without the lock that would serialise it (atomics, list links, page flag bits,
 # lockless reads), as loom and Lincheck switch at every atomic. The schedule, and so a seed's meaning, depends on it.
