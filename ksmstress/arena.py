@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from . import callchain
 from .failures import Failure
 
 NULL = 0
@@ -100,6 +101,7 @@ def _no_label(tid: int) -> str:
 HIST = 12  # changes kept per object in a history ring
 NSITES = 1024  # distinct site strings a run can name in its history rings
 SITE_LEN = 48
+CHAIN_LEN = 160  # bytes of call chain kept per allocation and free (callchain.text(), cut at the front if longer)
 
 
 class Stamp:
@@ -209,6 +211,12 @@ class Ring:
         return out
 
 
+def _chain_bytes() -> bytes:
+    """The running task's call chain for an allocation or free record; a long one keeps its innermost end."""
+    raw = callchain.text().encode()
+    return raw if len(raw) <= CHAIN_LEN else b"..." + raw[-(CHAIN_LEN - 3):]
+
+
 class NoGuard:
     """The guard when one task runs at a time: allocation needs no lock. Free mode puts a real mutex here."""
 
@@ -263,12 +271,14 @@ class Table:
         block.want(f"{name}.freed_step", np.int64, capacity)
         block.want(f"{name}.freed_site", "S40", capacity)
         block.want(f"{name}.freed_by", "S24", capacity)
+        block.want(f"{name}.freed_chain", f"S{CHAIN_LEN}", capacity)
         block.want(f"{name}.nfreed", np.int64, 1)  # frees so far: the quarantine's clock
         # who allocated the object in the slot, and the object before it (a stale reference's object, once reused)
         block.want(f"{name}.alloc_step", np.int64, (capacity, 2))
         block.want(f"{name}.alloc_gen", np.int64, (capacity, 2))
         block.want(f"{name}.alloc_site", "S40", (capacity, 2))
         block.want(f"{name}.alloc_by", "S24", (capacity, 2))
+        block.want(f"{name}.alloc_chain", f"S{CHAIN_LEN}", (capacity, 2))
         for f in self.FIELDS:
             block.want(f"{name}.{f}", np.int64, capacity)
         self.c: dict[str, np.ndarray] = {}
@@ -291,11 +301,13 @@ class Table:
         self.freed_step = arrays[f"{n}.freed_step"]
         self.freed_site = arrays[f"{n}.freed_site"]
         self.freed_by = arrays[f"{n}.freed_by"]
+        self.freed_chain = arrays[f"{n}.freed_chain"]
         self.nfreed = arrays[f"{n}.nfreed"]
         self.alloc_step = arrays[f"{n}.alloc_step"]
         self.alloc_gen = arrays[f"{n}.alloc_gen"]
         self.alloc_site = arrays[f"{n}.alloc_site"]
         self.alloc_by = arrays[f"{n}.alloc_by"]
+        self.alloc_chain = arrays[f"{n}.alloc_chain"]
         if self.hist is not None:
             self.hist.bind(arrays)
         self.c = {f: arrays[f"{n}.{f}"] for f in self.FIELDS}
@@ -339,8 +351,9 @@ class Table:
         for col in self.c.values():
             col[slot] = 0
         step, who = self.clock()
-        for col in (self.alloc_step, self.alloc_gen, self.alloc_site, self.alloc_by):
+        for col in (self.alloc_step, self.alloc_gen, self.alloc_site, self.alloc_by, self.alloc_chain):
             col[slot, 1] = col[slot, 0]
+        self.alloc_chain[slot, 0] = _chain_bytes()
         self.alloc_step[slot, 0] = step
         self.alloc_gen[slot, 0] = gen
         self.alloc_site[slot, 0] = site.encode()[:40]
@@ -379,6 +392,7 @@ class Table:
         self.freed_step[slot] = step
         self.freed_site[slot] = site.encode()[:40]
         self.freed_by[slot] = who.encode()[:24]
+        self.freed_chain[slot] = _chain_bytes()
 
     # -- access ---------------------------------------------------------------------------------------
     def deref(self, ref: int, site: str) -> int:
@@ -462,11 +476,13 @@ class Table:
         """Who allocated the object of generation `gen` in `slot` (default: the current one), if still known."""
         for j in (0, 1):
             if gen is None or int(self.alloc_gen[slot, j]) == gen:
-                return {
+                info = {
                     "step": int(self.alloc_step[slot, j]),
                     "site": self.alloc_site[slot, j].decode(),
                     "task": self.alloc_by[slot, j].decode(),
                 }
+                chain = self.alloc_chain[slot, j].decode(errors="replace")
+                return {**info, "chain": chain} if chain else info
         return {}
 
     @staticmethod
@@ -488,11 +504,13 @@ class Table:
 
     # -- reporting ------------------------------------------------------------------------------------
     def _freed_info(self, slot: int) -> dict[str, Any]:
-        return {
+        info = {
             "step": int(self.freed_step[slot]),
             "site": self.freed_site[slot].decode(),
             "task": self.freed_by[slot].decode(),
         }
+        chain = self.freed_chain[slot].decode(errors="replace")
+        return {**info, "chain": chain} if chain else info
 
     def _freed_text(self, slot: int) -> str:
         i = self._freed_info(slot)

@@ -1,4 +1,4 @@
-"""`ksmstress`: run, replay, soak, bench, bugs, scenarios, kernel, mutate.
+"""`ksmstress`: run, replay, shrink, soak, bench, bugs, scenarios, kernel, mutate.
 
 Exit status: 0 clean, 1 a failure was found, 2 bad input (one line naming the file, the key and what was
 expected; never a traceback for a user's mistake), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,20 +20,31 @@ import structlog
 
 from . import __version__, argtypes, catalog, mutate, procs
 from . import bench as benchmod
+from . import explain as explainmod
 from . import soak as soakmod
 from .bugs import VARIANTS, UnknownBug, validate
-from .explore import command as explore_cmd
-from .explore import explore_bounded
+from .explain import shrink as shrinkmod
+from .explore import SearchResult, explore_bounded
+from .explore import bounded_cmd as explore_cmd
+from .explore import coverage_cmd as coverage_command
+from .explore.search import search_runs
 from .failures import CLASSES
 from .kernel import WorkloadError
 from .kernel import add_parser as add_kernel_parser
 from .options import EXIT_CLEAN, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, add_run_options
 from .progress import Progress
-from .report import ArtifactError, check_artifact_dir, configure_logging, read_artifact, write_artifact
+from .report import (
+    ArtifactError,
+    artifact_scenario,
+    check_artifact_dir,
+    configure_logging,
+    read_artifact,
+    write_artifact,
+)
 from .runner import RunResult, reproduction, rerun_free, run_one, run_seeds
 from .scenario import Scenario, ScenarioError, load, parse, resolve
-from .sched import SEARCHES, STRATEGIES
-from .verdict import failure_lines, replay_command, reproduced_text, where
+from .sched import SEARCH_STRATEGIES
+from .verdict import failure_lines, replay_command, reproduced_text, rerun_command, where
 
 log = structlog.get_logger("ksmstress")
 
@@ -158,13 +170,28 @@ def _run_json(a: argparse.Namespace, total: _Totals, per: list[dict[str, Any]], 
     return json.dumps(d, sort_keys=True)
 
 
+def _search_figures(s: SearchResult) -> dict[str, Any]:
+    """What a coverage search adds to a scenario's figures: how its runs were made and the pairs they reached."""
+    return {"pairs": len(s.pair_runs), "fresh_seeds": s.fresh, "mutated_schedules": s.mutants,
+            "diverged_prefixes": s.diverged, "corpus": s.corpus}
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     wrong = explore_cmd.misuse(a)
     if wrong:
         _usage_error(wrong)
     bugs = sorted(validate(a.bug))
+    if a.strategy in SEARCH_STRATEGIES and a.mode != "controlled":
+        _usage_error(f"--strategy {a.strategy}: expected --mode controlled (the search steers the controlled "
+                     f"scheduler), got --mode {a.mode}")
     scenarios: list[Scenario] = [load(p) for p in resolve(a.scenario, a.scenario_dir)]
     check_artifact_dir(a.artifacts)  # before any run: a failure found later must have somewhere to go
+    _check_out("--trace", a.trace)
+    _check_out("--timeline", a.timeline)
+    if (a.trace or a.timeline) and a.mode == "free":
+        _usage_error("--trace/--timeline: expected --mode controlled (a free-mode run has no schedule to replay)")
+    if (a.trace or a.timeline) and a.strategy == "bounded":
+        _usage_error("--trace/--timeline: not with --strategy bounded; replay its artifact with --trace instead")
     if a.strategy == "bounded":
         return _cmd_bounded(a, scenarios, bugs)
     a.runs = a.runs or 1
@@ -179,21 +206,31 @@ def cmd_run(a: argparse.Namespace) -> int:
         mine = _Totals()
         last: RunResult | None = None
         seeds = range(a.seed, a.seed + a.runs)
-        for res in run_seeds(sc, seeds, a.strategy, bugs, cpu=a.cpu, pct_depth=a.pct_depth, timeout=a.timeout,
-                             mode=a.mode, hang_seconds=a.hang_seconds, granularity=a.granularity):
+        search: SearchResult | None = None
+        if a.strategy == "coverage":  # one search of --runs runs; its fresh seeds count up from --seed
+            search = SearchResult(sc.name, a.strategy, a.seed)
+            results = search_runs(search, sc, bugs, a.runs, timeout=a.timeout, granularity=a.granularity, cpu=a.cpu)
+        else:
+            results = run_seeds(sc, seeds, a.strategy, bugs, cpu=a.cpu, pct_depth=a.pct_depth, timeout=a.timeout,
+                                mode=a.mode, hang_seconds=a.hang_seconds, granularity=a.granularity)
+        for res in results:
             last = res
             total.add(res)
             mine.add(res)
             log.debug("run.done", scenario=sc.name, seed=res.seed, verdict=res.verdict, steps=res.steps)
             if progress:
                 progress.update(total)
+            if res.verdict != "clean":
+                break
         assert last is not None
         if last.verdict == "budget":
             if progress:
                 progress.clear()
             _usage_error(_budget_line(sc, last))
+        last_seed = last.seed if search is None else a.seed + max(0, search.fresh - 1)
         per.append({"scenario": sc.name, "path": sc.path, "verdict": last.verdict, "granularity": last.granularity,
-                    "seeds": {"first": a.seed, "last": last.seed}, **mine.figures()})
+                    "seeds": {"first": a.seed, "last": last_seed}, **mine.figures(),
+                    **({"search": _search_figures(search)} if search is not None else {})})
         if last.verdict == "failure":
             if progress:
                 progress.clear()
@@ -202,18 +239,33 @@ def cmd_run(a: argparse.Namespace) -> int:
             artifact = write_artifact(Path(a.artifacts), sc, last, a.pct_depth)
             log.info("failure", scenario=sc.name, seed=last.seed, cls=(last.failure or {}).get("class"),
                         artifact=str(artifact))
+            # a search is deterministic for its seed: the same command with the runs it took finds the same run
+            rerun = (rerun_command(sc, a.seed, a.strategy, bugs, None, runs=search.runs, granularity=a.granularity)
+                     if search is not None else None)
             if a.json:
-                print(_run_json(a, total, per, _failure_dict(last, artifact)))
+                fd = _failure_dict(last, artifact)
+                if rerun:
+                    fd["rerun"] = rerun
+                print(_run_json(a, total, per, fd))
             else:
                 _print_failure(last, artifact)
+                if rerun:
+                    print(f"  rerun:    {rerun}   (the search; it finds this failure at run {search.runs})")
+            if (a.trace or a.timeline) and a.mode == "controlled":  # the failing run again, with its events
+                again, events = explainmod.recorded_replay(read_artifact(artifact), artifact, a.timeout)
+                _export(a, events, again)
             return EXIT_FAILURE
         if progress:
             progress.clear()
         if not a.json:
             fig = mine.figures()
+            how = (f"seeds {a.seed}..{last.seed}" if search is None else
+                   f"seed {a.seed}: {search.fresh} fresh seed(s), {search.mutants} mutated schedule(s)"
+                   + (f" ({search.diverged} cut short where a prefix diverged)" if search.diverged else "")
+                   + f", {len(search.pair_runs)} interleaving pairs")
             print(
                 f"{sc.name}: {mine.runs} run(s) clean ({a.strategy if a.mode == 'controlled' else 'free'}, "
-                f"seeds {a.seed}..{last.seed}" + (f", bugs {','.join(bugs)}" if bugs else "")
+                f"{how}" + (f", bugs {','.join(bugs)}" if bugs else "")
                 + f"), {fig['steps']:,} steps, {fig['steps_per_second']:,.0f} steps/s"
             )
     log.info("run.end", runs=total.runs, steps=total.steps, wall_seconds=round(total.wall(), 3))
@@ -343,6 +395,14 @@ def _replay_outcome(art: dict[str, Any], res: RunResult) -> tuple[bool, str]:
     return False, f"different failure: {at} instead of {rec}{why}"
 
 
+def add_export_options(p: argparse.ArgumentParser) -> None:
+    """--trace and --timeline: what a failing controlled run (replayed with per-step events) is exported as."""
+    p.add_argument("--trace", metavar="FILE", default=None,
+                   help="write the failing run as Chrome trace-event JSON (Perfetto UI, chrome://tracing)")
+    p.add_argument("--timeline", metavar="FILE.svg", default=None,
+                   help="draw the failing run as SVG swimlanes (lock holds, the free and the failing access)")
+
+
 def cmd_replay(a: argparse.Namespace) -> int:
     art = read_artifact(a.artifact)
     scd = art["scenario"]
@@ -351,16 +411,28 @@ def cmd_replay(a: argparse.Namespace) -> int:
     except KeyError:
         _usage_error(f"{a.artifact}: key 'scenario.path': expected the scenario's text or path")
     bugs = sorted(validate(art["bugs"]))
+    events: list[explainmod.Event] | None = None
+    if art.get("mode") == "free" and (a.explain or a.trace or a.timeline):
+        _usage_error(f"{a.artifact}: key 'mode': expected a controlled-mode artifact for --explain, --trace or "
+                     f"--timeline (a free-mode run has no schedule to replay step by step)")
+    _check_out("--trace", a.trace)
+    _check_out("--timeline", a.timeline)
     if art.get("mode") == "free":  # nothing to replay step by step: rerun the seed every time asked, count hits
         rep = rerun_free(sc, art["seed"], bugs, (art.get("failure") or {}).get("class"), max(1, a.reruns), a.timeout,
                          art["granularity"])
         res = rep.first or rep.last
         assert res is not None
         res.reproduced = rep.rate
+    elif a.explain or a.trace or a.timeline or a.verbose:  # the same controlled replay, with per-step events
+        res, events = explainmod.recorded_replay(art, a.artifact, a.timeout, sc)
+        if a.verbose:  # one structured event each (JSON lines when stderr is not a terminal): searchable CI logs
+            for e in events:
+                log.info("replay.event", **e.to_dict())
     else:
         res = run_one(sc, art["seed"], art["strategy"], bugs, schedule=art["schedule_bytes"],
                       pct_depth=art.get("pct_depth"), timeout=a.timeout, granularity=art["granularity"])
     same, text = _replay_outcome(art, res)
+    x = explainmod.view.explain(events, res.failure or {}) if events is not None and res.failure else None
     log.info("replay", artifact=str(a.artifact), reproduced=same, verdict=res.verdict)
     if a.json:
         d: dict[str, Any] = {
@@ -381,12 +453,99 @@ def cmd_replay(a: argparse.Namespace) -> int:
         }
         if res.reproduced is not None:
             d["reproduced_rate"] = res.reproduced
+        if a.explain:
+            d["explain"] = x.to_dict() if x is not None else None
         print(json.dumps(d, sort_keys=True))
     else:
         if res.verdict == "failure":
             _print_failure(res, None)
         print(("  " if res.verdict == "failure" else "") + text)
+        if a.explain and x is not None:
+            print()
+            print("\n".join(explainmod.view.render(x)))
+        elif a.explain:
+            print("nothing to explain: the replay did not fail")
+    if events is not None:
+        _export(a, events, res)
     return EXIT_FAILURE if res.verdict == "failure" else EXIT_CLEAN
+
+
+def _check_out(option: str, path: str | None) -> None:
+    """Refuse, before any run, an output file that could not be written (exit status 2, naming the option)."""
+    if path is None:
+        return
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        _usage_error(f"{option} {path}: is a directory; expected a file path to write")
+    if not parent.is_dir() or not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        _usage_error(f"{option} {path}: cannot write there; expected a file path in a writable directory")
+
+
+def _export(a: argparse.Namespace, events: list[explainmod.Event], res: RunResult) -> None:
+    """--trace and --timeline of a recorded replay."""
+    title = f"{res.scenario} seed {res.seed}" + (f" ({', '.join(res.bugs)})" if res.bugs else "")
+    try:
+        if getattr(a, "trace", None):
+            explainmod.trace.write_trace(a.trace, explainmod.trace.chrome_trace(events, res.failure, title))
+            if not getattr(a, "json", False):
+                print(f"  trace:    {a.trace} (open it in https://ui.perfetto.dev or chrome://tracing)")
+        if getattr(a, "timeline", None):
+            explainmod.timeline.write_svg(a.timeline, events, res.failure or {}, title)
+            if not getattr(a, "json", False):
+                print(f"  timeline: {a.timeline}")
+    except OSError as e:
+        _usage_error(f"{e.filename}: cannot write it ({e.strerror}); expected a writable file path")
+
+
+# -- shrink -----------------------------------------------------------------------------------------------------
+def cmd_shrink(a: argparse.Namespace) -> int:
+    """Minimise an artifact's schedule and programs, write the shrunk artifact, prove that replay reproduces it."""
+    art = read_artifact(a.artifact)
+    if art.get("mode") == "free":
+        _usage_error(f"{a.artifact}: key 'mode': expected a controlled-mode artifact (a free-mode run has no "
+                     f"schedule to shrink)")
+    if not art.get("failure"):
+        _usage_error(f"{a.artifact}: key 'failure': expected a failing run's artifact (there is nothing to shrink)")
+    out = Path(a.out) if a.out else shrinkmod.shrunk_path(Path(a.artifact))
+    _check_out("--out", str(out))
+    _check_out("--trace", a.trace)
+    _check_out("--timeline", a.timeline)
+    t0 = time.monotonic()
+    shrinker = shrinkmod.Shrinker(art, Path(a.artifact), a.seconds, a.timeout,
+                                  log=lambda msg: log.info("shrink", progress=msg))
+    try:
+        first, best = shrinker.run()
+    except shrinkmod.ShrinkError as e:
+        _usage_error(f"{a.artifact}: {e}")
+    before, after = shrinker.size(first), shrinker.size(best)
+    took = time.monotonic() - t0
+    data = shrinkmod.shrunk_artifact(Path(a.artifact), best, before, after, took)
+    try:
+        out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    except OSError as e:
+        _usage_error(f"--out {out}: cannot write it ({e.strerror}); expected a writable file path")
+    shrunk = read_artifact(out)  # the proof: a strict replay of what was written reproduces the failure
+    res = run_one(artifact_scenario(out, shrunk), shrunk["seed"], shrunk["strategy"], sorted(shrunk["bugs"]),
+                  schedule=shrunk["schedule_bytes"], pct_depth=shrunk.get("pct_depth"), timeout=a.timeout,
+                  granularity=shrunk["granularity"])
+    same, text = _replay_outcome(shrunk, res)
+    if a.json:
+        print(json.dumps({"artifact": str(out), "from": str(a.artifact), "before": before.as_dict(),
+                          "after": after.as_dict(), "seconds": round(took, 1), "candidates": shrinker.runs,
+                          "reproduced": same, "outcome": text, "replay": replay_command(out)}, sort_keys=True))
+    else:
+        f = best.res.failure or {}
+        print(f"shrunk {f.get('class')} at {shrinkmod.site_of(f)} in {took:.1f} s ({shrinker.runs} candidate runs)")
+        print(f"  {'':<12}{'before':>8}{'after':>8}")
+        for k in ("steps", "preemptions", "tasks", "ops"):
+            print(f"  {k:<12}{getattr(before, k):>8}{getattr(after, k):>8}")
+        print(f"  artifact: {out}")
+        print(f"  replay:   {replay_command(out)}  ({text})")
+    if a.trace or a.timeline:
+        again, events = explainmod.recorded_replay(shrunk, out, a.timeout)
+        _export(a, events, again)
+    return EXIT_CLEAN if same else EXIT_FAILURE  # 1: the shrunk artifact did not replay (never expected)
 
 
 # -- listings ---------------------------------------------------------------------------------------------------
@@ -436,12 +595,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true",
                    help="print one machine-readable verdict: totals over every run, a list per scenario, the "
                         "failing run under 'failure'")
-    add_run_options(r, reruns=10, strategies=(*STRATEGIES, *SEARCHES))
+    add_run_options(r, reruns=10, searches=SEARCH_STRATEGIES)
     explore_cmd.add_bounded_options(r)
     r.add_argument("--cpu", type=argtypes.cpu, default=None,
                    help="CPU to pin the run's processes to (default: $KSMSTRESS_CPU, else the last allowed CPU)")
     r.add_argument("--hang-seconds", type=argtypes.positive_seconds, default=10.0,
                    help="free mode: no progress this long is a hang")
+    add_export_options(r)
     r.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("replay", help="replay a failure artifact and say whether the same failure recurs")
@@ -451,7 +611,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock seconds before 'hang'")
     p.add_argument("--reruns", type=argtypes.non_negative_int, default=10,
                    help="free-mode artifacts: reruns for the reproduction rate")
+    p.add_argument("--explain", action="store_true",
+                   help="print the interleaving as columns, one per task that matters, with call chains, lock "
+                        "operations and the failing object's count changes (with --json: the same rows)")
+    add_export_options(p)
     p.set_defaults(fn=cmd_replay)
+
+    k = sub.add_parser("shrink", help="minimise a failing artifact (preemptions, steps, programs) that replay "
+                                      "still reproduces")
+    k.add_argument("artifact", help="an artifact JSON file of a controlled-mode failure")
+    k.add_argument("--seconds", type=argtypes.positive_seconds, default=60.0, help="time budget for the search")
+    k.add_argument("--out", metavar="FILE", default=None,
+                   help="where to write the shrunk artifact (default: next to ARTIFACT, named ...-shrunk.json)")
+    k.add_argument("--json", action="store_true", help="print one machine-readable summary")
+    k.add_argument("--timeout", type=argtypes.positive_seconds, default=60.0,
+                   help="wall-clock seconds per candidate run before 'hang'")
+    add_export_options(k)
+    k.set_defaults(fn=cmd_shrink)
 
     soakmod.add_parser(sub)
     benchmod.add_parser(sub)
@@ -466,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_kernel_parser(sub)
     mutate.add_parser(sub)
+    coverage_command.add_parser(sub)
     return ap
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import callchain
+
 #: Every failure class the framework can report, with the one-line meaning shown by `ksmstress bugs` and docs.
 CLASSES: dict[str, str] = {
     "use-after-free": "an object was touched through a reference after it was freed (or its slot reused)",
@@ -58,6 +60,11 @@ class Failure(Exception):
 
     def __post_init__(self) -> None:
         super().__init__(f"{self.cls}: {self.message}")
+        # the raising task's kernel call chain, taken here because the stack unwinds before anyone reports it
+        self.chain = callchain.text()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"class": self.cls, "message": self.message, "details": self.details}
+        details = self.details
+        if self.chain and "chain" not in details:
+            details = {**details, "chain": self.chain}
+        return {"class": self.cls, "message": self.message, "details": details}

@@ -14,9 +14,9 @@ from .sched import DEFAULT_GRANULARITY, GRANULARITIES, STRATEGIES
 EXIT_CLEAN, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def add_run_options(p: argparse.ArgumentParser, reruns: int, strategies: tuple[str, ...] = STRATEGIES) -> None:
-    """--strategy (one of `strategies`), --pct-depth, --granularity, --bug, --artifacts, --timeout, --mode and
-    --reruns (default `reruns`)."""
+def add_run_options(p: argparse.ArgumentParser, reruns: int, searches: tuple[str, ...] = ()) -> None:
+    """--strategy, --pct-depth, --granularity, --bug, --artifacts, --timeout, --mode and --reruns (default
+    `reruns`); `searches`: the search strategies (sched.SEARCH_STRATEGIES) this command also offers."""
     p.add_argument(
         "--scenario-dir",
         action="append",
@@ -24,7 +24,15 @@ def add_run_options(p: argparse.ArgumentParser, reruns: int, strategies: tuple[s
         metavar="DIR",
         help=f"look for scenario names here before the shipped ones (repeatable; also ${ENV_DIRS})",
     )
-    p.add_argument("--strategy", choices=strategies, default="random", help="scheduling strategy (default: random)")
+    p.add_argument(
+        "--strategy",
+        choices=STRATEGIES + searches,
+        default="random",
+        help="scheduling strategy"
+        + (" (bounded: every schedule of --seed with at most --preemptions preemptions, fewest first; coverage: a "
+           "search over schedules guided by interleaving coverage)" if searches else "")
+        + " (default: random)",
+    )
     p.add_argument(
         "--pct-depth",
         type=argtypes.pct_depth,

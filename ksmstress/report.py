@@ -26,7 +26,7 @@ from . import __version__
 from .argtypes import SEED_BITS
 from .runner import MODES, RunResult
 from .scenario import Scenario, ScenarioError, load, parse
-from .sched import GRANULARITIES, SEARCHES, STRATEGIES
+from .sched import GRANULARITIES, SEARCH_STRATEGIES, STRATEGIES
 from .sched.pct import MAX_DEPTH
 from .tomltable import shown
 
@@ -100,6 +100,7 @@ def write_artifact(directory: Path, sc: Scenario, res: RunResult, pct_depth: int
         "mode": res.mode,
         "reproduced": res.reproduced,
         "pct_depth": pct_depth,
+        "pct_k": res.pct_k or None,  # informative: replay follows the schedule, a rerun estimates the same k
         "granularity": res.granularity,
         "bugs": res.bugs,
         "steps": res.steps,
@@ -164,8 +165,8 @@ def _check_fields(p: Path, data: dict[str, Any]) -> None:
         raise ArtifactError(f"{p}: key 'format': expected {ARTIFACT_FORMAT}, got {shown(data['format'])}")
     if not 0 <= data["seed"] < 1 << SEED_BITS:
         raise ArtifactError(f"{p}: key 'seed': expected a seed in [0, 2**{SEED_BITS}), got {shown(data['seed'])}")
-    if data["strategy"] not in (*STRATEGIES, *SEARCHES):
-        raise ArtifactError(f"{p}: key 'strategy': expected one of {', '.join((*STRATEGIES, *SEARCHES))}")
+    if data["strategy"] not in STRATEGIES + SEARCH_STRATEGIES:
+        raise ArtifactError(f"{p}: key 'strategy': expected one of {', '.join(STRATEGIES + SEARCH_STRATEGIES)}")
     if data.get("mode") not in (None, *MODES):
         raise ArtifactError(f"{p}: key 'mode': expected one of {', '.join(MODES)} or null")
     if not all(_printable(b, 64) for b in data["bugs"]):

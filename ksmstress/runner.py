@@ -15,7 +15,7 @@ import hashlib
 import os
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +26,11 @@ from . import actors, cpus, procs
 from .arena import SharedBlock
 from .bugs import validate
 from .checks import Detectors
+from .checks.accesslog import AccessLogState, AccessRecorder
 from .checks.disturbance import Disturbance, DisturbanceState
 from .checks.invariants import check_quiescence
 from .checks.lockdep import Lockdep, LockdepState
+from .checks.pairs import Pair, RunCoverage, pairs_of
 from .failures import Failure
 from .mm.mm import mm_alloc
 from .mm.state import G_MAX_REFCOUNT, G_MM_LIVE, G_PAGES_TO_SCAN, G_REFCOUNT_BITS, K, Sizes, State
@@ -37,6 +39,7 @@ from .sched import DEFAULT_GRANULARITY, make_strategy
 from .sched.chaos import ChaosPolicy
 from .sched.control import BLOCKED, CLEAN, FAILED, STEP, Control
 from .sched.free import FreeControl
+from .sched.pct import PctStrategy
 
 MODES = ("controlled", "free")  # controlled: one task at a time, replayable; free: all at once
 
@@ -59,8 +62,16 @@ class RunResult:
     mode: str = "controlled"
     reproduced: str | None = None  # free mode: "k/M" reruns of the seed that failed the same way
     granularity: str = DEFAULT_GRANULARITY  # where control could change hands (sched.GRANULARITIES)
+    contested: int = 0  # pct: the run's points with two or more runnable tasks (what k estimates); 0 otherwise
+    pct_k: int = 0  # pct: the k its change points were drawn from; 0 otherwise
     # the guided strategy: each step's runnable set, uint64 per step (sched.guided.decode_masks); else empty
     runnable: bytes = field(repr=False, default=b"")
+    coverage: RunCoverage | None = field(repr=False, default=None)  # interleaving pairs, when asked for
+
+    @property
+    def pairs(self) -> frozenset[Pair]:
+        """The run's interleaving pairs (checks.pairs); empty when the run did not record coverage."""
+        return self.coverage.pairs if self.coverage is not None else frozenset()
 
     @property
     def schedule_digest(self) -> str:
@@ -90,11 +101,12 @@ def sizes_for(sc: Scenario) -> Sizes:
 
 def _assemble(
     block: SharedBlock, st: State, ctl: Control, bugs: frozenset[str], hooks: Any = None,
-    granularity: str = DEFAULT_GRANULARITY,
+    granularity: str = DEFAULT_GRANULARITY, access_log: AccessLogState | None = None,
 ) -> K:
     """Lay out the arena, bind the model's state, the scheduler and lockdep to it, and make the kernel: the part
     a solo kernel and a run share. Default hooks are the detectors, with lockdep and the merge-completeness
-    bookkeeping on this arena."""
+    bookkeeping on this arena. With `access_log` (made on `block` before this), the kernel's shared accesses are
+    recorded into it (interleaving coverage)."""
     lds = LockdepState(block)
     dst = DisturbanceState(block)
     arrays = block.allocate()
@@ -102,6 +114,8 @@ def _assemble(
     ctl.bind(arrays)
     lds.bind(arrays)
     dst.bind(arrays)
+    if access_log is not None:
+        access_log.bind(arrays)
     hooks = Detectors() if hooks is None else hooks
     if isinstance(hooks, Detectors) and hooks.lockdep is None:
         hooks.lockdep = Lockdep(lds, st.locks, ctl.clock)
@@ -109,7 +123,16 @@ def _assemble(
         hooks.disturbance = Disturbance(dst, st, ctl)
     k = K(st, ctl, hooks, bugs, granularity)
     ctl.explain_deadlock = st.locks.explain
+    if access_log is not None:
+        AccessRecorder(access_log, k).install(k)
     return k
+
+
+def run_coverage(access_log: AccessLogState, st: State, ctl: Control) -> RunCoverage:
+    """The interleaving pairs of a finished run, from its access log (read in the runner, tasks gone)."""
+    kinds = ctl.kind.copy()
+    return pairs_of(access_log.rows(), access_log.lockset_table(),
+                    lambda tid: actors.KIND_NAMES.get(int(kinds[tid]), "task"), st.stamp.site, access_log.dropped)
 
 
 def solo_kernel(
@@ -201,17 +224,29 @@ def run_one(
     mode: str = "controlled",
     hang_seconds: float = 10.0,
     granularity: str | None = None,
+    pct_k: int | None = None,
     tail: str = "stay",
+    coverage: bool = False,
+    observe: Callable[[State, K, Control], None] | None = None,
 ) -> RunResult:
     """Run one seed of a scenario under the controlled scheduler and return its verdict. `granularity` None is the
-    scenario's ([sched] granularity). Under strategy `guided`, `schedule` is the prefix to follow and `tail` what
-    decides after it (sched/guided.py); under any other, a `schedule` is replayed."""
+    scenario's ([sched] granularity); `pct_k` None is the scenario's [pct] k, else estimated (pct_k_of). Under
+    strategy `guided`, `schedule` is the prefix to follow and `tail` what decides after it (sched/guided.py); under
+    any other, a `schedule` is replayed. `coverage`: record the run's shared accesses and return its interleaving
+    pairs (checks.pairs; controlled mode only). `observe(st, k, ctl)` runs once the run is assembled, before any
+    task exists: ksmstress.explain instruments (or swaps) that run's own instances there, so a normal run pays
+    nothing for it."""
     bugset = validate(list(bugs))
     gran = granularity if granularity is not None else sc.granularity
     procs.name_semaphores()
     strat_name = "replay" if schedule is not None and strategy != "guided" else strategy
     depth = pct_depth if pct_depth is not None else sc.pct_depth
-    strat = make_strategy(strat_name, depth=depth, steps=sc.pct_steps, schedule=schedule or b"", tail=tail)
+    change_k = 0  # pct: the contested points its change points are drawn from
+    if strat_name == "pct" and mode == "controlled":
+        change_k = pct_k or sc.pct_k or pct_k_of(sc, gran, timeout)
+    strat = make_strategy(strat_name, depth=depth, k=change_k, schedule=schedule or b"", tail=tail)
+    if coverage and mode != "controlled":
+        raise ValueError("interleaving coverage needs the controlled mode (one task at a time)")
     nsys = int(sc.ksmd) + int(sc.reclaim) + int(sc.admin_unmerge_every > 0)
     ntasks = nsys + sc.max_mm
     block = SharedBlock()
@@ -224,7 +259,10 @@ def run_one(
         ctl = Control(block, ntasks, sc.max_steps, strat, actors.KIND_NAMES)
     else:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    k = _assemble(block, st, ctl, bugset, granularity=gran)
+    alog = AccessLogState(block) if coverage else None
+    k = _assemble(block, st, ctl, bugset, granularity=gran, access_log=alog)
+    if observe is not None:
+        observe(st, k, ctl)
     st.g[G_PAGES_TO_SCAN] = sc.pages_to_scan
     st.g[G_REFCOUNT_BITS] = sc.refcount_bits
     if sc.ksmd:
@@ -313,6 +351,7 @@ def run_one(
         elif failure is None and ctl.outcome == CLEAN:
             leak = check_quiescence(st)
             failure = leak.to_dict() if leak else None
+        cov = run_coverage(alog, st, ctl) if alog is not None else None
     finally:
         gc.unfreeze()
         procs.kill_and_join(tasks)
@@ -333,8 +372,29 @@ def run_one(
         spawn_seconds=spawn_seconds,
         mode=mode,
         granularity=gran,
+        contested=strat.contested(ctl) if isinstance(strat, PctStrategy) else 0,
+        pct_k=change_k,
+        coverage=cov,
         runnable=ctl.runnable_masks(),
     )
+
+
+# PCT's k per (scenario, granularity), estimated once per process: warm-up runs are whole runs
+_PCT_K: dict[tuple[str, str], int] = {}
+PCT_WARMUP = 3  # warm-up runs: seeds 0..2, depth 1 (no change points), no bug variant
+
+
+def pct_k_of(sc: Scenario, granularity: str, timeout: float = 120.0) -> int:
+    """PCT's k for a scenario: the most contested points (two or more runnable tasks) in PCT_WARMUP depth-1 runs
+    of the faithful model. Fixed seeds and no variant make k a function of the scenario and granularity alone, so
+    a seed's PCT schedule is the same in every process and every front door (a rerun command needs no k); the
+    faithful model keeps a variant that fails early from shrinking k for the runs that follow."""
+    key = (repr(sc), granularity)
+    if key not in _PCT_K:
+        runs = [run_one(sc, seed, "pct", (), pct_depth=1, pct_k=1, timeout=timeout, granularity=granularity)
+                for seed in range(PCT_WARMUP)]
+        _PCT_K[key] = max(1, *(r.contested for r in runs))
+    return _PCT_K[key]
 
 
 def verdict_of(failure: dict[str, Any] | None) -> str:

@@ -74,7 +74,7 @@ class Scenario:
     reclaim_pause: int = 0  # [reclaim] pause: yields reclaim sleeps after each page (0: it never rests)
     admin_unmerge_every: int = 0
     pct_depth: int = 3
-    pct_steps: int = 4000
+    pct_k: int = 0  # [pct] k: contested points the change points are drawn from (0: runner.pct_k estimates it)
     chaos_yield: float = 0.05  # free mode: chance a scheduling point yields the CPU
     chaos_sleep: float = 0.01  # ... or sleeps up to chaos_sleep_us microseconds
     chaos_sleep_us: float = 50.0
@@ -154,6 +154,15 @@ def _task(path: str, i: int, data: Any, lim: _Limits) -> TaskCfg:
     return t
 
 
+def _pct_k(r: TableReader) -> int:
+    """[pct] k; the old key `steps` counted every scheduling point, which put most change points after the run's
+    end: it is refused by name rather than silently reinterpreted."""
+    if "steps" in r.data:
+        raise r.error(f"{r.path}: key '{r.key('steps')}': renamed to 'k', expected the number of points with two or "
+                      "more runnable tasks (0: estimated)")
+    return int(r.get("k", int, 0, 0, 100_000_000))
+
+
 def _granularity(r: TableReader) -> str:
     g = r.get("granularity", str, DEFAULT_GRANULARITY)
     if g not in GRANULARITIES:
@@ -208,7 +217,7 @@ def parse(text: str, path: str = "<string>") -> Scenario:
         reclaim_pause=rc.get("pause", int, 0, 0, 10_000_000),
         admin_unmerge_every=ad.get("unmerge_every", int, 0, 0, 10_000_000),
         pct_depth=p.get("depth", int, 3, 1, MAX_DEPTH),
-        pct_steps=p.get("steps", int, 4000, 1, 100_000_000),
+        pct_k=_pct_k(p),
         chaos_yield=ch.get("yield", float, 0.05, 0.0, 1.0),
         chaos_sleep=ch.get("sleep", float, 0.01, 0.0, 1.0),
         chaos_sleep_us=ch.get("sleep_us", float, 50.0, 0.0, 1_000_000.0),

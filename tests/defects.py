@@ -18,8 +18,8 @@ import pytest
 
 def edited(monkeypatch: pytest.MonkeyPatch, fn: Callable[..., Any], old: str, new: str) -> None:
     """Replace `fn` in its module by a copy whose source has `old` (which must occur exactly once) replaced."""
-    src = textwrap.dedent(inspect.getsource(fn))
+    src = textwrap.dedent(inspect.getsource(fn))  # with its @kfunc line: the copy keeps its call-chain frame
     assert src.count(old) == 1, f"{fn.__name__}: {old!r} occurs {src.count(old)} times"
     ns: dict[str, Any] = {}
-    exec(compile(src.replace(old, new), f"<{fn.__name__} with a defect>", "exec"), fn.__globals__, ns)  # noqa: S102
+    exec(compile(src.replace(old, new), f"<{fn.__name__} with a defect>", "exec"), inspect.unwrap(fn).__globals__, ns)  # noqa: S102
     monkeypatch.setattr(sys.modules[fn.__module__], fn.__name__, ns[fn.__name__])

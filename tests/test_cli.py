@@ -602,7 +602,7 @@ _TABLES = {
     "ksm": ["pages_to_scan", "refcount_bits"],
     "reclaim": ["enabled", "ksm_bias", "swap"],
     "admin": ["unmerge_every"],
-    "pct": ["depth", "steps"],
+    "pct": ["depth", "k"],
     "ksmd": ["enabled"],
 }
 _TASK_KEYS = ["count", "region", "patterns", "ops", "script", "child_script", "child_ops", "max_forks", "mergeable"]
@@ -798,8 +798,14 @@ def test_bench_reports_detection_and_throughput_as_json(capsys: pytest.CaptureFi
     assert code == 0
     d = json.loads(out)
     rows = d["detection"]
-    assert [r["strategy"] for r in rows] == ["random", "pct-d2", "pct-d3"]
+    assert [r["strategy"] for r in rows] == [
+        "random", "pct-d1", "pct-d2", "pct-d3", "bounded-c1", "bounded-c2", "coverage"]
     assert all(r["variant"] == "inverted-lock-order" and r["class_ok"] for r in rows)
+    for d_, r in enumerate(rows[1:4], 1):  # PCT rows carry the paper's bound from the n and k they ran with
+        assert r["n"] >= 2 and r["k"] >= 1 and r["bound"] == pytest.approx(1 / (r["n"] * r["k"] ** (d_ - 1)))
+    for r in rows[4:6]:  # one exploration each: found, with its preemption count, after some schedules
+        assert r["runs"] == 1 and r["schedules"] >= 1 and r["preemptions"] <= int(r["strategy"][-1])
+    assert rows[6]["runs"] == 5
     assert any(r["detections"] and r["classes"] == ["lockdep"] for r in rows)
     assert d["raw_handoffs_per_second"] > 0
     for name in ("random", "alternate"):

@@ -156,13 +156,13 @@ def test_fast_random_point_decides_as_the_strategy(
 def _numpy_pct_pick(s: PctStrategy, ctl: Control, runnable: list[int], current: int, step: int, yielding: bool) -> int:
     """PctStrategy.pick as it was written with numpy (the reference the memoryview version must equal)."""
     if current >= 0:
-        for i in range(int(ctl.strat[0])):
-            if int(ctl.strat[1 + i]) == step:
-                ctl.prio[current] = s.depth - 1 - i
-        if yielding:
-            others = (ctl.state != EXITED) & (np.arange(ctl.ntasks) != current)
-            if others.any():
-                ctl.prio[current] = int(ctl.prio[others].min()) - 1
+        others = (ctl.state != EXITED) & (np.arange(ctl.ntasks) != current)
+        change = False
+        if not yielding and len(runnable) > 1:
+            ctl.strat[17] += 1
+            change = int(ctl.strat[17]) in {int(ctl.strat[1 + i]) for i in range(int(ctl.strat[0]))}
+        if (yielding or change) and others.any():
+            ctl.prio[current] = int(ctl.prio[others].min()) - 1
     if len(runnable) == 1:
         return runnable[0]
     return runnable[int(np.argmax(ctl.prio[runnable]))]
@@ -179,19 +179,19 @@ def test_pct_pick_equals_the_numpy_reference() -> None:
             ctl.add_task(1)
         ctl.prng.seed(trial)
         depth = rng.randint(1, 5)
-        fast, ref = PctStrategy(depth=depth, steps=20), PctStrategy(depth=depth, steps=20)
+        fast, ref = PctStrategy(depth=depth, k=20), PctStrategy(depth=depth, k=20)
         fast.setup(ctl)
         for t in range(n):
             ctl.state[t] = rng.choice([RUNNABLE, RUNNABLE, EXITED, UNUSED])
         for step in range(1, 25):
             runnable = [t for t in range(n) if ctl.state[t] == RUNNABLE] or [0]
             current, yielding = rng.choice([-1, *range(n)]), rng.random() < 0.3
-            before = ctl.prio.copy()
+            before, count = ctl.prio.copy(), int(ctl.strat[17])
             want = _numpy_pct_pick(ref, ctl, runnable, current, step, yielding)
-            want_prio = ctl.prio.copy()
-            ctl.prio[:] = before
+            want_prio, want_count = ctl.prio.copy(), int(ctl.strat[17])
+            ctl.prio[:], ctl.strat[17] = before, count
             assert fast.pick(ctl, runnable, current, step, yielding) == want
-            assert (ctl.prio == want_prio).all()
+            assert (ctl.prio == want_prio).all() and int(ctl.strat[17]) == want_count
 
 
 def test_scenario_key_and_its_errors(tmp_path: Path) -> None:

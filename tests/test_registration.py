@@ -113,7 +113,7 @@ def test_ksmd_freeing_a_slot_but_keeping_the_flag(monkeypatch):
     edited(
         monkeypatch,
         ksm.scan_get_next_rmap_item,
-        'k.mmc.flags[k.mmc.deref(mref, "clear_bit")] &= ~MMF_VM_MERGEABLE',
+        "k.mmc.flags[mslot] &= ~MMF_VM_MERGEABLE",
         "pass",
     )
     k = make_kernel()

@@ -20,18 +20,37 @@ def _scenario(name: str):
     return load(os.path.join(SCEN, name if name.endswith(".toml") else f"{name}.toml"))
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_variant_is_caught_by_its_detector_in_its_scenario(variant):
+# PCT's known miss: the race needs ksmd stopped right after its unlocked decrement AND the unmapping task stopped
+# inside anon_vma_unlink, two change points at ~1-3 of k ~ 430 contested points each (depth 3: bound 1/(3*430^2));
+# measured 0/400 seeds at depth 3, 0/60 at depths 4-12, while random finds it in ~5% of seeds. Strict: the day
+# PCT finds it, this test says so.
+PCT_MISSES = {"unlocked-refcount-drop"}
+
+
+def _cases() -> list:
+    out = []
+    for variant in sorted(VARIANTS):
+        for strategy in ("random", "pct"):
+            marks = [pytest.mark.xfail(strict=True, reason="depth-3 window, see PCT_MISSES")] if (
+                strategy == "pct" and variant in PCT_MISSES) else []
+            out.append(pytest.param(variant, strategy, marks=marks, id=f"{variant}-{strategy}"))
+    return out
+
+
+@pytest.mark.parametrize(("variant", "strategy"), _cases())
+def test_variant_is_caught_by_its_detector_in_its_scenario(variant, strategy):
+    """Every catalogue variant, under random and under PCT (at the scenario's depth, k estimated): caught by its
+    own detector within 60 seeds."""
     v = VARIANTS[variant]
     sc = _scenario(v.scenario)
     classes = []
     for seed in range(60):
-        r = run_one(sc, seed, "random", [variant])
+        r = run_one(sc, seed, strategy, [variant])
         if r.failure:
             classes.append(r.failure["class"])
             if len(classes) == 3:
                 break
-    assert classes, f"{variant} never caught in 60 seeds"
+    assert classes, f"{variant} never caught in 60 seeds ({strategy})"
     assert set(classes) <= set(v.classes), classes
 
 

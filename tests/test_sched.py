@@ -62,19 +62,38 @@ def _ctl(n: int, strategy) -> Control:
 
 
 def test_pct_runs_the_highest_priority_and_change_points_lower_it():
-    s = PctStrategy(depth=3, steps=10)
+    s = PctStrategy(depth=3, k=10)
     ctl = _ctl(3, s)
     s.setup(ctl)
     top = int(np.argmax(ctl.prio))
-    assert s.pick(ctl, [0, 1, 2], top, 100, False) == top
-    cps = [int(x) for x in ctl.strat[1:3]]
+    cps = sorted(int(x) for x in ctl.strat[1:3])
     assert len(cps) == 2 and all(1 <= c <= 10 for c in cps)
-    s.pick(ctl, [0, 1, 2], top, cps[0], False)
+    for c in range(1, cps[0]):  # contested points before the first change point keep the top task running
+        assert s.pick(ctl, [0, 1, 2], top, 100 + c, False) == top
+    s.pick(ctl, [0, 1, 2], top, 500, False)
     assert ctl.prio[top] < min(ctl.prio[t] for t in range(3) if t != top)
 
 
+def test_pct_counts_only_points_with_a_choice():
+    """k counts contested points (two or more runnable): points with one runnable task neither count nor change a
+    priority, so the change points fall where a different priority can change the schedule."""
+    s = PctStrategy(depth=2, k=3)
+    ctl = _ctl(3, s)
+    s.setup(ctl)
+    cp = int(ctl.strat[1])
+    top = int(np.argmax(ctl.prio))
+    before = ctl.prio.copy()
+    for step in range(1, 50):  # only `top` runnable: no choice, no count, no change
+        assert s.pick(ctl, [top], top, step, False) == top
+    assert s.contested(ctl) == 0 and (ctl.prio == before).all()
+    for c in range(1, cp + 1):
+        s.pick(ctl, [0, 1, 2], top, 100 + c, False)
+    assert s.contested(ctl) == cp
+    assert ctl.prio[top] < min(before)
+
+
 def test_pct_yield_drops_below_every_other_live_task():
-    s = PctStrategy(depth=2, steps=1000)
+    s = PctStrategy(depth=2, k=1000)
     ctl = _ctl(3, s)
     s.setup(ctl)
     low = int(np.argmin(ctl.prio))
@@ -151,3 +170,58 @@ def test_prng_block_stream_is_splitmix64_across_block_boundaries():
     for i in range(2 * BLOCK + 3):
         state = (state + GOLDEN) & M64
         assert (p.below(1009) == mix64(state) % 1009) if i % 2 else (p.next64() == mix64(state)), i
+
+
+def test_pct_scenario_key_k_and_the_renamed_steps() -> None:
+    from ksmstress.scenario import ScenarioError, parse
+
+    assert parse("[pct]\nk = 40\n").pct_k == 40 and parse("").pct_k == 0
+    with pytest.raises(ScenarioError, match=r"key 'pct.steps': renamed to 'k'"):
+        parse("[pct]\nsteps = 4000\n")
+    with pytest.raises(ScenarioError, match=r"key 'pct.k': expected an integer"):
+        parse("[pct]\nk = -1\n")
+
+
+def test_pct_k_is_the_most_contested_points_of_the_warmup_runs() -> None:
+    """k comes from three depth-1 runs of the faithful model (seeds 0-2): not from the run under test, not from a
+    constant; a run under the estimate draws its change points within it and says which k it used."""
+    from ksmstress import runner
+    from ksmstress.scenario import load, resolve
+
+    sc = load(resolve(["scan-exit-race"])[0])
+    runner._PCT_K.clear()
+    warm = [runner.run_one(sc, s, "pct", pct_depth=1, pct_k=1) for s in range(runner.PCT_WARMUP)]
+    assert all(r.verdict == "clean" and 0 < r.contested <= r.steps for r in warm)
+    k = runner.pct_k_of(sc, sc.granularity)
+    assert k == max(r.contested for r in warm)
+    r = runner.run_one(sc, 11, "pct", pct_depth=3)
+    assert r.pct_k == k and r.contested > 0
+    runner._PCT_K.clear()  # another process estimates the same k, so a seed's schedule is the same there
+    assert runner.run_one(sc, 11, "pct", pct_depth=3).schedule_digest == r.schedule_digest
+    assert runner.run_one(sc, 11, "pct", pct_depth=3, pct_k=5).pct_k == 5
+
+
+def test_pct_depths_give_different_schedules() -> None:
+    """With change points drawn over the points that have a choice, within the run, each extra depth changes the
+    schedule (drawn over 4000 steps, depths 2, 3 and 8 gave one schedule for 5 of 6 seeds of seed-unmap-race)."""
+    from ksmstress.runner import run_one
+    from ksmstress.scenario import load, resolve
+
+    sc = load(resolve(["seed-unmap-race"])[0])
+    differ = 0
+    for seed in range(6):
+        digests = {run_one(sc, seed, "pct", pct_depth=d).schedule_digest for d in (2, 3, 8)}
+        differ += len(digests) == 3
+    assert differ >= 4
+
+
+def test_pct_change_point_goes_below_a_task_a_yield_lowered() -> None:
+    """Yields push priorities below every initial one; a change point must still lower, never raise, its task."""
+    s = PctStrategy(depth=2, k=1)
+    ctl = _ctl(3, s)
+    s.setup(ctl)
+    top = int(np.argmax(ctl.prio))
+    other = next(t for t in range(3) if t != top)
+    ctl.prio[other] = -100  # as after a run of yields
+    assert s.pick(ctl, [0, 1, 2], top, 1, False) != top  # contested point 1 is the change point
+    assert ctl.prio[top] < -100

@@ -14,6 +14,10 @@ from .traversal import TraversalCheck
 from .unmerge import unmerge_begin, unmerge_end
 
 
+def _not_recorded(k: Any, data: Any, index: int, write: int, site: str) -> None:
+    """shared_access outside coverage runs: nothing (checks.accesslog wraps it when coverage is on)."""
+
+
 class Detectors(TraversalCheck):
     """Every in-run detector behind the model's hook interface: traversal, lockdep, the kernel's lock rules
     (unlocked-access), counters, the invariants (ksm_refcount, mapcount, stale and writable-KSM ptes, the stable tree,
@@ -22,6 +26,7 @@ class Detectors(TraversalCheck):
 
     # the hot path: k.hooks.lock_rule(...) calls the check itself, no frame in between
     lock_rule = staticmethod(check_lock_rule)
+    shared_access = staticmethod(_not_recorded)
 
     def __init__(self, lockdep: Lockdep | None = None, disturbance: Disturbance | None = None) -> None:
         self.lockdep = lockdep

@@ -254,7 +254,8 @@ def _describe(t: Table, s: int) -> str:
         parts.append(", ".join(f"{f} {int(t.c[f][s])}" for f in t.TRACKED))
     info = t.alloc_info(s)
     if info:
-        parts.append(f"allocated by {info['task']} at step {info['step']} ({info['site']})")
+        through = f" in {info['chain']}" if info.get("chain") else ""
+        parts.append(f"allocated by {info['task']} at step {info['step']} ({info['site']}){through}")
     for f in t.TRACKED:
         refs = outstanding(t, s, f)
         if refs:

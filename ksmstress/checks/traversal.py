@@ -145,7 +145,8 @@ def describe_miss(k: K, m: int, addr: int, pref: int) -> dict[str, object]:
     return out
 
 
-def _miss_text(d: dict[str, object]) -> str:
+def miss_text(d: dict[str, object]) -> str:
+    """One missed pte as text: where it sits and which list it was missing from (reports print one per line)."""
     t = f"mm[{d['mm']}] address {d['address']}"
     if d["vma"] is None:
         return t + " (no vma covers it)"
@@ -211,7 +212,7 @@ class TraversalCheck:
             "traversal",
             f"{token.kind} of page[{ref_slot(token.page)}] by {who} returned at step {step} having visited "
             f"{len(kept)} pte(s) that map it without unmapping them: "
-            + "; ".join(_miss_text(describe_miss(k, mm, a, token.page)) for mm, a in kept[:4]),
+            + "; ".join(miss_text(describe_miss(k, mm, a, token.page)) for mm, a in kept[:32]),
             {
                 "walk": token.kind,
                 "page": ref_slot(token.page),
@@ -242,8 +243,8 @@ class TraversalCheck:
             "traversal",
             f"{token.kind} of page[{ref_slot(token.page)}] by {who} returned at step {step} leaving "
             f"{len(missed)} pte(s) that mapped it when the walk began unvisited (duty from the page tables): "
-            + "; ".join(_miss_text(d) for d in missed[:4])
-            + ("; ..." if len(missed) > 4 else ""),
+            + "; ".join(miss_text(d) for d in missed[:32])
+            + ("; ..." if len(missed) > 32 else ""),
             {
                 "walk": token.kind,
                 "page": ref_slot(token.page),
@@ -266,10 +267,11 @@ class TraversalCheck:
         if missed:
             m, addr = missed[0]
             step, who = k.ctl.clock()
+            every = "; ".join(f"mm[{mm}] address {a} ({token.expected[(mm, a)][1]})" for mm, a in missed)
             raise Failure(
                 "traversal",
                 f"{token.kind} of page[{ref_slot(token.page)}] by {who} returned at step {step} without visiting "
-                f"mm[{m}] address {addr} ({token.expected[(m, addr)][1]}), which maps it",
+                f"{len(missed)} pte(s) that map it: {every}",
                 {
                     "walk": token.kind,
                     "page": ref_slot(token.page),
@@ -277,7 +279,7 @@ class TraversalCheck:
                     "address": addr,
                     "step": step,
                     "task": who,
-                    "missed": [list(x) for x in missed],
+                    "missed": [[mm, a, token.expected[(mm, a)][1]] for mm, a in missed],  # pte and how it was due
                     "via": token.expected[(m, addr)][1],
                     "duty": "lists",
                 },

@@ -2,7 +2,8 @@
 
 The model never imports a detector: it calls these hooks at the moments a detector needs (a page freed, an rmap
 walk begun, a pte visited, a walk ended, a lock taken, a pte stored, an unmerge begun and returned, data that a
-kernel lock rule covers touched). `NoHooks` is the silent default, so the model runs alone in unit tests.
+kernel lock rule covers touched, shared data touched that no lock serialises). `NoHooks` is the silent default, so
+the model runs alone in unit tests.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ class Hooks(LockHooks, Protocol):
         (checks.lockrules) puts under lock `lid` (an rwsem and a change: held for write); `obj` and `sub` name
         the object in a report. Instrumentation, like every hook: `ksmstress mutate` leaves these calls alone."""
 
+    def shared_access(self, k: Any, data: Any, index: int, write: int, site: str) -> None:
+        """The running task reads (write 0) or changes (write 1) `data[index]` (a table column, or the frames:
+        a page's bytes) where no lock rule names the access: an atomic, a lockless lookup, a flag bit, the page
+        contents that the pte lock of one mapping does not serialise against ksmd. Interleaving coverage
+        (checks.accesslog) records it; every other run ignores it, so keep it a no-op call."""
+
 
 class NoHooks(NoLockHooks):
     """Hooks that hear nothing: the model on its own."""
@@ -93,4 +100,7 @@ class NoHooks(NoLockHooks):
         pass
 
     def lock_rule(self, k: Any, rule: str, lid: int, write: int, obj: int, site: str, sub: int = -1) -> None:
+        pass
+
+    def shared_access(self, k: Any, data: Any, index: int, write: int, site: str) -> None:
         pass

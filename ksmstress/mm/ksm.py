@@ -17,6 +17,7 @@ from __future__ import annotations
 import zlib
 
 from ..arena import ref_slot
+from ..callchain import kfunc
 from ..failures import Failure
 from . import memory, rmap
 from . import mm as _mm  # mm.py calls back into this module: bind names at call time
@@ -92,6 +93,7 @@ def _rmap_walk_passes(k: K) -> int:
 
 
 # -- anon_vma references (the commit under test) -------------------------------------------------------------
+@kfunc
 def hold_anon_vma(k: K, iref: int, avref: int) -> None:
     """Record the page's anon_vma in the rmap_item and take a reference (ksm_refcount++)."""
     i = k.ri.deref(iref, "hold_anon_vma")
@@ -111,6 +113,7 @@ def hold_anon_vma(k: K, iref: int, avref: int) -> None:
         k.g[G_MAX_REFCOUNT] = c
 
 
+@kfunc
 def drop_anon_vma(k: K, iref: int) -> None:
     """atomic_dec_and_lock(&ksm_refcount, &anon_vma->lock): the last reference frees an anon_vma whose vma list
     is already empty."""
@@ -120,6 +123,7 @@ def drop_anon_vma(k: K, iref: int) -> None:
     avref = k.ri.anon_vma[i]
     a = k.av.deref(avref, "drop_anon_vma")
     k.spoint("drop_anon_vma:atomic_add_unless")
+    k.hooks.shared_access(k, k.av.refcount, a, 1, "drop_anon_vma:atomic_add_unless")
     with k.guard:  # atomic_add_unless(-1, 1): not the last reference, no lock
         c = k.av.refcount[a]
         if c > 1:
@@ -182,6 +186,7 @@ def _hlist_del(k: K, iref: int) -> None:
     k.ri.hnext[i] = k.ri.hprev[i] = 0
 
 
+@kfunc
 def remove_node_from_stable_tree(k: K, nref: int) -> None:
     """A stale stable_node: un-count and un-reference its rmap_items (they stay linked), erase and free it."""
     # the hlist walked without the page lock: the KSM page is gone (get_ksm_page found it stale), so no rmap walk
@@ -199,6 +204,7 @@ def remove_node_from_stable_tree(k: K, nref: int) -> None:
     k.sn.free(nref, "free_stable_node")
 
 
+@kfunc
 def get_ksm_page(k: K, nref: int) -> int:
     """The stable node's KSM page with a reference taken, or 0 after pruning a stale node.
 
@@ -208,6 +214,8 @@ def get_ksm_page(k: K, nref: int) -> int:
     s = k.sn.kpfn[k.sn.deref(nref, "get_ksm_page")]
     pg = k.pg
     k.spoint("get_ksm_page")  # lockless: the page's mapping, flags and count, then get_page_unless_zero
+    k.hooks.shared_access(k, pg.mapping, s, 0, "get_ksm_page")
+    k.hooks.shared_access(k, pg.count, s, 1, "get_ksm_page")
     with k.guard:  # get_page_unless_zero, then the mapping recheck: one atomic step here (simplified)
         if pg.slot_live(s) and pg.mapping[s] == nref and pg.flags[s] & PG_KSM and pg.count[s] > 0:
             pg.count[s] += 1
@@ -236,16 +244,22 @@ def stable_tree_append(k: K, iref: int, nref: int) -> None:
 
 
 def memcmp_pages(k: K, a: int, b: int) -> int:
-    fa = k.st.frames[k.pg.deref(a, "memcmp_pages")].tobytes()
-    fb = k.st.frames[k.pg.deref(b, "memcmp_pages")].tobytes()
+    sa, sb = k.pg.deref(a, "memcmp_pages"), k.pg.deref(b, "memcmp_pages")
+    k.hooks.shared_access(k, k.st.frames, sa, 0, "memcmp_pages")
+    k.hooks.shared_access(k, k.st.frames, sb, 0, "memcmp_pages")
+    fa = k.st.frames[sa].tobytes()
+    fb = k.st.frames[sb].tobytes()
     return (fa > fb) - (fa < fb)
 
 
 def calc_checksum(k: K, pref: int) -> int:
     """jhash2 of the page in the kernel; crc32 here (only equality over time matters)."""
-    return zlib.crc32(k.st.frames[k.pg.deref(pref, "calc_checksum")].tobytes())
+    s = k.pg.deref(pref, "calc_checksum")
+    k.hooks.shared_access(k, k.st.frames, s, 0, "calc_checksum")  # without the page lock: the page may be written
+    return zlib.crc32(k.st.frames[s].tobytes())
 
 
+@kfunc
 def stable_tree_search(k: K, pref: int) -> int:
     s = k.pg.deref(pref, "stable_tree_search")
     k.spoint_unless(k.page_lock(s), "stable_tree_search:PageKsm")
@@ -266,6 +280,7 @@ def stable_tree_search(k: K, pref: int) -> int:
     return 0
 
 
+@kfunc
 def stable_tree_insert(k: K, kpref: int) -> int:
     tree = stable_tree(k)
     parent, go_left, node = 0, False, tree.root
@@ -296,6 +311,7 @@ def set_page_stable_node(k: K, s: int, nref: int) -> None:
 
 
 # -- removing rmap_items -------------------------------------------------------------------------------------
+@kfunc
 def remove_rmap_item_from_tree(k: K, iref: int) -> None:
     i = k.ri.deref(iref, "remove_rmap_item_from_tree")
     flags = k.ri.flags[i]
@@ -346,6 +362,7 @@ def _set_rl(k: K, kind: int, ref: int, val: int) -> None:
         k.ri.rmap_next[k.ri.deref(ref, "rmap_list")] = val
 
 
+@kfunc
 def remove_trailing_rmap_items(k: K, kind: int, ref: int) -> None:
     while True:
         iref = _get_rl(k, kind, ref)
@@ -357,6 +374,7 @@ def remove_trailing_rmap_items(k: K, kind: int, ref: int) -> None:
 
 
 # -- breaking COW --------------------------------------------------------------------------------------------
+@kfunc
 def break_ksm(k: K, vref: int, addr: int) -> int:
     """Fault a write on a KSM page until the pte no longer maps one (the caller holds mmap_sem).
 
@@ -389,6 +407,7 @@ def _vma_for_item(k: K, m: int, addr: int, site: str) -> int:
     return vref
 
 
+@kfunc
 def break_cow(k: K, iref: int) -> None:
     """Undo a merge: drop the rmap_item's anon_vma reference first, then break COW at its address."""
     i = k.ri.deref(iref, "break_cow")
@@ -419,6 +438,7 @@ def get_mergeable_page(k: K, iref: int) -> int:
 
 
 # -- merging -------------------------------------------------------------------------------------------------
+@kfunc
 def write_protect_page(k: K, vref: int, pref: int) -> tuple[int, tuple[int, int]]:
     """Make the page's pte read-only, refusing if someone holds an extra reference (O_DIRECT, GUP, reclaim).
 
@@ -445,6 +465,7 @@ def write_protect_page(k: K, vref: int, pref: int) -> tuple[int, tuple[int, int]
     return err, (ref, 0)
 
 
+@kfunc
 def replace_page(k: K, vref: int, pref: int, kpref: int, orig: tuple[int, int], check: bool = True) -> int:
     """Point the pte that maps `page` (and still equals orig_pte) at the KSM page `kpage`."""
     v = k.vm.deref(vref, "replace_page")
@@ -467,6 +488,7 @@ def replace_page(k: K, vref: int, pref: int, kpref: int, orig: tuple[int, int], 
     return 0
 
 
+@kfunc
 def try_to_merge_one_page(k: K, vref: int, pref: int, kpref: int) -> int:
     """Merge `page` into `kpage`; with kpage 0, make `page` itself a KSM page (no allocation, as 2.6.33)."""
     if pref == kpref:  # ksm page forked
@@ -495,6 +517,7 @@ def try_to_merge_one_page(k: K, vref: int, pref: int, kpref: int) -> int:
     return err
 
 
+@kfunc
 def try_to_merge_with_ksm_page(k: K, iref: int, pref: int, kpref: int) -> int:
     i = k.ri.deref(iref, "try_to_merge_with_ksm_page")
     mref, addr = k.ri.mm[i], k.ri.address[i]
@@ -516,6 +539,7 @@ def try_to_merge_with_ksm_page(k: K, iref: int, pref: int, kpref: int) -> int:
     return err
 
 
+@kfunc
 def try_to_merge_two_pages(k: K, iref: int, pref: int, tiref: int, tpref: int) -> int:
     err = try_to_merge_with_ksm_page(k, iref, pref, 0)
     if not err:
@@ -525,6 +549,7 @@ def try_to_merge_two_pages(k: K, iref: int, pref: int, tiref: int, tpref: int) -
     return 0 if err else pref
 
 
+@kfunc
 def unstable_tree_search_insert(k: K, iref: int, pref: int) -> tuple[int, int]:
     tree = unstable_tree(k)
     parent, go_left, node = 0, False, tree.root
@@ -555,6 +580,7 @@ def _window_close(k: K, kind: str, iref: int) -> None:
     k.hooks.window_close(k, kind, ref_slot(k.ri.mm[i]), k.ri.address[i])
 
 
+@kfunc
 def cmp_and_merge_page(k: K, pref: int, iref: int) -> None:
     remove_rmap_item_from_tree(k, iref)
     kpage = stable_tree_search(k, pref)
@@ -669,6 +695,7 @@ def get_next_rmap_item(k: K, sref: int, kind: int, ref: int, addr: int) -> int:
     return iref
 
 
+@kfunc
 def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
     """The next (rmap_item, page) of the scan, or (0, 0) at the end of a full pass (seqnr++)."""
     g = k.g
@@ -734,7 +761,9 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
             k.locks.unlock(k.ksm_mmlist_lock, "scan_get_next_rmap_item")
             k.ms.free(sref, "free_mm_slot")
             k.spoint("clear_bit(MMF_VM_MERGEABLE)")
-            k.mmc.flags[k.mmc.deref(mref, "clear_bit")] &= ~MMF_VM_MERGEABLE
+            mslot = k.mmc.deref(mref, "clear_bit")
+            k.hooks.shared_access(k, k.mmc.flags, mslot, 1, "scan_get_next_rmap_item:clear_bit")
+            k.mmc.flags[mslot] &= ~MMF_VM_MERGEABLE
             if sem:
                 k.locks.up_read(k.mmap_sem(m), "scan_get_next_rmap_item")
             _mm.mmdrop(k, mref, "scan_get_next_rmap_item")
@@ -754,6 +783,7 @@ def in_stable_tree(k: K, iref: int) -> bool:
     return bool(k.ri.flags[k.ri.deref(iref, "in_stable_tree")] & STABLE_FLAG)
 
 
+@kfunc
 def ksm_do_scan(k: K, scan_npages: int) -> None:
     k.hooks.lock_rule(k, "ksm_do_scan", k.ksm_thread_mutex, 2, 0, "ksm_do_scan")
     for _ in range(scan_npages):
@@ -779,6 +809,7 @@ def ksmd_should_run(k: K) -> bool:
 
 
 # -- madvise, fork, exit -------------------------------------------------------------------------------------
+@kfunc
 def unmerge_ksm_pages(k: K, vref: int, start: int, end: int) -> int:
     """break_ksm over [start, end). Simplified: no signal_pending() / -ERESTARTSYS (model tasks get no signals)."""
     v = k.vm.deref(vref, "unmerge_ksm_pages")
@@ -792,6 +823,7 @@ def unmerge_ksm_pages(k: K, vref: int, start: int, end: int) -> int:
     return 0
 
 
+@kfunc
 def ksm_madvise(k: K, vref: int, advice: int) -> int:
     """MADV_MERGEABLE registers the mm with ksmd; MADV_UNMERGEABLE breaks every KSM page of the vma.
 
@@ -803,7 +835,9 @@ def ksm_madvise(k: K, vref: int, advice: int) -> int:
         if k.vm.flags[v] & VM_MERGEABLE:
             return 0
         mref = k.vm.mm[v]
-        if not k.mmc.flags[k.mmc.deref(mref, "ksm_madvise")] & MMF_VM_MERGEABLE:
+        mslot = k.mmc.deref(mref, "ksm_madvise")
+        k.hooks.shared_access(k, k.mmc.flags, mslot, 0, "ksm_madvise:test_bit")
+        if not k.mmc.flags[mslot] & MMF_VM_MERGEABLE:
             __ksm_enter(k, mref)
         _mm.set_vm_flags(k, ref_slot(mref), vref, k.vm.flags[v] | VM_MERGEABLE, "ksm_madvise")
         return 0
@@ -819,6 +853,7 @@ def ksm_madvise(k: K, vref: int, advice: int) -> int:
     return 0
 
 
+@kfunc
 def __ksm_enter(k: K, mref: int) -> None:  # noqa: N807 - the kernel's name
     """Register the mm with ksmd; its mmap_sem is held for write (madvise, or dup_mmap for the child)."""
     k.hooks.lock_rule(k, "ksm_enter", k.mmap_sem(ref_slot(mref)), 1, ref_slot(mref), "__ksm_enter")
@@ -833,10 +868,12 @@ def __ksm_enter(k: K, mref: int) -> None:  # noqa: N807 - the kernel's name
     k.locks.unlock(k.ksm_mmlist_lock, "__ksm_enter")
     m = k.mmc.deref(mref, "__ksm_enter")
     k.spoint("__ksm_enter:set_bit")
+    k.hooks.shared_access(k, k.mmc.flags, m, 1, "__ksm_enter:set_bit")
     k.mmc.flags[m] |= MMF_VM_MERGEABLE
     k.atomic_add(k.mmc.mmcount, m, 1, "__ksm_enter")
 
 
+@kfunc
 def __ksm_exit(k: K, mref: int) -> None:  # noqa: N807
     """Free the mm_slot now if ksmd holds nothing for it; else leave that to ksmd, after an mmap_sem handshake
     that waits out any ksmd pass already inside this mm."""
@@ -857,24 +894,33 @@ def __ksm_exit(k: K, mref: int) -> None:  # noqa: N807
     if easy_to_free:
         k.ms.free(sref, "free_mm_slot")
         k.spoint("clear_bit(MMF_VM_MERGEABLE)")
-        k.mmc.flags[k.mmc.deref(mref, "__ksm_exit")] &= ~MMF_VM_MERGEABLE
+        mslot = k.mmc.deref(mref, "__ksm_exit")
+        k.hooks.shared_access(k, k.mmc.flags, mslot, 1, "__ksm_exit:clear_bit")
+        k.mmc.flags[mslot] &= ~MMF_VM_MERGEABLE
         _mm.mmdrop(k, mref, "__ksm_exit")
     elif sref:
         k.locks.down_write(k.mmap_sem(m), "__ksm_exit")
         k.locks.up_write(k.mmap_sem(m), "__ksm_exit")
 
 
+@kfunc
 def ksm_exit(k: K, mref: int) -> None:
-    if k.mmc.flags[k.mmc.deref(mref, "ksm_exit")] & MMF_VM_MERGEABLE:
+    m = k.mmc.deref(mref, "ksm_exit")
+    k.hooks.shared_access(k, k.mmc.flags, m, 0, "ksm_exit:test_bit")
+    if k.mmc.flags[m] & MMF_VM_MERGEABLE:
         __ksm_exit(k, mref)
 
 
+@kfunc
 def ksm_fork(k: K, mref: int, oldref: int) -> None:
-    if k.mmc.flags[k.mmc.deref(oldref, "ksm_fork")] & MMF_VM_MERGEABLE:
+    old = k.mmc.deref(oldref, "ksm_fork")
+    k.hooks.shared_access(k, k.mmc.flags, old, 0, "ksm_fork:test_bit")
+    if k.mmc.flags[old] & MMF_VM_MERGEABLE:
         __ksm_enter(k, mref)
 
 
 # -- run=2 ---------------------------------------------------------------------------------------------------
+@kfunc
 def unmerge_and_remove_all_rmap_items(k: K) -> int:
     k.hooks.lock_rule(k, "unmerge_all", k.ksm_thread_mutex, 2, 0, "unmerge_and_remove_all_rmap_items")
     g = k.g
@@ -906,6 +952,7 @@ def unmerge_and_remove_all_rmap_items(k: K) -> int:
             k.locks.unlock(k.ksm_mmlist_lock, "unmerge_and_remove_all_rmap_items")
             k.ms.free(sref, "free_mm_slot")
             k.spoint("clear_bit(MMF_VM_MERGEABLE)")
+            k.hooks.shared_access(k, k.mmc.flags, m, 1, "unmerge_and_remove_all_rmap_items:clear_bit")
             k.mmc.flags[m] &= ~MMF_VM_MERGEABLE
             k.locks.up_read(k.mmap_sem(m), "unmerge_and_remove_all_rmap_items")
             _mm.mmdrop(k, mref, "unmerge_and_remove_all_rmap_items")
@@ -917,6 +964,7 @@ def unmerge_and_remove_all_rmap_items(k: K) -> int:
     return 0
 
 
+@kfunc
 def run_store(k: K, value: int) -> None:
     """echo VALUE > /sys/kernel/mm/ksm/run, in the writer's context, under ksm_thread_mutex."""
     k.locks.lock(k.ksm_thread_mutex, "run_store")
@@ -929,6 +977,7 @@ def run_store(k: K, value: int) -> None:
     k.locks.unlock(k.ksm_thread_mutex, "run_store")
 
 
+@kfunc
 def prune_stale_stable_nodes(k: K) -> None:
     """Visit every stable node with get_ksm_page, pruning the stale ones.
 
@@ -954,6 +1003,7 @@ def _walk_items(k: K, pref: int, site: str) -> tuple[int, list[int]]:
     return nref, (_hlist(k, nref, site) if nref else [])
 
 
+@kfunc
 def try_to_unmap_ksm(k: K, pref: int, swap: int) -> int:
     """Unmap every pte of a locked KSM page: pass 0 visits the vma of each rmap_item's own mm, pass 1 the
     covering vmas of other mms (forked since ksmd gave the rmap_item)."""
@@ -991,6 +1041,7 @@ def try_to_unmap_ksm(k: K, pref: int, swap: int) -> int:
     return ret
 
 
+@kfunc
 def page_referenced_ksm(k: K, pref: int) -> int:
     nref, items = _walk_items(k, pref, "page_referenced_ksm")
     if not nref:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..arena import ref_slot
+from ..callchain import kfunc
 from ..failures import Failure
 from . import rmap
 from .state import G_SWAPIN_HELD, PG_ANON, PG_KSM, PTE_NONE, PTE_PRESENT, PTE_SWAP, K, mk_pte, pte_decode
@@ -45,6 +46,7 @@ def get_page_unless_zero(k: K, s: int) -> int:
     """A reference on the page in frame s if it is still allocated (an LRU isolate of a page that may be freed
     concurrently); 0 if it is gone."""
     k.spoint("get_page_unless_zero")
+    k.hooks.shared_access(k, k.pg.count, s, 1, "get_page_unless_zero")
     with k.guard:
         if not k.pg.slot_live(s) or k.pg.count[s] <= 0:
             return 0
@@ -69,6 +71,7 @@ def put_page(k: K, pref: int, site: str) -> None:
         # page still carries its flags and mapping, so a lockless lookup (get_page_unless_zero, get_ksm_page) can
         # find it here and must be refused by its count test
         k.spoint("__put_single_page")
+        k.hooks.shared_access(k, k.pg.flags, s, 1, "__put_single_page")
         k.pg.flags[s] = 0
         k.pg.mapping[s] = 0  # free_hot_cold_page clears an anon page's mapping: get_ksm_page relies on it
         k.pg.mapcount[s] = 0
@@ -158,6 +161,7 @@ def follow_page(k: K, m: int, addr: int, site: str) -> int:
 
 
 # -- faults --------------------------------------------------------------------------------------------------
+@kfunc
 def handle_mm_fault(k: K, m: int, vref: int, addr: int, write: bool) -> int:
     """Resolve a fault at addr of mm m inside vma vref; the caller holds mmap_sem for read."""
     ptl = k.ptl(m)
@@ -175,6 +179,7 @@ def handle_mm_fault(k: K, m: int, vref: int, addr: int, write: bool) -> int:
     return VM_FAULT_WRITE if w else 0
 
 
+@kfunc
 def do_anonymous_page(k: K, m: int, vref: int, addr: int) -> int:
     """First touch: a zeroed page mapped writable (simplified: read faults also allocate, no ZERO_PAGE)."""
     rmap.anon_vma_prepare(k, vref)
@@ -191,6 +196,7 @@ def do_anonymous_page(k: K, m: int, vref: int, addr: int) -> int:
     return VM_FAULT_WRITE
 
 
+@kfunc
 def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
     """Write to a write-protected present pte; called with the pte lock held, returns with it released.
 
@@ -213,7 +219,9 @@ def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
     rmap.anon_vma_prepare(k, vref)
     new = alloc_page(k, "do_wp_page:cow")
     ns = ref_slot(new)
-    k.st.frames[ns, :] = k.st.frames[k.pg.deref(old, "cow_user_page"), :]
+    os_ = k.pg.deref(old, "cow_user_page")
+    k.hooks.shared_access(k, k.st.frames, os_, 0, "cow_user_page")
+    k.st.frames[ns, :] = k.st.frames[os_, :]
     k.locks.lock(ptl, "do_wp_page:relock")
     ret = 0
     kind, cur, _w = pte_get(k, m, addr)
@@ -243,6 +251,7 @@ def reuse_swap_page(k: K, s: int) -> bool:
     return page_mapcount(k, s) <= 1
 
 
+@kfunc
 def do_swap_page(k: K, m: int, vref: int, addr: int, write: bool, sref: int) -> int:
     """Fault swap entry `sref` back in: handle_mm_fault read it from the pte (orig_pte) and let the pte lock go.
 
@@ -279,6 +288,7 @@ def swapcache_prepare(k: K, sref: int) -> bool:
     check and the increment are one atomic step, as in get_page_unless_zero."""
     ss = ref_slot(sref)
     k.spoint("swapcache_prepare")
+    k.hooks.shared_access(k, k.st.swap.count, ss, 1, "swapcache_prepare")
     with k.guard:
         if not k.st.swap.is_live(sref) or k.st.swap.count[ss] <= 0:
             return False
@@ -311,6 +321,7 @@ def swap_free(k: K, sref: int, site: str) -> None:
 
 
 # -- fork and unmap ------------------------------------------------------------------------------------------
+@kfunc
 def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
     """copy_one_pte for every pte of vma: anon and KSM ptes are shared read-only (COW), mapcount++ and a page
     reference each; swap entries get one more swap count. No rmap_item is made: ksmd has not seen the child."""
@@ -341,6 +352,7 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
     k.locks.unlock(dst_ptl, "copy_pte_range")
 
 
+@kfunc
 def zap_pte_range(k: K, m: int, start: int, end: int) -> None:
     """Unmap [start, end) of mm m: every present pte drops its mapcount and page reference."""
     ptl = k.ptl(m)
@@ -363,16 +375,21 @@ def cpu_store(k: K, m: int, addr: int, ref: int, data: np.ndarray) -> None:
     """The CPU's store of a page through the pte of mm m at addr, which maps `ref`: under that pte lock (lock rule
     "user-access", deviation 16), so no pte change (and its TLB flush) comes between the translation and the store."""
     k.hooks.lock_rule(k, "user-access", k.ptl(m), 1, m, "user_write", addr)
-    k.st.frames[k.pg.deref(ref, "user_write"), :] = data
+    s = k.pg.deref(ref, "user_write")
+    k.hooks.shared_access(k, k.st.frames, s, 1, "user_write")  # the page's bytes: ksmd reads them unlocked
+    k.st.frames[s, :] = data
 
 
 def cpu_load(k: K, m: int, addr: int, ref: int) -> np.ndarray:
     """The CPU's load of a page through the pte of mm m at addr, which maps `ref`: under that pte lock, as
     cpu_store."""
     k.hooks.lock_rule(k, "user-access", k.ptl(m), 0, m, "user_read", addr)
-    return k.st.frames[k.pg.deref(ref, "user_read"), :].copy()
+    s = k.pg.deref(ref, "user_read")
+    k.hooks.shared_access(k, k.st.frames, s, 0, "user_read")
+    return k.st.frames[s, :].copy()
 
 
+@kfunc
 def user_write(k: K, m: int, addr: int, data: np.ndarray) -> bool:
     """A store of a whole page from user space; False is SIGSEGV (no vma).
 
@@ -394,6 +411,7 @@ def user_write(k: K, m: int, addr: int, data: np.ndarray) -> bool:
             return False
 
 
+@kfunc
 def user_read(k: K, m: int, addr: int) -> np.ndarray | None:
     """A load of a whole page from user space; None is SIGSEGV (no vma)."""
     from . import mm as mmmod

@@ -7,6 +7,7 @@ Simplifications: no vma merging (vma_merge) on mmap or madvise; rlimits are a fi
 from __future__ import annotations
 
 from ..arena import ref_slot
+from ..callchain import kfunc
 from ..failures import Failure
 from . import ksm, memory, rmap
 from .state import PTE_NONE, VM_MERGEABLE, K, mk_pte
@@ -43,6 +44,7 @@ def mmdrop(k: K, mref: int, site: str) -> None:
         k.mmc.free(mref, site)
 
 
+@kfunc
 def mmput(k: K, mref: int) -> None:
     """The last user is gone: ksm_exit (with its mmap_sem handshake), then exit_mmap, then mmdrop."""
     m = k.mmc.deref(mref, "mmput")
@@ -52,6 +54,7 @@ def mmput(k: K, mref: int) -> None:
         mmdrop(k, mref, "mmput")
 
 
+@kfunc
 def exit_mmap(k: K, mref: int) -> None:
     """Tear down every vma: zap all ptes first (unmap_vmas), then unlink and free each vma (free_pgtables)."""
     m = k.mmc.deref(mref, "exit_mmap")
@@ -144,6 +147,7 @@ def _unlink_vma(k: K, m: int, vref: int) -> None:
         k.mmc.mmap[m] = nxt
 
 
+@kfunc
 def mmap_region(k: K, mref: int, start: int, npages: int, flags: int) -> int:
     """Map anonymous private memory [start, start+npages); the caller holds mmap_sem for write. 0 on failure."""
     m = k.mmc.deref(mref, "mmap_region")
@@ -163,6 +167,7 @@ def mmap_region(k: K, mref: int, start: int, npages: int, flags: int) -> int:
     return vref
 
 
+@kfunc
 def split_vma(k: K, m: int, vref: int, addr: int) -> int:
     """Split vma at addr: it keeps [start, addr), a new vma (same anon_vma, same flags) takes [addr, end).
 
@@ -190,6 +195,7 @@ def split_vma(k: K, m: int, vref: int, addr: int) -> int:
     return nref
 
 
+@kfunc
 def do_munmap(k: K, mref: int, start: int, end: int) -> bool:
     """Unmap [start, end): split the edge vmas, detach, zap their ptes, unlink from anon_vma, free.
 
@@ -223,6 +229,7 @@ def do_munmap(k: K, mref: int, start: int, end: int) -> bool:
 
 
 # -- fork ----------------------------------------------------------------------------------------------------
+@kfunc
 def dup_mmap(k: K, oldref: int) -> int:
     """fork(): a new mm whose vmas copy the parent's, join the same anon_vmas, and share its pages COW.
 
@@ -251,6 +258,7 @@ def dup_mmap(k: K, oldref: int) -> int:
 
 
 # -- syscalls as a user task issues them ---------------------------------------------------------------------
+@kfunc
 def sys_mmap(k: K, mref: int, start: int, npages: int, flags: int) -> int:
     m = k.mmc.deref(mref, "sys_mmap")
     k.locks.down_write(k.mmap_sem(m), "sys_mmap")
@@ -259,6 +267,7 @@ def sys_mmap(k: K, mref: int, start: int, npages: int, flags: int) -> int:
     return vref
 
 
+@kfunc
 def sys_munmap(k: K, mref: int, start: int, end: int) -> bool:
     m = k.mmc.deref(mref, "sys_munmap")
     k.locks.down_write(k.mmap_sem(m), "sys_munmap")
@@ -267,6 +276,7 @@ def sys_munmap(k: K, mref: int, start: int, end: int) -> bool:
     return ok
 
 
+@kfunc
 def sys_madvise(k: K, mref: int, start: int, end: int, advice: int) -> int:
     """MADV_MERGEABLE / MADV_UNMERGEABLE over [start, end) under mmap_sem (write). As madvise_behavior does, a vma
     whose flags change is split at the range's edges first, so only the range changes; -ENOMEM when a split

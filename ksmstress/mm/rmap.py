@@ -8,6 +8,7 @@ anon_vma is freed only when its vma list is empty and, since db114b83ab, its ksm
 from __future__ import annotations
 
 from ..arena import ref_slot
+from ..callchain import kfunc
 from ..failures import Failure
 from .state import K
 
@@ -72,12 +73,14 @@ def anon_vma_alloc(k: K) -> int:
     return k.av.alloc("anon_vma_alloc")
 
 
+@kfunc
 def anon_vma_free(k: K, avref: int, site: str) -> None:
     """kmem_cache_free to a SLAB_DESTROY_BY_RCU cache: the lock word stays valid, so a page_lock_anon_vma that
     raced with this free may still hold it."""
     k.av.free(avref, site)
 
 
+@kfunc
 def anon_vma_prepare(k: K, vref: int) -> None:
     """Give a vma its anon_vma on first fault (simplified: never reuses a neighbour's via find_mergeable)."""
     v = k.vm.deref(vref, "anon_vma_prepare")
@@ -103,6 +106,7 @@ def anon_vma_prepare(k: K, vref: int) -> None:
         anon_vma_free(k, avref, "anon_vma_prepare:raced")
 
 
+@kfunc
 def anon_vma_link(k: K, vref: int) -> None:
     """Add a new vma (a fork's copy, or a split's second half) to its anon_vma's list."""
     v = k.vm.deref(vref, "anon_vma_link")
@@ -115,6 +119,7 @@ def anon_vma_link(k: K, vref: int) -> None:
     k.locks.unlock(k.av_lock(a), "anon_vma_link")
 
 
+@kfunc
 def anon_vma_unlink(k: K, vref: int) -> None:
     """munmap / exit: take the vma off its anon_vma; free the anon_vma if the list is empty and unreferenced."""
     v = k.vm.deref(vref, "anon_vma_unlink")
@@ -174,6 +179,7 @@ def page_mapped(k: K, s: int) -> bool:
 
 
 # -- rmap walks ----------------------------------------------------------------------------------------------
+@kfunc
 def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, swap: int, token: object) -> int:
     """Replace the pte mapping `page` at addr in vma's mm by a swap entry (page_check_address + unmap)."""
     from . import memory
@@ -188,7 +194,9 @@ def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, swap: int, token: ob
         ss = k.st.swap.deref(swap, "try_to_unmap_one:swap_duplicate")
         # the bytes as they are once this pte is gone (the kernel writes back the dirty page after unmapping;
         # a page mapped more than once is read-only everywhere, so every pte converted sees the same bytes)
-        k.st.swapdata[ss, :] = k.st.frames[k.pg.deref(pref, "try_to_unmap_one"), :]
+        ps = k.pg.deref(pref, "try_to_unmap_one")
+        k.hooks.shared_access(k, k.st.frames, ps, 0, "try_to_unmap_one:swap_writepage")
+        k.st.swapdata[ss, :] = k.st.frames[ps, :]
         k.atomic_add(k.st.swap.count, ss, 1, "try_to_unmap_one:swap_duplicate")
         memory.pte_set(k, m, addr, PTE_SWAP, swap, 0, "try_to_unmap_one")
         page_remove_rmap(k, pref, "try_to_unmap_one")
@@ -197,6 +205,7 @@ def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, swap: int, token: ob
     return SWAP_AGAIN
 
 
+@kfunc
 def page_referenced_one(k: K, pref: int, vref: int, addr: int, mapcount: list[int], token: object) -> int:
     """Look at the pte mapping `page` at addr: each mapping found counts one down from *mapcount.
 
@@ -224,6 +233,7 @@ def _vma_address(k: K, s: int, vref: int, site: str) -> int:
     return a if k.vm.start[v] <= a < k.vm.end[v] else -1
 
 
+@kfunc
 def page_lock_anon_vma(k: K, pref: int, site: str) -> int:
     """The page's anon_vma, locked; 0 if the page is no longer mapped.
 
@@ -251,6 +261,7 @@ def anon_vma_vmas_rcu(k: K, avref: int, site: str) -> list[int]:
     return out
 
 
+@kfunc
 def try_to_unmap_anon(k: K, pref: int, swap: int) -> int:
     token = k.hooks.walk_begin(k, pref, "try_to_unmap_anon")
     ret = SWAP_AGAIN
@@ -269,6 +280,7 @@ def try_to_unmap_anon(k: K, pref: int, swap: int) -> int:
     return ret
 
 
+@kfunc
 def page_referenced_anon(k: K, pref: int) -> int:
     token = k.hooks.walk_begin(k, pref, "page_referenced_anon")
     referenced = 0
@@ -291,6 +303,7 @@ def page_referenced_anon(k: K, pref: int) -> int:
     return referenced
 
 
+@kfunc
 def try_to_unmap(k: K, pref: int, swap: int) -> int:
     """Unmap every pte of a locked page (BUG_ON(!PageLocked(page))), turning them into swap entries for `swap`."""
     from . import ksm
@@ -303,6 +316,7 @@ def try_to_unmap(k: K, pref: int, swap: int) -> int:
     return try_to_unmap_anon(k, pref, swap)
 
 
+@kfunc
 def page_referenced(k: K, pref: int) -> int:
     from . import ksm
     from .memory import PageKsm

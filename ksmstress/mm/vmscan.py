@@ -4,6 +4,7 @@ no dirty/writeback states; the caller picks the page and decides whether to swap
 from __future__ import annotations
 
 from ..arena import ref_slot
+from ..callchain import kfunc
 from . import memory, rmap
 from .state import PG_KSM, K
 
@@ -19,6 +20,7 @@ def page_anon_vma_of(k: K, s: int) -> int:
     return k.pg.mapping[s]
 
 
+@kfunc
 def shrink_page(k: K, page: int, swap: bool) -> None:
     """The caller holds a reference (isolated). trylock_page, page_referenced, and if asked add_to_swap +
     try_to_unmap; then unlock."""

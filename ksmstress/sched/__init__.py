@@ -9,9 +9,10 @@ from .random import RandomStrategy
 from .replay import ReplayStrategy
 
 STRATEGIES = ("random", "pct")
-# `run --strategy` values that drive many runs of one seed (ksmstress/explore) rather than pick per run: not for
-# soak, bench or mutate, which run one run per seed; a failure they find is an artifact replayed step by step.
-SEARCHES = ("bounded",)
+# Strategies that are searches over many runs (ksmstress.explore), each run's schedule steered by the runs before it:
+# `run --strategy` offers them and an artifact may name one (each run of a search is replayed like any other); not
+# soak, bench's per-seed rows or mutate, which run one run per seed.
+SEARCH_STRATEGIES = ("bounded", "coverage")
 # Where control may change hands: `locks` at lock operations and explicit points only; `shared` also before every
 # shared access the kernel makes without the lock that would serialise it (atomics, list links, page flag bits,
 # lockless reads), as loom and Lincheck switch at every atomic. The schedule, and so a seed's meaning, depends on it.
@@ -20,14 +21,14 @@ DEFAULT_GRANULARITY = "shared"
 
 
 def make_strategy(
-    name: str, *, depth: int = 3, steps: int = 5000, schedule: bytes = b"", tail: str = "stay"
+    name: str, *, depth: int = 3, k: int = 1000, schedule: bytes = b"", tail: str = "stay"
 ) -> Strategy:
     """Build a strategy by name (`random`, `pct`, `replay`, or `guided`: `schedule` is then its prefix, followed by
     `tail`; a search's tool, not a user's choice, so not in STRATEGIES)."""
     if name == "random":
         return RandomStrategy()
     if name == "pct":
-        return PctStrategy(depth=depth, steps=steps)
+        return PctStrategy(depth=depth, k=k)
     if name == "replay":
         return ReplayStrategy(schedule)
     if name == "guided":

@@ -1,0 +1,372 @@
+"""From a failure to an understanding: call chains in reports (and, below, the explained replay, the trace, the
+shrunk artifact). Real runs of catalogue variants; no mock of the model."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import pytest
+
+from ksmstress import callchain
+from ksmstress.explain import tomlout
+from ksmstress.failures import Failure
+from ksmstress.mm import mm as mmmod
+from ksmstress.report import write_artifact
+from ksmstress.runner import run_seeds
+from ksmstress.scenario import load, resolve
+from ksmstress.sched.follow import default_pick
+from ksmstress.verdict import failure_lines
+from tests.clitools import cli, run_cli
+from tests.harness import make_kernel, new_program, write
+
+
+def _fails() -> None:
+    raise Failure("bug-on", "inner", {"step": 1})
+
+
+@callchain.kfunc
+def outer_fn() -> None:
+    inner_fn()
+
+
+@callchain.kfunc
+def inner_fn() -> None:
+    _fails()
+
+
+def test_a_failure_carries_the_chain_where_it_was_raised_and_the_stack_unwinds() -> None:
+    with pytest.raises(Failure) as e:
+        outer_fn()
+    assert e.value.to_dict()["details"]["chain"] == "outer_fn > inner_fn"
+    assert callchain.STACK == []  # popped on the way out: a failure caught above leaves no stale frame
+
+
+def test_allocations_and_frees_record_the_chain_that_made_them() -> None:
+    k = make_kernel()
+    mref, m = new_program(k, 2)
+    write(k, m, 1, 5)  # the first fault gives the vma its anon_vma
+    mmmod.sys_munmap(k, mref, 1, 3)
+    av = k.st.anon_vma
+    freed = [s for s in range(av.capacity) if av.freed_chain[s]]
+    assert freed, "a munmap of the only vma frees its anon_vma"
+    assert av.freed_chain[freed[0]].decode() == "sys_munmap > do_munmap > anon_vma_unlink > anon_vma_free"
+    chain = av.alloc_info(freed[0], None)["chain"]
+    assert chain == "user_write > handle_mm_fault > do_anonymous_page > anon_vma_prepare"
+
+
+def _run(capsys: pytest.CaptureFixture[str], tmp_path: Path, scenario: str, bug: str) -> tuple[int, list[str]]:
+    code, out, _err = cli(capsys, "run", scenario, "--bug", bug, "--runs", "50", "--artifacts", str(tmp_path))
+    return code, out.splitlines()
+
+
+def _detail(lines: list[str], key: str) -> str:
+    return next(line.split(": ", 1)[1] for line in lines if line.startswith(f"  {key}: "))
+
+
+def test_a_use_after_free_report_names_both_chains_and_the_allocation(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, lines = _run(capsys, tmp_path, "seed-unmap-race", "no-anon-vma-ref")
+    assert code == 1 and lines[0].startswith("FAILURE use-after-free")
+    assert _detail(lines, "chain") == "shrink_page > page_referenced > page_referenced_ksm"
+    freed = _detail(lines, "freed")
+    assert freed.startswith("by mm#") and "do_munmap > anon_vma_unlink" in freed
+    assert "anon_vma_prepare" in _detail(lines, "allocated")
+    assert not any("{" in line or "'" in line for line in lines[2:]), "values are text, never Python dicts"
+
+
+def test_a_traversal_report_lists_every_missed_pte(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, lines = _run(capsys, tmp_path, "seed-fork-race", "single-pass-walk")
+    assert code == 1 and lines[0].startswith("FAILURE traversal")
+    art = json.loads(next(tmp_path.glob("*.json")).read_text())
+    missed = art["failure"]["details"]["missed"]
+    assert len(missed) > 1  # the bug leaves a whole forked region unvisited
+    at = lines.index("  missed:")
+    shown = lines[at + 1 : at + 1 + len(missed)]
+    assert [s.strip().split(" (")[0] for s in shown] == [f"mm[{m}] address {a}" for m, a, _via in missed]
+    assert all(m_[2] in s for m_, s in zip(missed, shown, strict=True))  # and how each was due
+
+
+def test_history_and_event_details_render_as_text() -> None:
+    lines = failure_lines(
+        {
+            "class": "double-free",
+            "message": "m",
+            "details": {
+                "first_free": {
+                    "step": 3,
+                    "site": "drop_anon_vma",
+                    "task": "ksmd#0",
+                    "chain": "ksm_do_scan > drop_anon_vma",
+                },
+                "history": [
+                    {
+                        "step": 2,
+                        "task": "ksmd#0",
+                        "site": "hold_anon_vma",
+                        "field": "ksm_refcount",
+                        "value": 1,
+                        "rmap_item": "rmap_item[4]",
+                    }
+                ],
+            },
+        }
+    )
+    assert lines[1] == "  first_free: by ksmd#0 at step 3 in ksm_do_scan > drop_anon_vma"
+    assert lines[2:] == ["  history:", "    step 2 ksmd#0 hold_anon_vma: ksm_refcount = 1 (rmap_item rmap_item[4])"]
+
+
+# -- replay --explain and --trace ------------------------------------------------------------------------------
+VARIANTS = {  # three catalogue variants: first failing seed of each within 50
+    "use-after-free": ("seed-unmap-race", "no-anon-vma-ref"),
+    "traversal": ("seed-fork-race", "single-pass-walk"),
+    "writable-ksm": ("merge-write-race", "merge-without-wrprotect"),
+}
+
+
+def first_failure(scenario: str, bug: str, directory: Path) -> Path:
+    """The artifact of the first failing seed of `scenario` with `bug` (the same loop `ksmstress run` runs)."""
+    sc = load(resolve([scenario], [])[0])
+    for res in run_seeds(sc, range(50), "random", [bug]):
+        if res.verdict == "failure":
+            return write_artifact(directory, sc, res, None)
+    raise AssertionError(f"{scenario} --bug {bug}: no failure in 50 seeds")
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("arts")
+    return {cls: first_failure(sc, bug, d) for cls, (sc, bug) in VARIANTS.items()}
+
+
+def test_explain_lays_the_interleaving_out_in_columns_within_120(
+    artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = cli(capsys, "replay", str(artifacts["use-after-free"]), "--explain")
+    assert code == 1 and "reproduced the recorded use-after-free" in out
+    table = out.split("\n\n", 1)[1].splitlines()
+    assert all(len(line) <= 120 for line in table)
+    header = [c.strip() for c in table[0].split("|")]
+    failing, freer = header[1], header[2]  # the failing task first, then the one that freed the object
+    assert failing.startswith("reclaim#") and freer.startswith("mm#")
+    col = {name: i for i, name in enumerate(header)}
+
+    def cell(line: str, task: str) -> str:
+        parts = line.split("|")
+        return parts[col[task]].strip() if len(parts) > col[task] else ""
+
+    frees = [line for line in table if "FREE anon_vma" in cell(line, freer)]
+    assert len(frees) == 1  # the free, in the freeing task's column
+    assert cell(table[-1], failing) == "USE-AFTER-FREE anon_vma[1]" or "USE-AFTER-FREE" in table[-1]
+    assert any("in " in cell(line, freer) and "anon_vma_unlink" in cell(line, freer) for line in table)
+    assert any(line.strip().startswith("...") and " of " in line for line in table)  # other steps folded
+
+
+def test_explain_json_gives_the_same_rows(artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "replay", str(artifacts["use-after-free"]), "--explain", "--json")
+    d = json.loads(out)
+    x = d["explain"]
+    assert code == 1 and d["reproduced"] and x["object"] == "anon_vma[1]"
+    events = [r for r in x["rows"] if "event" in r]
+    assert events[-1]["event"] == "USE-AFTER-FREE anon_vma[1]" and events[-1]["task"] == x["tasks"][0]
+    free = next(r for r in events if r["event"].startswith("FREE"))
+    assert free["chain"].endswith("anon_vma_unlink > anon_vma_free") and free["task"] == x["tasks"][1]
+    assert [r["step"] for r in x["rows"]] == sorted(r["step"] for r in x["rows"])
+
+
+def check_chrome_trace(trace: dict[str, Any]) -> dict[str, int]:
+    """A strict check of the Chrome trace-event format as Perfetto reads it: known phases, numeric pid/tid/ts,
+    B/E slices nested per thread (each E closes the innermost open B of the same name), async b/e paired by id,
+    flows s/f paired by id and each inside a slice of its thread, timestamps never going back per thread.
+    Returns counts per phase."""
+    assert set(trace) >= {"traceEvents"}
+    counts: dict[str, int] = {}
+    open_b: dict[int, list[tuple[str, float]]] = {}
+    async_open: dict[int, str] = {}
+    flows: dict[int, str] = {}
+    last_ts: dict[int, float] = {}
+    for ev in sorted(trace["traceEvents"], key=lambda e: e.get("ts", -1)):
+        ph = ev["ph"]
+        counts[ph] = counts.get(ph, 0) + 1
+        assert ph in {"M", "B", "E", "b", "e", "i", "s", "f"}, ev
+        assert isinstance(ev["pid"], int) and isinstance(ev["tid"], int) and isinstance(ev["name"], str), ev
+        if ph == "M":
+            assert ev["name"] in ("process_name", "thread_name") and isinstance(ev["args"]["name"], str)
+            continue
+        ts, tid = ev["ts"], ev["tid"]
+        assert isinstance(ts, int | float) and ts >= last_ts.get(tid, 0), ev
+        last_ts[tid] = ts
+        stack = open_b.setdefault(tid, [])
+        if ph == "B":
+            stack.append((ev["name"], ts))
+        elif ph == "E":
+            assert stack and stack[-1][0] == ev["name"], f"unbalanced E {ev} (open: {stack})"
+            stack.pop()
+        elif ph == "b":
+            assert ev["id"] not in async_open
+            async_open[ev["id"]] = ev["name"]
+        elif ph == "e":
+            assert async_open.pop(ev["id"]) == ev["name"]
+        elif ph == "s":
+            assert stack, f"a flow must start inside a slice: {ev}"
+            flows[ev["id"]] = ev["name"]
+        elif ph == "f":
+            assert flows.pop(ev["id"]) == ev["name"] and ev.get("bp") == "e" and stack, ev
+        elif ph == "i":
+            assert ev["s"] in ("t", "p", "g")
+    assert all(not s for s in open_b.values()), "every slice closed"
+    assert not async_open and not flows, "every lock hold closed and every flow arrow landed"
+    return counts
+
+
+@pytest.mark.parametrize("cls", list(VARIANTS))
+def test_a_trace_of_each_of_three_variants_is_valid_chrome_json(
+    cls: str, artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out_file = tmp_path / "t.json"
+    code, out, _ = cli(capsys, "replay", str(artifacts[cls]), "--trace", str(out_file))
+    assert code == 1 and f"trace:    {out_file}" in out
+    trace = json.loads(out_file.read_text())
+    counts = check_chrome_trace(trace)
+    assert counts["B"] == counts["E"] > 0 and counts["b"] == counts["e"] > 0 and counts["s"] == counts["f"] > 0
+    names = {e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "thread_name"}
+    assert any(n.startswith("ksmd#") for n in names) and any(n.startswith("mm#") for n in names)
+    assert [e["name"] for e in trace["traceEvents"] if e.get("cat") == "failure"] == [cls]
+
+
+def test_nesting_check_rejects_a_crossed_slice() -> None:
+    """The checker itself: slices that cross are refused (so the tests above can fail)."""
+    bad = {
+        "traceEvents": [
+            {"ph": "B", "name": "a", "pid": 1, "tid": 1, "ts": 0},
+            {"ph": "B", "name": "b", "pid": 1, "tid": 1, "ts": 1},
+            {"ph": "E", "name": "a", "pid": 1, "tid": 1, "ts": 2},
+            {"ph": "E", "name": "b", "pid": 1, "tid": 1, "ts": 3},
+        ]
+    }
+    with pytest.raises(AssertionError, match="unbalanced"):
+        check_chrome_trace(bad)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("replay", "/nonexistent/a.json", "--explain"), "/nonexistent/a.json"),
+        (("replay", "ART", "--trace", "/nonexistent-dir/t.json"), "--trace /nonexistent-dir/t.json"),
+        (("replay", "ART", "--trace", "DIR"), "is a directory"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    args: tuple[str, ...],
+    needle: str,
+    artifacts: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    real = [str(artifacts["traversal"]) if x == "ART" else str(tmp_path) if x == "DIR" else x for x in args]
+    code, out, err = cli(capsys, *real)
+    assert code == 2 and out == "" and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_writes_the_trace_of_its_failing_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out_file = tmp_path / "run-trace.json"
+    code, out, _ = cli(
+        capsys,
+        "run",
+        "seed-unmap-race",
+        "--bug",
+        "no-anon-vma-ref",
+        "--runs",
+        "50",
+        "--artifacts",
+        str(tmp_path),
+        "--trace",
+        str(out_file),
+    )
+    assert code == 1 and f"trace:    {out_file}" in out
+    counts = check_chrome_trace(json.loads(out_file.read_text()))
+    assert counts["B"] > 0 and counts["i"] > 0
+    code, _, err = cli(capsys, "run", "mixed", "--mode", "free", "--trace", str(out_file))
+    assert code == 2 and "--mode controlled" in err
+
+
+# -- shrink -----------------------------------------------------------------------------------------------------
+def test_shrink_keeps_the_failure_and_cuts_preemptions_and_steps(
+    artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out_file = tmp_path / "small.json"
+    code, out, err = cli(
+        capsys, "shrink", str(artifacts["use-after-free"]), "--seconds", "20", "--json", "--out", str(out_file)
+    )
+    d = json.loads(out)
+    assert code == 0 and d["reproduced"] and d["artifact"] == str(out_file), err
+    before, after = d["before"], d["after"]
+    assert after["preemptions"] * 4 <= before["preemptions"] and after["steps"] < before["steps"]
+    assert after["ops"] <= before["ops"]
+    shrunk = json.loads(out_file.read_text())
+    assert shrunk["failure"]["class"] == "use-after-free" and shrunk["shrunk"]["before"] == before
+    assert tomllib.loads(shrunk["scenario"]["text"])["name"] == "seed-unmap-race"
+    for _ in range(3):  # a normal artifact: replay reproduces it, every time
+        code, out, _ = cli(capsys, "replay", str(out_file), "--json")
+        r = json.loads(out)
+        assert code == 1 and r["reproduced"] and r["steps"] == after["steps"]
+
+
+def test_follow_takes_its_deviations_and_defaults_to_no_preemption() -> None:
+    assert default_pick([0, 1, 2], 1, False) == 1  # the current task goes on
+    assert default_pick([0, 1, 2], 1, True) == 2  # a yield passes to the next in id order
+    assert default_pick([0, 2], 2, True) == 0  # ... wrapping round
+    assert default_pick([0, 2], 1, False) == 2  # a blocked task passes on too
+
+
+@pytest.mark.parametrize("name", ["seed-unmap-race", "mixed", "seed-fork-race"])
+def test_scenarios_survive_a_toml_round_trip(name: str) -> None:
+    """The shrunk artifact's scenario is written back as TOML: what it says must be what was read."""
+    text = Path(resolve([name], [])[0]).read_text()
+    d = tomllib.loads(text)
+    assert tomllib.loads(tomlout.dumps(d)) == d
+
+
+def test_shrink_refuses_what_it_cannot_shrink(
+    artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, err = cli(capsys, "shrink", str(tmp_path / "missing.json"))
+    assert code == 2 and out == "" and "missing.json" in err and len(err.strip().splitlines()) == 1
+    code, out, err = cli(capsys, "shrink", str(artifacts["traversal"]), "--out", str(tmp_path / "no" / "x.json"))
+    assert code == 2 and "--out" in err and len(err.strip().splitlines()) == 1
+
+
+# -- --timeline --------------------------------------------------------------------------------------------------
+def test_the_timeline_draws_lanes_holds_and_joins_the_free_to_the_access(
+    artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    picture = tmp_path / "race.svg"
+    code, out, _ = cli(capsys, "replay", str(artifacts["use-after-free"]), "--timeline", str(picture))
+    assert code == 1 and f"timeline: {picture}" in out
+    root = ElementTree.parse(picture).getroot()  # well-formed SVG
+    ns = "{http://www.w3.org/2000/svg}"
+    texts = [t.text or "" for t in root.iter(f"{ns}text")]
+    assert any(t.startswith("reclaim#") for t in texts) and any(t.startswith("mm#") for t in texts)  # lanes
+    titles = [t.text or "" for t in root.iter(f"{ns}title")]
+    assert any(t.startswith("free anon_vma[1]") for t in titles)
+    assert any(t.startswith("use-after-free") for t in titles)
+    assert any(t == "anon_vma[1].lock" for t in titles)  # a hold of the object's lock
+    assert len([x for x in root.iter(f"{ns}line") if x.get("stroke-dasharray")]) == 1  # the free joined to the use
+    assert picture.stat().st_size < 200_000  # small enough for a bug report
+
+
+def test_verbose_replay_logs_every_event_as_a_json_line(artifacts: dict[str, Path]) -> None:
+    r = run_cli("-v", "replay", str(artifacts["use-after-free"]))  # stderr a pipe, as on CI: JSON lines
+    assert r.returncode == 1
+    events = [json.loads(line) for line in r.stderr.splitlines() if '"replay.event"' in line]
+    assert len(events) > 100
+    assert all({"step", "task", "kind"} <= e.keys() for e in events)
+    assert [e["step"] for e in events] == sorted(e["step"] for e in events)
+    picks = [e for e in events if e["kind"] == "pick"]
+    assert picks and all("next" in e and "runnable" in e for e in picks)
+    last = events[-1]
+    assert last["kind"] == "use" and last["obj"] == "anon_vma[1]" and last["chain"].endswith("page_referenced_ksm")
