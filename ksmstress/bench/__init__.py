@@ -38,7 +38,7 @@ def _fmt(x: float | None, spec: str) -> str:
 
 def _print_detection(rows: list[dict[str, Any]]) -> None:
     print(
-        f"{'variant':<24}{'strategy':<11}{'rate':>10}{'class':>30}{'med steps':>11}{'p90 steps':>11}"
+        f"{'variant':<24}{'strategy':<11}{'rate':>10}{'class':>34}{'med steps':>11}{'p90 steps':>11}"
         f"{'med s':>8}{'p90 s':>8}  PCT bound 1/(n*k^(d-1))"
     )
     for r in rows:
@@ -50,7 +50,7 @@ def _print_detection(rows: list[dict[str, Any]]) -> None:
         mark = " !" if r["classes"] and not r["class_ok"] else ""
         print(
             f"{r['variant']:<24}{r['strategy']:<11}{r['detections']:>4}/{r['runs']:<3} {r['rate']:>4.0%}"
-            f"{cls + mark:>30}{_fmt(r['median_steps_to_first'], ',.0f'):>11}"
+            f"{cls + mark:>34}{_fmt(r['median_steps_to_first'], ',.0f'):>11}"
             f"{_fmt(r['p90_steps_to_first'], ',.0f'):>11}{_fmt(r['median_seconds_to_first'], '.2f'):>8}"
             f"{_fmt(r['p90_seconds_to_first'], '.2f'):>8}{bound}"
         )
