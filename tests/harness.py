@@ -6,15 +6,19 @@ kernel thread after another, and checks exact counts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import multiprocess
 import numpy as np
 
+from ksmstress import procs
 from ksmstress.arena import LIVE, ref_slot
 from ksmstress.checks import Detectors
 from ksmstress.checks.content import pattern_bytes
+from ksmstress.failures import Failure
 from ksmstress.mm import ksm, memory
 from ksmstress.mm import mm as mmm
 from ksmstress.mm.hooks import NoHooks
@@ -30,6 +34,7 @@ from ksmstress.mm.state import (
 )
 from ksmstress.runner import solo_kernel
 from ksmstress.sched import DEFAULT_GRANULARITY
+from ksmstress.sched.control import Control
 
 PAGE = 32
 
@@ -170,3 +175,29 @@ def merged_pair(k: K) -> tuple[tuple[int, int], tuple[int, int], int]:
     page = pte_page(k, a, 1)
     assert k.pg.flags[ref_slot(page)] & PG_KSM and pte_page(k, b, 1) == page
     return (aref, a), (bref, b), page
+
+
+@contextmanager
+def task_processes(ctl: Control, bodies: list[Callable[[], None]]) -> Iterator[None]:
+    """One real forked process per body, task id = its index, parked on its semaphore until `ctl` grants it; a
+    body's Failure is reported through `ctl`, a body that returns exits its task. The caller starts the run inside
+    the block (ctl.start) and waits on ctl.done; every process is killed and reaped when the block ends."""
+
+    def main(tid: int) -> None:
+        ctl.me = tid
+        ctl.wait_turn()
+        try:
+            bodies[tid]()
+            ctl.exit_current()
+        except Failure as f:
+            ctl.report(f.to_dict())
+        os._exit(0)
+
+    ctx = multiprocess.get_context("fork")
+    ps = [ctx.Process(target=main, args=(t,), daemon=True) for t in range(len(bodies))]
+    for p in ps:
+        p.start()
+    try:
+        yield
+    finally:
+        procs.kill_and_join(ps)

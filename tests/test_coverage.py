@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 from collections.abc import Callable
 
-import multiprocess
 import pytest
 
 from ksmstress import actors
@@ -24,7 +22,6 @@ from ksmstress.checks.accesslog import AccessLogState
 from ksmstress.checks.pairs import RunCoverage
 from ksmstress.explore import coverage_search
 from ksmstress.explore.corpus import Entry, delay, flip, swap
-from ksmstress.failures import Failure
 from ksmstress.mm.state import K, Sizes, State
 from ksmstress.runner import _assemble, run_coverage, run_one
 from ksmstress.scenario import load
@@ -32,6 +29,7 @@ from ksmstress.sched import make_strategy
 from ksmstress.sched.control import CLEAN, Control
 
 from .clitools import cli, run_cli
+from .harness import task_processes
 
 Body = Callable[[K], None]
 
@@ -65,33 +63,12 @@ def _two_tasks(ksmd: Body, mm: Body) -> RunCoverage:
     k = _assemble(block, st, ctl, frozenset(), access_log=alog)
     ctl.add_task(actors.KSMD)
     ctl.add_task(actors.MM)
-    bodies = [ksmd, mm]
-
-    def main(tid: int) -> None:
-        ctl.me = tid
-        ctl.wait_turn()
-        try:
-            bodies[tid](k)
-            ctl.exit_current()
-        except Failure as f:
-            ctl.report(f.to_dict())
-        os._exit(0)
-
-    ctx = multiprocess.get_context("fork")
-    ps = [ctx.Process(target=main, args=(t,), daemon=True) for t in range(2)]
-    for p in ps:
-        p.start()
-    try:
+    with task_processes(ctl, [lambda: ksmd(k), lambda: mm(k)]):
         ctl.start(0)
         assert ctl.done.acquire(timeout=60)
         assert ctl.outcome == CLEAN, ctl.failure()
         assert list(ctl.schedule()).index(1) > 0  # ksmd ran first
         return run_coverage(alog, st, ctl)
-    finally:
-        for p in ps:
-            if p.exitcode is None:
-                os.kill(p.pid, signal.SIGKILL)
-            p.join()
 
 
 def _under(k: K, lid: int, access: Callable[[], None]) -> None:

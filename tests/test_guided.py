@@ -4,10 +4,7 @@ scheduler saw, and a prefix that cannot be followed is reported."""
 from __future__ import annotations
 
 import os
-import signal
-from collections.abc import Callable
 
-import multiprocess
 import pytest
 
 from ksmstress.arena import SharedBlock
@@ -18,6 +15,8 @@ from ksmstress.scenario import load
 from ksmstress.sched import make_strategy
 from ksmstress.sched.control import CLEAN, FAILED, Control
 from ksmstress.sched.guided import YIELDING, decode_masks, mask_tasks
+
+from .harness import task_processes
 
 Y = YIELDING
 
@@ -46,23 +45,7 @@ def _block_wake(prefix: bytes) -> tuple[bytes, list[int], dict | None]:
         ctl.wake(5)
         ctl.point("d")
 
-    bodies: list[Callable[[], None]] = [task0, task1]
-
-    def main(tid: int) -> None:
-        ctl.me = tid
-        ctl.wait_turn()
-        try:
-            bodies[tid]()
-            ctl.exit_current()
-        except Failure as f:
-            ctl.report(f.to_dict())
-        os._exit(0)
-
-    ctx = multiprocess.get_context("fork")
-    ps = [ctx.Process(target=main, args=(t,), daemon=True) for t in range(2)]
-    for p in ps:
-        p.start()
-    try:
+    with task_processes(ctl, [task0, task1]):
         try:
             ctl.start(1)
         except Failure as f:
@@ -70,11 +53,6 @@ def _block_wake(prefix: bytes) -> tuple[bytes, list[int], dict | None]:
         assert ctl.done.acquire(timeout=30)
         assert ctl.outcome in (CLEAN, FAILED)
         return ctl.schedule(), [int(m) for m in decode_masks(ctl.runnable_masks())], ctl.failure()
-    finally:
-        for p in ps:
-            if p.exitcode is None:
-                os.kill(p.pid, signal.SIGKILL)
-            p.join()
 
 
 def test_masks_are_the_runnable_sets_step_by_step():
