@@ -16,7 +16,7 @@ import numpy as np
 from .arena import FREE, LIVE, ref_slot
 from .checks.content import check_read, pattern_bytes
 from .failures import Failure
-from .mm import ksm, memory, vmscan
+from .mm import ksm, memory, migrate, mlock, vmscan
 from .mm import mm as mmm
 from .mm.state import (
     G_MM_LIVE,
@@ -30,8 +30,8 @@ from .mm.state import (
 from .scenario import Scenario
 from .sched.control import EXITED, UNUSED
 
-KSMD, RECLAIM, ADMIN, MM = 1, 2, 3, 4
-KIND_NAMES = {KSMD: "ksmd", RECLAIM: "reclaim", ADMIN: "admin", MM: "mm"}
+KSMD, RECLAIM, ADMIN, MM, MIGRATE = 1, 2, 3, 4, 5
+KIND_NAMES = {KSMD: "ksmd", RECLAIM: "reclaim", ADMIN: "admin", MM: "mm", MIGRATE: "migrate"}
 # mm task arguments (ctl.arg row)
 A_MM, A_CFG, A_CHILD, A_FORKS = range(4)
 WAIT_CAP = 3_000  # yields a wait-* script step may spend before giving up (wait-merged:N:CAP overrides)
@@ -111,6 +111,8 @@ class MmTask:
                 self.do_munmap(pages[0], pages[len(pages) // 2] + 1)
         elif name in ("mergeable", "unmergeable"):
             self.madvise(1, self.sc.vpages, name == "mergeable")
+        elif name in ("mlock", "munlock"):
+            self.do_mlock(1, self.sc.vpages, name == "mlock")
         elif name == "write":
             self.write(int(args[0]), int(args[1]))
         elif name == "exit":
@@ -140,6 +142,9 @@ class MmTask:
         elif op in ("mergeable", "unmergeable") and pages:
             a = rng.choice(pages)  # a range that may run past the mapping: madvise must then say -ENOMEM
             self.madvise(a, min(a + 1 + rng.randrange(3), self.sc.vpages), op == "mergeable")
+        elif op in ("mlock", "munlock") and pages:
+            a = rng.choice(pages)
+            self.do_mlock(a, min(a + 1 + rng.randrange(3), self.sc.vpages), op == "mlock")
         elif op == "sleep":
             k.point("user:sleep", yielding=True)
 
@@ -207,6 +212,16 @@ class MmTask:
                     f"madvise([{start},{end})) returned -ENOMEM though the range is mapped and any split fits "
                     f"({len(maps)} of {self.k.st.sz.max_vmas} vmas in use)", maps
                 )
+
+    def do_mlock(self, start: int, end: int, lock: bool) -> None:
+        """mlock / munlock: -ENOMEM exactly when part of the range is unmapped (or a split does not fit)."""
+        err = mlock.sys_mlock(self.k, self.mref, start, end, lock)
+        holes = [a for a in range(start, end) if a not in self.mapped]
+        if holes and err != -12:
+            self.syscall_failure(
+                f"{'mlock' if lock else 'munlock'}([{start},{end})) returned {err} though address {holes[0]} is "
+                "not mapped (-ENOMEM expected)", self.proc_maps()
+            )
 
     # -- the syscall contract: a program knows what it mapped, and reads /proc/self/maps when a call fails -------
     def proc_maps(self) -> list[tuple[int, int]]:
@@ -282,6 +297,26 @@ def reclaim_body(k: K, sc: Scenario, seed: int, tid: int) -> None:
             k.point("reclaim:sleep", yielding=True)
 
 
+def migrate_body(k: K, sc: Scenario, seed: int, tid: int) -> None:
+    """Memory hot-remove over seeded picks: a mapped anon or KSM page (KSM ones preferred by `[migrate]
+    ksm_bias`) stands for a section to offline; offline_page migrates it under ksm_thread_mutex. Simplified: one
+    page per offline, no retry passes."""
+    rng = random.Random(f"{seed}:{tid}:migrate")
+    st = k.st
+    while k.g[G_MM_LIVE] > 0:
+        k.point("migrate:sleep", yielding=True)
+        cand = np.flatnonzero((st.page.state == LIVE) & (st.page.c["mapcount"] > 0))
+        if not cand.size:
+            continue
+        ksm_cand = cand[(st.page.c["flags"][cand] & PG_KSM) != 0]
+        pool = ksm_cand if ksm_cand.size and rng.random() < sc.migrate_ksm_bias else cand
+        migrate.offline_page(k, int(pool[rng.randrange(pool.size)]))
+        for _ in range(sc.migrate_pause):
+            if k.g[G_MM_LIVE] == 0:
+                return
+            k.point("migrate:sleep", yielding=True)
+
+
 def admin_body(k: K, sc: Scenario) -> None:
     """A root shell that now and then writes 2 then 1 to /sys/kernel/mm/ksm/run."""
     while k.g[G_MM_LIVE] > 0:
@@ -307,6 +342,8 @@ def run_task(k: K, sc: Scenario, seed: int, tid: int) -> None:
             reclaim_body(k, sc, seed, tid)
         elif kind == ADMIN:
             admin_body(k, sc)
+        elif kind == MIGRATE:
+            migrate_body(k, sc, seed, tid)
         k.hooks.task_exit(k)
         ctl.exit_current()
     except Failure as f:

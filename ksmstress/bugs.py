@@ -103,6 +103,32 @@ VARIANTS: dict[str, Variant] = {
             "oops",
             "scan-exit-race.toml",
         ),
+        # --- issue 14 part B: mlock, migration
+        Variant(
+            "merge-mlockfreed",
+            "try_to_merge_one_page merges a page of a VM_LOCKED vma without munlock_vma_page(page) and "
+            "mlock_vma_page(kpage), as before 73848b4684e8 \"ksm: fix mlockfreed to munlocked\" (2.6.33): the "
+            "replaced page is freed still PageMlocked",
+            "mlock",
+            "focus-mlock-merge.toml",
+        ),
+        Variant(
+            "break-ksm-no-foll-migration",
+            "break_ksm's follow_page without FOLL_MIGRATION, as 2.6.33 until 5117b3b835f2 \"mm,ksm: FOLL_MIGRATION "
+            "do migration_entry_wait\" (3.9): MADV_UNMERGEABLE meeting a KSM page under hot-remove migration sees "
+            "no page, returns, and the migration puts the KSM page back under the unmerged vma",
+            "unmerge-incomplete",
+            "focus-unmerge-migrate.toml",
+        ),
+        Variant(
+            "migrate-no-rcu",
+            "unmap_and_move keeps the page's anon_vma neither by rcu_read_lock (2.6.33, SLAB_DESTROY_BY_RCU) nor "
+            "by a reference (3f6c82728f4e \"mm,migration: Take a reference to the anon_vma before migrating\", "
+            "2.6.35, through the count KSM introduced): the last munmap frees it during the migration and "
+            "remove_migration_ptes' rmap_walk_anon locks freed memory",
+            "use-after-free",
+            "focus-migrate-munmap.toml",
+        ),
     )
 }
 

@@ -19,7 +19,8 @@ CLASSES: dict[str, str] = {
     "refcount-underflow": "a reference count or mapcount went below zero",
     "refcount-overflow": "a reference count wrapped at its configured width",
     "leak": "at quiescence an object or counter was left behind",
-    "traversal": "an rmap walk missed a mapping, or a page was freed while still mapped",
+    "traversal": "an rmap walk missed a mapping, a page was freed while still mapped, or a migration entry outlived "
+    "its migration",
     "data-loss": "a task read back bytes other than the ones it wrote",
     "counters": "KSM's statistics disagree with its trees",
     "refcount-mismatch": "a count disagrees with the references that exist (ksm_refcount and the stable rmap_items, "
@@ -36,6 +37,8 @@ CLASSES: dict[str, str] = {
     "stable node disagree",
     "registration": "an mm with a mergeable area is not on ksmd's mm list, or the list names an mm that is not "
     "registered (flag, slot, mm_count)",
+    "mlock": "a page was freed while PageMlocked, reclaim swapped out a pte of a vma VM_LOCKED throughout its walk, "
+    "or NR_MLOCK disagrees with the PageMlocked pages",
     "deadlock": "no task can run: a wait-for cycle",
     "lockdep": "a lock order against 2.6.33's, a sleeping lock under a spinlock, or a lock held at exit",
     "hang": "the run made no progress (step budget or wall clock exhausted)",

@@ -247,7 +247,7 @@ def run_one(
     strat = make_strategy(strat_name, depth=depth, k=change_k, schedule=schedule or b"", tail=tail)
     if coverage and mode != "controlled":
         raise ValueError("interleaving coverage needs the controlled mode (one task at a time)")
-    nsys = int(sc.ksmd) + int(sc.reclaim) + int(sc.admin_unmerge_every > 0)
+    nsys = int(sc.ksmd) + int(sc.reclaim) + int(sc.admin_unmerge_every > 0) + int(sc.migrate)
     ntasks = nsys + sc.max_mm
     block = SharedBlock()
     st = State(block, sizes_for(sc), ntasks)
@@ -271,6 +271,8 @@ def run_one(
         ctl.add_task(actors.RECLAIM)
     if sc.admin_unmerge_every > 0:
         ctl.add_task(actors.ADMIN)
+    if sc.migrate:
+        ctl.add_task(actors.MIGRATE)
     for idx, t in enumerate(sc.tasks):
         for _ in range(t.count):
             mref = mm_alloc(k)  # exec: a fresh mm for every initial program

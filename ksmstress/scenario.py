@@ -17,10 +17,11 @@ from .sched import DEFAULT_GRANULARITY, GRANULARITIES
 from .sched.pct import MAX_DEPTH
 from .tomltable import TableReader, loads, read_file, shown
 
-OPS = ("write", "read", "fork", "munmap", "mmap", "unmergeable", "mergeable", "sleep")
+OPS = ("write", "read", "fork", "munmap", "mmap", "unmergeable", "mergeable", "sleep",
+       "mlock", "munlock")  # issue 14 part B: mlock / munlock of a few pages
 SCRIPT_RE = re.compile(
     r"^(fill(:\d+)?|read-all|wait-scans:\d+(:\d+)?|wait-merged:\d+(:\d+)?|sleep:\d+|fork|munmap-all|munmap-half|"
-    r"unmergeable|mergeable|write:\d+:\d+|exit)$"
+    r"unmergeable|mergeable|write:\d+:\d+|exit|mlock|munlock)$"
 )
 # Pattern p and p + 255 * 256 fill a page with the same bytes (checks/content.py), so larger numbers name no new
 # page; they would also overflow the int64 record of what a task wrote.
@@ -79,6 +80,10 @@ class Scenario:
     chaos_sleep: float = 0.01  # ... or sleeps up to chaos_sleep_us microseconds
     chaos_sleep_us: float = 50.0
     granularity: str = DEFAULT_GRANULARITY  # [sched] granularity: where control may change hands (sched/__init__)
+    # --- issue 14 part B: [migrate], memory hot-remove migrating seeded picks of mapped pages
+    migrate: bool = False  # [migrate] enabled
+    migrate_ksm_bias: float = 0.7  # [migrate] ksm_bias: chance a pick is a KSM page (when there is one)
+    migrate_pause: int = 0  # [migrate] pause: yields it sleeps after each page
     tasks: tuple[TaskCfg, ...] = field(default_factory=lambda: (TaskCfg(),))
 
     @property
@@ -121,7 +126,8 @@ def _script(r: TableReader, key: str, lim: _Limits) -> tuple[str, ...]:
         if not isinstance(s, str) or not SCRIPT_RE.fullmatch(s):
             raise ScenarioError(
                 f"{r.path}: key '{r.key(key)}': bad step {shown(s)}; expected fill[:P], read-all, wait-scans:N[:CAP], "
-                "wait-merged:N[:CAP], sleep:N, fork, munmap-all, munmap-half, unmergeable, mergeable, write:A:P or exit"
+                "wait-merged:N[:CAP], sleep:N, fork, munmap-all, munmap-half, unmergeable, mergeable, write:A:P, "
+                "mlock, munlock or exit"
             )
         if len(s) > 64:  # the regex bounds no digit run: a 5,000-digit number would not even convert to int
             raise ScenarioError(f"{r.path}: key '{r.key(key)}[{j}]': expected a step of at most 64 characters")
@@ -189,6 +195,7 @@ def parse(text: str, path: str = "<string>") -> Scenario:
     r = _table(path, "", data)
     a, k, rc, ad, p = r.table("arena"), r.table("ksm"), r.table("reclaim"), r.table("admin"), r.table("pct")
     ch, sd = r.table("chaos"), r.table("sched")
+    mg = r.table("migrate")  # issue 14 part B
     name = _name(r, path)
     max_steps = r.get("max_steps", int, 400_000, 100, 250_000_000)
     vpages = a.get("vpages", int, 24, 4, 4096)
@@ -222,9 +229,13 @@ def parse(text: str, path: str = "<string>") -> Scenario:
         chaos_sleep=ch.get("sleep", float, 0.01, 0.0, 1.0),
         chaos_sleep_us=ch.get("sleep_us", float, 50.0, 0.0, 1_000_000.0),
         granularity=_granularity(sd),
+        # --- issue 14 part B
+        migrate=mg.get("enabled", bool, False),
+        migrate_ksm_bias=mg.get("ksm_bias", float, 0.7, 0.0, 1.0),
+        migrate_pause=mg.get("pause", int, 0, 0, 10_000_000),
         tasks=tasks,
     )
-    for sub in (a, k, rc, ad, p, kd, ch, sd):
+    for sub in (a, k, rc, ad, p, kd, ch, sd, mg):
         sub.done()
     r.done()
     if sc.initial_tasks > sc.max_mm:

@@ -317,7 +317,7 @@ def test_an_unmap_walk_that_visits_a_mapping_and_leaves_it_is_a_traversal(monkey
     write(k, a, 1, 5)
     page = pte_page(k, a, 1)
 
-    def visit_only(k, pref, vref, addr, swap, token):
+    def visit_only(k, pref, vref, addr, swap, token, flags=0):
         v = k.vm.deref(vref, "try_to_unmap_one")
         k.hooks.walk_visit(token, ref_slot(k.vm.mm[v]), addr)
         return rmap.SWAP_AGAIN

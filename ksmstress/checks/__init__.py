@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..arena import NO_GUARD
 from .completeness import check_merge_completeness
 from .counters import check_counters
 from .disturbance import Disturbance
 from .invariants import check_ksm_quiescent, check_pte_store
 from .lockdep import Lockdep
 from .lockrules import check as check_lock_rule
+from .mlock import check_no_migration_ptes, check_nr_mlock
 from .traversal import TraversalCheck
 from .unmerge import unmerge_begin, unmerge_end
 
@@ -53,6 +55,9 @@ class Detectors(TraversalCheck):
     def ksm_quiescent(self, k: Any, where: str) -> None:
         check_counters(k, where)
         check_ksm_quiescent(k, where)
+        check_no_migration_ptes(k.st, where)  # hot-remove migrates under ksm_thread_mutex: none may be left
+        if k.guard is NO_GUARD:  # controlled: a scan of page flags would race with free mode's other tasks
+            check_nr_mlock(k.st, where)
         if self.disturbance is not None:
             check_merge_completeness(k, where, self.disturbance)
 

@@ -41,6 +41,7 @@ from ..mm.state import (
     G_SWAPIN_HELD,
     PG_KSM,
     PTE_KIND_MASK,
+    PTE_MIGRATION,
     PTE_PRESENT,
     PTE_SWAP,
     STABLE_FLAG,
@@ -48,6 +49,7 @@ from ..mm.state import (
 )
 from ..sync import NOBODY, PAGE_LOCK, PAGE_TABLE_LOCK
 from .history import changes_text, last_changes, outstanding, reference_text
+from .mlock import check_no_migration_ptes, check_nr_mlock
 from .registration import check_registration
 from .stabletree import check_stable_tree
 
@@ -81,6 +83,7 @@ def pte_text(st: State, m: int, addr: int) -> str:
         what = {
             PTE_PRESENT: f"page[{ref_slot(ref)}]" + (" writable" if write else ""),
             PTE_SWAP: f"swap[{ref_slot(ref)}]",
+            PTE_MIGRATION: f"migration entry for page[{ref_slot(ref)}]",
         }
         out.append(f"step {step} {st.stamp.label(task)} {site}: {what.get(kind, 'none')}")
     return "; ".join(out) or "none recorded"
@@ -277,6 +280,8 @@ def check_quiescence(st: State) -> Failure | None:
         check_ksm_refcounts(st, where)
         check_ptes(st, where)
         check_counts(st, where)
+        check_no_migration_ptes(st, where)
+        check_nr_mlock(st, where)
     except Failure as f:
         return f
     left = []

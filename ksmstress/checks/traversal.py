@@ -30,7 +30,7 @@ import numpy as np
 from ..arena import ref_slot
 from ..failures import Failure
 from ..mm.state import PG_KSM, PTE_PRESENT, PTE_WRITE, mk_pte
-from . import windows
+from . import mlock, windows
 
 if TYPE_CHECKING:
     from ..mm.state import K
@@ -43,6 +43,7 @@ class Walk:
     expected: dict[tuple[int, int], tuple[int, str]]  # (mm slot, address) -> (mm ref, how it is reached)
     visited: set[tuple[int, int]] = field(default_factory=set)
     mapped: list[tuple[int, int, int, int]] = field(default_factory=list)  # (mm slot, address, pte word, mm ref)
+    locked: dict[tuple[int, int], int] = field(default_factory=dict)  # of `mapped`: those a VM_LOCKED vma covers
 
 
 def _vmas_of(k: K, avref: int) -> list[int]:
@@ -166,11 +167,13 @@ class TraversalCheck:
 
     def walk_begin(self, k: K, pref: int, kind: str) -> Walk:
         duties = self.DUTIES
+        mapped = mapping_ptes(k, pref)
         return Walk(
             kind,
             pref,
             reachable(k, pref) if "lists" in duties else {},
-            mapped=mapping_ptes(k, pref) if "ptes" in duties else [],
+            mapped=mapped if "ptes" in duties else [],
+            locked=mlock.locked_at_begin(k, mapped),
         )
 
     def window_open(self, k: K, kind: str, mm_slot: int, address: int, page_ref: int) -> None:
@@ -186,7 +189,11 @@ class TraversalCheck:
     def walk_end(self, k: K, token: Walk | None, uncounted: int | None = None) -> None:
         """`uncounted`: a page_referenced walk's mapcount left (0 = it stopped having counted them all);
         None for an unmap walk, which is bound to every mapping."""
-        if token is None or uncounted == 0:
+        if token is None:
+            return
+        if uncounted is None and token.locked:
+            mlock.check_unmap_locked(k, token.kind, token.page, token.locked)
+        if uncounted == 0:
             return
         self._check_lists(k, token)
         self._check_ptes(k, token)
@@ -195,14 +202,16 @@ class TraversalCheck:
 
     def _check_unmapped(self, k: K, token: Walk) -> None:
         """An unmap walk's visit must unmap: try_to_unmap_one, finding the page at the address under the pte lock,
-        replaces the pte by a swap entry unless it returns SWAP_FAIL (a young pte or VM_LOCKED, neither modelled:
-        deviations 11, 14), and no path maps the same page there again while the walker holds the page lock (a
-        swap-in makes a new page, deviation 10). So a pte the walk visited that still holds the word it held when
-        the walk began, in the same mm, was left mapped by the visit."""
+        replaces the pte by a swap entry unless it returns SWAP_FAIL (a young pte, not modelled: deviation 11) or
+        finds VM_LOCKED (the pte stays: exempt here, `mlock` checks those), and no path maps the same page there
+        again while the walker holds the page lock (a swap-in makes a new page, deviation 10). So a pte the walk
+        visited that still holds the word it held when the walk began, in the same mm, was left mapped by the
+        visit."""
         kept = [
             (m, addr)
             for m, addr, word, mref in token.mapped
             if (m, addr) in token.visited and int(k.st.pte[m, addr]) == word and k.mmc.is_live(mref)
+            and not mlock.is_locked(k, m, addr)
         ]
         if not kept:
             return
@@ -289,7 +298,8 @@ class TraversalCheck:
         """No pte may still map a page whose last reference is going. Each pte is read once, as one word: in free
         mode other tasks change ptes during the scan, and a scan of kinds then a scan of targets would pair a pte's
         old present kind with its new swap target, which can equal the page's reference."""
-        hits = np.argwhere((k.st.pte & ~PTE_WRITE) == mk_pte(PTE_PRESENT, pref, 0))
+        words = k.st.pte
+        hits = np.argwhere((words & ~PTE_WRITE) == mk_pte(PTE_PRESENT, pref, 0))
         if hits.size:
             m, addr = (int(x) for x in hits[0])
             step, who = k.ctl.clock()
@@ -307,3 +317,4 @@ class TraversalCheck:
                     "mappings": [[int(a), int(b)] for a, b in hits.tolist()],
                 },
             )
+        mlock.check_freeing(k, pref, site, words)

@@ -2,7 +2,8 @@
 
 Computed from the page tables, not from what unmerge_ksm_pages walked:
 - MADV_UNMERGEABLE of a vma (ksm_madvise, mmap_sem held for write all along): at return, no present pte of the
-  range maps a PageKsm page, except a pte unchanged since the call began whose page was not KSM then: ksmd may
+  range maps a PageKsm page (a migration entry naming one counts: it becomes that mapping again), except a pte
+  unchanged since the call began whose page was not KSM then: ksmd may
   merge a page this mm shares copy-on-write with a forked mm through that other mm's mapping (2.6.33 checks only
   the other vma's VM_MERGEABLE), and the kernel leaves that mapping merged too. No other store can put a KSM page
   behind this mm's pte meanwhile: every merge into it needs its mmap_sem.
@@ -21,7 +22,7 @@ import numpy as np
 
 from ..arena import ref_slot
 from ..failures import Failure
-from ..mm.state import PG_KSM, PTE_PRESENT, pte_fields
+from ..mm.state import PG_KSM, PTE_MIGRATION, PTE_PRESENT, pte_fields
 from .invariants import pte_text
 
 if TYPE_CHECKING:
@@ -40,7 +41,8 @@ def _row(k: K, m: int, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
     """(refs, is_ksm) of the range's ptes: ref 0 for a pte that maps no live page."""
     st = k.st
     kind, ref, _write = pte_fields(st.pte[m, start:end])
-    refs = np.where(kind == PTE_PRESENT, ref, 0)
+    # a migration entry maps its page again once the migration ends: it counts as the mapping it stands for
+    refs = np.where((kind == PTE_PRESENT) | (kind == PTE_MIGRATION), ref, 0)
     live = st.page.live_mask(refs)
     refs = np.where(live, refs, 0)
     ksm = live & ((st.page.c["flags"][np.where(live, (refs & 0xFFFFFFFF) - 1, 0)] & PG_KSM) != 0)

@@ -19,7 +19,7 @@ import zlib
 from ..arena import ref_slot
 from ..callchain import kfunc
 from ..failures import Failure
-from . import memory, rmap
+from . import memory, mlock, rmap
 from . import mm as _mm  # mm.py calls back into this module: bind names at call time
 from .state import (
     G_MAX_REFCOUNT,
@@ -48,6 +48,7 @@ from .state import (
     SEQNR_MASK,
     STABLE_FLAG,
     UNSTABLE_FLAG,
+    VM_LOCKED,
     VM_MERGEABLE,
     K,
 )
@@ -306,7 +307,7 @@ def set_page_stable_node(k: K, s: int, nref: int) -> None:
     """page->mapping = the stable node (0: none yet), PageAnon and PageKsm: under the page's lock."""
     k.hooks.lock_rule(k, "page_stable_node", k.page_lock(s), 1, s, "set_page_stable_node")
     k.spoint_unless(k.page_lock(s), "set_page_stable_node")
-    k.pg.flags[s] = PG_ANON | PG_KSM
+    k.pg.flags[s] |= PG_ANON | PG_KSM  # PageMlocked stays as it was
     k.pg.mapping[s] = nref
 
 
@@ -384,7 +385,9 @@ def break_ksm(k: K, vref: int, addr: int) -> int:
     m = k.mmc.deref(k.vm.mm[v], "break_ksm")
     while True:
         k.point("break_ksm:cond_resched")
-        page = memory.follow_page(k, m, addr, "break_ksm")
+        # FOLL_MIGRATION (3.9, 5117b3b835f2; deviation 21): a KSM page under migration is waited for, not taken
+        # for "no page here"; the 2.6.33 code (variant break-ksm-no-foll-migration) returns, leaving it merged
+        page = memory.follow_page(k, m, addr, "break_ksm", migration=not k.bug("break-ksm-no-foll-migration"))
         if not page:
             return 0
         if memory.PageKsm(k, ref_slot(page)):
@@ -513,7 +516,19 @@ def try_to_merge_one_page(k: K, vref: int, pref: int, kpref: int) -> int:
             err = 0
         elif memcmp_pages(k, pref, kpref) == 0:  # pages_identical
             err = replace_page(k, vref, pref, kpref, orig, careful)
-    k.locks.unlock(k.page_lock(s), "try_to_merge_one_page:unlock_page")
+    locked = s
+    if k.vm.flags[k.vm.deref(vref, "try_to_merge_one_page")] & VM_LOCKED and kpref and not err \
+            and not k.bug("merge-mlockfreed"):
+        # "ksm: fix mlockfreed to munlocked": the page about to be freed is munlocked, and the lock handed over to
+        # kpage (the defect leaves page mlocked, and free_page_mlock meets it)
+        mlock.munlock_vma_page(k, pref)
+        ks = k.pg.deref(kpref, "try_to_merge_one_page")
+        if not mlock.PageMlocked(k, ks):
+            k.locks.unlock(k.page_lock(s), "try_to_merge_one_page:unlock_page")
+            k.locks.lock(k.page_lock(ks), "try_to_merge_one_page:lock_page(kpage)")
+            mlock.mlock_vma_page(k, kpref)
+            locked = ks  # for final unlock
+    k.locks.unlock(k.page_lock(locked), "try_to_merge_one_page:unlock_page")
     return err
 
 
@@ -1004,7 +1019,7 @@ def _walk_items(k: K, pref: int, site: str) -> tuple[int, list[int]]:
 
 
 @kfunc
-def try_to_unmap_ksm(k: K, pref: int, swap: int) -> int:
+def try_to_unmap_ksm(k: K, pref: int, swap: int, flags: int = 0) -> int:
     """Unmap every pte of a locked KSM page: pass 0 visits the vma of each rmap_item's own mm, pass 1 the
     covering vmas of other mms (forked since ksmd gave the rmap_item)."""
     nref, items = _walk_items(k, pref, "try_to_unmap_ksm")
@@ -1027,7 +1042,7 @@ def try_to_unmap_ksm(k: K, pref: int, swap: int) -> int:
                     continue
                 if (imm == k.vm.mm[v]) == bool(search_new_forks):
                     continue
-                ret = rmap.try_to_unmap_one(k, pref, vref, addr, swap, token)
+                ret = rmap.try_to_unmap_one(k, pref, vref, addr, swap, token, flags)
                 if ret != rmap.SWAP_AGAIN or not rmap.page_mapped(k, s):
                     done = True
                     break
@@ -1037,7 +1052,7 @@ def try_to_unmap_ksm(k: K, pref: int, swap: int) -> int:
         if done or search_new_forks + 1 >= _rmap_walk_passes(k):
             break
         search_new_forks = 1
-    k.hooks.walk_end(k, token)
+    k.hooks.walk_end(k, token, rmap.unmap_walk_uncounted(flags, ret))
     return ret
 
 

@@ -14,7 +14,19 @@ from ..arena import ref_slot
 from ..callchain import kfunc
 from ..failures import Failure
 from . import rmap
-from .state import G_SWAPIN_HELD, PG_ANON, PG_KSM, PTE_NONE, PTE_PRESENT, PTE_SWAP, K, mk_pte, pte_decode
+from .state import (
+    G_SWAPIN_HELD,
+    PG_ANON,
+    PG_KSM,
+    PTE_MIGRATION,
+    PTE_NONE,
+    PTE_PRESENT,
+    PTE_SWAP,
+    VM_LOCKED,
+    K,
+    mk_pte,
+    pte_decode,
+)
 
 VM_FAULT_WRITE = 1  # the fault made the pte writable (break_ksm loops until it sees this)
 
@@ -148,16 +160,37 @@ def pte_stored(k: K, m: int, addr: int, kind: int, ref: int, write: int, site: s
     k.hooks.pte_stored(k, m, addr, kind, ref, write, site)
 
 
-def follow_page(k: K, m: int, addr: int, site: str) -> int:
-    """follow_page(FOLL_GET): the page mapped at addr with a reference taken, or 0."""
-    k.locks.lock(k.ptl(m), site)
-    kind, ref, _w = pte_get(k, m, addr)
-    page = 0
-    if kind == PTE_PRESENT:
-        get_pte_page(k, m, ref, site)
-        page = ref
-    k.locks.unlock(k.ptl(m), site)
-    return page
+def follow_page(k: K, m: int, addr: int, site: str, migration: bool = False) -> int:
+    """follow_page(FOLL_GET): the page mapped at addr with a reference taken, or 0. With FOLL_MIGRATION (3.9,
+    `migration`), a migration entry is waited out (migration_entry_wait) and the pte read again; without it, a
+    pte under migration maps no page, as in 2.6.33."""
+    while True:
+        k.locks.lock(k.ptl(m), site)
+        kind, ref, _w = pte_get(k, m, addr)
+        if kind == PTE_MIGRATION and migration:
+            migration_entry_wait(k, m, ref)  # lets the pte lock go
+            continue
+        page = 0
+        if kind == PTE_PRESENT:
+            get_pte_page(k, m, ref, site)
+            page = ref
+        k.locks.unlock(k.ptl(m), site)
+        return page
+
+
+def migration_entry_wait(k: K, m: int, pref: int) -> None:
+    """A fault met a migration entry naming `pref` (read under the pte lock, still held): take a reference if the
+    page is still allocated, let the pte lock go, wait for the page lock the migrating task holds
+    (wait_on_page_locked: modelled as lock_page + unlock_page, the same wait), drop the reference. The fault is
+    then retried; a migration entry nobody removes makes it retry for ever."""
+    s = ref_slot(pref)
+    page = get_page_unless_zero(k, s)
+    k.locks.unlock(k.ptl(m), "migration_entry_wait")
+    if not page:
+        return
+    k.locks.lock(k.page_lock(s), "migration_entry_wait:wait_on_page_locked")
+    k.locks.unlock(k.page_lock(s), "migration_entry_wait:wait_on_page_locked")
+    put_page(k, page, "migration_entry_wait")
 
 
 # -- faults --------------------------------------------------------------------------------------------------
@@ -173,6 +206,9 @@ def handle_mm_fault(k: K, m: int, vref: int, addr: int, write: bool) -> int:
     if kind == PTE_SWAP:
         k.locks.unlock(ptl, "handle_mm_fault")
         return do_swap_page(k, m, vref, addr, write, ref)  # orig_pte: the entry as read here, not read again
+    if kind == PTE_MIGRATION:  # do_swap_page's is_migration_entry: wait, and let the fault be retried
+        migration_entry_wait(k, m, ref)
+        return 0
     if write and not w:
         return do_wp_page(k, m, vref, addr)  # entered with the pte lock held, as in the kernel
     k.locks.unlock(ptl, "handle_mm_fault")
@@ -235,6 +271,13 @@ def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
     k.locks.unlock(ptl, "do_wp_page:done")
     if new:
         put_page(k, new, "do_wp_page:raced")
+    if ret & VM_FAULT_WRITE and k.vm.flags[k.vm.deref(vref, "do_wp_page")] & VM_LOCKED:
+        # don't let another task, with possibly unlocked vma, keep the mlocked page (2.6.33)
+        from .mlock import munlock_vma_page
+
+        k.locks.lock(k.page_lock(os_), "do_wp_page:lock_page")
+        munlock_vma_page(k, old)
+        k.locks.unlock(k.page_lock(os_), "do_wp_page:unlock_page")
     put_page(k, old, "do_wp_page:ref")
     return ret
 
@@ -348,6 +391,11 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
             ss = st.swap.deref(ref, "copy_one_pte:swap_duplicate")
             k.atomic_add(st.swap.count, ss, 1, "copy_one_pte:swap_duplicate")
             pte_set(k, dst, addr, PTE_SWAP, ref, 0, "copy_one_pte")
+        elif kind == PTE_MIGRATION:
+            # a write migration entry becomes a read one in both (COW), and the child gets its copy: the
+            # migration's remove_migration_ptes must find it through the shared anon_vma (or pass 1 for KSM)
+            pte_set(k, src, addr, PTE_MIGRATION, ref, 0, "copy_one_pte:migration")
+            pte_set(k, dst, addr, PTE_MIGRATION, ref, 0, "copy_one_pte:migration")
     k.locks.unlock(ptl, "copy_pte_range:src_ptl")
     k.locks.unlock(dst_ptl, "copy_pte_range")
 
@@ -365,8 +413,9 @@ def zap_pte_range(k: K, m: int, start: int, end: int) -> None:
         if kind == PTE_PRESENT:
             rmap.page_remove_rmap(k, ref, "zap_pte_range")
             put_page(k, ref, "zap_pte_range")
-        else:
+        elif kind == PTE_SWAP:
             swap_free(k, ref, "zap_pte_range")
+        # a migration entry holds no reference (free_swap_and_cache: non_swap_entry): the pte just goes
     k.locks.unlock(ptl, "zap_pte_range")
 
 

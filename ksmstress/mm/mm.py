@@ -9,8 +9,8 @@ from __future__ import annotations
 from ..arena import ref_slot
 from ..callchain import kfunc
 from ..failures import Failure
-from . import ksm, memory, rmap
-from .state import PTE_NONE, VM_MERGEABLE, K, mk_pte
+from . import ksm, memory, mlock, rmap
+from .state import PTE_NONE, VM_LOCKED, VM_MERGEABLE, K, mk_pte
 
 
 # -- mm_struct -----------------------------------------------------------------------------------------------
@@ -59,6 +59,9 @@ def exit_mmap(k: K, mref: int) -> None:
     """Tear down every vma: zap all ptes first (unmap_vmas), then unlink and free each vma (free_pgtables)."""
     m = k.mmc.deref(mref, "exit_mmap")
     vmas = vma_walk(k, m)  # no mmap_sem: mm_users is 0 and __ksm_exit's handshake let ksmd out, nobody else is here
+    for vref in vmas:  # mm->locked_vm: munlock_vma_pages_all of every VM_LOCKED vma first
+        if k.vm.flags[k.vm.deref(vref, "exit_mmap")] & VM_LOCKED:
+            mlock.munlock_vma_pages_all(k, m, vref)
     for vref in vmas:
         v = k.vm.deref(vref, "exit_mmap")
         memory.zap_pte_range(k, m, k.vm.start[v], k.vm.end[v])
@@ -217,6 +220,9 @@ def do_munmap(k: K, mref: int, start: int, end: int) -> bool:
     if k.vm.end[ref_slot(last)] > end:
         split_vma(k, m, last, end)
     doomed = [x for x in vma_list(k, m) if start <= k.vm.start[ref_slot(x)] and k.vm.end[ref_slot(x)] <= end]
+    for vref in doomed:  # mm->locked_vm: munlock the VM_LOCKED vmas before they go
+        if k.vm.flags[k.vm.deref(vref, "do_munmap")] & VM_LOCKED:
+            mlock.munlock_vma_pages_all(k, m, vref)
     for vref in doomed:  # detach_vmas_to_be_unmapped
         _unlink_vma(k, m, vref)
     for vref in doomed:  # unmap_region: unmap_vmas
@@ -247,7 +253,8 @@ def dup_mmap(k: K, oldref: int) -> int:
         tref = k.vm.alloc("dup_mmap:vm_area_dup")
         t = ref_slot(tref)
         vm = k.vm
-        vm.start[t], vm.end[t], vm.flags[t], vm.anon_vma[t] = vm.start[v], vm.end[v], vm.flags[v], vm.anon_vma[v]
+        vm.start[t], vm.end[t], vm.anon_vma[t] = vm.start[v], vm.end[v], vm.anon_vma[v]
+        vm.flags[t] = vm.flags[v] & ~VM_LOCKED  # mlock is not inherited: tmp->vm_flags &= ~VM_LOCKED
         vm.mm[t] = mref
         rmap.anon_vma_link(k, tref)
         _link_vma(k, m, tref)

@@ -180,27 +180,66 @@ def page_mapped(k: K, s: int) -> bool:
 
 # -- rmap walks ----------------------------------------------------------------------------------------------
 @kfunc
-def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, swap: int, token: object) -> int:
-    """Replace the pte mapping `page` at addr in vma's mm by a swap entry (page_check_address + unmap)."""
-    from . import memory
-    from .state import PTE_PRESENT, PTE_SWAP
+def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, swap: int, token: object, flags: int = 0) -> int:
+    """Replace the pte mapping `page` at addr in vma's mm by a swap entry (TTU_UNMAP) or a migration entry
+    (TTU_MIGRATION), or only look for VM_LOCKED (TTU_MUNLOCK): page_check_address, then as 2.6.33.
 
+    A VM_LOCKED vma keeps its pte (unless TTU_IGNORE_MLOCK): out_mlock rechecks VM_LOCKED under a
+    down_read_trylock of that mm's mmap_sem and then mlocks the page (SWAP_MLOCK). Simplified: the trylock is an
+    exclusive trylock (sync has no shared one), so it fails also where a reader holds mmap_sem: the pte is kept
+    either way, only the lazy mlock is missed.
+    """
+    from . import memory
+    from .state import (
+        PTE_MIGRATION,
+        PTE_PRESENT,
+        PTE_SWAP,
+        SWAP_MLOCK,
+        TTU_IGNORE_MLOCK,
+        TTU_MIGRATION,
+        TTU_MUNLOCK,
+        VM_LOCKED,
+    )
+
+    action = flags & 0xFF
     v = k.vm.deref(vref, "try_to_unmap_one")
     m = k.mmc.deref(k.vm.mm[v], "try_to_unmap_one")
     k.locks.lock(k.ptl(m), "try_to_unmap_one")
     k.hooks.walk_visit(token, m, addr)
-    kind, ref, _w = memory.pte_get(k, m, addr)
-    if kind == PTE_PRESENT and ref == pref:
+    kind, ref, w = memory.pte_get(k, m, addr)
+    if kind != PTE_PRESENT or ref != pref:
+        k.locks.unlock(k.ptl(m), "try_to_unmap_one")
+        return SWAP_AGAIN
+    if not flags & TTU_IGNORE_MLOCK:
+        if k.vm.flags[v] & VM_LOCKED:  # read without mmap_sem, as the kernel does: out_mlock rechecks under it
+            k.locks.unlock(k.ptl(m), "try_to_unmap_one:out_mlock")
+            ret = SWAP_AGAIN
+            sem = k.mmap_sem(m)
+            if k.locks.trylock(sem, "try_to_unmap_one:down_read_trylock"):
+                if k.vm.flags[k.vm.deref(vref, "try_to_unmap_one:out_mlock")] & VM_LOCKED:
+                    from .mlock import mlock_vma_page
+
+                    mlock_vma_page(k, pref)
+                    ret = SWAP_MLOCK
+                k.locks.unlock(sem, "try_to_unmap_one:up_read")
+            return ret
+        if action == TTU_MUNLOCK:
+            k.locks.unlock(k.ptl(m), "try_to_unmap_one:out_unmap")
+            return SWAP_AGAIN
+    ps = k.pg.deref(pref, "try_to_unmap_one")
+    if action == TTU_MIGRATION:
+        # make_migration_entry(page, pte_write(pteval)): the pte names the locked page, the fault will wait on it
+        memory.pte_set(k, m, addr, PTE_MIGRATION, pref, w, "try_to_unmap_one:migration")
+    else:
         ss = k.st.swap.deref(swap, "try_to_unmap_one:swap_duplicate")
         # the bytes as they are once this pte is gone (the kernel writes back the dirty page after unmapping;
         # a page mapped more than once is read-only everywhere, so every pte converted sees the same bytes)
-        ps = k.pg.deref(pref, "try_to_unmap_one")
         k.hooks.shared_access(k, k.st.frames, ps, 0, "try_to_unmap_one:swap_writepage")
         k.st.swapdata[ss, :] = k.st.frames[ps, :]
         k.atomic_add(k.st.swap.count, ss, 1, "try_to_unmap_one:swap_duplicate")
         memory.pte_set(k, m, addr, PTE_SWAP, swap, 0, "try_to_unmap_one")
-        page_remove_rmap(k, pref, "try_to_unmap_one")
-        memory.put_page(k, pref, "try_to_unmap_one")
+    page_remove_rmap(k, pref, "try_to_unmap_one")
+    memory.put_page(k, pref, "try_to_unmap_one")
     k.locks.unlock(k.ptl(m), "try_to_unmap_one")
     return SWAP_AGAIN
 
@@ -212,7 +251,7 @@ def page_referenced_one(k: K, pref: int, vref: int, addr: int, mapcount: list[in
     Simplified: young bits are not modelled, so every mapping found counts as referenced.
     """
     from . import memory
-    from .state import PTE_PRESENT
+    from .state import PTE_PRESENT, VM_LOCKED
 
     v = k.vm.deref(vref, "page_referenced_one")
     m = k.mmc.deref(k.vm.mm[v], "page_referenced_one")
@@ -220,7 +259,12 @@ def page_referenced_one(k: K, pref: int, vref: int, addr: int, mapcount: list[in
     k.hooks.walk_visit(token, m, addr)
     kind, ref, _w = memory.pte_get(k, m, addr)
     found = kind == PTE_PRESENT and ref == pref
-    if found:
+    if found and k.vm.flags[v] & VM_LOCKED:
+        # an mlocked page is not "referenced": break early from the loop so it goes on to try_to_unmap, which
+        # finds VM_LOCKED and makes it unevictable
+        mapcount[0] = 0
+        found = False
+    elif found:
         mapcount[0] -= 1
     k.locks.unlock(k.ptl(m), "page_referenced_one")
     return int(found)
@@ -261,8 +305,19 @@ def anon_vma_vmas_rcu(k: K, avref: int, site: str) -> list[int]:
     return out
 
 
+def unmap_walk_uncounted(flags: int, ret: int) -> int | None:
+    """What an unmap walk tells walk_end: None (bound to unmap every mapping) for reclaim and migration; 0 (it
+    stopped early, by design) once a VM_LOCKED vma answered SWAP_MLOCK; 1 (bound to visit every mapping, not to
+    unmap it) for a TTU_MUNLOCK walk that went through."""
+    from .state import SWAP_MLOCK, TTU_MUNLOCK
+
+    if ret == SWAP_MLOCK:
+        return 0
+    return 1 if flags & 0xFF == TTU_MUNLOCK else None
+
+
 @kfunc
-def try_to_unmap_anon(k: K, pref: int, swap: int) -> int:
+def try_to_unmap_anon(k: K, pref: int, swap: int, flags: int = 0) -> int:
     token = k.hooks.walk_begin(k, pref, "try_to_unmap_anon")
     ret = SWAP_AGAIN
     avref = page_lock_anon_vma(k, pref, "try_to_unmap_anon")
@@ -272,11 +327,11 @@ def try_to_unmap_anon(k: K, pref: int, swap: int) -> int:
             addr = _vma_address(k, s, vref, "try_to_unmap_anon")
             if addr < 0:
                 continue
-            ret = try_to_unmap_one(k, pref, vref, addr, swap, token)
+            ret = try_to_unmap_one(k, pref, vref, addr, swap, token, flags)
             if ret != SWAP_AGAIN or not page_mapped(k, s):
                 break
         k.locks.unlock(k.av_lock(ref_slot(avref)), "try_to_unmap_anon")
-    k.hooks.walk_end(k, token)
+    k.hooks.walk_end(k, token, unmap_walk_uncounted(flags, ret))
     return ret
 
 
@@ -304,16 +359,17 @@ def page_referenced_anon(k: K, pref: int) -> int:
 
 
 @kfunc
-def try_to_unmap(k: K, pref: int, swap: int) -> int:
-    """Unmap every pte of a locked page (BUG_ON(!PageLocked(page))), turning them into swap entries for `swap`."""
+def try_to_unmap(k: K, pref: int, swap: int, flags: int = 0) -> int:
+    """Unmap every pte of a locked page (BUG_ON(!PageLocked(page))), turning them into swap entries for `swap`
+    (or migration entries, TTU_MIGRATION)."""
     from . import ksm
     from .memory import PageKsm
 
     s = k.pg.deref(pref, "try_to_unmap")
     k.hooks.lock_rule(k, "page_locked", k.page_lock(s), 2, s, "try_to_unmap")
     if PageKsm(k, s):
-        return ksm.try_to_unmap_ksm(k, pref, swap)
-    return try_to_unmap_anon(k, pref, swap)
+        return ksm.try_to_unmap_ksm(k, pref, swap, flags)
+    return try_to_unmap_anon(k, pref, swap, flags)
 
 
 @kfunc

@@ -63,6 +63,23 @@ def pte_fields(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     w = np.array(words, copy=True)
     return w & PTE_KIND_MASK, w >> PTE_SHIFT, (w & PTE_WRITE) != 0
 
+# --- issue 14 part B: mlock, swap, migration ---------------------------------------------------------------
+PG_MLOCKED = 4  # struct page: PageMlocked (mm/mlock.c), set and cleared under the page lock
+VM_LOCKED = 2  # vma->vm_flags: mlock()ed
+# a migration entry (swp_entry of type SWP_MIGRATION_READ/WRITE): the pte names the page under migration, whose
+# lock the migrating task holds; a fault on it waits for that lock (migration_entry_wait). The write bit is the
+# entry's (is_write_migration_entry).
+PTE_MIGRATION = 3
+# try_to_unmap's ttu_flags actions (TTU_ACTION); the IGNORE bits as the kernel passes them
+TTU_UNMAP, TTU_MIGRATION, TTU_MUNLOCK = 0, 1, 2
+TTU_IGNORE_MLOCK = 1 << 8
+SWAP_MLOCK = 3  # try_to_unmap's verdict: a VM_LOCKED vma maps the page (beside rmap's SWAP_SUCCESS/AGAIN/FAIL)
+# cells of `k.gb` (the array "mm.partb")
+GB_NR_MLOCK = 0  # NR_MLOCK: pages with PG_MLOCKED set
+GB_MIGRATING = 1  # migrations in flight (the old page is locked and maybe unmapped into migration entries)
+GB_CELLS = 4
+# --- end of issue 14 part B block ---------------------------------------------------------------------------
+
 # ksm globals (cells of `k.g`)
 (
     G_RUN,
@@ -237,6 +254,7 @@ class State:
         block.want("expect", np.int64, (sz.max_mm, sz.vpages))
         block.want("window", np.int64, (sz.max_mm, sz.vpages, 3))  # checks.windows: the kernel window a pte is in
         block.want("ksm.g", np.int64, 17)
+        block.want("mm.partb", np.int64, GB_CELLS)  # issue 14 part B: NR_MLOCK, migrations in flight
         self.locks = LockSpace(
             block,
             {MMAP_SEM: sz.max_mm, PAGE_LOCK: sz.frames, ANON_VMA_LOCK: sz.anon_vmas, PAGE_TABLE_LOCK: sz.max_mm},
@@ -254,6 +272,7 @@ class State:
         self.expect = a["expect"]
         self.window = a["window"]
         self.g = a["ksm.g"]
+        self.gb = a["mm.partb"]  # issue 14 part B
         self.locks.bind(a)
         # ksm_mm_head: a permanent slot (never freed, so its reference never changes), an empty list at first
         self.ksm_mm_head = head = self.mm_slot.ref_of(MM_SLOT_HEAD)
@@ -327,6 +346,7 @@ class K:
         self.sn: StableNodes = st.stable_node
         self.ms: MmSlots = st.mm_slot
         self.g = st.g
+        self.gb = st.gb  # issue 14 part B: NR_MLOCK, migrations in flight
 
     def atomic_add(self, view: Column | np.ndarray, i: int, delta: int, site: str = "atomic_add", arg: int = 0) -> int:
         """atomic_add_return: one read-modify-write that no other task can interleave (page _count, _mapcount,
