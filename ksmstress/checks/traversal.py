@@ -203,15 +203,16 @@ class TraversalCheck:
     def _check_unmapped(self, k: K, token: Walk) -> None:
         """An unmap walk's visit must unmap: try_to_unmap_one, finding the page at the address under the pte lock,
         replaces the pte by a swap entry unless it returns SWAP_FAIL (a young pte, not modelled: deviation 11) or
-        finds VM_LOCKED (the pte stays: exempt here, `mlock` checks those), and no path maps the same page there
-        again while the walker holds the page lock (a swap-in makes a new page, deviation 10). So a pte the walk
-        visited that still holds the word it held when the walk began, in the same mm, was left mapped by the
-        visit."""
+        finds VM_LOCKED (the pte stays: exempt here if its vma was VM_LOCKED at the walk's start or end, as a
+        munlock may clear the flag meanwhile, then wait for the page lock; `mlock` checks those), and no path maps
+        the same page there again while the walker holds the page lock (a swap-in makes a new page, deviation 10).
+        So a pte the walk visited that still holds the word it held when the walk began, in the same mm, was left
+        mapped by the visit."""
         kept = [
             (m, addr)
             for m, addr, word, mref in token.mapped
             if (m, addr) in token.visited and int(k.st.pte[m, addr]) == word and k.mmc.is_live(mref)
-            and not mlock.is_locked(k, m, addr)
+            and (m, addr) not in token.locked and not mlock.is_locked(k, m, addr)
         ]
         if not kept:
             return

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..arena import ref_slot
 from ..callchain import kfunc
 from . import memory, rmap
-from .state import PG_KSM, K
+from .state import PG_KSM, PG_MLOCKED, K
 
 
 def page_anon_vma_of(k: K, s: int) -> int:
@@ -35,6 +35,9 @@ def shrink_page(k: K, page: int, swap: bool) -> None:
         if avref:
             k.locks.unlock(lid, "shrink_page_list:anon_vma_unlock")
     elif not k.locks.trylock(k.page_lock(s), "shrink_page_list:trylock_page"):
+        return
+    if k.pg.flags[s] & PG_MLOCKED:  # !page_evictable(page, NULL): cull_mlocked, to the unevictable list
+        k.locks.unlock(k.page_lock(s), "shrink_page_list:cull_mlocked")
         return
     rmap.page_referenced(k, page)
     if swap and rmap.page_mapped(k, s):
