@@ -1,10 +1,11 @@
 """The oracles of mlock and migration (issue 14 part B), computed from the tables, never from the code paths:
 
 - `mlock`: a page is freed while PageMlocked (the kernel's free_page_mlock "Page flag mlocked set" whinge: every
-  path that drops an mlocked page's last mapping munlocks it first, KSM's merge included since "ksm: fix
-  mlockfreed to munlocked"); a reclaim walk turned into a swap entry a pte of a vma that was VM_LOCKED from the
-  walk's start to its end (an mlocked page must never be unmapped by reclaim); NR_MLOCK differs from the pages
-  carrying PG_MLOCKED.
+  path that drops an mlocked page's last mapping munlocks it first, KSM's merge included since "ksm: fix mlockfreed
+  to munlocked"), unless it was mlocked while no VM_LOCKED vma mapped it (PG_MLOCK_STRAY: a racing mlock_vma_page,
+  which the kernel tolerates and counts as unevictable_pgs_mlockfreed); a reclaim walk turned into a swap entry a
+  pte of a vma that was VM_LOCKED from the walk's start to its end (an mlocked page must never be unmapped by
+  reclaim); NR_MLOCK differs from the pages carrying PG_MLOCKED.
 - `traversal` (migration): a migration entry outlives its migration. Hot-remove migrates under ksm_thread_mutex,
   so wherever ksmd or run=2 holds that mutex between batches, and at quiescence, no migration entry may exist; and
   a migration entry still naming a page whose last reference goes is one no remove_migration_ptes will find (a
@@ -22,6 +23,7 @@ from ..failures import Failure
 from ..mm.state import (
     GB_MIGRATING,
     GB_NR_MLOCK,
+    PG_MLOCK_STRAY,
     PG_MLOCKED,
     PTE_KIND_MASK,
     PTE_MIGRATION,
@@ -76,7 +78,7 @@ def check_freeing(k: K, pref: int, site: str, words: np.ndarray) -> None:
     table as the caller read it, each pte one load)."""
     s = ref_slot(pref)
     pg = k.st.page
-    if pg.flags[s] & PG_MLOCKED:
+    if pg.flags[s] & PG_MLOCKED and not pg.flags[s] & PG_MLOCK_STRAY:
         step, who = k.ctl.clock()
         raise Failure(
             "mlock",

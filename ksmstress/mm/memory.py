@@ -16,8 +16,10 @@ from ..failures import Failure
 from . import rmap
 from .state import (
     G_SWAPIN_HELD,
+    GB_NR_MLOCK,
     PG_ANON,
     PG_KSM,
+    PG_MLOCKED,
     PTE_MIGRATION,
     PTE_NONE,
     PTE_PRESENT,
@@ -84,7 +86,10 @@ def put_page(k: K, pref: int, site: str) -> None:
         # find it here and must be refused by its count test
         k.spoint("__put_single_page")
         k.hooks.shared_access(k, k.pg.flags, s, 1, "__put_single_page")
-        k.pg.flags[s] = 0
+        with k.guard:  # free_page_mlock: a page freed mlocked leaves NR_MLOCK (the kernel's mlockfreed count)
+            if k.pg.flags[s] & PG_MLOCKED:
+                k.gb[GB_NR_MLOCK] -= 1
+            k.pg.flags[s] = 0
         k.pg.mapping[s] = 0  # free_hot_cold_page clears an anon page's mapping: get_ksm_page relies on it
         k.pg.mapcount[s] = 0
         k.pg.free(pref, site)

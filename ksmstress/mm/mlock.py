@@ -11,10 +11,22 @@ munlock_vma_page walks it); no RLIMIT_MEMLOCK and no mm->locked_vm (every mlock 
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..arena import ref_slot
 from ..callchain import kfunc
 from . import memory, rmap
-from .state import GB_NR_MLOCK, PG_MLOCKED, PTE_PRESENT, TTU_MUNLOCK, VM_LOCKED, K
+from .state import (
+    GB_NR_MLOCK,
+    PG_MLOCK_STRAY,
+    PG_MLOCKED,
+    PTE_PRESENT,
+    PTE_WRITE,
+    TTU_MUNLOCK,
+    VM_LOCKED,
+    K,
+    mk_pte,
+)
 
 
 def PageMlocked(k: K, s: int) -> bool:  # noqa: N802 - the kernel's name
@@ -31,11 +43,26 @@ def _set_mlocked(k: K, s: int, on: bool, site: str) -> bool:
         if had == on:
             return False
         if on:
-            k.pg.flags[s] |= PG_MLOCKED
+            k.pg.flags[s] |= PG_MLOCKED | (0 if _mapped_locked(k, s) else PG_MLOCK_STRAY)
         else:
-            k.pg.flags[s] &= ~PG_MLOCKED
+            k.pg.flags[s] &= ~(PG_MLOCKED | PG_MLOCK_STRAY)
         k.gb[GB_NR_MLOCK] += 1 if on else -1
         return True
+
+
+def _mapped_locked(k: K, s: int) -> bool:
+    """Whether some VM_LOCKED vma maps page slot s now (the detectors' bookkeeping, read raw: not a kernel path)."""
+    hits = np.argwhere((k.st.pte & ~PTE_WRITE) == mk_pte(PTE_PRESENT, k.page_ref(s), 0))
+    for m, addr in hits.tolist():
+        vref, n = k.mmc.mmap[m], 0
+        while vref and n < k.vm.capacity:
+            v = ref_slot(vref)
+            if k.vm.start[v] <= addr < k.vm.end[v]:
+                if k.vm.flags[v] & VM_LOCKED:
+                    return True
+                break
+            vref, n = k.vm.next[v], n + 1
+    return False
 
 
 def mlock_vma_page(k: K, pref: int) -> None:

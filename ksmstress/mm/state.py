@@ -65,6 +65,10 @@ def pte_fields(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 # --- issue 14 part B: mlock, swap, migration ---------------------------------------------------------------
 PG_MLOCKED = 4  # struct page: PageMlocked (mm/mlock.c), set and cleared under the page lock
+# Not the kernel's: the detectors' note that PG_MLOCKED was last set while no VM_LOCKED vma mapped the page (a
+# racing mlock_vma_page, e.g. KSM's hand-over to a kpage unmapped meanwhile): its free is the kernel's tolerated
+# unevictable_pgs_mlockfreed, not a missed munlock
+PG_MLOCK_STRAY = 8
 VM_LOCKED = 2  # vma->vm_flags: mlock()ed
 # a migration entry (swp_entry of type SWP_MIGRATION_READ/WRITE): the pte names the page under migration, whose
 # lock the migrating task holds; a fault on it waits for that lock (migration_entry_wait). The write bit is the
