@@ -22,9 +22,10 @@ def generate_text(seed: int) -> str:
 
     Each workload starts by writing every page, then runs one to four phases of random actions (writes with
     duplicated patterns, forks, MADV_UNMERGEABLE / MERGEABLE of a range, munmap of a range, exits, run=2 then
-    run=1), always valid by construction.
+    run=1, mlock / munlock of a range), always valid by construction.
     """
     rng = random.Random(seed)
+    lrng = random.Random(f"{seed}:mlock")
     pool = rng.sample(range(0, 600), rng.randint(1, 5))
     nproc = rng.randint(1, 4)
     procs: dict[str, list[list[bool]]] = {}
@@ -80,6 +81,18 @@ def generate_text(seed: int) -> str:
                 acts.append(f"{op} {target}")
             else:
                 acts.append(f"write {target} {_rng_patterns(rng, pool, b + 1 - a)}")
+        # mlock / munlock of a mapped run (issue 14): drawn from a stream of their own, so every workload a seed
+        # drew before they existed is the same, with these actions added
+        if lrng.random() < 0.5:
+            p = lrng.choice(sorted(procs))
+            r = lrng.randrange(len(procs[p]))
+            mapped = [i for i, v in enumerate(procs[p][r]) if v]
+            if mapped:
+                a = lrng.choice(mapped)
+                b = a
+                while b + 1 < len(procs[p][r]) and procs[p][r][b + 1] and lrng.random() < 0.8:
+                    b += 1
+                acts.append(f"{lrng.choice(['mlock', 'mlock', 'munlock'])} {p}.{r}[{a}:{b + 1}]")
         if acts:
             phases.append((f"step {ph + 1}", acts))
     if ran2:

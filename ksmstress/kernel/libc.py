@@ -17,6 +17,8 @@ _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 
@@ -45,6 +47,14 @@ def madvise(addr: int, length: int, advice: int) -> None:
 def madvise_return(addr: int, length: int, advice: int) -> int:
     """madvise as a workload records it: 0, or -errno (over a hole the kernel advises the mapped parts, -ENOMEM)."""
     return 0 if _libc.madvise(addr, length, advice) == 0 else -ctypes.get_errno()
+
+
+def mlock(addr: int, length: int, lock: bool) -> None:
+    """mlock(2) (faults the range in, as a write for private writable memory) or munlock(2)."""
+    if lock:
+        _check(_libc.mlock(addr, length), "mlock")
+    else:
+        _check(_libc.munlock(addr, length), "munlock")
 
 
 def madvise_hint(addr: int, length: int, advice: int) -> None:

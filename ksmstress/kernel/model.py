@@ -15,7 +15,7 @@ import numpy as np
 
 from ..arena import ref_slot
 from ..checks.content import pattern_bytes
-from ..mm import ksm, memory
+from ..mm import ksm, memory, mlock
 from ..mm import mm as mmm
 from ..mm.state import (
     G_PAGES_SHARED,
@@ -62,7 +62,8 @@ def sizes_for(w: Workload) -> Sizes:
     layout = w.layout()
     bases = region_bases(w)
     widest = max(bases[len(regs) - 1] + regs[-1].pages for regs in layout.values())
-    range_ops = sum(1 for ph in w.phases for a in ph.actions if a.kind in ("munmap", "mergeable", "unmergeable"))
+    range_ops = sum(1 for ph in w.phases for a in ph.actions
+                    if a.kind in ("munmap", "mergeable", "unmergeable", "mlock", "munlock"))
     nregions = max(len(regs) for regs in layout.values())
     total = w.total_pages
     nmm = len(layout)
@@ -117,6 +118,11 @@ class ModelSide:
         elif a.kind == "exit":
             mmm.mmput(k, mref)
             del self.mms[a.proc]
+        elif a.kind in ("mlock", "munlock"):
+            for s in a.spans:
+                start, end = self.bases[s.region] + s.start, self.bases[s.region] + s.end
+                if mlock.sys_mlock(k, mref, start, end, a.kind == "mlock"):
+                    raise RuntimeError(f"model: {a.text!r} failed")
         elif a.kind == "munmap":
             for s in a.spans:
                 if not mmm.sys_munmap(k, mref, self.bases[s.region] + s.start, self.bases[s.region] + s.end):

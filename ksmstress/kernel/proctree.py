@@ -100,6 +100,10 @@ class _Worker:
                 else:  # over unmapped pages the kernel advises the mapped parts and returns -ENOMEM: recorded
                     returns.append(libc.madvise_return(addr, n, args[1]))
             return returns
+        if cmd == "mlock":
+            for r, a, b in args[0]:
+                libc.mlock(self.regions[r][0] + a * libc.PAGE_SIZE, (b - a) * libc.PAGE_SIZE, bool(args[1]))
+            return None
         if cmd == "fork":
             child, owned = args[0], set(args[1])
             pid = os.fork()

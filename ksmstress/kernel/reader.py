@@ -26,7 +26,7 @@ PATTERNS_RE = re.compile(r"([0-9]{1,9}|z)(,([0-9]{1,9}|z))*")  # z: an all-zero 
 MAX_PATTERNS = 4096  # patterns in one write
 GRAMMAR = (
     "write TARGET P[,P...] (P a pattern number or z) | fork PARENT CHILD | unmergeable TARGET | mergeable TARGET | "
-    "munmap TARGET | exit PROC | run 0|1|2 (TARGET: PROC, PROC.R or PROC.R[A:B])"
+    "munmap TARGET | mlock TARGET | munlock TARGET | exit PROC | run 0|1|2 (TARGET: PROC, PROC.R or PROC.R[A:B])"
 )
 MAX_PROCESSES = 16
 MAX_PAGES = 200_000
@@ -151,6 +151,9 @@ class _Actions:
         if kind == "write":
             self.require_mapped(proc, spans)
             return Action("write", proc, spans, self.patterns(toks[2]), text=text)
+        if kind in ("mlock", "munlock"):  # over mapped pages only: a hole's -ENOMEM differs between kernels
+            self.require_mapped(proc, spans)
+            return Action(kind, proc, spans, text=text)
         # madvise over a hole is legal: the kernel advises the mapped parts and returns -ENOMEM
         return Action(kind, proc, spans, text=text, returns=self.s.madvise_returns(proc, spans))
 

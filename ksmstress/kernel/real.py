@@ -67,6 +67,8 @@ class RealSide:
         elif a.kind in ("mergeable", "unmergeable"):
             advice = libc.MADV_MERGEABLE if a.kind == "mergeable" else libc.MADV_UNMERGEABLE
             self.returns += self.tree.call(a.proc, "madvise", spans, advice)
+        elif a.kind in ("mlock", "munlock"):
+            self.tree.call(a.proc, "mlock", spans, a.kind == "mlock")
         elif a.kind == "fork":
             self.tree.fork(a.proc, a.child)
         elif a.kind == "exit":

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-ACTIONS = ("write", "fork", "unmergeable", "mergeable", "munmap", "exit", "run")
+ACTIONS = ("write", "fork", "unmergeable", "mergeable", "munmap", "exit", "run", "mlock", "munlock")
 MAX_PATTERN = 255 * 256 - 1  # pattern // 255 must fit the last byte
 ENOMEM = 12  # madvise(2) over a range with unmapped pages: applied to the mapped parts, then -ENOMEM
 
