@@ -107,8 +107,8 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             "merge-mlockfreed",
             "try_to_merge_one_page merges a page of a VM_LOCKED vma without munlock_vma_page(page) and "
-            "mlock_vma_page(kpage), as before 73848b4684e8 \"ksm: fix mlockfreed to munlocked\" (2.6.33): the "
-            "replaced page is freed still PageMlocked",
+            "mlock_vma_page(kpage), as before \"ksm: fix mlockfreed to munlocked\" (2.6.33; linux-mm [PATCH 1/9], "
+            "Nov 2009; commit 73848b4684e8, id not verified here): the replaced page is freed still PageMlocked",
             "mlock",
             "focus-mlock-merge.toml",
         ),
@@ -123,8 +123,8 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             "migrate-no-rcu",
             "unmap_and_move keeps the page's anon_vma neither by rcu_read_lock (2.6.33, SLAB_DESTROY_BY_RCU) nor "
-            "by a reference (3f6c82728f4e \"mm,migration: Take a reference to the anon_vma before migrating\", "
-            "2.6.35, through the count KSM introduced): the last munmap frees it during the migration and "
+            "by a reference (3f6c82728f4e \"mm: migration: take a reference to the anon_vma before migrating\", "
+            "2.6.35, then 7f60c214fd3a sharing KSM's count): the last munmap frees it during the migration and "
             "remove_migration_ptes' rmap_walk_anon locks freed memory",
             "use-after-free",
             "focus-migrate-munmap.toml",

@@ -59,7 +59,7 @@ Deviations from 2.6.33: what, where, why (each also has a one-line note at its p
     madvise; rlimits are a fixed per-mm vma budget.
     where: rmap.anon_vma_prepare, mm
     why:   fewer shapes, the same lifetimes: fork and split still share a vma's anon_vma.
-14. Every vma is private anonymous memory: no file, shared, huge, locked or special vmas.
+14. Every vma is private anonymous memory: no file, shared, huge or special vmas (VM_LOCKED ones are modelled).
     where: ksm.ksm_madvise, mm.mmap_region
     why:   KSM merges only private anonymous pages.
 15. Faults cannot fail and tasks get no signals: break_ksm has no OOM/SIGBUS, unmerge_ksm_pages no -ERESTARTSYS.
@@ -84,6 +84,20 @@ Deviations from 2.6.33: what, where, why (each also has a one-line note at its p
     where: actors.MmTask, memory.do_swap_page
     why:   the lifetimes under test are between ksmd, reclaim, fork/exit and an mm's owner; a swap pte therefore
            changes only by its own task, which keeps do_swap_page's raced branch dead until threads are modelled.
+
+--- issue 14 part B: mlock and migration
+21. break_ksm follows the pte with FOLL_MIGRATION (3.9, 5117b3b835f2): a migration entry is waited out.
+    where: ksm.break_ksm, memory.follow_page
+    why:   2.6.33's follow_page sees no page under migration, so MADV_UNMERGEABLE or run=2 racing a hot-remove
+           leaves a KSM page merged (Hugh Dickins found it in 2013); variant `break-ksm-no-foll-migration`.
+22. try_to_unmap_one's down_read_trylock(mmap_sem) is an exclusive trylock; mlock has no LRU (isolate_lru_page
+    always succeeds, putback is nothing), no RLIMIT_MEMLOCK, no mlockall.
+    where: rmap.try_to_unmap_one, mlock
+    why:   sync has no shared trylock; failing more often only skips a lazy mlock, the pte is kept either way.
+23. Hot-remove migrates one page per offline, with no retry passes, and leaves mlocked pages alone (-EBUSY).
+    where: migrate.offline_page, migrate.unmap_and_move
+    why:   2.6.33 migrates them, and a munlock meanwhile misses the page under its migration entry, so it is later
+           freed mlocked (counted as unevictable_pgs_mlockfreed), which the mlock detector would call a bug.
 
 Kept as 2.6.33 has them, though they may look like simplifications: one anon_vma per fork family and no
 anon_vma_chain (that is 2.6.34); page_lock_anon_vma reads a SLAB_DESTROY_BY_RCU anon_vma raw (type-stable memory,
