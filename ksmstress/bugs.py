@@ -103,6 +103,36 @@ VARIANTS: dict[str, Variant] = {
             "oops",
             "scan-exit-race.toml",
         ),
+        # --- issue 14 part A: threads, gup
+        Variant(
+            "wrprotect-no-gup-check",
+            "write_protect_page write-protects and the merge goes on without comparing page_mapcount + 1 with "
+            "page_count, so a page pinned by get_user_pages for an O_DIRECT read is merged: the DMA lands in a page "
+            "the program no longer maps, or in the KSM page every sharer maps. The check and Andrea Arcangeli's "
+            "comment on it came with KSM itself (31dbd01f3143 'ksm: Kernel SamePage Merging', 2.6.32)",
+            "data-loss",
+            "focus-dio-merge.toml",
+        ),
+        Variant(
+            "wrprotect-check-before-clear",
+            "write_protect_page reads the counts while the pte still maps the page writable and only then "
+            "write-protects it: a get_user_pages_fast that reads the pte after the check pins the page unseen, and "
+            "the O_DIRECT data is lost to the merge. 2.6.33 clears and flushes the pte first (the flush waits for "
+            "gup_fast's interrupts-off walk); 088b8aa537c2 'mm: fix PageAnonExclusive clearing racing with "
+            "concurrent RCU GUP-fast' (6.0) had to restore the same clear-then-check order for RCU GUP-fast",
+            "data-loss",
+            "focus-dio-merge.toml",
+        ),
+        Variant(
+            "dontneed-lockless-pte-none",
+            "MADV_DONTNEED's zap decides which ptes are empty without the pte lock (as zap_pmd_range tests "
+            "pmd_none a level up): a pte that write_protect_page cleared for a moment, under ksmd's own read hold "
+            "of mmap_sem, is skipped and the page stays mapped, so the zapped page does not read as zeros. The pmd "
+            "form of this race was fixed for THP by ced108037c2a 'thp: fix MADV_DONTNEED vs. numa balancing race' "
+            "and 58ceeb6bec86 'thp: fix MADV_DONTNEED vs. MADV_FREE race' (4.11)",
+            "data-loss",
+            "focus-dontneed-merge.toml",
+        ),
     )
 }
 
