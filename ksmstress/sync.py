@@ -352,12 +352,13 @@ class Locks:
         me = w.me
         with w.guard:
             free = owner[lid] == NOBODY and int(s.q_len[lid]) == 0 and (mode == READ or readers[lid] == 0)
+            mine = owner[lid] == me  # decided under the guard: once queued, a releaser may grant it to us
             if free:
                 if mode == READ:
                     readers[lid] += 1
                 else:
                     owner[lid] = me
-            elif owner[lid] != me:
+            elif not mine:
                 s.q_lid[me] = lid
                 s.q_mode[me] = mode
                 s.q_granted[me] = 0
@@ -366,7 +367,7 @@ class Locks:
                 s.q_len[lid] += 1
                 w.prepare_block(lid)
         if not free:
-            if owner[lid] == me:
+            if mine:
                 self._self_deadlock(lid, site)
             while not int(s.q_granted[me]):
                 w.block(lid, site)

@@ -127,14 +127,30 @@ def test_write_protect_page_clears_checks_and_restores_the_pte_of_a_pinned_page(
 
 
 @pytest.mark.parametrize("bug", [(), ("wrprotect-check-before-clear",)])
-def test_a_gup_fast_after_the_count_check_is_seen_only_when_the_pte_was_cleared_first(bug: tuple[str, ...]) -> None:
-    """gup_fast runs between write_protect_page's count read and its pte store: with 2.6.33's order the pte is
-    already clear and gup_fast finds nothing to pin; checked before the clear, it pins the page being merged."""
+def test_a_gup_fast_right_after_the_count_check_pins_unseen_only_when_the_check_came_first(
+    bug: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gup_fast runs right after write_protect_page read the counts: with 2.6.33's order the pte is already clear
+    and gup_fast finds nothing to pin; with the counts read before the clear, it pins the page being merged."""
     k = make_kernel(bugs=bug)
     mref, m = two_equal_pages(k)
     pins: list[int] = []
-    # the first write_protect_page of this scan order is page 2's (checked: the faithful model finds its pte clear)
-    at_point(k, "write_protect_page:set_pte", lambda: pins.append(gup.gup_pte_range(k, m, 2, True)))
+
+    def other_thread() -> None:
+        if not pins:  # the first write_protect_page of this scan order is page 2's
+            pins.append(gup.gup_pte_range(k, m, 2, True))
+
+    if bug:
+        at_point(k, "write_protect_page:set_pte", other_thread)
+    else:
+        orig = ksm._gup_count_ok
+
+        def count_ok(k2: K, s: int) -> bool:
+            ok = orig(k2, s)
+            other_thread()
+            return ok
+
+        monkeypatch.setattr(ksm, "_gup_count_ok", count_ok)
     scan(k, 4)
     assert pins
     if not bug:

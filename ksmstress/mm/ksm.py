@@ -462,7 +462,12 @@ def write_protect_page(k: K, vref: int, pref: int) -> tuple[int, tuple[int, int]
         elif k.bug("wrprotect-check-before-clear"):
             # the defect: the counts are read while the pte still maps the page writable, so a gup_fast that
             # reads the pte after the check takes a reference this check never sees
-            if _gup_count_ok(k, s):
+            ok = _gup_count_ok(k, s)
+            # another CPU runs between the count read and the pte store (with 2.6.33's order this point would
+            # change nothing: the pte is clear and a gup_fast falls back to the slow path, which waits for the
+            # pte lock, so the faithful path keeps its schedules without it)
+            k.spoint("write_protect_page:set_pte")
+            if ok:
                 memory.pte_wrprotect(k, m, addr, "write_protect_page")
                 err = 0
         else:
@@ -479,14 +484,10 @@ def write_protect_page(k: K, vref: int, pref: int) -> tuple[int, tuple[int, int]
 def _gup_count_ok(k: K, s: int) -> bool:
     """page_mapcount(page) + 1 (+ PageSwapCache: no swap cache here) == page_count(page): nobody but the ptes and
     ksmd's own follow_page holds the page (no O_DIRECT or other get_user_pages reference in flight). Read with
-    atomic_read, unlocked against get_user_pages_fast: a scheduling point comes first."""
-    k.spoint("write_protect_page:page_count")
+    atomic_read, unlocked against get_user_pages_fast."""
     if k.bug("wrprotect-no-gup-check"):
-        ok = True  # the defect: the page is write-protected and merged whatever references are held
-    else:
-        ok = memory.page_mapcount(k, s) + 1 == memory.page_count(k, s)
-    k.spoint("write_protect_page:set_pte")  # another CPU runs between the count read and the pte store
-    return ok
+        return True  # the defect: the page is write-protected and merged whatever references are held
+    return memory.page_mapcount(k, s) + 1 == memory.page_count(k, s)
 
 
 @kfunc
