@@ -123,16 +123,6 @@ VARIANTS: dict[str, Variant] = {
             "data-loss",
             "focus-dio-merge.toml",
         ),
-        Variant(
-            "dontneed-lockless-pte-none",
-            "MADV_DONTNEED's zap decides which ptes are empty without the pte lock (as zap_pmd_range tests "
-            "pmd_none a level up): a pte that write_protect_page cleared for a moment, under ksmd's own read hold "
-            "of mmap_sem, is skipped and the page stays mapped, so the zapped page does not read as zeros. The pmd "
-            "form of this race was fixed for THP by ced108037c2a 'thp: fix MADV_DONTNEED vs. numa balancing race' "
-            "and 58ceeb6bec86 'thp: fix MADV_DONTNEED vs. MADV_FREE race' (4.11)",
-            "data-loss",
-            "focus-dontneed-merge.toml",
-        ),
     )
 }
 

@@ -10,7 +10,7 @@ from ..arena import ref_slot
 from ..callchain import kfunc
 from ..failures import Failure
 from . import ksm, memory, rmap
-from .state import PTE_KIND_MASK, PTE_NONE, VM_MERGEABLE, K, mk_pte
+from .state import PTE_NONE, VM_MERGEABLE, K, mk_pte
 
 
 # -- mm_struct -----------------------------------------------------------------------------------------------
@@ -333,15 +333,6 @@ def madvise_dontneed(k: K, mref: int, start: int, end: int) -> int:
 @kfunc
 def zap_page_range(k: K, m: int, start: int, end: int) -> None:
     """zap_page_range -> unmap_vmas -> zap_pte_range, mmap_sem held (for read from MADV_DONTNEED)."""
-    if k.bug("dontneed-lockless-pte-none"):
-        # the defect: the zap decides which ptes are empty without the pte lock, as zap_pmd_range's
-        # pmd_none_or_clear_bad does a level up (the THP races fixed by ced108037c2a and 58ceeb6bec86): a pte
-        # that write_protect_page has cleared for a moment is skipped, and the page stays mapped afterwards
-        for addr in range(start, end):
-            k.pte_spoint(m, "zap_pte_range:pte_none")
-            if int(k.st.pte[m, addr]) & PTE_KIND_MASK != PTE_NONE:
-                memory.zap_pte_range(k, m, addr, addr + 1)
-        return
     memory.zap_pte_range(k, m, start, end)
 
 
