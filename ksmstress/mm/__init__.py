@@ -71,6 +71,7 @@ Deviations from 2.6.33: what, where, why (each also has a one-line note at its p
 17. get_ksm_page's mapping check, get_page_unless_zero and recheck are one atomic step.
     where: ksm.get_ksm_page
     why:   the recheck exists to close exactly that window.
+18. (none any more: mmap_sem is 2.6.33's rwsem, a reader queues behind a waiting writer; sync.Locks.down_read)
 19. try_to_merge_with_ksm_page checks the vma as find_mergeable_vma does (VM_MERGEABLE and anon_vma; 3.4).
     where: ksm.try_to_merge_with_ksm_page
     why:   without it, a KSM page forked into a vma the mm has since replaced by a fresh one (no anon_vma yet) is
