@@ -16,7 +16,7 @@ import numpy as np
 from .arena import FREE, LIVE, ref_slot
 from .checks.content import check_read, pattern_bytes
 from .failures import Failure
-from .mm import ksm, memory, migrate, mlock, vmscan
+from .mm import gup, ksm, memory, migrate, mlock, vmscan
 from .mm import mm as mmm
 from .mm.state import (
     G_MM_LIVE,
@@ -25,6 +25,7 @@ from .mm.state import (
     KSM_RUN_MERGE,
     KSM_RUN_UNMERGE,
     PG_KSM,
+    VM_LOCKED,
     K,
 )
 from .scenario import Scenario
@@ -34,6 +35,7 @@ KSMD, RECLAIM, ADMIN, MM, MIGRATE = 1, 2, 3, 4, 5
 KIND_NAMES = {KSMD: "ksmd", RECLAIM: "reclaim", ADMIN: "admin", MM: "mm", MIGRATE: "migrate"}
 # mm task arguments (ctl.arg row)
 A_MM, A_CFG, A_CHILD, A_FORKS = range(4)
+A_THREAD, A_NTHREADS = 4, 5  # --- issue 14 part A: this task's index among the threads of its mm, and their number
 WAIT_CAP = 3_000  # yields a wait-* script step may spend before giving up (wait-merged:N:CAP overrides)
 
 
@@ -51,18 +53,28 @@ class MmTask:
         self.forks_left = int(args[A_FORKS])
         self.rng = random.Random(f"{seed}:{tid}")
         self.page_size = sc.page_size
+        # threads (issue 14 part A): thread `thread` of `nthreads` sharing the mm owns the pages a with
+        # a % nthreads == thread: it alone writes, reads, zaps and does I/O to them, so the mm's one record of what
+        # was written stays exact. A thread other than the first starts after the first mapped its region.
+        self.thread = int(args[A_THREAD])
+        self.nthreads = max(1, int(args[A_NTHREADS]))
         # what this program knows it has mapped (its /proc/self/maps): a child inherits the parent's
         self.mapped: set[int] = set()
-        for vref in mmm.vma_walk(k, self.m):  # not the kernel: only this program changes its own vmas
-            v = ref_slot(vref)
-            self.mapped.update(range(k.vm.start[v], k.vm.end[v]))
+        if self.thread:
+            self.mapped.update(range(1, 1 + self.cfg.region))  # the first thread's mmap, before the clone
+        else:
+            for vref in mmm.vma_walk(k, self.m):  # not the kernel: only this program changes its own vmas
+                v = ref_slot(vref)
+                self.mapped.update(range(k.vm.start[v], k.vm.end[v]))
 
     # -- the program -----------------------------------------------------------------------------------------
     def run(self) -> None:
         cfg = self.cfg
-        if not self.child:
+        if not self.child and not self.thread:
             self.do_mmap(1, cfg.region)
-        for step in cfg.child_script if self.child else cfg.script:
+            if cfg.threads > 1:
+                self.clone_threads()
+        for step in () if self.thread else cfg.child_script if self.child else cfg.script:
             if self.script_step(step):
                 break
             self.k.ctl.progress()
@@ -82,10 +94,10 @@ class MmTask:
         name, *args = step.split(":")
         k = self.k
         if name == "fill":
-            for i, a in enumerate(sorted(self.mapped)):
+            for i, a in enumerate(self.mine()):
                 self.write(a, int(args[0]) if args else i % self.cfg.patterns)
         elif name == "read-all":
-            for a in sorted(self.mapped):
+            for a in self.mine():
                 self.read(a)
         elif name == "wait-scans":  # as LTP's wait_ksmd_full_scan: watch full_scans in sysfs
             target = int(k.g[G_SEQNR]) + int(args[0])
@@ -115,6 +127,10 @@ class MmTask:
             self.do_mlock(1, self.sc.vpages, name == "mlock")
         elif name == "write":
             self.write(int(args[0]), int(args[1]))
+        elif name == "dio":
+            self.dio(int(args[0]), int(args[1]))
+        elif name == "dontneed":
+            self.dontneed(int(args[0]))
         elif name == "exit":
             return True
         return False
@@ -122,9 +138,14 @@ class MmTask:
     def ksmd_alive(self) -> bool:
         return self.sc.ksmd
 
+    def mine(self) -> list[int]:
+        """The mapped pages this thread owns (all of them for a single-threaded program)."""
+        n, t = self.nthreads, self.thread
+        return sorted(a for a in self.mapped if a % n == t) if n > 1 else sorted(self.mapped)
+
     def op(self, op: str) -> None:
         rng, k = self.rng, self.k
-        pages = sorted(self.mapped)
+        pages = self.mine()
         if op == "write" and pages:
             self.write(rng.choice(pages), rng.randrange(self.cfg.patterns))
         elif op == "read" and pages:
@@ -147,6 +168,49 @@ class MmTask:
             self.do_mlock(a, min(a + 1 + rng.randrange(3), self.sc.vpages), op == "mlock")
         elif op == "sleep":
             k.point("user:sleep", yielding=True)
+        elif op == "dontneed" and pages:
+            self.dontneed(rng.choice(pages))
+        elif op == "dio" and pages:
+            self.dio(rng.choice(pages), rng.randrange(self.cfg.patterns))
+
+    # -- issue 14 part A: threads, MADV_DONTNEED, O_DIRECT ----------------------------------------------------
+    def clone_threads(self) -> None:
+        """pthread_create for threads 1..n-1: clone(CLONE_VM) takes an mm_users reference each."""
+        k = self.k
+        for i in range(1, self.cfg.threads):
+            tid = k.ctl.reserve()
+            if tid < 0:
+                return  # -EAGAIN
+            mmm.copy_mm_clone_vm(k, self.mref)
+            k.atomic_add(k.g, G_MM_LIVE, 1)
+            k.ctl.spawn(tid, MM, (self.mref, self.cfg_idx, 0, 0, i, self.cfg.threads))
+
+    def dontneed(self, addr: int) -> None:
+        """madvise(addr, 1 page, MADV_DONTNEED): the page reads as zeros afterwards."""
+        if addr not in self.mapped:
+            return
+        err = mmm.sys_madvise(self.k, self.mref, addr, addr + 1, mmm.MADV_DONTNEED)
+        if err == -22 and self.vma_locked(addr):
+            return  # -EINVAL on an mlocked range: nothing was zapped, the page keeps its data
+        if err:
+            self.syscall_failure(f"madvise([{addr},{addr + 1}), MADV_DONTNEED) returned {err} on a mapped page",
+                                 self.proc_maps())
+        self.k.st.expect[self.m, addr] = -1
+
+    def dio(self, addr: int, p: int) -> None:
+        """read(fd, addr, page) with O_DIRECT: get_user_pages_fast(write) pins the page, the I/O stays in flight
+        for `dio_yields` scheduling points, the device's DMA lands in the pinned page, the pin is dropped, and
+        the program's buffer now holds pattern p."""
+        k = self.k
+        if addr not in self.mapped:
+            return
+        page = gup.get_user_pages_fast(k, self.m, addr, True)
+        if not page:
+            raise Failure("crash", f"{k.ctl.label(self.tid)}: get_user_pages failed on mapped address {addr}")
+        for _ in range(self.cfg.dio_yields):
+            k.point("user:dio-in-flight", yielding=True)
+        gup.dio_complete(k, page, pattern_bytes(p, self.page_size))
+        k.st.expect[self.m, addr] = p
 
     # -- system calls and memory accesses --------------------------------------------------------------------
     def write(self, addr: int, p: int) -> None:
@@ -223,6 +287,15 @@ class MmTask:
                 "not mapped (-ENOMEM expected)", self.proc_maps()
             )
 
+    def vma_locked(self, addr: int) -> bool:
+        """Whether /proc/self/smaps shows the vma at `addr` locked (its Locked: line), read under mmap_sem (read)."""
+        k = self.k
+        k.locks.down_read(k.mmap_sem(self.m), "show_smap")
+        slots = [ref_slot(v) for v in mmm.vma_list(k, self.m)]
+        locked = any(int(k.vm.start[v]) <= addr < int(k.vm.end[v]) and bool(k.vm.flags[v] & VM_LOCKED) for v in slots)
+        k.locks.up_read(k.mmap_sem(self.m), "show_smap")
+        return locked
+
     # -- the syscall contract: a program knows what it mapped, and reads /proc/self/maps when a call fails -------
     def proc_maps(self) -> list[tuple[int, int]]:
         """/proc/self/maps: the vmas' ranges, read under mmap_sem (read) as show_map's m_start takes it."""
@@ -251,7 +324,7 @@ class MmTask:
         cref = mmm.dup_mmap(k, self.mref)
         k.st.expect[ref_slot(cref), :] = k.st.expect[self.m, :]  # the child's memory is the parent's
         k.atomic_add(k.g, G_MM_LIVE, 1)
-        k.ctl.spawn(tid, MM, (cref, self.cfg_idx, 1, self.forks_left - 1))
+        k.ctl.spawn(tid, MM, (cref, self.cfg_idx, 1, self.forks_left - 1, 0, 1))
         self.forks_left -= 1
 
 

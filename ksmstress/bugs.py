@@ -129,6 +129,26 @@ VARIANTS: dict[str, Variant] = {
             "use-after-free",
             "focus-migrate-munmap.toml",
         ),
+        # --- issue 14 part A: threads, gup
+        Variant(
+            "wrprotect-no-gup-check",
+            "write_protect_page write-protects and the merge goes on without comparing page_mapcount + 1 with "
+            "page_count, so a page pinned by get_user_pages for an O_DIRECT read is merged: the DMA lands in a page "
+            "the program no longer maps, or in the KSM page every sharer maps. The check and Andrea Arcangeli's "
+            "comment on it came with KSM itself (31dbd01f3143 'ksm: Kernel SamePage Merging', 2.6.32)",
+            "data-loss",
+            "focus-dio-merge.toml",
+        ),
+        Variant(
+            "wrprotect-check-before-clear",
+            "write_protect_page reads the counts while the pte still maps the page writable and only then "
+            "write-protects it: a get_user_pages_fast that reads the pte after the check pins the page unseen, and "
+            "the O_DIRECT data is lost to the merge. 2.6.33 clears and flushes the pte first (the flush waits for "
+            "gup_fast's interrupts-off walk); 088b8aa537c2 'mm: fix PageAnonExclusive clearing racing with "
+            "concurrent RCU GUP-fast' (6.0) had to restore the same clear-then-check order for RCU GUP-fast",
+            "data-loss",
+            "focus-dio-merge.toml",
+        ),
     )
 }
 

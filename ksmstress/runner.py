@@ -248,7 +248,7 @@ def run_one(
     if coverage and mode != "controlled":
         raise ValueError("interleaving coverage needs the controlled mode (one task at a time)")
     nsys = int(sc.ksmd) + int(sc.reclaim) + int(sc.admin_unmerge_every > 0) + int(sc.migrate)
-    ntasks = nsys + sc.max_mm
+    ntasks = nsys + sc.max_mm + sc.extra_threads
     block = SharedBlock()
     st = State(block, sizes_for(sc), ntasks)
     if mode == "free":
@@ -276,7 +276,7 @@ def run_one(
     for idx, t in enumerate(sc.tasks):
         for _ in range(t.count):
             mref = mm_alloc(k)  # exec: a fresh mm for every initial program
-            ctl.add_task(actors.MM, (mref, idx, 0, t.max_forks))
+            ctl.add_task(actors.MM, (mref, idx, 0, t.max_forks, 0, t.threads))
             st.g[G_MM_LIVE] += 1
 
     the_cpu = cpus.pick(cpu)

@@ -19,9 +19,14 @@ from .tomltable import TableReader, loads, read_file, shown
 
 OPS = ("write", "read", "fork", "munmap", "mmap", "unmergeable", "mergeable", "sleep",
        "mlock", "munlock")  # issue 14 part B: mlock / munlock of a few pages
+# --- issue 14 part A: threads, gup. "dontneed": MADV_DONTNEED of one of the task's pages; "dio": an O_DIRECT-style
+# read into one of them (get_user_pages_fast for write, a few yields with the I/O in flight, the DMA, put_page).
+OPS_A = ("dontneed", "dio")
+OPS = OPS + OPS_A
+THREAD_UNSAFE_OPS = ("fork", "munmap", "mmap")  # they change what the other threads of the mm have mapped
 SCRIPT_RE = re.compile(
     r"^(fill(:\d+)?|read-all|wait-scans:\d+(:\d+)?|wait-merged:\d+(:\d+)?|sleep:\d+|fork|munmap-all|munmap-half|"
-    r"unmergeable|mergeable|write:\d+:\d+|exit|mlock|munlock)$"
+    r"unmergeable|mergeable|write:\d+:\d+|exit|mlock|munlock|dio:\d+:\d+|dontneed:\d+)$"
 )
 # Pattern p and p + 255 * 256 fill a page with the same bytes (checks/content.py), so larger numbers name no new
 # page; they would also overflow the int64 record of what a task wrote.
@@ -46,6 +51,8 @@ class TaskCfg:
     child_ops: int = 15
     max_forks: int = 1
     mergeable: bool = True
+    threads: int = 1  # --- issue 14 part A: tasks sharing the mm (CLONE_VM), each with its own pages
+    dio_yields: int = 2  # scheduling points the dio op's I/O stays in flight
     weights: tuple[tuple[str, float], ...] = (
         ("write", 3.0),
         ("read", 3.0),
@@ -90,6 +97,11 @@ class Scenario:
     def initial_tasks(self) -> int:
         return sum(t.count for t in self.tasks)
 
+    @property
+    def extra_threads(self) -> int:
+        """Task slots for the threads beyond each initial program's first (issue 14 part A)."""
+        return sum(t.count * (t.threads - 1) for t in self.tasks)
+
 
 def _table(path: str, where: str, data: Any) -> TableReader:
     return TableReader(path, where, data, ScenarioError)
@@ -110,11 +122,11 @@ def _step_numbers(step: str, lim: _Limits) -> str | None:
     nums = [int(a) for a in args]
     if name == "fill" and nums and nums[0] > MAX_PATTERN:
         return f"a pattern in [0, {MAX_PATTERN}] in fill:P"
-    if name == "write":
+    if name in ("write", "dio", "dontneed"):  # dio:A:P and dontneed:A: issue 14 part A
         if not 1 <= nums[0] < lim.vpages:
             return f"an address in [1, arena.vpages - 1 = {lim.vpages - 1}] in write:A:P"
-        if nums[1] > MAX_PATTERN:
-            return f"a pattern in [0, {MAX_PATTERN}] in write:A:P"
+        if name != "dontneed" and nums[1] > MAX_PATTERN:
+            return f"a pattern in [0, {MAX_PATTERN}] in {name}:A:P"
     if name in ("wait-scans", "wait-merged", "sleep") and any(n > lim.max_steps for n in nums):
         return f"counts of at most max_steps = {lim.max_steps} in {name}"
     return None
@@ -127,7 +139,7 @@ def _script(r: TableReader, key: str, lim: _Limits) -> tuple[str, ...]:
             raise ScenarioError(
                 f"{r.path}: key '{r.key(key)}': bad step {shown(s)}; expected fill[:P], read-all, wait-scans:N[:CAP], "
                 "wait-merged:N[:CAP], sleep:N, fork, munmap-all, munmap-half, unmergeable, mergeable, write:A:P, "
-                "mlock, munlock or exit"
+                "mlock, munlock, dio:A:P, dontneed:A or exit"
             )
         if len(s) > 64:  # the regex bounds no digit run: a 5,000-digit number would not even convert to int
             raise ScenarioError(f"{r.path}: key '{r.key(key)}[{j}]': expected a step of at most 64 characters")
@@ -154,9 +166,21 @@ def _task(path: str, i: int, data: Any, lim: _Limits) -> TaskCfg:
         child_ops=r.get("child_ops", int, 15, 0, 100_000),
         max_forks=r.get("max_forks", int, 1, 0, 16),
         mergeable=r.get("mergeable", bool, True),
+        threads=r.get("threads", int, 1, 1, 8),
+        dio_yields=r.get("dio_yields", int, 2, 0, 10_000),
         weights=weights,
     )
     r.done()
+    if t.threads > 1:  # --- issue 14 part A: a thread's knowledge of what is mapped must stay true
+        for op, wt in weights:
+            if op in THREAD_UNSAFE_OPS and wt > 0:
+                raise ScenarioError(f"{path}: key 'task[{i}].weights.{op}': expected 0 when threads > 1 "
+                                    f"(fork, munmap and mmap change what the other threads have mapped), got {wt}")
+        for key in ("script", "child_script"):
+            bad = [x for x in getattr(t, key) if x in ("fork", "munmap-all", "munmap-half")]
+            if bad:
+                raise ScenarioError(f"{path}: key 'task[{i}].{key}': expected no fork or munmap step when "
+                                    f"threads > 1, got {bad[0]!r}")
     return t
 
 

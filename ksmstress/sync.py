@@ -50,6 +50,9 @@ class Waiter(Protocol):
     def wake(self, lid: int) -> None:
         """Under the guard: wake every task waiting for `lid`."""
 
+    def wake_task(self, tid: int) -> None:
+        """Under the guard: wake task `tid` alone (an rwsem hands the lock to the waiter it wakes)."""
+
     def clock(self) -> tuple[int, str]: ...
 
     def label(self, tid: int) -> str: ...
@@ -95,6 +98,15 @@ class LockSpace:
         block.want("lock.readers", np.int64, n)
         block.want("lock.held", np.int64, (ntasks, MAX_HELD))
         block.want("lock.nheld", np.int64, ntasks)
+        # the rwsem wait queue (struct rwsem_waiter on sem->wait_list), kept per task: the rwsem a task is queued
+        # on (-1: none), the mode it wants, its place in the queue (a run-wide ticket: FIFO) and whether a wake-up
+        # granted it the lock; per rwsem, how many are queued (list_empty(&sem->wait_list))
+        block.want("lock.q_lid", np.int64, ntasks)
+        block.want("lock.q_mode", np.int64, ntasks)
+        block.want("lock.q_ticket", np.int64, ntasks)
+        block.want("lock.q_granted", np.int64, ntasks)
+        block.want("lock.q_len", np.int64, n)
+        block.want("lock.q_next", np.int64, 1)
         self._cls_of = np.zeros(n, dtype=np.int8)
         for cls, b in self.base.items():
             self._cls_of[b : b + counts.get(cls, 1)] = cls
@@ -105,6 +117,13 @@ class LockSpace:
         self.held = a["lock.held"]
         self.nheld = a["lock.nheld"]
         self.owner[:] = NOBODY
+        self.q_lid = a["lock.q_lid"]
+        self.q_mode = a["lock.q_mode"]
+        self.q_ticket = a["lock.q_ticket"]
+        self.q_granted = a["lock.q_granted"]
+        self.q_len = a["lock.q_len"]
+        self.q_next = a["lock.q_next"]
+        self.q_lid[:] = -1
         self._owner = memoryview(self.owner)  # hot path: plain ints
         self._readers = memoryview(self.readers)
         self._held = memoryview(self.held.reshape(-1))
@@ -126,6 +145,13 @@ class LockSpace:
     def holders(self, lid: int) -> list[int]:
         return [t for t in range(self.ntasks) if lid in self.held[t, : int(self.nheld[t])].tolist()]
 
+    def queue(self, lid: int) -> list[int]:
+        """The tasks queued on rwsem `lid` and not yet granted it, first in line first."""
+        if not int(self.q_len[lid]):
+            return []
+        waiting = [t for t in range(self.ntasks) if int(self.q_lid[t]) == lid and not int(self.q_granted[t])]
+        return sorted(waiting, key=lambda t: int(self.q_ticket[t]))
+
     def held_by(self, tid: int) -> list[int]:
         return self.held[tid, : int(self.nheld[tid])].tolist()
 
@@ -137,7 +163,10 @@ class LockSpace:
         edges: dict[int, list[int]] = {}
         for t in blocked:
             lid = int(wait_of[t])
-            edges[t] = [h for h in self.holders(lid) if h != t] if lid >= 0 else []
+            # a task waits for the lock's holders and, on an rwsem's FIFO queue, for every waiter ahead of it
+            ahead = self.queue(lid) if lid >= 0 else []
+            ahead = ahead[: ahead.index(t)] if t in ahead else []
+            edges[t] = [h for h in self.holders(lid) + ahead if h != t] if lid >= 0 else []
         cycle: list[int] = []
         for start in blocked:
             path, seen, t = [start], {start}, start
@@ -154,7 +183,13 @@ class LockSpace:
         for t in cycle[:-1] or blocked:
             lid = int(wait_of[t])
             held = ", ".join(self.name(x) for x in self.held_by(t)) or "nothing"
-            parts.append(f"{label(t)} waits for {self.name(lid) if lid >= 0 else '?'} holding {held}")
+            ahead = self.queue(lid) if lid >= 0 else []
+            queued = (f" ({'down_write' if int(self.q_mode[t]) == WRITE else 'down_read'} queued behind "
+                      + (", ".join(f"{label(x)} ({'writer' if int(self.q_mode[x]) == WRITE else 'reader'})"
+                                   for x in ahead[: ahead.index(t)]) or "no waiter")
+                      + "; rwsem holders: " + (", ".join(label(h) for h in self.holders(lid)) or "none") + ")"
+                      if t in ahead else "")
+            parts.append(f"{label(t)} waits for {self.name(lid) if lid >= 0 else '?'}{queued} holding {held}")
         msg = ("wait-for cycle " + " -> ".join(label(t) for t in cycle) + ": " if cycle else "") + "; ".join(parts)
         details = {
             "cycle": [label(t) for t in cycle],
@@ -162,11 +197,17 @@ class LockSpace:
                 label(t): {
                     "waits_for": self.name(int(wait_of[t])) if int(wait_of[t]) >= 0 else None,
                     "holds": [self.name(x) for x in self.held_by(t)],
+                    "queued_behind": [label(x) for x in self._ahead(int(wait_of[t]), t)],
                 }
                 for t in blocked
             },
         }
         return msg, details
+
+
+    def _ahead(self, lid: int, t: int) -> list[int]:
+        q = self.queue(lid) if lid >= 0 else []
+        return q[: q.index(t)] if t in q else []
 
 
 class Locks:
@@ -295,10 +336,80 @@ class Locks:
             w.wake(lid)
         w.point(site)
 
-    # -- shared: down_read / up_read ----------------------------------------------------------------------
+    # -- the rwsem (mmap_sem): down_read / down_write / up_read / up_write -----------------------------------
+    # 2.6.33's rwsem (lib/rwsem-spinlock.c; lib/rwsem.c gives x86 the same order): a down_read is granted at once
+    # only when no writer holds the sem and nobody is queued, so a reader that finds a writer waiting queues
+    # behind it; down_write only when the sem is free and nobody is queued. Waiters queue FIFO; a release hands
+    # the sem on (__rwsem_do_wake): a writer at the head is granted and woken alone, else the run of readers at
+    # the head is granted and woken together. The waker grants (owner / readers change at the wake, as
+    # sem->activity does), so no later arrival can overtake a woken waiter.
+    def _rwsem_acquire(self, lid: int, site: str, mode: int, subclass: int = 0) -> None:
+        w = self.w
+        s = self.s
+        w.point(site)
+        self.hooks.lock_acquiring(w.me, lid, site, False, subclass)
+        owner, readers = s._owner, s._readers
+        me = w.me
+        with w.guard:
+            free = owner[lid] == NOBODY and int(s.q_len[lid]) == 0 and (mode == READ or readers[lid] == 0)
+            mine = owner[lid] == me  # decided under the guard: once queued, a releaser may grant it to us
+            if free:
+                if mode == READ:
+                    readers[lid] += 1
+                else:
+                    owner[lid] = me
+            elif not mine:
+                s.q_lid[me] = lid
+                s.q_mode[me] = mode
+                s.q_granted[me] = 0
+                s.q_ticket[me] = int(s.q_next[0])
+                s.q_next[0] += 1
+                s.q_len[lid] += 1
+                w.prepare_block(lid)
+        if not free:
+            if mine:
+                self._self_deadlock(lid, site)
+            while not int(s.q_granted[me]):
+                w.block(lid, site)
+            with w.guard:
+                s.q_lid[me] = -1
+                s.q_granted[me] = 0
+        self._push(lid, mode, site, subclass)
+
+    def _rwsem_wake(self, lid: int) -> None:
+        """__rwsem_do_wake, under the guard, with the sem released by the caller: hand it to the head waiter (a
+        writer, alone, once no reader is active) or to the run of readers at the head (all together)."""
+        s = self.s
+        if not int(s.q_len[lid]):
+            return
+        q = s.queue(lid)
+        if int(s.q_mode[q[0]]) == WRITE:
+            if s._readers[lid] == 0 and s._owner[lid] == NOBODY:
+                t = q[0]
+                s._owner[lid] = t
+                s.q_granted[t] = 1
+                s.q_len[lid] -= 1
+                self.w.wake_task(t)
+            return
+        if s._owner[lid] != NOBODY:
+            return
+        for t in q:
+            if int(s.q_mode[t]) == WRITE:
+                break
+            s._readers[lid] += 1
+            s.q_granted[t] = 1
+            s.q_len[lid] -= 1
+            self.w.wake_task(t)
+
     def down_read(self, lid: int, site: str) -> None:
-        """Readers block only while a writer holds the rwsem (simplified: no writer-waiting fairness)."""
-        self._acquire(lid, site, True)
+        self._rwsem_acquire(lid, site, READ)
+
+    def down_write(self, lid: int, site: str) -> None:
+        self._rwsem_acquire(lid, site, WRITE)
+
+    def down_write_nested(self, lid: int, site: str, subclass: int = SINGLE_DEPTH_NESTING) -> None:
+        """down_write_nested: a second rwsem of the class, in an order the caller guarantees (dup_mmap's child)."""
+        self._rwsem_acquire(lid, site, WRITE, subclass)
 
     def up_read(self, lid: int, site: str) -> None:
         w = self.w
@@ -309,9 +420,21 @@ class Locks:
         with w.guard:
             readers[lid] -= 1
             if readers[lid] == 0:
-                w.wake(lid)
+                self._rwsem_wake(lid)
         w.point(site)
 
-    down_write = lock
-    down_write_nested = lock_nested
-    up_write = unlock
+    def up_write(self, lid: int, site: str) -> None:
+        w = self.w
+        if self.s._owner[lid] != w.me:
+            step, who = w.clock()
+            raise Failure(
+                "bug-on",
+                f"{who} up_writes {self.s.name(lid)} owned by {w.label(int(self.s.owner[lid]))} at {site} "
+                f"(step {step})",
+                {"lock": self.s.name(lid), "site": site},
+            )
+        self._pop(lid, site)
+        with w.guard:
+            self.s._owner[lid] = NOBODY
+            self._rwsem_wake(lid)
+        w.point(site)

@@ -173,9 +173,9 @@ def test_an_unstable_tree_that_never_sees_equal_pages_is_a_missed_merge(monkeypa
 def test_write_protect_page_with_its_count_test_inverted_is_a_missed_merge(monkeypatch):
     edited(
         monkeypatch,
-        ksm.write_protect_page,
-        "memory.page_mapcount(k, s) + 1 != memory.page_count(k, s)",
+        ksm._gup_count_ok,
         "memory.page_mapcount(k, s) + 1 == memory.page_count(k, s)",
+        "memory.page_mapcount(k, s) + 1 != memory.page_count(k, s)",
     )
     k = make_kernel()
     programs(k, [5, 6], [6, 5])

@@ -71,30 +71,37 @@ Deviations from 2.6.33: what, where, why (each also has a one-line note at its p
 17. get_ksm_page's mapping check, get_page_unless_zero and recheck are one atomic step.
     where: ksm.get_ksm_page
     why:   the recheck exists to close exactly that window.
-18. rwsems have no writer-waiting fairness (a reader never queues behind a waiting writer).
-    where: sync.Locks.down_read
-    why:   no KSM path depends on it; it only adds interleavings, never removes one the kernel has.
+18. (none any more: mmap_sem is 2.6.33's rwsem, a reader queues behind a waiting writer; sync.Locks.down_read)
 19. try_to_merge_with_ksm_page checks the vma as find_mergeable_vma does (VM_MERGEABLE and anon_vma; 3.4).
     where: ksm.try_to_merge_with_ksm_page
     why:   without it, a KSM page forked into a vma the mm has since replaced by a fresh one (no anon_vma yet) is
            "merged" by the page == kpage shortcut and hold_anon_vma takes a NULL anon_vma (found by this model at
            shared granularity, seed-fork-race random seed 30 before later changes moved the schedules; no seed of
            0..399 reaches it now, so the 2.6.33 code is not yet a catalogue variant: it needs a focused scenario).
-20. One task per mm: no second thread of an mm faults, zaps (MADV_DONTNEED) or swaps in its ptes.
-    where: actors.MmTask, memory.do_swap_page
-    why:   the lifetimes under test are between ksmd, reclaim, fork/exit and an mm's owner; a swap pte therefore
-           changes only by its own task, which keeps do_swap_page's raced branch dead until threads are modelled.
-
---- issue 14 part B: mlock and migration
-21. break_ksm follows the pte with FOLL_MIGRATION (3.9, 5117b3b835f2): a migration entry is waited out.
+20. Threads of one mm own disjoint pages, and a threaded program neither forks, mmaps nor munmaps.
+    where: actors.MmTask (threads, mine), scenario (threads > 1)
+    why:   each program checks every read against its own record of what it wrote; two threads storing to one
+           page would make that record ambiguous, and a thread must know what is mapped. The kernel paths are
+           shared as in Linux: one mm, mm_users per thread, MADV_DONTNEED and faults under mmap_sem for read.
+21. get_user_pages pins one page per call; O_DIRECT's I/O is one DMA store made when the caller says so, with no
+    set_page_dirty_lock; get_user_pages_fast's interrupts-off walk is one step.
+    where: gup
+    why:   what KSM meets is the pin (an extra page_count) and the store through it with no pte and no lock; the
+           IPI that ptep_clear_flush sends cannot complete inside that walk, which one step models exactly.
+22. A pinned page is swapped out like any other (no swap cache keeps it, 10): scenarios with O_DIRECT set
+    `[reclaim] swap = 0`.
+    where: vmscan.shrink_page
+    why:   2.6.33's __remove_mapping leaves a page with extra references in the swap cache, where the swap-in
+           finds the DMA's bytes; without a swap cache the model would lose them (a false data-loss).
+23. break_ksm follows the pte with FOLL_MIGRATION (3.9, 5117b3b835f2): a migration entry is waited out.
     where: ksm.break_ksm, memory.follow_page
     why:   2.6.33's follow_page sees no page under migration, so MADV_UNMERGEABLE or run=2 racing a hot-remove
            leaves a KSM page merged (Hugh Dickins found it in 2013); variant `break-ksm-no-foll-migration`.
-22. try_to_unmap_one's down_read_trylock(mmap_sem) is an exclusive trylock; mlock has no LRU (isolate_lru_page
+24. try_to_unmap_one's down_read_trylock(mmap_sem) is an exclusive trylock; mlock has no LRU (isolate_lru_page
     always succeeds, putback is nothing), no RLIMIT_MEMLOCK, no mlockall.
     where: rmap.try_to_unmap_one, mlock
     why:   sync has no shared trylock; failing more often only skips a lazy mlock, the pte is kept either way.
-23. Hot-remove migrates one page per offline, with no retry passes, and leaves mlocked pages alone (-EBUSY).
+25. Hot-remove migrates one page per offline, with no retry passes, and leaves mlocked pages alone (-EBUSY).
     where: migrate.offline_page, migrate.unmap_and_move
     why:   2.6.33 migrates them, and a munlock meanwhile misses the page under its migration entry, so it is later
            freed mlocked (counted as unevictable_pgs_mlockfreed), which the mlock detector would call a bug.

@@ -385,7 +385,7 @@ def break_ksm(k: K, vref: int, addr: int) -> int:
     m = k.mmc.deref(k.vm.mm[v], "break_ksm")
     while True:
         k.point("break_ksm:cond_resched")
-        # FOLL_MIGRATION (3.9, 5117b3b835f2; deviation 21): a KSM page under migration is waited for, not taken
+        # FOLL_MIGRATION (3.9, 5117b3b835f2; deviation 23): a KSM page under migration is waited for, not taken
         # for "no page here"; the 2.6.33 code (variant break-ksm-no-foll-migration) returns, leaving it merged
         page = memory.follow_page(k, m, addr, "break_ksm", migration=not k.bug("break-ksm-no-foll-migration"))
         if not page:
@@ -445,6 +445,9 @@ def get_mergeable_page(k: K, iref: int) -> int:
 def write_protect_page(k: K, vref: int, pref: int) -> tuple[int, tuple[int, int]]:
     """Make the page's pte read-only, refusing if someone holds an extra reference (O_DIRECT, GUP, reclaim).
 
+    As 2.6.33: the pte is cleared and flushed first (ptep_clear_flush), then `page_mapcount + 1 (+ swapped) !=
+    page_count` is checked and the pte restored on a mismatch. get_user_pages_fast takes its reference without
+    any lock, so only a check made once no pte maps the page can see every reference taken through it.
     Returns (err, orig_pte) where orig_pte is (page ref, write bit) as replace_page must find it again.
     """
     v = k.vm.deref(vref, "write_protect_page")
@@ -459,13 +462,35 @@ def write_protect_page(k: K, vref: int, pref: int) -> tuple[int, tuple[int, int]
         s = ref_slot(pref)
         if not w:
             err = 0
-        elif memory.page_mapcount(k, s) + 1 != memory.page_count(k, s):  # + PageSwapCache: no swap cache here
-            err = EFAULT
+        elif k.bug("wrprotect-check-before-clear"):
+            # the defect: the counts are read while the pte still maps the page writable, so a gup_fast that
+            # reads the pte after the check takes a reference this check never sees
+            ok = _gup_count_ok(k, s)
+            # another CPU runs between the count read and the pte store (with 2.6.33's order this point would
+            # change nothing: the pte is clear and a gup_fast falls back to the slow path, which waits for the
+            # pte lock, so the faithful path keeps its schedules without it)
+            k.spoint("write_protect_page:set_pte")
+            if ok:
+                memory.pte_wrprotect(k, m, addr, "write_protect_page")
+                err = 0
         else:
-            memory.pte_wrprotect(k, m, addr, "write_protect_page")
-            err = 0
+            memory.ptep_clear_flush(k, m, addr, "write_protect_page:ptep_clear_flush")
+            if _gup_count_ok(k, s):
+                memory.pte_set(k, m, addr, PTE_PRESENT, ref, 0, "write_protect_page")  # pte_wrprotect(entry)
+                err = 0
+            else:
+                memory.pte_set(k, m, addr, PTE_PRESENT, ref, w, "write_protect_page:restore")
     k.locks.unlock(k.ptl(m), "write_protect_page")
     return err, (ref, 0)
+
+
+def _gup_count_ok(k: K, s: int) -> bool:
+    """page_mapcount(page) + 1 (+ PageSwapCache: no swap cache here) == page_count(page): nobody but the ptes and
+    ksmd's own follow_page holds the page (no O_DIRECT or other get_user_pages reference in flight). Read with
+    atomic_read, unlocked against get_user_pages_fast."""
+    if k.bug("wrprotect-no-gup-check"):
+        return True  # the defect: the page is write-protected and merged whatever references are held
+    return memory.page_mapcount(k, s) + 1 == memory.page_count(k, s)
 
 
 @kfunc

@@ -152,6 +152,13 @@ def pte_wrprotect(k: K, m: int, addr: int, site: str) -> None:
     pte_set(k, m, addr, kind, ref, 0, site)
 
 
+def ptep_clear_flush(k: K, m: int, addr: int, site: str) -> None:
+    """ptep_clear_flush: the pte cleared and the TLB flushed (under the pte lock). The flush's IPI waits for every
+    CPU inside get_user_pages_fast's interrupts-off walk; here that walk is one step (gup.gup_pte_range), so once
+    this store is made no gup_fast can still take a reference through the old pte."""
+    pte_set(k, m, addr, PTE_NONE, 0, 0, site)
+
+
 def pte_mkwrite(k: K, m: int, addr: int, site: str) -> None:
     """pte_mkwrite (do_wp_page's reuse): the pte stays, writable (under the pte lock)."""
     kind, ref, _w = pte_get(k, m, addr)

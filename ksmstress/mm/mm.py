@@ -289,6 +289,8 @@ def sys_madvise(k: K, mref: int, start: int, end: int, advice: int) -> int:
     whose flags change is split at the range's edges first, so only the range changes; -ENOMEM when a split
     would exceed the vma budget, and (unmapped_error) when part of the range is mapped by no vma: the mapped
     parts are still advised."""
+    if advice == MADV_DONTNEED:
+        return madvise_dontneed(k, mref, start, end)
     m = k.mmc.deref(mref, "sys_madvise")
     want = advice == ksm.MADV_MERGEABLE
     k.locks.down_write(k.mmap_sem(m), "sys_madvise")
@@ -310,6 +312,45 @@ def sys_madvise(k: K, mref: int, start: int, end: int, advice: int) -> int:
         err = ksm.ksm_madvise(k, vref, advice) or err
     k.locks.up_write(k.mmap_sem(m), "sys_madvise")
     return err or (-12 if covered < end - start else 0)
+
+
+# --- issue 14 part A: threads, gup -------------------------------------------------------------------------------
+MADV_DONTNEED = 4
+
+
+@kfunc
+def madvise_dontneed(k: K, mref: int, start: int, end: int) -> int:
+    """MADV_DONTNEED over [start, end): under mmap_sem held for READ (madvise_need_mmap_write is false for it), so
+    it runs beside faults of other threads and beside ksmd, which holds the same mmap_sem for read: a pte can
+    disappear under ksmd's follow_page / write_protect_page / break_ksm. zap_page_range per vma; the next touch
+    faults in a zeroed page. -ENOMEM when part of the range is mapped by no vma (the mapped parts are zapped)."""
+    m = k.mmc.deref(mref, "sys_madvise")
+    k.locks.down_read(k.mmap_sem(m), "sys_madvise:dontneed")
+    covered = 0
+    for vref in vma_list(k, m):
+        v = k.vm.deref(vref, "madvise_dontneed")
+        lo, hi = max(int(k.vm.start[v]), start), min(int(k.vm.end[v]), end)
+        if lo < hi:
+            if k.vm.flags[v] & VM_LOCKED:  # madvise_dontneed refuses VM_LOCKED vmas; madvise stops at the error
+                k.locks.up_read(k.mmap_sem(m), "sys_madvise:dontneed")
+                return -22
+            covered += hi - lo
+            zap_page_range(k, m, lo, hi)
+    k.locks.up_read(k.mmap_sem(m), "sys_madvise:dontneed")
+    return -12 if covered < end - start else 0
+
+
+@kfunc
+def zap_page_range(k: K, m: int, start: int, end: int) -> None:
+    """zap_page_range -> unmap_vmas -> zap_pte_range, mmap_sem held (for read from MADV_DONTNEED)."""
+    memory.zap_pte_range(k, m, start, end)
+
+
+def copy_mm_clone_vm(k: K, mref: int) -> None:
+    """clone(CLONE_VM): the new thread shares the mm; copy_mm's atomic_inc(&mm->mm_users). Its exit's mmput
+    drops it; the last thread's runs ksm_exit and exit_mmap."""
+    m = k.mmc.deref(mref, "copy_mm")
+    k.atomic_add(k.mmc.users, m, 1, "copy_mm")
 
 
 def fault_in(k: K, m: int, addr: int, write: bool) -> bool:

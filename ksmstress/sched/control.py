@@ -296,6 +296,18 @@ class Control:
                 self._stale()
                 self._woken(t)
 
+    def wake_task(self, tid: int) -> None:
+        """Make task `tid`, blocked on a lock, runnable again (an rwsem's hand-off: the lock is already its)."""
+        st, wait = self._state, self._wait
+        if st[tid] != BLOCKED:
+            return
+        st[tid] = RUNNABLE
+        wait[tid] = NO_LOCK
+        self._meta[NBLOCKED] -= 1
+        self._meta[VERSION] += 1
+        self._stale()
+        self._woken(tid)
+
     def _woken(self, tid: int) -> None:
         """A woken task waits to be picked again: nothing to post when one task runs at a time."""
 

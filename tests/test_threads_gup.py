@@ -1,0 +1,185 @@
+"""Issue 14 part A in the model, step by step: threads sharing an mm (mm_users, the last exit runs exit_mmap),
+MADV_DONTNEED under mmap_sem held for read, get_user_pages(_fast) pins and the O_DIRECT write through the pin,
+and write_protect_page's 2.6.33 order (clear and flush the pte, check the counts, restore on a mismatch).
+
+Interleavings are built by running another task's step at a named scheduling point of the model (the single
+task of a solo kernel stands in for both), as harness.InterleaveAt does at a lock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from ksmstress.arena import ref_slot
+from ksmstress.checks.content import pattern_bytes
+from ksmstress.failures import Failure
+from ksmstress.mm import gup, ksm, memory
+from ksmstress.mm import mm as mmm
+from ksmstress.mm.state import PG_KSM, PTE_NONE, K
+from ksmstress.scenario import ScenarioError, parse
+
+from .harness import content, counters, make_kernel, new_program, pte, pte_page, read, scan, write
+
+
+def at_point(k: K, site: str, action: Callable[[], None]) -> list[str]:
+    """Run `action` once, as another task would, when the model reaches scheduling point `site` (a k.spoint);
+    returns a list that records the sites seen, so a test can assert the point was reached."""
+    seen: list[str] = []
+    orig = k.spoint
+
+    def spoint(s: str) -> None:
+        seen.append(s)
+        if s == site and action is not None and seen.count(site) == 1:
+            action()
+        orig(s)
+
+    k.spoint = spoint  # type: ignore[method-assign]
+    return seen
+
+
+def two_equal_pages(k: K) -> tuple[int, int]:
+    mref, m = new_program(k, 2)
+    write(k, m, 1, 0)
+    write(k, m, 2, 0)
+    return mref, m
+
+
+# -- threads ---------------------------------------------------------------------------------------------------
+def test_each_thread_holds_mm_users_and_the_last_exit_runs_exit_mmap() -> None:
+    k = make_kernel()
+    mref, m = two_equal_pages(k)
+    mmm.copy_mm_clone_vm(k, mref)
+    mmm.copy_mm_clone_vm(k, mref)
+    assert int(k.mmc.users[m]) == 3
+    mmm.mmput(k, mref)
+    mmm.mmput(k, mref)
+    assert k.mmc.mmap[m] and pte(k, m, 1)[0] != PTE_NONE  # two threads gone, the mm is whole
+    mmm.mmput(k, mref)
+    # the last one: ksm_exit, exit_mmap (the mm_struct itself lives on while ksmd's mm_slot holds mm_count)
+    assert k.mmc.mmap[m] == 0 and pte(k, m, 1)[0] == PTE_NONE and int(k.mmc.users[m]) == 0
+
+
+# -- MADV_DONTNEED -----------------------------------------------------------------------------------------------
+def test_dontneed_zaps_under_mmap_sem_read_and_the_page_reads_zero() -> None:
+    k = make_kernel()
+    mref, m = two_equal_pages(k)
+    assert mmm.sys_madvise(k, mref, 1, 2, mmm.MADV_DONTNEED) == 0
+    assert pte(k, m, 1)[0] == PTE_NONE
+    assert read(k, m, 1) == content(k, -1) and read(k, m, 2) == content(k, 0)
+    assert mmm.sys_madvise(k, mref, 3, 5, mmm.MADV_DONTNEED) == -12  # unmapped: -ENOMEM
+
+
+def test_break_ksm_faults_a_fresh_page_when_a_zap_took_the_pte_after_follow_page() -> None:
+    """2.6.33: break_ksm's follow_page sees the KSM page; a thread's MADV_DONTNEED (mmap_sem for read, beside
+    ksmd's read hold) zaps the pte; handle_mm_fault then finds no pte and do_anonymous_page maps a zeroed page."""
+    k = make_kernel()
+    mref, m = two_equal_pages(k)
+    scan(k, 3)
+    kpage = pte_page(k, m, 1)
+    assert k.pg.flags[ref_slot(kpage)] & PG_KSM
+    zapped: list[int] = []
+    orig_fault = memory.handle_mm_fault
+
+    def fault(k2: K, mm_: int, vref: int, addr: int, write: bool) -> int:
+        if not zapped:  # between break_ksm's follow_page and its fault: the other thread's MADV_DONTNEED
+            zapped.append(1)
+            mmm.zap_page_range(k2, mm_, addr, addr + 1)
+        return orig_fault(k2, mm_, vref, addr, write)
+
+    memory.handle_mm_fault = fault  # type: ignore[assignment]
+    try:
+        k.locks.down_read(k.mmap_sem(m), "test")
+        ksm.break_ksm(k, mmm.find_vma(k, m, 1), 1)
+        k.locks.up_read(k.mmap_sem(m), "test")
+    finally:
+        memory.handle_mm_fault = orig_fault  # type: ignore[assignment]
+    assert zapped
+    assert [e[2] for e in k.st.pte_hist.entries(m * k.st.sz.vpages + 1)][-1] == "do_anonymous_page"
+    new = pte_page(k, m, 1)
+    assert new != kpage and not k.pg.flags[ref_slot(new)] & PG_KSM
+    assert read(k, m, 1) == content(k, -1)  # do_anonymous_page: zeros, as the zap promised
+    assert read(k, m, 2) == content(k, 0)
+
+
+# -- get_user_pages and write_protect_page --------------------------------------------------------------------------
+def test_gup_for_write_breaks_cow_of_a_ksm_page_first() -> None:
+    k = make_kernel()
+    mref, m = two_equal_pages(k)
+    scan(k, 3)
+    kpage = pte_page(k, m, 1)
+    page = gup.get_user_pages_fast(k, m, 1, True)
+    assert page and page != kpage and pte_page(k, m, 1) == page and pte(k, m, 1)[2] == 1
+    gup.dio_complete(k, page, pattern_bytes(7, k.st.sz.page_size))
+    assert read(k, m, 1) == content(k, 7) and read(k, m, 2) == content(k, 0)
+
+
+def test_write_protect_page_clears_checks_and_restores_the_pte_of_a_pinned_page() -> None:
+    k = make_kernel()
+    mref, m = two_equal_pages(k)
+    page = gup.get_user_pages_fast(k, m, 1, True)
+    scan(k, 4)
+    assert pte_page(k, m, 1) == page and pte(k, m, 1)[2] == 1  # restored, writable: not merged
+    sites = [e[2] for e in k.st.pte_hist.entries(m * k.st.sz.vpages + 1)]
+    assert "write_protect_page:ptep_clear_flush" in sites and "write_protect_page:restore" in sites
+    gup.dio_complete(k, page, pattern_bytes(1, k.st.sz.page_size))
+    assert read(k, m, 1) == content(k, 1) and read(k, m, 2) == content(k, 0)
+
+
+@pytest.mark.parametrize("bug", [(), ("wrprotect-check-before-clear",)])
+def test_a_gup_fast_right_after_the_count_check_pins_unseen_only_when_the_check_came_first(
+    bug: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gup_fast runs right after write_protect_page read the counts: with 2.6.33's order the pte is already clear
+    and gup_fast finds nothing to pin; with the counts read before the clear, it pins the page being merged."""
+    k = make_kernel(bugs=bug)
+    mref, m = two_equal_pages(k)
+    pins: list[int] = []
+
+    def other_thread() -> None:
+        if not pins:  # the first write_protect_page of this scan order is page 2's
+            pins.append(gup.gup_pte_range(k, m, 2, True))
+
+    if bug:
+        at_point(k, "write_protect_page:set_pte", other_thread)
+    else:
+        orig = ksm._gup_count_ok
+
+        def count_ok(k2: K, s: int) -> bool:
+            ok = orig(k2, s)
+            other_thread()
+            return ok
+
+        monkeypatch.setattr(ksm, "_gup_count_ok", count_ok)
+    scan(k, 4)
+    assert pins
+    if not bug:
+        assert pins == [0]  # the pte is already clear: gup_fast finds nothing and would take the slow path
+        assert counters(k)["shared"] == 1
+        return
+    assert pins[0]  # pinned through the still-writable pte, unseen by the count check
+    assert counters(k)["shared"] == 1
+    gup.dio_complete(k, pins[0], pattern_bytes(1, k.st.sz.page_size))  # the O_DIRECT read of pattern 1 into page 2
+    # the program's record: page 1 holds 0, page 2 holds 1; the merge made one of them wrong
+    assert (read(k, m, 1), read(k, m, 2)) != (content(k, 0), content(k, 1))
+
+
+def test_scenario_keys_for_threads_and_their_limits() -> None:
+    sc = parse("[[task]]\nthreads = 3\n[task.weights]\nwrite = 1\ndontneed = 1\ndio = 1\n")
+    assert sc.tasks[0].threads == 3 and sc.extra_threads == 2
+    with pytest.raises(ScenarioError, match=r"key 'task\[0\]\.weights\.fork': expected 0 when threads > 1"):
+        parse("[[task]]\nthreads = 2\n[task.weights]\nfork = 1\n")
+    with pytest.raises(ScenarioError, match=r"key 'task\[0\]\.threads': expected"):
+        parse("[[task]]\nthreads = 9\n")
+    assert parse('[[task]]\nscript = ["dio:1:3", "dontneed:2"]\n').tasks[0].script == ("dio:1:3", "dontneed:2")
+
+
+def test_dio_complete_through_a_dropped_pin_is_a_refcount_failure() -> None:
+    k = make_kernel()
+    mref, m = two_equal_pages(k)
+    page = gup.get_user_pages_fast(k, m, 1, True)
+    memory.put_page(k, page, "test")
+    mmm.sys_madvise(k, mref, 1, 2, mmm.MADV_DONTNEED)  # the last reference goes with the pte
+    with pytest.raises(Failure) as e:
+        gup.dio_complete(k, page, pattern_bytes(1, k.st.sz.page_size))
+    assert e.value.cls == "use-after-free"
