@@ -407,6 +407,21 @@ class Locks:
     def down_write(self, lid: int, site: str) -> None:
         self._rwsem_acquire(lid, site, WRITE)
 
+    def down_read_trylock(self, lid: int, site: str) -> bool:
+        """__down_read_trylock: granted only when no writer holds the sem and nobody is queued (a queued writer
+        makes it fail, as it would make down_read wait); never queues."""
+        w = self.w
+        s = self.s
+        w.point(site)
+        self.hooks.lock_acquiring(w.me, lid, site, True, 0)
+        with w.guard:
+            free = s._owner[lid] == NOBODY and int(s.q_len[lid]) == 0
+            if free:
+                s._readers[lid] += 1
+        if free:
+            self._push(lid, READ, site, 0)
+        return free
+
     def down_write_nested(self, lid: int, site: str, subclass: int = SINGLE_DEPTH_NESTING) -> None:
         """down_write_nested: a second rwsem of the class, in an order the caller guarantees (dup_mmap's child)."""
         self._rwsem_acquire(lid, site, WRITE, subclass)

@@ -97,10 +97,9 @@ Deviations from 2.6.33: what, where, why (each also has a one-line note at its p
     where: ksm.break_ksm, memory.follow_page
     why:   2.6.33's follow_page sees no page under migration, so MADV_UNMERGEABLE or run=2 racing a hot-remove
            leaves a KSM page merged (Hugh Dickins found it in 2013); variant `break-ksm-no-foll-migration`.
-24. try_to_unmap_one's down_read_trylock(mmap_sem) is an exclusive trylock; mlock has no LRU (isolate_lru_page
-    always succeeds, putback is nothing), no RLIMIT_MEMLOCK, no mlockall.
-    where: rmap.try_to_unmap_one, mlock
-    why:   sync has no shared trylock; failing more often only skips a lazy mlock, the pte is kept either way.
+24. mlock has no LRU (isolate_lru_page always succeeds, putback is nothing), no RLIMIT_MEMLOCK, no mlockall.
+    where: mlock
+    why:   the model has no LRU lists; what KSM meets is PageMlocked and the VM_LOCKED vmas.
 25. Hot-remove migrates one page per offline, with no retry passes, and leaves mlocked pages alone (-EBUSY).
     where: migrate.offline_page, migrate.unmap_and_move
     why:   2.6.33 migrates them, and a munlock meanwhile misses the page under its migration entry, so it is later

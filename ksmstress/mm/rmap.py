@@ -185,9 +185,8 @@ def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, swap: int, token: ob
     (TTU_MIGRATION), or only look for VM_LOCKED (TTU_MUNLOCK): page_check_address, then as 2.6.33.
 
     A VM_LOCKED vma keeps its pte (unless TTU_IGNORE_MLOCK): out_mlock rechecks VM_LOCKED under a
-    down_read_trylock of that mm's mmap_sem and then mlocks the page (SWAP_MLOCK). Simplified: the trylock is an
-    exclusive trylock (sync has no shared one), so it fails also where a reader holds mmap_sem: the pte is kept
-    either way, only the lazy mlock is missed.
+    down_read_trylock of that mm's mmap_sem and then mlocks the page (SWAP_MLOCK); when the trylock fails the pte
+    is kept all the same, only the lazy mlock is missed.
     """
     from . import memory
     from .state import (
@@ -215,13 +214,13 @@ def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, swap: int, token: ob
             k.locks.unlock(k.ptl(m), "try_to_unmap_one:out_mlock")
             ret = SWAP_AGAIN
             sem = k.mmap_sem(m)
-            if k.locks.trylock(sem, "try_to_unmap_one:down_read_trylock"):
+            if k.locks.down_read_trylock(sem, "try_to_unmap_one:down_read_trylock"):
                 if k.vm.flags[k.vm.deref(vref, "try_to_unmap_one:out_mlock")] & VM_LOCKED:
                     from .mlock import mlock_vma_page
 
                     mlock_vma_page(k, pref)
                     ret = SWAP_MLOCK
-                k.locks.unlock(sem, "try_to_unmap_one:up_read")
+                k.locks.up_read(sem, "try_to_unmap_one:up_read")
             return ret
         if action == TTU_MUNLOCK:
             k.locks.unlock(k.ptl(m), "try_to_unmap_one:out_unmap")
