@@ -5,6 +5,14 @@ package over the shipped scenarios and strategies (scratch.py, probe.py), severa
 scored over the mutants not listed as equivalent (equivalent.py, report.py). A survivor is a lead for a new
 oracle, scenario or strategy.
 
+Strategies (--strategy, repeatable; default random and pct): random and pct rotate seed by seed over the
+scenarios; bounded explores every schedule of seed --seed with at most --preemptions C (default 1) preemptions,
+one schedule of each scenario in turn (the non-preemptive ones first), a finished tree moving on to the next
+seed; coverage runs one coverage-guided search per scenario, one run of each in turn. A mutant is killed when its
+strategy's runs meet a failure within its budget; (random/pct), bounded and coverage each get an equal share of
+it. --compare soaks the same mutants once per strategy, each with the whole budget, and prints every strategy's
+score, the mutants only one strategy kills and those none kills.
+
 Exit status: 0 the campaign ran (whatever the score, unless --fail-under), 1 the score is below --fail-under,
 2 bad input, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); an interrupted campaign prints what it had.
 """
@@ -82,9 +90,13 @@ def cmd_mutate(a: argparse.Namespace) -> int:
             raise ScenarioError("ksmstress mutate: no scenarios found (none shipped with this install); name some")
         for p in paths:
             load(p)  # every file validated before any probe starts
+        if a.preemptions is not None and "bounded" not in a.strategy:
+            raise ScenarioError("--preemptions: only with --strategy bounded")
     except (eqmod.EquivalentError, ScenarioError) as e:
         print(f"ksmstress: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    if a.preemptions is None:
+        a.preemptions = DEFAULT_PREEMPTIONS
     for name in eq.stale(every_mutant):
         print(f"ksmstress mutate: {eq.path}: entry {name!r} matches no mutant (stale: the code moved or changed)",
               file=sys.stderr)
@@ -137,7 +149,7 @@ def cmd_mutate(a: argparse.Namespace) -> int:
         else:
             report.print_compare(cmp)
         scores = [x["score"] for x in cmp["strategies"].values() if x["score"] is not None]
-        score = max(scores) if scores else None
+        score = min(scores) if scores else None  # --fail-under: every strategy must reach it
     else:
         d = next(iter(summaries.values()))
         if a.json:
@@ -180,7 +192,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         "at most --preemptions preemptions (then the next seed); coverage runs a coverage-guided "
                         "search per scenario, one run of each in turn. Each of (random/pct), bounded and coverage "
                         "gets an equal share of the budget, in that order")
-    p.add_argument("--preemptions", type=argtypes.non_negative_int, default=DEFAULT_PREEMPTIONS, metavar="C",
+    p.add_argument("--preemptions", type=argtypes.non_negative_int, default=None, metavar="C",
                    help=f"--strategy bounded: the preemption bound C (default {DEFAULT_PREEMPTIONS})")
     p.add_argument("--compare", action="store_true",
                    help="soak the same mutants once per --strategy, each with the whole budget, and print each "
@@ -207,7 +219,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="least wall-clock allowance of one run: a run past max(the mutant's remaining budget, S) "
                         "is a hang, and the mutant counts as timed out (default 20)")
     p.add_argument("--fail-under", type=_percent, default=None, metavar="PCT",
-                   help="exit 1 when the score is below PCT percent")
+                   help="exit 1 when the score (with --compare: any strategy's) is below PCT percent")
     p.set_defaults(fn=cmd_mutate)
     return p
 

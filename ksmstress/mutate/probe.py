@@ -2,9 +2,21 @@
 PYTHONPATH set to a scratch copy of the package that holds the mutant.
 
 Why in-process `run_one` rather than a `ksmstress soak` subprocess: a mutant is killed by its first failure, so
-the probe stops there and reports the time to the kill; it rotates through every scenario and every strategy
-before a second seed of any, so a budget of a few dozen runs already covers them all. One JSON line per run goes
-to the results file as it ends, so a probe ended at the hard deadline still leaves what it saw.
+the probe stops there and reports the time to the kill. One JSON line per run goes to the results file as it ends,
+so a probe ended at the hard deadline still leaves what it saw.
+
+How each strategy spends a mutant's budget (`shares`: random and pct together, bounded, coverage, an equal share
+each, in that order; time a share leaves unused goes to the next):
+- random / pct: (scenario, strategy, seed) round-robin, every scenario and strategy before a second seed of any,
+  so a budget of a few dozen runs already covers them all.
+- bounded: one exploration per scenario of every schedule of seed --seed with at most C preemptions (--preemptions,
+  default 1), fewest first (explore/bounded.py), advanced one schedule at a time, scenario after scenario: first the
+  non-preemptive schedule of every scenario, then the one-preemption schedules of all of them side by side. A
+  scenario whose tree is done starts over at the next seed. Why not one scenario's whole tree after another: at
+  C = 1 the focus-* trees hold 24-180 schedules, but mixed's and the other shipped scenarios' hold thousands, so a
+  budget of seconds would never leave the first large one.
+- coverage: one coverage-guided search per scenario (explore/search.py, its own corpus, fresh seeds from --seed),
+  advanced one run at a time, scenario after scenario.
 
 Outcomes: `killed` (a detector named a failure, or the model raised: class `crash`), `timeout` (a run that did
 not end within the mutant's budget, or ran out of its scenario's step budget while still making progress), and
