@@ -110,3 +110,9 @@ def test_preemptions_without_bounded_is_a_one_line_error():
     r = subprocess.run([sys.executable, "-c", CODE, "--preemptions", "2", "--list"], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 2 and r.stderr.strip() == "ksmstress: error: --preemptions: only with --strategy bounded"
+
+
+def test_an_interrupted_comparison_tells_apart_only_what_every_strategy_soaked():
+    assert compare({"random": _summary({"a": "killed"})})["only_one"] == {}
+    c = compare({"random": _summary({"a": "killed", "b": "killed"}), "pct": _summary({"a": "survived"})})
+    assert c["only_one"] == {"a": "random"} and c["none"] == []

@@ -85,13 +85,17 @@ def keep(directory: Path, result: Result) -> None:
 
 def compare(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """`--compare`: each strategy's score, and for every mutant the strategies that killed it; the mutants only one
-    strategy kills say what that strategy adds, the ones none kills are leads for an oracle or a scenario."""
+    strategy kills say what that strategy adds, the ones none kills are leads for an oracle or a scenario (both
+    over the mutants every strategy soaked)."""
     killers: dict[str, list[str]] = {}
     for strat, d in summaries.items():
         for r in d["results"]:
             killers.setdefault(r["name"], [])
             if r["outcome"] == "killed":
                 killers[r["name"]].append(strat)
+    # only mutants every strategy soaked tell them apart (an interrupted comparison has some that one did not)
+    everywhere = set.intersection(*({r["name"] for r in d["results"]} for d in summaries.values())) if len(
+        summaries) > 1 else set()
     first = next(iter(summaries.values()), {})
     return {
         "seconds_per_mutant": first.get("seconds_per_mutant"),
@@ -103,8 +107,8 @@ def compare(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
             for s, d in summaries.items()
         },
         "killed_by": dict(sorted(killers.items())),
-        "only_one": {name: ks[0] for name, ks in sorted(killers.items()) if len(ks) == 1},
-        "none": sorted(name for name, ks in killers.items() if not ks),
+        "only_one": {name: ks[0] for name, ks in sorted(killers.items()) if len(ks) == 1 and name in everywhere},
+        "none": sorted(name for name, ks in killers.items() if not ks and name in everywhere),
         "by_strategy": {s: {r["name"]: r["outcome"] for r in d["results"]} for s, d in summaries.items()},
     }
 
