@@ -34,6 +34,7 @@ import pytest
 from . import argtypes, cpus
 from .argtypes import SEED_BITS
 from .bugs import validate
+from .explore.search import SearchResult, search_runs
 from .report import write_artifact
 from .runner import MODES, RunResult, run_seeds
 from .scenario import Scenario, load, resolve
@@ -232,6 +233,8 @@ def ksm_run(request: pytest.FixtureRequest, ksm_seed: int, ksm_artifacts: Path) 
 
     Runs seeds ksm_seed, ksm_seed+1, ... (`runs`, default --ksm-runs or 1) of a shipped scenario name, a path or a
     Scenario, stopping at the first failure, whose artifact goes to --ksm-artifacts, and returns a KsmVerdict.
+    `strategy="coverage"` runs one coverage-guided search of `runs` runs instead (`ksmstress run --strategy
+    coverage --seed ksm_seed --runs N` is the same search), controlled mode only.
     `mode` overrides --ksm-mode for a test that is about one mode. Several calls in one test use the same seeds
     (each on its own scenario or variants, typically)."""
     config = request.config
@@ -268,14 +271,23 @@ def ksm_run(request: pytest.FixtureRequest, ksm_seed: int, ksm_artifacts: Path) 
         sys.stderr.flush()
         res: RunResult | None = None
         done = 0
-        seeds = ((ksm_seed + i) % (1 << SEED_BITS) for i in range(n))
-        for r in run_seeds(sc, seeds, strategy, bugset, cpu=cpu, pct_depth=pct_depth, timeout=timeout, **extra):
+        if strategy == "coverage":  # one search of n runs, its fresh seeds counting up from the test's seed
+            if mode != "controlled" or pct_depth is not None:
+                raise ValueError("strategy coverage: controlled mode only, and no pct_depth")
+            results: Iterator[RunResult] = search_runs(SearchResult(sc.name, "coverage", ksm_seed), sc, bugset, n,
+                                                       timeout=timeout, cpu=cpu)
+        else:
+            seeds = ((ksm_seed + i) % (1 << SEED_BITS) for i in range(n))
+            results = run_seeds(sc, seeds, strategy, bugset, cpu=cpu, pct_depth=pct_depth, timeout=timeout, **extra)
+        for r in results:
             res, done = r, done + 1
+            if r.verdict != "clean":
+                break
         assert res is not None
         artifact = write_artifact(ksm_artifacts, sc, res, pct_depth) if res.verdict == "failure" else None
         if artifact is not None:
             replay = replay_command(artifact)
-        else:
+        else:  # a search is deterministic for its seed: the same command runs the same runs
             replay = rerun_command(sc, ksm_seed, strategy, bugset, pct_depth, mode, runs=done)
         f = res.failure or {}
         v = KsmVerdict(

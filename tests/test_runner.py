@@ -66,20 +66,6 @@ def test_shipped_scenarios_are_clean_without_variants(name, strategy):
         assert r.verdict == "clean", r.failure
 
 
-SOAK_CHUNKS, SOAK_RUNS = 2, 250
-
-
-@pytest.mark.stress
-@pytest.mark.parametrize("chunk", range(SOAK_CHUNKS))
-@pytest.mark.parametrize("strategy", ["random", "pct"])
-@pytest.mark.parametrize("name", SHIPPED)
-def test_soak_shipped_scenarios_clean(ksm_run, name, strategy, chunk):
-    """1,000 seeds per shipped scenario and session (250 per strategy and chunk) with no variant: no failure of
-    any class. Seeds come from the session's --ksm-seed (new ones every session, as a soak should; the header
-    says how to rerun them); chunks keep xdist's workers evenly loaded."""
-    ksm_run(name, runs=SOAK_RUNS, strategy=strategy).assert_clean()
-
-
 @pytest.mark.stress
 @pytest.mark.parametrize("name", SHIPPED)
 def test_free_mode_soak_shipped_scenarios_clean(ksm_run, name):

@@ -14,7 +14,8 @@ exactly once (two prefixes differ at their first different decision, so do their
 level c holds the nodes with c departures; all of level c runs before level c+1, in depth-first order of the
 tree, so the first failure found has the fewest preemptions any failure of this seed has.
 
-Every node is one real `run_one` under the `guided` strategy. Partial-order reduction (sleep sets, DPOR) would need
+Every node is one real `run_one` under the `guided` strategy; `bounded_runs` is the exploration as an iterator
+(one schedule per step), `explore_bounded` runs it to its end. Partial-order reduction (sleep sets, DPOR) would need
 the objects each step touches, which the scheduler does not see; the focused scenarios are small enough without.
 
 Sharding: the root's k-th child and everything below it belong to shard k mod N; the root belongs to shard 0.
@@ -105,22 +106,49 @@ def explore_bounded(
     by level, until the first failure or a budget (`max_schedules` of this shard's schedules, `seconds` of wall
     clock). `shard` = (index, count) picks this shard's disjoint part of the tree. `on_run` sees each of this shard's
     schedules as it ends (a progress line, a test collecting them)."""
+    out = BoundedResult(sc.name, seed, preemptions, shard)
+    deadline = None if seconds is None else time.monotonic() + seconds
+
+    def budget(mine: bool) -> str:
+        if mine and max_schedules is not None and out.schedules >= max_schedules:
+            return "schedules"
+        if deadline is not None and time.monotonic() >= deadline:
+            return "seconds"
+        return ""
+
+    for res in bounded_runs(out, sc, bugs, budget, granularity=granularity, timeout=timeout):
+        if on_run is not None:
+            on_run(out, res)
+    return out
+
+
+def bounded_runs(
+    out: BoundedResult,
+    sc: Scenario,
+    bugs: list[str] | tuple[str, ...] = (),
+    budget: Callable[[bool], str] = lambda mine: "",
+    *,
+    granularity: str | None = None,
+    timeout: float = 120.0,
+) -> Iterator[RunResult]:
+    """The exploration `out` names (its seed, bound and shard) as an iterator: yields each of this shard's schedules
+    as it ends, after counting it into `out`, and sets `out.complete`, `out.failure` or `out.stopped` before it
+    returns. `budget(mine)` is asked before each run (`mine`: one of this shard's schedules) and stops the
+    exploration when it names a reason ("schedules", "seconds"). Why an iterator: `ksmstress mutate` explores many
+    scenarios at once, one schedule of each in turn, within one budget."""
+    seed, preemptions, shard = out.seed, out.bound, out.shard
     if preemptions < 0:
         raise ValueError(f"preemptions: expected a non-negative bound, got {preemptions}")
     index, count = shard
     if not 0 <= index < count:
         raise ValueError(f"shard: expected (index, count) with 0 <= index < count, got {shard}")
-    out = BoundedResult(sc.name, seed, preemptions, shard)
     t0 = time.monotonic()
-    deadline = None if seconds is None else t0 + seconds
 
     def run(prefix: bytes, mine: bool, level: Level) -> RunResult | None:
         """One schedule; None when a budget stops the exploration before it."""
-        if mine and max_schedules is not None and out.schedules >= max_schedules:
-            out.stopped = "schedules"
-            return None
-        if deadline is not None and time.monotonic() >= deadline:
-            out.stopped = "seconds"
+        why = budget(mine)
+        if why:
+            out.stopped = why
             return None
         t = time.monotonic()
         res = run_one(sc, seed, "guided", bugs, schedule=prefix, granularity=granularity, timeout=timeout)
@@ -129,8 +157,6 @@ def explore_bounded(
         if mine:
             out.schedules += 1
             level.schedules += 1
-            if on_run is not None:
-                on_run(out, res)
         return res
 
     def failed(res: RunResult, c: int) -> bool:
@@ -144,12 +170,15 @@ def explore_bounded(
         out.levels.append(level)
         if index and not preemptions:  # the root is shard 0's and has no children here
             out.complete = True
-            return out
+            return
         root = run(b"", index == 0, level)
         if root is None:
-            return out
-        if index == 0 and failed(root, 0):
-            return out
+            return
+        if index == 0:
+            out.seconds = time.monotonic() - t0
+            yield root
+            if failed(root, 0):
+                return
         frontier = [_node(root, 0, None)]
         for c in range(1, preemptions + 1):
             level = Level(c)
@@ -161,13 +190,14 @@ def explore_bounded(
                         continue
                     res = run(prefix, True, level)
                     if res is None:
-                        return out
+                        return
+                    out.seconds = time.monotonic() - t0
+                    yield res
                     if failed(res, c):
-                        return out
+                        return
                     if c < preemptions:
                         nxt.append(_node(res, len(prefix), owner))
             frontier = nxt
         out.complete = True
-        return out
     finally:
         out.seconds = time.monotonic() - t0

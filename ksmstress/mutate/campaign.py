@@ -70,10 +70,12 @@ class Plan:
     seed: int
     run_timeout_floor: float
     artifacts: str | None = None
+    preemptions: int = 1  # bounded's C
 
     def config(self) -> dict[str, Any]:
         return {"scenarios": self.scenarios, "strategies": self.strategies, "budget": self.seconds,
-                "seed": self.seed, "run_timeout_floor": self.run_timeout_floor, "artifacts": self.artifacts}
+                "seed": self.seed, "run_timeout_floor": self.run_timeout_floor, "artifacts": self.artifacts,
+                "preemptions": self.preemptions}
 
     def deadline(self) -> float:
         return self.seconds + self.run_timeout_floor + START_GRACE

@@ -5,6 +5,14 @@ package over the shipped scenarios and strategies (scratch.py, probe.py), severa
 scored over the mutants not listed as equivalent (equivalent.py, report.py). A survivor is a lead for a new
 oracle, scenario or strategy.
 
+Strategies (--strategy, repeatable; default random and pct): random and pct rotate seed by seed over the
+scenarios; bounded explores every schedule of seed --seed with at most --preemptions C (default 1) preemptions,
+one schedule of each scenario in turn (the non-preemptive ones first), a finished tree moving on to the next
+seed; coverage runs one coverage-guided search per scenario, one run of each in turn. A mutant is killed when its
+strategy's runs meet a failure within its budget; (random/pct), bounded and coverage each get an equal share of
+it. --compare soaks the same mutants once per strategy, each with the whole budget, and prints every strategy's
+score, the mutants only one strategy kills and those none kills.
+
 Exit status: 0 the campaign ran (whatever the score, unless --fail-under), 1 the score is below --fail-under,
 2 bad input, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); an interrupted campaign prints what it had.
 """
@@ -22,16 +30,18 @@ from typing import Any
 from .. import argtypes
 from ..options import EXIT_CLEAN, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from ..scenario import ScenarioError, every, load, resolve
-from ..sched import STRATEGIES
+from ..sched import SEARCH_STRATEGIES, STRATEGIES
 from . import equivalent as eqmod
 from . import report
 from .campaign import Campaign, Plan, Result
 from .generate import Mutant, generate, key_of, sample
+from .probe import DEFAULT_PREEMPTIONS
 from .rules import RULES
 from .scratch import package_dir
 
 EXIT_TERMINATED = 143
 DEFAULT_SECONDS = 60.0
+DEFAULT_STRATEGIES = STRATEGIES  # random and pct: the campaign's figures over time are comparable
 
 
 def _select(mutants: list[Mutant], a: argparse.Namespace) -> list[Mutant]:
@@ -58,14 +68,14 @@ def _list(selected: list[Mutant], eq: eqmod.Equivalents, as_json: bool) -> None:
     print(f"{len(selected)} mutant(s): " + ", ".join(f"{r} {per[r]}" for r in RULES if per[r]), file=sys.stderr)
 
 
-def _progress(total: int) -> Any:
+def _progress(total: int, label: str = "") -> Any:
     done = [0]
 
     def note(r: Result) -> None:
         done[0] += 1
         what = {"killed": f"killed ({r.cls}) in {r.time_to_kill or 0:.1f}s", "survived": f"survived {r.runs} runs",
                 "timeout": f"timed out ({r.cls})", "error": f"error: {r.detail}"}[r.outcome]
-        print(f"[{done[0]}/{total}] {r.mutant.name}: {what}", file=sys.stderr, flush=True)
+        print(f"[{label}{done[0]}/{total}] {r.mutant.name}: {what}", file=sys.stderr, flush=True)
 
     return note
 
@@ -80,9 +90,13 @@ def cmd_mutate(a: argparse.Namespace) -> int:
             raise ScenarioError("ksmstress mutate: no scenarios found (none shipped with this install); name some")
         for p in paths:
             load(p)  # every file validated before any probe starts
+        if a.preemptions is not None and "bounded" not in a.strategy:
+            raise ScenarioError("--preemptions: only with --strategy bounded")
     except (eqmod.EquivalentError, ScenarioError) as e:
         print(f"ksmstress: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    if a.preemptions is None:
+        a.preemptions = DEFAULT_PREEMPTIONS
     for name in eq.stale(every_mutant):
         print(f"ksmstress mutate: {eq.path}: entry {name!r} matches no mutant (stale: the code moved or changed)",
               file=sys.stderr)
@@ -92,36 +106,60 @@ def cmd_mutate(a: argparse.Namespace) -> int:
     equivalent = [(m, why) for m in selected if (why := eq.reason(m))]
     to_run = [m for m in selected if not eq.reason(m)]
     keep = Path(a.keep) if a.keep else None
-    plan = Plan([str(Path(p).resolve()) for p in paths], a.strategy or list(STRATEGIES), a.seconds_per_mutant,
-                a.seed, a.run_timeout, str((keep / "artifacts").resolve()) if keep else None)
-    note = _progress(len(to_run))
+    strategies = a.strategy or list(DEFAULT_STRATEGIES)
+    rounds = [[s] for s in strategies] if a.compare else [strategies]
+    summaries: dict[str, dict[str, Any]] = {}
+    interrupted: str | None = None
+    for rnd in rounds:
+        where = keep / rnd[0] if keep and a.compare else keep
+        plan = Plan([str(Path(p).resolve()) for p in paths], rnd, a.seconds_per_mutant, a.seed, a.run_timeout,
+                    str((where / "artifacts").resolve()) if where else None, a.preemptions)
+        note = _progress(len(to_run), f"{rnd[0]} " if a.compare else "")
 
-    def on_result(r: Result) -> None:
-        note(r)
+        def on_result(r: Result, where: Path | None = where, note: Any = note) -> None:
+            note(r)
+            if where:
+                report.keep(where, r)
+
+        print(f"ksmstress mutate: {len(to_run)} mutant(s) to soak ({len(equivalent)} equivalent skipped, "
+              f"{len(every_mutant)} generated), {a.seconds_per_mutant:g}s each over {len(paths)} scenario(s) x "
+              f"{', '.join(plan.strategies)}, {min(a.jobs, max(1, len(to_run)))} job(s)", file=sys.stderr,
+              flush=True)
+        camp = Campaign(to_run, plan, a.jobs, on_result)
+        results = camp.run()
+        meta = {"generated": len(every_mutant), "selected": len(selected), "seconds_per_mutant": a.seconds_per_mutant,
+                "jobs": camp.jobs, "sample": a.sample, "seed": a.seed, "strategies": plan.strategies,
+                "preemptions": a.preemptions if "bounded" in plan.strategies else None,
+                "scenarios": [Path(p).stem for p in paths], "interrupted": camp.interrupted}
+        summaries["+".join(rnd)] = d = report.summary(results, equivalent, meta)
+        if where:
+            where.mkdir(parents=True, exist_ok=True)
+            (where / "summary.json").write_text(json.dumps(d, indent=1, sort_keys=True) + "\n")
+        if not a.json:
+            report.print_table(d)
+        interrupted = camp.interrupted
+        if interrupted:
+            break
+    if a.compare:
+        cmp = report.compare(summaries)
         if keep:
-            report.keep(keep, r)
-
-    print(f"ksmstress mutate: {len(to_run)} mutant(s) to soak ({len(equivalent)} equivalent skipped, "
-          f"{len(every_mutant)} generated), {a.seconds_per_mutant:g}s each over {len(paths)} scenario(s) x "
-          f"{', '.join(plan.strategies)}, {min(a.jobs, max(1, len(to_run)))} job(s)", file=sys.stderr, flush=True)
-    camp = Campaign(to_run, plan, a.jobs, on_result)
-    results = camp.run()
-    meta = {"generated": len(every_mutant), "selected": len(selected), "seconds_per_mutant": a.seconds_per_mutant,
-            "jobs": camp.jobs, "sample": a.sample, "seed": a.seed, "strategies": plan.strategies,
-            "scenarios": [Path(p).stem for p in paths], "interrupted": camp.interrupted}
-    d = report.summary(results, equivalent, meta)
-    if keep:
-        (keep / "summary.json").write_text(json.dumps(d, indent=1, sort_keys=True) + "\n")
-    if a.json:
-        print(json.dumps(d, sort_keys=True))
+            (keep / "compare.json").write_text(json.dumps(cmp, indent=1, sort_keys=True) + "\n")
+        if a.json:
+            print(json.dumps(cmp, sort_keys=True))
+        else:
+            report.print_compare(cmp)
+        scores = [x["score"] for x in cmp["strategies"].values() if x["score"] is not None]
+        score = min(scores) if scores else None  # --fail-under: every strategy must reach it
     else:
-        report.print_table(d)
+        d = next(iter(summaries.values()))
+        if a.json:
+            print(json.dumps(d, sort_keys=True))
+        score = d["score"]
     sys.stdout.flush()
-    if camp.interrupted:
-        print("ksmstress: interrupted" if camp.interrupted == "interrupt" else "ksmstress: terminated",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED if camp.interrupted == "interrupt" else EXIT_TERMINATED
-    if a.fail_under is not None and (d["score"] or 0.0) * 100 < a.fail_under:
+    if interrupted:
+        print("ksmstress: interrupted" if interrupted == "interrupt" else "ksmstress: terminated", file=sys.stderr)
+        return EXIT_INTERRUPTED if interrupted == "interrupt" else EXIT_TERMINATED
+    if a.fail_under is not None and (score or 0.0) * 100 < a.fail_under:
         return EXIT_FAILURE
     return EXIT_CLEAN
 
@@ -147,9 +185,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("scenario", nargs="*", help="scenario files or shipped names (default: every shipped scenario)")
     p.add_argument("--scenario-dir", action="append", default=[], metavar="DIR",
                    help="look for scenario names here before the shipped ones (repeatable)")
-    p.add_argument("--strategy", action="append", choices=STRATEGIES, default=[],
-                   help="scheduling strategies to rotate through (repeatable; default: all of "
-                        f"{', '.join(STRATEGIES)})")
+    p.add_argument("--strategy", action="append", choices=STRATEGIES + SEARCH_STRATEGIES, default=[],
+                   help="how a mutant's runs are scheduled (repeatable; default: "
+                        f"{' and '.join(DEFAULT_STRATEGIES)}). random and pct rotate together seed by seed; "
+                        "bounded explores, one schedule of each scenario in turn, every schedule of seed --seed with "
+                        "at most --preemptions preemptions (then the next seed); coverage runs a coverage-guided "
+                        "search per scenario, one run of each in turn. Each of (random/pct), bounded and coverage "
+                        "gets an equal share of the budget, in that order")
+    p.add_argument("--preemptions", type=argtypes.non_negative_int, default=None, metavar="C",
+                   help=f"--strategy bounded: the preemption bound C (default {DEFAULT_PREEMPTIONS})")
+    p.add_argument("--compare", action="store_true",
+                   help="soak the same mutants once per --strategy, each with the whole budget, and print each "
+                        "strategy's score and the mutants only one strategy kills (and those none kills)")
     p.add_argument("--seconds-per-mutant", type=argtypes.positive_seconds, default=DEFAULT_SECONDS, metavar="S",
                    help=f"soak budget of each mutant, in seconds (default {DEFAULT_SECONDS:g})")
     p.add_argument("--jobs", type=argtypes.positive_int, default=len(os.sched_getaffinity(0)),
@@ -172,7 +219,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="least wall-clock allowance of one run: a run past max(the mutant's remaining budget, S) "
                         "is a hang, and the mutant counts as timed out (default 20)")
     p.add_argument("--fail-under", type=_percent, default=None, metavar="PCT",
-                   help="exit 1 when the score is below PCT percent")
+                   help="exit 1 when the score (with --compare: any strategy's) is below PCT percent")
     p.set_defaults(fn=cmd_mutate)
     return p
 

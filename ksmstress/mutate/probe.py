@@ -2,9 +2,21 @@
 PYTHONPATH set to a scratch copy of the package that holds the mutant.
 
 Why in-process `run_one` rather than a `ksmstress soak` subprocess: a mutant is killed by its first failure, so
-the probe stops there and reports the time to the kill; it rotates through every scenario and every strategy
-before a second seed of any, so a budget of a few dozen runs already covers them all. One JSON line per run goes
-to the results file as it ends, so a probe ended at the hard deadline still leaves what it saw.
+the probe stops there and reports the time to the kill. One JSON line per run goes to the results file as it ends,
+so a probe ended at the hard deadline still leaves what it saw.
+
+How each strategy spends a mutant's budget (`shares`: random and pct together, bounded, coverage, an equal share
+each, in that order; time a share leaves unused goes to the next):
+- random / pct: (scenario, strategy, seed) round-robin, every scenario and strategy before a second seed of any,
+  so a budget of a few dozen runs already covers them all.
+- bounded: one exploration per scenario of every schedule of seed --seed with at most C preemptions (--preemptions,
+  default 1), fewest first (explore/bounded.py), advanced one schedule at a time, scenario after scenario: first the
+  non-preemptive schedule of every scenario, then the one-preemption schedules of all of them side by side. A
+  scenario whose tree is done starts over at the next seed. Why not one scenario's whole tree after another: at
+  C = 1 the focus-* trees hold 24-180 schedules, but mixed's and the other shipped scenarios' hold thousands, so a
+  budget of seconds would never leave the first large one.
+- coverage: one coverage-guided search per scenario (explore/search.py, its own corpus, fresh seeds from --seed),
+  advanced one run at a time, scenario after scenario.
 
 Outcomes: `killed` (a detector named a failure, or the model raised: class `crash`), `timeout` (a run that did
 not end within the mutant's budget, or ran out of its scenario's step budget while still making progress), and
@@ -19,8 +31,13 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from ..runner import RunResult
+    from ..scenario import Scenario
 
 
 class _Stopped(BaseException):
@@ -36,67 +53,166 @@ def _emit(out: TextIO, row: dict[str, Any]) -> None:
     out.flush()
 
 
+PER_SEED = ("random", "pct")  # strategies whose runs are independent seeds: rotated together in one share
+DEFAULT_PREEMPTIONS = 1  # bounded: C, so that a small budget still reaches past the non-preemptive schedules
+
+Thunk = Callable[[], "RunResult | None"]
+
+
+def shares(strategies: list[str]) -> list[list[str]]:
+    """The budget's shares, in the order they run: random and pct rotate together in one share (as they always
+    did), bounded and coverage each get a share of their own; the budget is split evenly between the shares."""
+    per_seed = [s for s in strategies if s in PER_SEED]
+    return ([per_seed] if per_seed else []) + [[s] for s in strategies if s not in PER_SEED]
+
+
+def per_seed_steps(scenarios: list[Scenario], strategies: list[str], seed: int,
+                   timeout: Callable[[], float]) -> Iterator[tuple[dict[str, Any], Thunk]]:
+    """random / pct: (scenario, strategy, seed) round-robin, every scenario and strategy before a second seed."""
+    from ..runner import run_one
+
+    ns, nt = len(scenarios), len(strategies)
+    k = 0
+    while True:
+        sc, strat, s = scenarios[k % ns], strategies[(k // ns) % nt], seed + k // (ns * nt)
+        k += 1
+        yield ({"scenario": sc.name, "strategy": strat, "seed": s},
+               lambda sc=sc, s=s, strat=strat: run_one(sc, s, strat, timeout=timeout()))
+
+
+def bounded_steps(scenarios: list[Scenario], seed: int, preemptions: int,
+                  timeout: Callable[[], float]) -> Iterator[tuple[dict[str, Any], Thunk]]:
+    """bounded: one exploration per scenario (every schedule of seed `seed` with at most `preemptions`
+    preemptions, fewest first), advanced one schedule at a time, each scenario in turn, so that every scenario's
+    non-preemptive schedule runs first, then every scenario's one-preemption schedules side by side. A scenario
+    whose exploration completes (or ends on a run that used up max_steps) starts over at the next seed."""
+    from ..explore.bounded import BoundedResult, bounded_runs
+
+    seeds = [seed] * len(scenarios)
+    tree: list[Iterator[RunResult] | None] = [None] * len(scenarios)
+    outs: list[BoundedResult | None] = [None] * len(scenarios)
+    level = [0] * len(scenarios)  # the preemptions of each scenario's last schedule
+
+    def step(i: int) -> RunResult | None:
+        sc = scenarios[i]
+        for _ in range(2):  # at most one restart: a new seed's root always runs
+            if tree[i] is None:
+                outs[i] = BoundedResult(sc.name, seeds[i], preemptions, (0, 1))
+                tree[i] = bounded_runs(outs[i], sc, (), timeout=timeout())
+            res = next(tree[i], None)  # type: ignore[arg-type]
+            if res is not None:
+                res.strategy = "bounded"  # the artifact replays the recorded schedule step by step
+                level[i] = outs[i].levels[-1].preemptions  # type: ignore[union-attr]
+                return res
+            tree[i], seeds[i] = None, seeds[i] + 1
+        return None
+
+    while True:
+        for i, sc in enumerate(scenarios):
+            row: dict[str, Any] = {"scenario": sc.name, "strategy": "bounded", "seed": seeds[i]}
+
+            def thunk(i: int = i, row: dict[str, Any] = row) -> RunResult | None:
+                res = step(i)
+                row["preemptions"] = level[i]
+                return res
+
+            yield row, thunk
+
+
+def coverage_steps(scenarios: list[Scenario], seed: int, seconds: float,
+                   timeout: Callable[[], float]) -> Iterator[tuple[dict[str, Any], Thunk]]:
+    """coverage: one coverage-guided search per scenario (its own corpus, seeds from `seed`), advanced one run at a
+    time, each scenario in turn, all within the share's seconds."""
+    from ..explore.search import SearchResult, search_runs
+
+    outs = [SearchResult(sc.name, "coverage", seed) for sc in scenarios]
+    gens = [search_runs(o, sc, (), None, seconds, timeout=timeout()) for o, sc in zip(outs, scenarios, strict=True)]
+    while True:
+        for sc, g in zip(scenarios, gens, strict=True):
+            yield {"scenario": sc.name, "strategy": "coverage", "seed": seed}, lambda g=g: next(g, None)
+
+
 def soak(cfg: dict[str, Any], out: TextIO) -> dict[str, Any]:
-    """Run (scenario, strategy, seed) items round-robin until a failure or the budget; the final row."""
+    """Run the strategies' steps until a failure or the budget; the final row. The budget is split evenly between
+    the shares (see `shares`); a share that runs out of steps early leaves its time to the next."""
     from ..failures import Failure
     from ..report import write_artifact
-    from ..runner import run_one
     from ..scenario import load
 
     scenarios = [load(p) for p in cfg["scenarios"]]
-    strategies: list[str] = cfg["strategies"]
     budget: float = cfg["budget"]
     floor: float = cfg["run_timeout_floor"]
-    ns, nt = len(scenarios), len(strategies)
     t0 = time.monotonic()
     runs = steps = budget_runs = 0
-    k = 0
-    while time.monotonic() - t0 < budget:
-        sc, strat = scenarios[k % ns], strategies[(k // ns) % nt]
-        seed = cfg["seed"] + k // (ns * nt)
-        k += 1
-        remaining = budget - (time.monotonic() - t0)
-        timeout = max(remaining, floor)  # a slow but healthy run is never cut short near the end of the budget
-        row: dict[str, Any] = {"type": "run", "scenario": sc.name, "strategy": strat, "seed": seed}
-        try:
-            res = run_one(sc, seed, strat, timeout=timeout)
-        except Exception as e:  # the mutant raised in the runner's own process (mm_alloc, the quiescence checks)
-            cls = e.cls if isinstance(e, Failure) else "crash"
-            msg = e.message if isinstance(e, Failure) else f"run_one raised {type(e).__name__}: {e}"
-            row.update(verdict="failure", cls=cls, message=msg, steps=0, elapsed=time.monotonic() - t0)
-            _emit(out, row)
-            runs += 1
-            return {"type": "end", "outcome": "killed", "cls": cls, "message": msg, "time_to_kill":
-                    round(time.monotonic() - t0, 3), "runs": runs, "steps": steps, "kill": row,
-                    "traceback": traceback.format_exc(limit=-4)}
-        runs += 1
-        steps += res.steps
-        f = res.failure or {}
-        row.update(verdict=res.verdict, cls=f.get("class"), message=f.get("message"), steps=res.steps,
-                   elapsed=round(res.elapsed, 3))
-        _emit(out, row)
-        if res.verdict == "budget":
-            budget_runs += 1
-            continue
-        if res.verdict != "failure":
-            continue
-        t = round(time.monotonic() - t0, 3)
-        if f.get("class") == "hang" and res.elapsed >= timeout:
-            return {"type": "end", "outcome": "timeout", "cls": "hang", "message": f.get("message"),
-                    "time_to_kill": None, "runs": runs, "steps": steps, "kill": row}
-        if cfg.get("artifacts"):
+    groups = shares(cfg["strategies"])
+    for gi, group in enumerate(groups):
+        end = t0 + budget * (gi + 1) / len(groups)
+
+        def timeout(t_end: float = t0 + budget) -> float:
+            # a slow but healthy run is never cut short near the end of the budget
+            return max(t_end - time.monotonic(), floor)
+
+        if group[0] == "bounded":
+            source = bounded_steps(scenarios, cfg["seed"], int(cfg.get("preemptions", DEFAULT_PREEMPTIONS)),
+                                   timeout)
+        elif group[0] == "coverage":
+            source = coverage_steps(scenarios, cfg["seed"], max(0.0, end - time.monotonic()), timeout)
+        else:
+            source = per_seed_steps(scenarios, group, cfg["seed"], timeout)
+        idle = 0
+        for base, thunk in source:
+            if time.monotonic() >= end or idle >= len(scenarios):
+                break
+            row: dict[str, Any] = base  # a source may add to it as its run ends (bounded: the preemptions)
+            t_run = timeout()
             try:
-                row["artifact"] = str(write_artifact(Path(cfg["artifacts"]), sc, res, None))
-            except OSError:
-                pass
-        return {"type": "end", "outcome": "killed", "cls": f.get("class"), "message": f.get("message"),
-                "time_to_kill": t, "runs": runs, "steps": steps, "kill": row}
+                res = thunk()
+            except Exception as e:  # the mutant raised in the runner's own process (mm_alloc, quiescence checks)
+                cls = e.cls if isinstance(e, Failure) else "crash"
+                msg = e.message if isinstance(e, Failure) else f"run_one raised {type(e).__name__}: {e}"
+                row.update(verdict="failure", cls=cls, message=msg, steps=0, elapsed=time.monotonic() - t0)
+                _emit(out, row)
+                runs += 1
+                return {"type": "end", "outcome": "killed", "cls": cls, "message": msg, "time_to_kill":
+                        round(time.monotonic() - t0, 3), "runs": runs, "steps": steps, "kill": row,
+                        "traceback": traceback.format_exc(limit=-4)}
+            if res is None:  # this scenario's search ran out of its seconds
+                idle += 1
+                continue
+            idle = 0
+            runs += 1
+            steps += res.steps
+            f = res.failure or {}
+            row.update(seed=res.seed, verdict=res.verdict, cls=f.get("class"), message=f.get("message"),
+                       steps=res.steps, elapsed=round(res.elapsed, 3))
+            _emit(out, row)
+            if res.verdict == "budget":
+                budget_runs += 1
+                continue
+            if res.verdict != "failure":
+                continue
+            t = round(time.monotonic() - t0, 3)
+            if f.get("class") == "hang" and res.elapsed >= t_run:
+                return {"type": "end", "outcome": "timeout", "cls": "hang", "message": f.get("message"),
+                        "time_to_kill": None, "runs": runs, "steps": steps, "kill": row}
+            if cfg.get("artifacts"):
+                try:
+                    row["artifact"] = str(write_artifact(Path(cfg["artifacts"]), _scenario(scenarios, row), res,
+                                                         None))
+                except OSError:
+                    pass
+            return {"type": "end", "outcome": "killed", "cls": f.get("class"), "message": f.get("message"),
+                    "time_to_kill": t, "runs": runs, "steps": steps, "kill": row}
     if budget_runs:
         return {"type": "end", "outcome": "timeout", "cls": "budget-exhausted", "runs": runs, "steps": steps,
                 "message": f"{budget_runs} run(s) used up their scenario's max_steps while still making progress",
                 "time_to_kill": None, "kill": None}
     return {"type": "end", "outcome": "survived", "cls": None, "message": None, "time_to_kill": None, "runs": runs,
             "steps": steps, "kill": None}
+
+
+def _scenario(scenarios: list[Scenario], row: dict[str, Any]) -> Scenario:
+    return next(sc for sc in scenarios if sc.name == row["scenario"])
 
 
 def main(argv: list[str]) -> int:

@@ -81,3 +81,49 @@ def keep(directory: Path, result: Result) -> None:
     base = safe_name(result.mutant.name)
     (directory / f"{base}.diff").write_text(result.mutant.diff())
     (directory / f"{base}.json").write_text(json.dumps(result.as_dict(), indent=1, sort_keys=True) + "\n")
+
+
+def compare(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`--compare`: each strategy's score, and for every mutant the strategies that killed it; the mutants only one
+    strategy kills say what that strategy adds, the ones none kills are leads for an oracle or a scenario (both
+    over the mutants every strategy soaked)."""
+    killers: dict[str, list[str]] = {}
+    for strat, d in summaries.items():
+        for r in d["results"]:
+            killers.setdefault(r["name"], [])
+            if r["outcome"] == "killed":
+                killers[r["name"]].append(strat)
+    # only mutants every strategy soaked tell them apart (an interrupted comparison has some that one did not)
+    everywhere = set.intersection(*({r["name"] for r in d["results"]} for d in summaries.values())) if len(
+        summaries) > 1 else set()
+    first = next(iter(summaries.values()), {})
+    return {
+        "seconds_per_mutant": first.get("seconds_per_mutant"),
+        "sample": first.get("sample"),
+        "seed": first.get("seed"),
+        "jobs": first.get("jobs"),
+        "strategies": {
+            s: {o: d[o] for o in ("score", *OUTCOMES, "equivalent", "median_time_to_kill")}
+            for s, d in summaries.items()
+        },
+        "killed_by": dict(sorted(killers.items())),
+        "only_one": {name: ks[0] for name, ks in sorted(killers.items()) if len(ks) == 1 and name in everywhere},
+        "none": sorted(name for name, ks in killers.items() if not ks and name in everywhere),
+        "by_strategy": {s: {r["name"]: r["outcome"] for r in d["results"]} for s, d in summaries.items()},
+    }
+
+
+def print_compare(c: dict[str, Any]) -> None:
+    """One line per strategy, then the mutants that tell the strategies apart."""
+    print(f"comparison, {c['seconds_per_mutant']:g}s per mutant and strategy:")
+    for s, x in c["strategies"].items():
+        scored = x["killed"] + x["survived"] + x["timeout"]
+        score = "-" if x["score"] is None else f"{100 * x['score']:.1f}%"
+        print(f"  {s:10} killed {x['killed']}/{scored} ({score}), survived {x['survived']}, timed out "
+              f"{x['timeout']}, errors {x['error']}, median time to kill {_fmt_time(x['median_time_to_kill'])}")
+    for name, s in c["only_one"].items():
+        others = ", ".join(f"{o} {out[name]}" for o, out in c["by_strategy"].items() if o != s and name in out)
+        print(f"only {s} kills {name}" + (f" ({others})" if others else ""))
+    for name in c["none"]:
+        outs = ", ".join(f"{o} {out[name]}" for o, out in c["by_strategy"].items() if name in out)
+        print(f"no strategy kills {name} ({outs})")
