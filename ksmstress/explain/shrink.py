@@ -3,21 +3,24 @@
 A schedule is taken as its deviations from a non-preemptive default (sched/follow.py): a learning run follows the
 artifact's schedule strictly and logs every point where it deviates. Every candidate is a controlled run of a set
 of deviations, so none is ever unrunnable, and the decisions a run actually took are a schedule the strict replay
-follows exactly. Passes, each until the time budget runs out:
+follows exactly. Two tracks share the time budget:
 
-1. few switches from scratch: the non-preemptive schedule itself, then a few seeded "sparse" schedules that follow
-   it except at a handful of random switch points; the smallest that fails the same way replaces the original;
-2. preemptions, then switches: delta debugging over the deviations that switch away from a task that could go on,
-   then over every deviation left, which also cuts steps (a run stops at its failure: no step after it is kept);
-3. programs and setup (delta debugging over the scenario): ksmd, reclaim or the admin switched off, a [[task]]
-   dropped, each task's `count`, `ops`, `child_ops`, `max_forks`, `region` and `patterns` lowered, its script
-   steps dropped one by one and their numbers (fills, sleeps, waits) lowered, a random op's weight zeroed,
-   `[ksm] pages_to_scan` lowered, reclaim's swapping off. Each smaller scenario is tried with the current
-   deviations carried over to its task ids, with none, and (in a second round) with sparse schedules; the shrunk
-   artifact carries the reduced scenario text. Then 2 again, and sparse schedules of the final scenario.
+1. the recorded schedule (30%): delta debugging over the deviations that switch away from a task that could go on,
+   then over every deviation left (a run stops at its failure: no step after it is ever kept); then the scenario
+   under that schedule, keeping an edit only when the carried-over schedule still fails and the run is smaller;
+2. the scenario first (to 55%), then the schedule (the rest): delta debugging over the scenario (see
+   `smaller_scenarios`: granularity coarsened to `locks`, ksmd/reclaim/admin off, a [[task]] dropped, counts,
+   ops, regions, patterns and script numbers lowered, script steps dropped, `pages_to_scan` lowered, swapping
+   off), keeping every edit that still fails the same way under some schedule: the current one carried over to
+   the new task ids, none, or a few dense random ones (a smaller program moves the points where the race's
+   switches must fall); then the deviations again, then the default schedule with a single switch at each of
+   its points (from the last backwards), then sparse schedules from scratch (the default schedule with a few
+   seeded random switches) until the budget is spent, each hit reduced.
 
-A candidate is kept when it fails with the same class at the same site (object numbers aside: `page[0]` and
-`page[1]` are one code site) and is smaller by (preemptions, steps, program operations, deviations).
+The result is the smallest of the original and the two tracks by Candidate.key: preemptions beyond three, then
+steps. A candidate counts only when it fails with the same class at the same site (object numbers aside:
+`page[0]` and `page[1]` are one code site). The shrunk artifact carries the reduced scenario text and its
+granularity.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -47,9 +51,9 @@ from .tomlout import dumps
 PROGRAM_KEYS = ("count", "ops", "child_ops", "max_forks", "region", "patterns")
 PROGRAM_DEFAULTS = {"count": 1, "ops": 30, "child_ops": 15, "max_forks": 1, "region": 8, "patterns": 2}
 PROGRAM_LOWEST = {"count": 1, "region": 1, "patterns": 1}
-SPARSE_TRIES = 12  # sparse schedules tried from scratch on the final scenario
-PROGRAM_TRIES = (4, 12)  # dense random schedules tried per smaller scenario (by round) when the carried ones fail
-DENSE_RATES = (0.5, 0.2, 0.05)  # their switches per contested point
+PROGRAM_TRIES = (3, 8)  # dense random schedules tried per smaller scenario (by round) when the carried ones fail
+DENSE_RATES = (0.05, 0.2, 0.5)  # their switches per contested point
+PREEMPTION_BOUND = 3  # CHESS: most concurrency bugs need at most two or three preemptions
 _INDEX = re.compile(r"\[\d+\]")
 
 
@@ -93,6 +97,22 @@ class SparseFollow(FollowStrategy):
         return super().pick(ctl, runnable, current, step, yielding)
 
 
+class PointLog(FollowStrategy):
+    """`follow` that also writes every scheduling point where another task could run to `points_fd` ("task
+    position yielding runnable,..." lines): the points where a single switch could go."""
+
+    def __init__(self, deviations: list[Deviation], log_fd: int, points_fd: int) -> None:
+        super().__init__(deviations, log_fd)
+        self.points_fd = points_fd
+
+    def pick(self, ctl: Control, runnable: list[int], current: int, step: int, yielding: bool) -> int:
+        if len(runnable) > 1:
+            pos = self.points.get(current, 0)
+            n = pos + 1 if yielding else ((pos >> _SHIFT) + 1) << _SHIFT
+            os.write(self.points_fd, f"{current} {n} {int(yielding)} {','.join(map(str, runnable))}\n".encode())
+        return super().pick(ctl, runnable, current, step, yielding)
+
+
 @dataclass
 class Size:
     steps: int
@@ -112,8 +132,12 @@ class Candidate:
     preemptions: int
     ops: int = 0
 
-    def key(self) -> tuple[int, int, int, int]:
-        return (self.preemptions, self.res.steps, self.ops, len(self.deviations))
+    def key(self) -> tuple[int, int, int, int, int]:
+        """Smaller is better: preemptions past PREEMPTION_BOUND first, then steps, preemptions, operations and
+        deviations. Within the bound a shorter run wins: 2 preemptions in 300 steps explain less readily than 3
+        in 150."""
+        over = max(0, self.preemptions - PREEMPTION_BOUND)
+        return (over, self.res.steps, self.preemptions, self.ops, len(self.deviations))
 
 
 def program_ops(text: str) -> int:
@@ -135,7 +159,11 @@ class Shrinker:
 
     def __post_init__(self) -> None:
         sc = artifact_scenario(self.path, self.art)
-        self.text = self.art["scenario"].get("text") or Path(sc.path).read_text()
+        text = self.art["scenario"].get("text") or Path(sc.path).read_text()
+        d = tomllib.loads(text)  # the text carries the run's granularity, so coarsening it is a scenario edit
+        if (d.get("sched") or {}).get("granularity") != self.art["granularity"]:
+            text = dumps({**d, "sched": {**(d.get("sched") or {}), "granularity": self.art["granularity"]}})
+        self.text = text
         self.scenario_path = sc.path
         self.target = failure_key(self.art.get("failure"))
         self.deadline = time.monotonic() + self.seconds
@@ -149,13 +177,13 @@ class Shrinker:
     # -- one candidate -------------------------------------------------------------------------------------
     def attempt(
         self, deviations: list[Deviation], text: str, cap: int, schedule: bytes | None = None,
-        sparse: tuple[int, float] | None = None,
+        sparse: tuple[int, float] | None = None, points_fd: int = -1,
     ) -> Candidate | None:
         """A controlled run of `deviations` (or, for the learning run, of `schedule` strictly; with `sparse` =
         (salt, rate), of SparseFollow's extra switches too) under the scenario `text`, at most `cap` steps; None
         when it does not fail the same way or the text is no scenario."""
         memo = (text, tuple(deviations))
-        if schedule is None and sparse is None and memo in self.tried:
+        if schedule is None and sparse is None and points_fd < 0 and memo in self.tried:
             return None
         try:
             sc = parse(text, self.scenario_path)
@@ -167,8 +195,9 @@ class Shrinker:
         try:
 
             def follow(_st: Any, _k: Any, ctl: Control) -> None:
-                strat = (FollowStrategy(deviations, fd, schedule) if sparse is None
-                         else SparseFollow(deviations, fd, *sparse))
+                strat = (SparseFollow(deviations, fd, *sparse) if sparse is not None
+                         else PointLog(deviations, fd, points_fd) if points_fd >= 0
+                         else FollowStrategy(deviations, fd, schedule))
                 ctl.strategy = strat  # type: ignore[assignment]
                 ctl._pick = strat.pick
                 seen["ctl"] = ctl
@@ -182,7 +211,7 @@ class Shrinker:
                 schedule=schedule or b"\0",  # a replay run; `follow` replaces its strategy before the first pick
                 pct_depth=self.art.get("pct_depth"),
                 timeout=min(self.timeout, max(5.0, self.left() + 5)),
-                granularity=self.art["granularity"],
+                granularity=sc.granularity,
                 observe=follow,
             )
             if failure_key(res.failure) != self.target:
@@ -213,35 +242,71 @@ class Shrinker:
             raise ShrinkError("the artifact's failure does not reproduce under a controlled replay; nothing to shrink")
         self.cap0 = self._cap(first)
         start, end = time.monotonic(), self.deadline
-        best = first
-        for tries in PROGRAM_TRIES:  # the scenario's passes get half the budget, the schedule's the rest
-            self.deadline = start + (end - start) / 2
-            best = self.programs(best, tries)
+        # the recorded schedule shrunk, then the scenario under it (edits whose carried schedule still fails)
+        self.deadline = start + (end - start) * 0.3
+        kept = self.reduce(self.reduce(first, switches_only=True), switches_only=False)
+        kept = self.programs(kept, 0, any_schedule=False)
+        # then the scenario first, a schedule re-found for each edit, and the schedule shrunk again
+        best = kept
+        for tries in PROGRAM_TRIES:
+            self.deadline = start + (end - start) * 0.55
+            best = self.programs(best, tries, any_schedule=True)
         self.deadline = end
-        best = self.scratch(best, SPARSE_TRIES)
         best = self.reduce(self.reduce(best, switches_only=True), switches_only=False)
-        return first, min(first, best, key=Candidate.key)  # a scenario pass cut short may have left more steps
+        if best.preemptions > 0:
+            best = self.single_switches(best, time.monotonic() + self.left() * 0.6)
+        best = self.scratch(best, None)
+        best = self.reduce(self.reduce(best, switches_only=True), switches_only=False)
+        return first, min(first, kept, best, key=Candidate.key)  # a pass cut short may have left more steps
 
     @staticmethod
     def _cap(c: Candidate) -> int:
         return 2 * c.res.steps + 1000
 
-    def sparse_tries(self, text: str, steps: int, tries: int) -> Iterator[tuple[int, float]]:
+    def sparse_tries(self, text: str, steps: int, tries: int | None) -> Iterator[tuple[int, float]]:
         """(salt, rate) for `tries` sparse schedules of about one, two or three random switches in a run of
         about `steps` scheduling points."""
-        for salt in range(tries):
+        for salt in range(tries) if tries is not None else itertools.count():
             yield (zlib.crc32(text.encode()) ^ salt, (1 + salt % 3) / max(8, steps))
 
-    def scratch(self, best: Candidate, tries: int) -> Candidate:
-        """The non-preemptive schedule of best's scenario, then `tries` sparse ones: a failing one with fewer
-        preemptions, or steps, replaces best (each hit is reduced before it is compared)."""
-        for sparse in [None, *self.sparse_tries(best.text, best.res.steps, tries)]:
+    def scratch(self, best: Candidate, tries: int | None) -> Candidate:
+        """The non-preemptive schedule of best's scenario, then `tries` sparse ones (None: until the budget is
+        spent): a failing one with fewer preemptions, or steps, replaces best (each hit is reduced before it is
+        compared)."""
+        for sparse in itertools.chain([None], self.sparse_tries(best.text, best.res.steps, tries)):
             if self.left() <= 0:
                 break
             cand = self.attempt([], best.text, self._cap(best), sparse=sparse)
             if cand is not None and sparse is not None and cand.preemptions <= best.preemptions:
                 cand = self.reduce(cand, switches_only=True, quiet=True)
             if self.better(cand, best, "a fresh schedule"):
+                assert cand is not None
+                best = cand
+        return best
+
+    def single_switches(self, best: Candidate, until: float) -> Candidate:
+        """The default schedule of best's scenario with one deviation, at each of its points where another task
+        could run, from its last point backwards (where the objects die is where a race usually is), the
+        switches that preempt no one first; until `until`. A run that fails the same way and is smaller wins."""
+        fd = unnamed_file()
+        try:
+            self.attempt([], best.text, self._cap(best), points_fd=fd)
+            lines = os.pread(fd, os.fstat(fd).st_size, 0).decode().splitlines()
+        finally:
+            os.close(fd)
+        devs: list[tuple[bool, Deviation]] = []
+        for line in reversed(lines):
+            cur, n, y, rn = line.split()
+            runnable = [int(x) for x in rn.split(",")]
+            default = default_pick(runnable, int(cur), y == "1")
+            preempts = y == "0" and int(cur) in runnable
+            devs += [(preempts, (int(cur), int(n), t)) for t in runnable if t not in (default, int(cur))]
+        devs.sort(key=lambda pd: pd[0])  # stable: non-preempting first, each group from the end backwards
+        for _p, dev in devs:
+            if time.monotonic() >= until or self.left() <= 0:
+                break
+            cand = self.attempt([dev], best.text, self._cap(best))
+            if self.better(cand, best, "one switch"):
                 assert cand is not None
                 best = cand
         return best
@@ -269,12 +334,12 @@ class Shrinker:
             chunk //= 2
         return best
 
-    def programs(self, best: Candidate, sparse: int) -> Candidate:
-        """Delta debugging over the scenario: walk the one-edit-smaller scenarios (biggest cuts first) and keep
-        each that still fails the same way under some schedule; after a kept edit, go on from the same place in
-        the new scenario's list; repeat while an edit is kept. Each edit is tried with best's deviations carried
-        over, with none, then with `sparse` dense random schedules (as a random run switches), since a smaller
-        program moves the points where the race's switches must fall; the schedule passes shrink it after."""
+    def programs(self, best: Candidate, sparse: int, any_schedule: bool) -> Candidate:
+        """Delta debugging over the scenario: walk the one-edit-smaller scenarios (biggest cuts first); after a
+        kept edit, go on from the same place in the new scenario's list; repeat while an edit is kept. Each edit
+        is tried with best's deviations carried over, with none, then with `sparse` dense random schedules (as a
+        random run switches). `any_schedule`: keep every edit that fails the same way (the schedule passes shrink
+        its schedule after); else only one whose run is smaller by Candidate.key."""
         changed = True
         while changed and self.left() > 0:
             changed = False
@@ -290,7 +355,7 @@ class Shrinker:
                     if self.left() <= 0:
                         break
                     cand = self.attempt(devs, text, max(self._cap(best), self.cap0), sparse=sp)
-                    if cand is not None:
+                    if cand is not None and (any_schedule or cand.key() < best.key()):
                         self.log(f"scenario: {cand.ops} operations, {cand.res.steps} steps")
                         best, changed = cand, True
                         edits = smaller_scenarios(best.text)
@@ -366,6 +431,8 @@ def smaller_scenarios(text: str) -> list[tuple[str, Remap]]:
         )
         return new
 
+    if (d.get("sched") or {}).get("granularity") == "shared":  # far fewer points, if the race needs none of them
+        add(with_table("sched", granularity="locks"))
     if (d.get("reclaim") or {}).get("enabled", True):
         add(with_table("reclaim", enabled=False))
     if (d.get("ksmd") or {}).get("enabled", True):
@@ -427,6 +494,7 @@ def shrunk_artifact(art_path: Path, best: Candidate, before: Size, after: Size, 
     """The original artifact with the shrunk scenario text, schedule and failure: a normal artifact."""
     data = json.loads(art_path.read_text())
     data["scenario"] = {**data["scenario"], "text": best.text}
+    data["granularity"] = parse(best.text).granularity
     data["steps"] = best.res.steps
     data["schedule_digest"] = best.res.schedule_digest
     data["schedule"] = base64.b64encode(zlib.compress(best.res.schedule, 9)).decode()
