@@ -13,9 +13,9 @@ follows exactly. Two tracks share the time budget:
    ops, regions, patterns and script numbers lowered, script steps dropped, `pages_to_scan` lowered, swapping
    off), keeping every edit that still fails the same way under some schedule: the current one carried over to
    the new task ids, none, or a few dense random ones (a smaller program moves the points where the race's
-   switches must fall); then the deviations again, then the default schedule with a single switch at each of
-   its points (from the last backwards), then sparse schedules from scratch (the default schedule with a few
-   seeded random switches) until the budget is spent, each hit reduced.
+   switches must fall); then the default schedule with a single switch at each of its points (from the last
+   backwards), then sparse schedules from scratch (the default schedule with a few seeded random switches),
+   each hit reduced, then the deviations of the best run again.
 
 The result is the smallest of the original and the two tracks by Candidate.key: preemptions beyond three, then
 steps. A candidate counts only when it fails with the same class at the same site (object numbers aside:
@@ -54,6 +54,8 @@ PROGRAM_LOWEST = {"count": 1, "region": 1, "patterns": 1}
 PROGRAM_TRIES = (3, 8)  # dense random schedules tried per smaller scenario (by round) when the carried ones fail
 DENSE_RATES = (0.05, 0.2, 0.5)  # their switches per contested point
 PREEMPTION_BOUND = 3  # CHESS: most concurrency bugs need at most two or three preemptions
+_STAY_TASK, _STAY_LEFT = 8, 9  # ctl.strat cells of SwitchStay (FollowStrategy uses cell 0)
+STAYS = 8  # yields a task switched to by SwitchStay keeps the CPU through
 _INDEX = re.compile(r"\[\d+\]")
 
 
@@ -94,6 +96,35 @@ class SparseFollow(FollowStrategy):
                 others = [t for t in runnable if t not in (default, current)]
                 if others:
                     self.wanted[(current, n)] = others[int.from_bytes(h[4:], "little") % len(others)]
+        return super().pick(ctl, runnable, current, step, yielding)
+
+
+class SwitchStay(FollowStrategy):
+    """`follow` with one switch, `switch`, after which the task switched to stays on the CPU through up to `stays`
+    of its yields (a sleep or cond_resched would otherwise pass it on): a switch into a task that then runs its
+    next steps in a row costs one preemption at most. Which task stays, and how many yields it has left, live in
+    ctl.strat (shared memory), because the task that switches and the task that stays are different
+    processes."""
+
+    def __init__(self, deviations: list[Deviation], log_fd: int, switch: Deviation, stays: int) -> None:
+        super().__init__(deviations, log_fd)
+        self.switch, self.stays = switch, stays
+
+    def setup(self, ctl: Control) -> None:
+        super().setup(ctl)
+        ctl.strat[_STAY_TASK], ctl.strat[_STAY_LEFT] = -1, 0
+
+    def pick(self, ctl: Control, runnable: list[int], current: int, step: int, yielding: bool) -> int:
+        pos = self.points.get(current, 0)
+        n = pos + 1 if yielding else ((pos >> _SHIFT) + 1) << _SHIFT
+        t, at, to = self.switch
+        if (current, n) == (t, at):
+            self.wanted[(current, n)] = to
+            ctl.strat[_STAY_TASK], ctl.strat[_STAY_LEFT] = to, self.stays
+        elif (yielding and current == int(ctl.strat[_STAY_TASK]) and int(ctl.strat[_STAY_LEFT]) > 0
+              and (current, n) not in self.wanted):
+            self.wanted[(current, n)] = current
+            ctl.strat[_STAY_LEFT] -= 1
         return super().pick(ctl, runnable, current, step, yielding)
 
 
@@ -177,13 +208,14 @@ class Shrinker:
     # -- one candidate -------------------------------------------------------------------------------------
     def attempt(
         self, deviations: list[Deviation], text: str, cap: int, schedule: bytes | None = None,
-        sparse: tuple[int, float] | None = None, points_fd: int = -1,
+        sparse: tuple[int, float] | None = None, points_fd: int = -1, stay: Deviation | None = None,
     ) -> Candidate | None:
         """A controlled run of `deviations` (or, for the learning run, of `schedule` strictly; with `sparse` =
         (salt, rate), of SparseFollow's extra switches too) under the scenario `text`, at most `cap` steps; None
         when it does not fail the same way or the text is no scenario."""
         memo = (text, tuple(deviations))
-        if schedule is None and sparse is None and points_fd < 0 and memo in self.tried:
+        plain = schedule is None and sparse is None and points_fd < 0 and stay is None
+        if plain and memo in self.tried:
             return None
         try:
             sc = parse(text, self.scenario_path)
@@ -197,6 +229,7 @@ class Shrinker:
             def follow(_st: Any, _k: Any, ctl: Control) -> None:
                 strat = (SparseFollow(deviations, fd, *sparse) if sparse is not None
                          else PointLog(deviations, fd, points_fd) if points_fd >= 0
+                         else SwitchStay(deviations, fd, stay, STAYS) if stay is not None
                          else FollowStrategy(deviations, fd, schedule))
                 ctl.strategy = strat  # type: ignore[assignment]
                 ctl._pick = strat.pick
@@ -215,7 +248,7 @@ class Shrinker:
                 observe=follow,
             )
             if failure_key(res.failure) != self.target:
-                if schedule is None and sparse is None:
+                if plain:
                     self.tried.add(memo)
                 return None
             lines = os.pread(fd, os.fstat(fd).st_size, 0).decode().splitlines()
@@ -252,10 +285,9 @@ class Shrinker:
             self.deadline = start + (end - start) * 0.55
             best = self.programs(best, tries, any_schedule=True)
         self.deadline = end
-        best = self.reduce(self.reduce(best, switches_only=True), switches_only=False)
-        if best.preemptions > 0:
-            best = self.single_switches(best, time.monotonic() + self.left() * 0.6)
-        best = self.scratch(best, None)
+        if best.preemptions > 0:  # a dense schedule's many deviations would take delta debugging long
+            best = self.single_switches(best, time.monotonic() + self.left() * 0.5)
+        best = self.scratch(best, time.monotonic() + self.left() * 0.4)
         best = self.reduce(self.reduce(best, switches_only=True), switches_only=False)
         return first, min(first, kept, best, key=Candidate.key)  # a pass cut short may have left more steps
 
@@ -269,12 +301,11 @@ class Shrinker:
         for salt in range(tries) if tries is not None else itertools.count():
             yield (zlib.crc32(text.encode()) ^ salt, (1 + salt % 3) / max(8, steps))
 
-    def scratch(self, best: Candidate, tries: int | None) -> Candidate:
-        """The non-preemptive schedule of best's scenario, then `tries` sparse ones (None: until the budget is
-        spent): a failing one with fewer preemptions, or steps, replaces best (each hit is reduced before it is
-        compared)."""
-        for sparse in itertools.chain([None], self.sparse_tries(best.text, best.res.steps, tries)):
-            if self.left() <= 0:
+    def scratch(self, best: Candidate, until: float) -> Candidate:
+        """The non-preemptive schedule of best's scenario, then sparse ones until `until`: a failing one with
+        fewer preemptions, or steps, replaces best (each hit is reduced before it is compared)."""
+        for sparse in itertools.chain([None], self.sparse_tries(best.text, best.res.steps, None)):
+            if self.left() <= 0 or time.monotonic() >= until:
                 break
             cand = self.attempt([], best.text, self._cap(best), sparse=sparse)
             if cand is not None and sparse is not None and cand.preemptions <= best.preemptions:
@@ -287,7 +318,8 @@ class Shrinker:
     def single_switches(self, best: Candidate, until: float) -> Candidate:
         """The default schedule of best's scenario with one deviation, at each of its points where another task
         could run, from its last point backwards (where the objects die is where a race usually is), the
-        switches that preempt no one first; until `until`. A run that fails the same way and is smaller wins."""
+        switches that preempt no one first; each also with the task switched to staying on through its next
+        yields (SwitchStay); until `until`. A run that fails the same way and is smaller wins."""
         fd = unnamed_file()
         try:
             self.attempt([], best.text, self._cap(best), points_fd=fd)
@@ -305,10 +337,13 @@ class Shrinker:
         for _p, dev in devs:
             if time.monotonic() >= until or self.left() <= 0:
                 break
-            cand = self.attempt([dev], best.text, self._cap(best))
-            if self.better(cand, best, "one switch"):
-                assert cand is not None
-                best = cand
+            for cand in (self.attempt([dev], best.text, self._cap(best)),
+                         self.attempt([], best.text, self._cap(best), stay=dev)):
+                if self.better(cand, best, "one switch"):
+                    assert cand is not None
+                    best = cand
+                if time.monotonic() >= until:
+                    break
         return best
 
     def reduce(self, best: Candidate, switches_only: bool, quiet: bool = False) -> Candidate:
