@@ -5,10 +5,11 @@ artifact's schedule strictly and logs every point where it deviates. Every candi
 of deviations, so none is ever unrunnable, and the decisions a run actually took are a schedule the strict replay
 follows exactly. Two tracks share the time budget:
 
-1. the recorded schedule (30%): delta debugging over the deviations that switch away from a task that could go on,
+1. the recorded schedule (40%): delta debugging over the deviations that switch away from a task that could go on,
    then over every deviation left (a run stops at its failure: no step after it is ever kept); then the scenario
    under that schedule, keeping an edit only when the carried-over schedule still fails and the run is smaller;
-2. the scenario first (to 55%), then the schedule (the rest): delta debugging over the scenario (see
+2. the scenario first (to 60%), then the schedule (the rest; time left over goes to track 1's delta
+   debugging, then to more sparse schedules): delta debugging over the scenario (see
    `smaller_scenarios`: granularity coarsened to `locks`, ksmd/reclaim/admin off, a [[task]] dropped, counts,
    ops, regions, patterns and script numbers lowered, script steps dropped, `pages_to_scan` lowered, swapping
    off), keeping every edit that still fails the same way under some schedule: the current one carried over to
@@ -276,19 +277,23 @@ class Shrinker:
         self.cap0 = self._cap(first)
         start, end = time.monotonic(), self.deadline
         # the recorded schedule shrunk, then the scenario under it (edits whose carried schedule still fails)
-        self.deadline = start + (end - start) * 0.3
+        self.deadline = start + (end - start) * 0.4
         kept = self.reduce(self.reduce(first, switches_only=True), switches_only=False)
         kept = self.programs(kept, 0, any_schedule=False)
         # then the scenario first, a schedule re-found for each edit, and the schedule shrunk again
         best = kept
         for tries in PROGRAM_TRIES:
-            self.deadline = start + (end - start) * 0.55
+            self.deadline = start + (end - start) * 0.6
             best = self.programs(best, tries, any_schedule=True)
         self.deadline = end
         if best.preemptions > 0:  # a dense schedule's many deviations would take delta debugging long
             best = self.single_switches(best, time.monotonic() + self.left() * 0.5)
         best = self.scratch(best, time.monotonic() + self.left() * 0.4)
         best = self.reduce(self.reduce(best, switches_only=True), switches_only=False)
+        if self.left() > 0:  # time left: the first track's delta debugging may have been cut short
+            kept = self.reduce(self.reduce(kept, switches_only=True), switches_only=False)
+        if self.left() > 0:
+            best = self.reduce(self.scratch(best, self.deadline), switches_only=False)
         return first, min(first, kept, best, key=Candidate.key)  # a pass cut short may have left more steps
 
     @staticmethod
