@@ -23,6 +23,7 @@ from . import bench as benchmod
 from . import explain as explainmod
 from . import soak as soakmod
 from .bugs import VARIANTS, UnknownBug, validate
+from .explain import autoshrink
 from .explain import shrink as shrinkmod
 from .explore import SearchResult, explore_bounded
 from .explore import bounded_cmd as explore_cmd
@@ -35,7 +36,6 @@ from .options import EXIT_CLEAN, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, add
 from .progress import Progress
 from .report import (
     ArtifactError,
-    artifact_scenario,
     check_artifact_dir,
     configure_logging,
     read_artifact,
@@ -176,6 +176,25 @@ def _search_figures(s: SearchResult) -> dict[str, Any]:
             "diverged_prefixes": s.diverged, "corpus": s.corpus}
 
 
+def _shrink_after(a: argparse.Namespace, artifact: Path) -> autoshrink.Shrunk | str | None:
+    """--shrink: the failure's artifact shrunk within --shrink-seconds (a line saying why not, if it cannot be)."""
+    if not a.shrink:
+        return None
+    log.info("shrink.start", artifact=str(artifact), seconds=a.shrink_seconds)
+    return autoshrink.try_shrink(artifact, a.shrink_seconds, a.timeout, lambda msg: log.info("shrink", progress=msg))
+
+
+def _shrunk_fields(sh: autoshrink.Shrunk | str | None) -> dict[str, Any]:
+    if sh is None:
+        return {}
+    return {"shrunk": sh.to_dict() if isinstance(sh, autoshrink.Shrunk) else {"error": sh}}
+
+
+def _print_shrunk(sh: autoshrink.Shrunk | str | None) -> None:
+    if sh is not None:
+        print(f"  shrunk:   {sh.line() if isinstance(sh, autoshrink.Shrunk) else sh}")
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     wrong = explore_cmd.misuse(a)
     if wrong:
@@ -190,6 +209,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     _check_out("--timeline", a.timeline)
     if (a.trace or a.timeline) and a.mode == "free":
         _usage_error("--trace/--timeline: expected --mode controlled (a free-mode run has no schedule to replay)")
+    if a.shrink and a.mode == "free":
+        _usage_error("--shrink: expected --mode controlled (a free-mode run has no schedule to shrink)")
     if (a.trace or a.timeline) and a.strategy == "bounded":
         _usage_error("--trace/--timeline: not with --strategy bounded; replay its artifact with --trace instead")
     if a.strategy == "bounded":
@@ -242,8 +263,9 @@ def cmd_run(a: argparse.Namespace) -> int:
             # a search is deterministic for its seed: the same command with the runs it took finds the same run
             rerun = (rerun_command(sc, a.seed, a.strategy, bugs, None, runs=search.runs, granularity=a.granularity)
                      if search is not None else None)
+            sh = _shrink_after(a, artifact)
             if a.json:
-                fd = _failure_dict(last, artifact)
+                fd = {**_failure_dict(last, artifact), **_shrunk_fields(sh)}
                 if rerun:
                     fd["rerun"] = rerun
                 print(_run_json(a, total, per, fd))
@@ -251,6 +273,7 @@ def cmd_run(a: argparse.Namespace) -> int:
                 _print_failure(last, artifact)
                 if rerun:
                     print(f"  rerun:    {rerun}   (the search; it finds this failure at run {search.runs})")
+                _print_shrunk(sh)
             if (a.trace or a.timeline) and a.mode == "controlled":  # the failing run again, with its events
                 again, events = explainmod.recorded_replay(read_artifact(artifact), artifact, a.timeout)
                 _export(a, events, again)
@@ -335,11 +358,14 @@ def _cmd_bounded(a: argparse.Namespace, scenarios: list[Scenario], bugs: list[st
         artifact = write_artifact(Path(a.artifacts), sc, res, None)
         log.info("failure", scenario=sc.name, seed=res.seed, cls=(res.failure or {}).get("class"),
                  preemptions=r.preemptions, artifact=str(artifact))
+        sh = _shrink_after(a, artifact)
         if a.json:
-            print(as_json({**_failure_dict(res, artifact), "preemptions": r.preemptions, "schedules": r.schedules}))
+            print(as_json({**_failure_dict(res, artifact), "preemptions": r.preemptions, "schedules": r.schedules,
+                           **_shrunk_fields(sh)}))
         else:
             _print_failure(res, artifact)
             print(explore_cmd.outcome_line(r))
+            _print_shrunk(sh)
         return EXIT_FAILURE
     if a.json:
         print(as_json(None))
@@ -511,32 +537,22 @@ def cmd_shrink(a: argparse.Namespace) -> int:
     _check_out("--out", str(out))
     _check_out("--trace", a.trace)
     _check_out("--timeline", a.timeline)
-    t0 = time.monotonic()
-    shrinker = shrinkmod.Shrinker(art, Path(a.artifact), a.seconds, a.timeout,
-                                  log=lambda msg: log.info("shrink", progress=msg))
     try:
-        first, best = shrinker.run()
+        sh = autoshrink.shrink_file(Path(a.artifact), a.seconds, a.timeout, out,
+                                    log=lambda msg: log.info("shrink", progress=msg))
     except shrinkmod.ShrinkError as e:
         _usage_error(f"{a.artifact}: {e}")
-    before, after = shrinker.size(first), shrinker.size(best)
-    took = time.monotonic() - t0
-    data = shrinkmod.shrunk_artifact(Path(a.artifact), best, before, after, took)
-    try:
-        out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     except OSError as e:
         _usage_error(f"--out {out}: cannot write it ({e.strerror}); expected a writable file path")
-    shrunk = read_artifact(out)  # the proof: a strict replay of what was written reproduces the failure
-    res = run_one(artifact_scenario(out, shrunk), shrunk["seed"], shrunk["strategy"], sorted(shrunk["bugs"]),
-                  schedule=shrunk["schedule_bytes"], pct_depth=shrunk.get("pct_depth"), timeout=a.timeout,
-                  granularity=shrunk["granularity"])
-    same, text = _replay_outcome(shrunk, res)
+    shrunk, before, after, took = sh.art, sh.before, sh.after, sh.seconds
+    same, text = _replay_outcome(shrunk, sh.proof)
     if a.json:
         print(json.dumps({"artifact": str(out), "from": str(a.artifact), "before": before.as_dict(),
-                          "after": after.as_dict(), "seconds": round(took, 1), "candidates": shrinker.runs,
+                          "after": after.as_dict(), "seconds": round(took, 1), "candidates": sh.candidates,
                           "reproduced": same, "outcome": text, "replay": replay_command(out)}, sort_keys=True))
     else:
-        f = best.res.failure or {}
-        print(f"shrunk {f.get('class')} at {shrinkmod.site_of(f)} in {took:.1f} s ({shrinker.runs} candidate runs)")
+        f = sh.best.res.failure or {}
+        print(f"shrunk {f.get('class')} at {shrinkmod.site_of(f)} in {took:.1f} s ({sh.candidates} candidate runs)")
         print(f"  {'':<12}{'before':>8}{'after':>8}")
         for k in ("steps", "preemptions", "tasks", "ops"):
             print(f"  {k:<12}{getattr(before, k):>8}{getattr(after, k):>8}")
@@ -602,6 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--hang-seconds", type=argtypes.positive_seconds, default=10.0,
                    help="free mode: no progress this long is a hang")
     add_export_options(r)
+    autoshrink.add_options(r)
     r.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("replay", help="replay a failure artifact and say whether the same failure recurs")

@@ -484,27 +484,17 @@ def test_replay_schedule_that_diverges_later(capsys: pytest.CaptureFixture[str],
     assert d["reproduced"] is False
 
 
-def _failing_artifact(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> dict[str, Any]:
-    code, out, err = cli(
-        capsys,
-        "run",
-        "seed-unmap-race",
-        "--bug",
-        "no-anon-vma-ref",
-        "--runs",
-        "30",
-        "--json",
-        "--artifacts",
-        str(tmp_path),
-    )
-    assert code == 1, out + err
-    return json.loads(Path(one_json_object(out)["artifact"]).read_text())
+def _failing_artifact(failing_artifacts: dict[str, Path]) -> dict[str, Any]:
+    """conftest's use-after-free artifact (seed-unmap-race, no-anon-vma-ref) as a dict, to alter and write back."""
+    return json.loads(failing_artifacts["use-after-free"].read_text())
 
 
-def test_replay_of_an_altered_schedule_is_never_reproduced(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_replay_of_an_altered_schedule_is_never_reproduced(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, failing_artifacts: dict[str, Path]
+) -> None:
     """'reproduced' means the same class, step, site, object and schedule digest: an artifact whose schedule has
     one decision changed replays to something else (a divergence or a different failure) and says which."""
-    art = _failing_artifact(capsys, tmp_path)
+    art = _failing_artifact(failing_artifacts)
     sched = bytearray(zlib.decompress(base64.b64decode(art["schedule"])))
     seen = 0
     for i in range(len(sched) // 3, len(sched), max(1, len(sched) // 7)):
@@ -525,9 +515,9 @@ def test_replay_of_an_altered_schedule_is_never_reproduced(capsys: pytest.Captur
 
 
 def test_replay_of_an_artifact_without_a_failure_says_the_same_in_text_and_json(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, failing_artifacts: dict[str, Path]
 ) -> None:
-    art = _failing_artifact(capsys, tmp_path)
+    art = _failing_artifact(failing_artifacts)
     p = write(tmp_path, "nofailure.json", json.dumps(dict(art, failure=None)))
     code, out, _err = cli(capsys, "replay", str(p), "--json")
     d = one_json_object(out)

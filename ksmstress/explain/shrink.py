@@ -1,31 +1,42 @@
 """Minimise a failing artifact while its failure keeps its class and its site (CHESS's fewest preemptions first).
 
 A schedule is taken as its deviations from a non-preemptive default (sched/follow.py): a learning run follows the
-artifact's schedule strictly and logs every point where it deviates. Every candidate is a controlled run of a
-subset of those deviations, so none is ever unrunnable, and the decisions a run actually took are a schedule the
-strict replay follows exactly. Passes, each until the time budget runs out:
+artifact's schedule strictly and logs every point where it deviates. Every candidate is a controlled run of a set
+of deviations, so none is ever unrunnable, and the decisions a run actually took are a schedule the strict replay
+follows exactly. Two tracks share the time budget:
 
-1. preemptions: delta debugging over the deviations that switch to another task;
-2. switches: the same over every deviation left, which also cuts steps (a run stops at its failure: no step after
-   it is ever kept);
-3. programs: each [[task]]'s `count`, `ops`, `child_ops`, `max_forks` and `region` lowered, its script steps dropped
-   one by one and their numbers (sleeps, waits) lowered, whole [[task]] tables dropped (the shrunk artifact carries
-   the reduced scenario text); then 1 and 2 again.
+1. the recorded schedule (40%): delta debugging over the deviations that switch away from a task that could go on,
+   then over every deviation left (a run stops at its failure: no step after it is ever kept); then the scenario
+   under that schedule, keeping an edit only when the carried-over schedule still fails and the run is smaller;
+2. the scenario first (to 60%), then the schedule (the rest; time left over goes to track 1's delta
+   debugging, then to more sparse schedules): delta debugging over the scenario (see
+   `smaller_scenarios`: granularity coarsened to `locks`, ksmd/reclaim/admin off, a [[task]] dropped, counts,
+   ops, regions, patterns and script numbers lowered, script steps dropped, `pages_to_scan` lowered, swapping
+   off), keeping every edit that still fails the same way under some schedule: the current one carried over to
+   the new task ids, none, or a few dense random ones (a smaller program moves the points where the race's
+   switches must fall); then the default schedule with a single switch at each of its points (from the last
+   backwards), then sparse schedules from scratch (the default schedule with a few seeded random switches),
+   each hit reduced, then the deviations of the best run again.
 
-A candidate is kept when it fails with the same class at the same site and is smaller: (preemptions, steps,
-deviations) for the schedule passes, the programs' operations for the last.
+The result is the smallest of the original and the two tracks by Candidate.key: preemptions beyond three, then
+steps. A candidate counts only when it fails with the same class at the same site (object numbers aside:
+`page[0]` and `page[1]` are one code site). The shrunk artifact carries the reduced scenario text and its
+granularity.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
+import itertools
 import json
 import os
+import re
 import time
 import tomllib
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +45,19 @@ from ..report import artifact_scenario
 from ..runner import RunResult, run_one
 from ..scenario import ScenarioError, parse
 from ..sched.control import Control
-from ..sched.follow import Deviation, FollowStrategy
+from ..sched.follow import _SHIFT, Deviation, FollowStrategy, default_pick
 from .record import unnamed_file
 from .tomlout import dumps
 
-PROGRAM_KEYS = ("count", "ops", "child_ops", "max_forks")
-PROGRAM_DEFAULTS = {"count": 1, "ops": 30, "child_ops": 15, "max_forks": 1}
+PROGRAM_KEYS = ("count", "ops", "child_ops", "max_forks", "region", "patterns")
+PROGRAM_DEFAULTS = {"count": 1, "ops": 30, "child_ops": 15, "max_forks": 1, "region": 8, "patterns": 2}
+PROGRAM_LOWEST = {"count": 1, "region": 1, "patterns": 1}
+PROGRAM_TRIES = (3, 8)  # dense random schedules tried per smaller scenario (by round) when the carried ones fail
+DENSE_RATES = (0.05, 0.2, 0.5)  # their switches per contested point
+PREEMPTION_BOUND = 3  # CHESS: most concurrency bugs need at most two or three preemptions
+_STAY_TASK, _STAY_LEFT = 8, 9  # ctl.strat cells of SwitchStay (FollowStrategy uses cell 0)
+STAYS = 8  # yields a task switched to by SwitchStay keeps the CPU through
+_INDEX = re.compile(r"\[\d+\]")
 
 
 def site_of(failure: dict[str, Any] | None) -> str:
@@ -51,6 +69,80 @@ def site_of(failure: dict[str, Any] | None) -> str:
     if d.get("walk"):
         return str(d["walk"])
     return str(d.get("chain", "")).split(" > ")[-1]
+
+
+def failure_key(failure: dict[str, Any] | None) -> tuple[Any, str]:
+    """(class, site without object numbers): a lockdep site names `page[0].page_lock`, and the same inversion on
+    `page[1]` is the same bug at the same code site."""
+    return (failure or {}).get("class"), _INDEX.sub("", site_of(failure))
+
+
+class SparseFollow(FollowStrategy):
+    """`follow` plus seeded random switches at a rate of `rate` per scheduling point where another task could run:
+    a schedule with few preemptions that is not the default's. The switches it makes are logged like any other
+    deviation, so a hit becomes a plain deviation list. Each decision hashes (salt, task, position) rather than
+    drawing from a PRNG, because every task process picks with its own copy of the strategy."""
+
+    def __init__(self, deviations: list[Deviation], log_fd: int, salt: int, rate: float) -> None:
+        super().__init__(deviations, log_fd)
+        self.salt, self.limit = salt, int(min(1.0, rate) * (1 << 32))
+
+    def pick(self, ctl: Control, runnable: list[int], current: int, step: int, yielding: bool) -> int:
+        pos = self.points.get(current, 0)
+        n = pos + 1 if yielding else ((pos >> _SHIFT) + 1) << _SHIFT  # the position FollowStrategy.pick will use
+        if (current, n) not in self.wanted and len(runnable) > 1:
+            h = hashlib.blake2b(f"{self.salt}:{current}:{n}".encode(), digest_size=8).digest()
+            if int.from_bytes(h[:4], "little") < self.limit:
+                default = default_pick(runnable, current, yielding)
+                others = [t for t in runnable if t not in (default, current)]
+                if others:
+                    self.wanted[(current, n)] = others[int.from_bytes(h[4:], "little") % len(others)]
+        return super().pick(ctl, runnable, current, step, yielding)
+
+
+class SwitchStay(FollowStrategy):
+    """`follow` with one switch, `switch`, after which the task switched to stays on the CPU through up to `stays`
+    of its yields (a sleep or cond_resched would otherwise pass it on): a switch into a task that then runs its
+    next steps in a row costs one preemption at most. Which task stays, and how many yields it has left, live in
+    ctl.strat (shared memory), because the task that switches and the task that stays are different
+    processes."""
+
+    def __init__(self, deviations: list[Deviation], log_fd: int, switch: Deviation, stays: int) -> None:
+        super().__init__(deviations, log_fd)
+        self.switch, self.stays = switch, stays
+
+    def setup(self, ctl: Control) -> None:
+        super().setup(ctl)
+        ctl.strat[_STAY_TASK], ctl.strat[_STAY_LEFT] = -1, 0
+
+    def pick(self, ctl: Control, runnable: list[int], current: int, step: int, yielding: bool) -> int:
+        pos = self.points.get(current, 0)
+        n = pos + 1 if yielding else ((pos >> _SHIFT) + 1) << _SHIFT
+        t, at, to = self.switch
+        if (current, n) == (t, at):
+            self.wanted[(current, n)] = to
+            ctl.strat[_STAY_TASK], ctl.strat[_STAY_LEFT] = to, self.stays
+        elif (yielding and current == int(ctl.strat[_STAY_TASK]) and int(ctl.strat[_STAY_LEFT]) > 0
+              and (current, n) not in self.wanted):
+            self.wanted[(current, n)] = current
+            ctl.strat[_STAY_LEFT] -= 1
+        return super().pick(ctl, runnable, current, step, yielding)
+
+
+class PointLog(FollowStrategy):
+    """`follow` that also writes every scheduling point where another task could run to `points_fd` ("task
+    position yielding runnable,..." lines): the points where a single switch could go."""
+
+    def __init__(self, deviations: list[Deviation], log_fd: int, points_fd: int) -> None:
+        super().__init__(deviations, log_fd)
+        self.points_fd = points_fd
+
+    def pick(self, ctl: Control, runnable: list[int], current: int, step: int, yielding: bool) -> int:
+        if len(runnable) > 1:
+            pos = self.points.get(current, 0)
+            n = pos + 1 if yielding else ((pos >> _SHIFT) + 1) << _SHIFT
+            os.write(self.points_fd, f"{current} {n} {int(yielding)} {','.join(map(str, runnable))}\n".encode())
+        return super().pick(ctl, runnable, current, step, yielding)
 
 
 @dataclass
@@ -70,9 +162,14 @@ class Candidate:
     text: str
     res: RunResult
     preemptions: int
+    ops: int = 0
 
-    def key(self) -> tuple[int, int, int]:
-        return (self.preemptions, self.res.steps, len(self.deviations))
+    def key(self) -> tuple[int, int, int, int, int]:
+        """Smaller is better: preemptions past PREEMPTION_BOUND first, then steps, preemptions, operations and
+        deviations. Within the bound a shorter run wins: 2 preemptions in 300 steps explain less readily than 3
+        in 150."""
+        over = max(0, self.preemptions - PREEMPTION_BOUND)
+        return (over, self.res.steps, self.preemptions, self.ops, len(self.deviations))
 
 
 def program_ops(text: str) -> int:
@@ -94,21 +191,33 @@ class Shrinker:
 
     def __post_init__(self) -> None:
         sc = artifact_scenario(self.path, self.art)
-        self.text = self.art["scenario"].get("text") or Path(sc.path).read_text()
+        text = self.art["scenario"].get("text") or Path(sc.path).read_text()
+        d = tomllib.loads(text)  # the text carries the run's granularity, so coarsening it is a scenario edit
+        if (d.get("sched") or {}).get("granularity") != self.art["granularity"]:
+            text = dumps({**d, "sched": {**(d.get("sched") or {}), "granularity": self.art["granularity"]}})
+        self.text = text
         self.scenario_path = sc.path
-        self.target = ((self.art.get("failure") or {}).get("class"), site_of(self.art.get("failure")))
+        self.target = failure_key(self.art.get("failure"))
         self.deadline = time.monotonic() + self.seconds
         self.runs = 0
+        self.cap0 = 1 << 62  # a step cap for the scenario pass: the learning run's, set by run()
+        self.tried: set[tuple[str, tuple[Deviation, ...]]] = set()  # deterministic candidates that did not fit
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
     # -- one candidate -------------------------------------------------------------------------------------
     def attempt(
-        self, deviations: list[Deviation], text: str, cap: int, schedule: bytes | None = None
+        self, deviations: list[Deviation], text: str, cap: int, schedule: bytes | None = None,
+        sparse: tuple[int, float] | None = None, points_fd: int = -1, stay: Deviation | None = None,
     ) -> Candidate | None:
-        """A controlled run of `deviations` (or, for the learning run, of `schedule` strictly) under the scenario
-        `text`, at most `cap` steps; None when it does not fail the same way or the text is no scenario."""
+        """A controlled run of `deviations` (or, for the learning run, of `schedule` strictly; with `sparse` =
+        (salt, rate), of SparseFollow's extra switches too) under the scenario `text`, at most `cap` steps; None
+        when it does not fail the same way or the text is no scenario."""
+        memo = (text, tuple(deviations))
+        plain = schedule is None and sparse is None and points_fd < 0 and stay is None
+        if plain and memo in self.tried:
+            return None
         try:
             sc = parse(text, self.scenario_path)
         except ScenarioError:
@@ -119,7 +228,10 @@ class Shrinker:
         try:
 
             def follow(_st: Any, _k: Any, ctl: Control) -> None:
-                strat = FollowStrategy(deviations, fd, schedule)
+                strat = (SparseFollow(deviations, fd, *sparse) if sparse is not None
+                         else PointLog(deviations, fd, points_fd) if points_fd >= 0
+                         else SwitchStay(deviations, fd, stay, STAYS) if stay is not None
+                         else FollowStrategy(deviations, fd, schedule))
                 ctl.strategy = strat  # type: ignore[assignment]
                 ctl._pick = strat.pick
                 seen["ctl"] = ctl
@@ -133,20 +245,28 @@ class Shrinker:
                 schedule=schedule or b"\0",  # a replay run; `follow` replaces its strategy before the first pick
                 pct_depth=self.art.get("pct_depth"),
                 timeout=min(self.timeout, max(5.0, self.left() + 5)),
-                granularity=self.art["granularity"],
+                granularity=sc.granularity,
                 observe=follow,
             )
-            f = res.failure or {}
-            if (f.get("class"), site_of(f)) != self.target:
+            if failure_key(res.failure) != self.target:
+                if plain:
+                    self.tried.add(memo)
                 return None
             lines = os.pread(fd, os.fstat(fd).st_size, 0).decode().splitlines()
         finally:
             os.close(fd)
         taken = [(int(a), int(b), int(c)) for a, b, c in (line.split() for line in lines)]
-        return Candidate(taken, text, res, FollowStrategy.preemptions(seen["ctl"]))
+        return Candidate(taken, text, res, FollowStrategy.preemptions(seen["ctl"]), program_ops(text))
 
     def size(self, c: Candidate) -> Size:
         return Size(c.res.steps, c.preemptions, len(set(c.res.schedule)), program_ops(c.text))
+
+    def better(self, cand: Candidate | None, best: Candidate, what: str) -> bool:
+        if cand is None or cand.key() >= best.key():
+            return False
+        self.log(f"{what}: {cand.preemptions} preemptions, {cand.res.steps} steps, {cand.ops} operations, "
+                 f"{len(cand.deviations)} deviations")
+        return True
 
     # -- the passes ----------------------------------------------------------------------------------------
     def run(self) -> tuple[Candidate, Candidate]:
@@ -154,21 +274,87 @@ class Shrinker:
         first = self.attempt([], self.text, 1 << 62, schedule=self.art["schedule_bytes"])
         if first is None:
             raise ShrinkError("the artifact's failure does not reproduce under a controlled replay; nothing to shrink")
-        best = self.reduce(first, switches_only=True)
-        best = self.reduce(best, switches_only=False)
-        before = best.text
-        best = self.programs(best)
-        if best.text != before:
-            best = self.reduce(self.reduce(best, switches_only=True), switches_only=False)
-        return first, best
+        self.cap0 = self._cap(first)
+        start, end = time.monotonic(), self.deadline
+        # the recorded schedule shrunk, then the scenario under it (edits whose carried schedule still fails)
+        self.deadline = start + (end - start) * 0.4
+        kept = self.reduce(self.reduce(first, switches_only=True), switches_only=False)
+        kept = self.programs(kept, 0, any_schedule=False)
+        # then the scenario first, a schedule re-found for each edit, and the schedule shrunk again
+        best = kept
+        for tries in PROGRAM_TRIES:
+            self.deadline = start + (end - start) * 0.6
+            best = self.programs(best, tries, any_schedule=True)
+        self.deadline = end
+        if best.preemptions > 0:  # a dense schedule's many deviations would take delta debugging long
+            best = self.single_switches(best, time.monotonic() + self.left() * 0.5)
+        best = self.scratch(best, time.monotonic() + self.left() * 0.4)
+        best = self.reduce(self.reduce(best, switches_only=True), switches_only=False)
+        if self.left() > 0:  # time left: the first track's delta debugging may have been cut short
+            kept = self.reduce(self.reduce(kept, switches_only=True), switches_only=False)
+        if self.left() > 0:
+            best = self.reduce(self.scratch(best, self.deadline), switches_only=False)
+        return first, min(first, kept, best, key=Candidate.key)  # a pass cut short may have left more steps
 
     @staticmethod
     def _cap(c: Candidate) -> int:
         return 2 * c.res.steps + 1000
 
-    def reduce(self, best: Candidate, switches_only: bool) -> Candidate:
-        """Delta debugging over the deviations (only those that switch to another task, if asked): drop chunks,
-        halving the chunk size, keeping every smaller candidate that still fails the same way."""
+    def sparse_tries(self, text: str, steps: int, tries: int | None) -> Iterator[tuple[int, float]]:
+        """(salt, rate) for `tries` sparse schedules of about one, two or three random switches in a run of
+        about `steps` scheduling points."""
+        for salt in range(tries) if tries is not None else itertools.count():
+            yield (zlib.crc32(text.encode()) ^ salt, (1 + salt % 3) / max(8, steps))
+
+    def scratch(self, best: Candidate, until: float) -> Candidate:
+        """The non-preemptive schedule of best's scenario, then sparse ones until `until`: a failing one with
+        fewer preemptions, or steps, replaces best (each hit is reduced before it is compared)."""
+        for sparse in itertools.chain([None], self.sparse_tries(best.text, best.res.steps, None)):
+            if self.left() <= 0 or time.monotonic() >= until:
+                break
+            cand = self.attempt([], best.text, self._cap(best), sparse=sparse)
+            if cand is not None and sparse is not None and cand.preemptions <= best.preemptions:
+                cand = self.reduce(cand, switches_only=True, quiet=True)
+            if self.better(cand, best, "a fresh schedule"):
+                assert cand is not None
+                best = cand
+        return best
+
+    def single_switches(self, best: Candidate, until: float) -> Candidate:
+        """The default schedule of best's scenario with one deviation, at each of its points where another task
+        could run, from its last point backwards (where the objects die is where a race usually is), the
+        switches that preempt no one first; each also with the task switched to staying on through its next
+        yields (SwitchStay); until `until`. A run that fails the same way and is smaller wins."""
+        fd = unnamed_file()
+        try:
+            self.attempt([], best.text, self._cap(best), points_fd=fd)
+            lines = os.pread(fd, os.fstat(fd).st_size, 0).decode().splitlines()
+        finally:
+            os.close(fd)
+        devs: list[tuple[bool, Deviation]] = []
+        for line in reversed(lines):
+            cur, n, y, rn = line.split()
+            runnable = [int(x) for x in rn.split(",")]
+            default = default_pick(runnable, int(cur), y == "1")
+            preempts = y == "0" and int(cur) in runnable
+            devs += [(preempts, (int(cur), int(n), t)) for t in runnable if t not in (default, int(cur))]
+        devs.sort(key=lambda pd: pd[0])  # stable: non-preempting first, each group from the end backwards
+        for _p, dev in devs:
+            if time.monotonic() >= until or self.left() <= 0:
+                break
+            for cand in (self.attempt([dev], best.text, self._cap(best)),
+                         self.attempt([], best.text, self._cap(best), stay=dev)):
+                if self.better(cand, best, "one switch"):
+                    assert cand is not None
+                    best = cand
+                if time.monotonic() >= until:
+                    break
+        return best
+
+    def reduce(self, best: Candidate, switches_only: bool, quiet: bool = False) -> Candidate:
+        """Delta debugging over the deviations (only those that switch away from a task that could go on, if
+        asked): drop chunks, halving the chunk size, keeping every smaller candidate that still fails the same
+        way."""
 
         def pool(c: Candidate) -> list[int]:
             return [j for j, (t, _n, to) in enumerate(c.deviations) if to != t or not switches_only]
@@ -181,26 +367,41 @@ class Shrinker:
                 drop = set(idx[i : i + chunk])
                 devs = [d for j, d in enumerate(best.deviations) if j not in drop]
                 cand = self.attempt(devs, best.text, self._cap(best))
-                if cand is not None and cand.key() < best.key():
+                if cand is not None and cand.key() < best.key() and (quiet or self.better(cand, best, "schedule")):
                     best, idx = cand, pool(cand)
-                    self.log(f"{best.preemptions} preemptions, {best.res.steps} steps, {len(idx)} deviations")
                 else:
                     i += chunk
             chunk //= 2
         return best
 
-    def programs(self, best: Candidate) -> Candidate:
+    def programs(self, best: Candidate, sparse: int, any_schedule: bool) -> Candidate:
+        """Delta debugging over the scenario: walk the one-edit-smaller scenarios (biggest cuts first); after a
+        kept edit, go on from the same place in the new scenario's list; repeat while an edit is kept. Each edit
+        is tried with best's deviations carried over, with none, then with `sparse` dense random schedules (as a
+        random run switches). `any_schedule`: keep every edit that fails the same way (the schedule passes shrink
+        its schedule after); else only one whose run is smaller by Candidate.key."""
         changed = True
         while changed and self.left() > 0:
             changed = False
-            for text in _smaller_programs(best.text):
-                if self.left() <= 0:
-                    break
-                cand = self.attempt(best.deviations, text, self._cap(best))
-                if cand is not None and _program_key(cand) < _program_key(best):
-                    best, changed = cand, True
-                    self.log(f"programs: {program_ops(best.text)} operations, {best.res.steps} steps")
-                    break
+            edits, i = smaller_scenarios(best.text), 0
+            while i < len(edits) and self.left() > 0:
+                text, remap = edits[i]
+                carried = [d for d in (_remapped(dv, remap) for dv in best.deviations) if d is not None]
+                tries: list[tuple[list[Deviation], tuple[int, float] | None]] = [(carried, None)]
+                if carried:
+                    tries.append(([], None))
+                tries += [([], (salt, DENSE_RATES[salt % len(DENSE_RATES)])) for salt in range(sparse)]
+                for devs, sp in tries:
+                    if self.left() <= 0:
+                        break
+                    cand = self.attempt(devs, text, max(self._cap(best), self.cap0), sparse=sp)
+                    if cand is not None and (any_schedule or cand.key() < best.key()):
+                        self.log(f"scenario: {cand.ops} operations, {cand.res.steps} steps")
+                        best, changed = cand, True
+                        edits = smaller_scenarios(best.text)
+                        break
+                else:
+                    i += 1
         return best
 
 
@@ -208,11 +409,58 @@ class ShrinkError(ValueError):
     """An artifact that cannot be shrunk (its failure does not reproduce): exit status 2."""
 
 
-def _smaller_programs(text: str) -> list[str]:
-    """Scenario texts one edit smaller than `text`, biggest cuts first."""
+Remap = dict[int, int]  # a task id before an edit -> after it (absent: the task is gone)
+
+
+def _remapped(d: Deviation, remap: Remap | None) -> Deviation | None:
+    if remap is None:
+        return d
+    t, n, to = d
+    if t not in remap or to not in remap:
+        return None
+    return (remap[t], n, remap[to])
+
+
+def _layout(d: dict[str, Any], ids: list[int]) -> list[Any]:
+    """The initial task ids' owners, in runner.run_one's order: ksmd, reclaim, admin, then each [[task]]'s
+    programs (`ids` names the [[task]] tables, so one dropped keeps the others' names)."""
+    out: list[Any] = []
+    if (d.get("ksmd") or {}).get("enabled", True):
+        out.append("ksmd")
+    if (d.get("reclaim") or {}).get("enabled", True):
+        out.append("reclaim")
+    if int((d.get("admin") or {}).get("unmerge_every", 0)) > 0:
+        out.append("admin")
+    for name, t in zip(ids, d.get("task", []), strict=True):
+        out += [(name, j) for j in range(int(t.get("count", 1)))]
+    return out
+
+
+def _remap(old: dict[str, Any], new: dict[str, Any], new_ids: list[int], max_mm: int) -> Remap:
+    """Task ids before -> after an edit: each initial task by its owner; forked children (ids past the initial
+    ones) shift with them."""
+    a, b = _layout(old, list(range(len(old.get("task", []))))), _layout(new, new_ids)
+    where = {owner: i for i, owner in enumerate(b)}
+    out = {i: where[owner] for i, owner in enumerate(a) if owner in where}
+    shift = len(b) - len(a)
+    for tid in range(len(a), len(a) + max_mm + 3):
+        out[tid] = tid + shift
+    return out
+
+
+def smaller_scenarios(text: str) -> list[tuple[str, Remap]]:
+    """Scenario texts one edit smaller than `text`, biggest cuts first, each with its task-id map."""
     d = tomllib.loads(text)
     tasks = d.get("task", [])
-    out: list[dict[str, Any]] = []
+    ids = list(range(len(tasks)))
+    max_mm = int((d.get("arena") or {}).get("max_mm", 10))
+    out: list[tuple[str, Remap]] = []
+
+    def add(new: dict[str, Any], new_ids: list[int] = ids) -> None:
+        out.append((dumps(new), _remap(d, new, new_ids, max_mm)))
+
+    def with_table(name: str, **kv: Any) -> dict[str, Any]:
+        return {**d, name: {**(d.get(name) or {}), **kv}}
 
     def with_task(i: int, t: dict[str, Any] | None) -> dict[str, Any]:
         new = dict(d)
@@ -223,50 +471,70 @@ def _smaller_programs(text: str) -> list[str]:
         )
         return new
 
+    if (d.get("sched") or {}).get("granularity") == "shared":  # far fewer points, if the race needs none of them
+        add(with_table("sched", granularity="locks"))
+    if (d.get("reclaim") or {}).get("enabled", True):
+        add(with_table("reclaim", enabled=False))
+    if (d.get("ksmd") or {}).get("enabled", True):
+        add(with_table("ksmd", enabled=False))
+    if int((d.get("admin") or {}).get("unmerge_every", 0)) > 0:
+        add(with_table("admin", unmerge_every=0))
     for i, t in enumerate(tasks):
         if len(tasks) > 1:
-            out.append(with_task(i, None))
-        for key in PROGRAM_KEYS:
-            v = int(t.get(key, PROGRAM_DEFAULTS[key]))
-            low = 1 if key == "count" else 0
-            for smaller in sorted({low, v // 2, v - 1}):
-                if low <= smaller < v:
-                    out.append(with_task(i, {**t, key: smaller}))
-        for key in ("script", "child_script"):
+            add(with_task(i, None), [j for j in ids if j != i])
+        forks = int(t.get("max_forks", 1)) > 0 and (
+            "fork" in t.get("script", []) or int(t.get("ops", 30)) > 0)  # else the child keys mean nothing
+        for key in ("script", "child_script") if forks else ("script",):
             steps = list(t.get(key, []))
             for j in reversed(range(len(steps))):
-                out.append(with_task(i, {**t, key: steps[:j] + steps[j + 1 :]}))
-        for key in ("script", "child_script"):  # fewer pages, shorter sleeps and waits: fewer steps
+                add(with_task(i, {**t, key: steps[:j] + steps[j + 1 :]}))
+        for key in ("script", "child_script") if forks else ("script",):  # shorter sleeps and waits: fewer steps
             steps = list(t.get(key, []))
             for j, step in enumerate(steps):
                 for fewer in _smaller_numbers(step):
-                    out.append(with_task(i, {**t, key: [*steps[:j], fewer, *steps[j + 1 :]]}))
-        region = int(t.get("region", 8))
-        if region > 1:
-            out.append(with_task(i, {**t, "region": region // 2}))
-    return [dumps(x) for x in out]
+                    add(with_task(i, {**t, key: [*steps[:j], fewer, *steps[j + 1 :]]}))
+        for key in PROGRAM_KEYS:
+            if key in ("child_ops", "max_forks") and not forks:
+                continue
+            v = int(t.get(key, PROGRAM_DEFAULTS[key]))
+            for smaller in _lower(v, PROGRAM_LOWEST.get(key, 0)):
+                add(with_task(i, {**t, key: smaller}))
+        if int(t.get("ops", 30)) + (int(t.get("child_ops", 15)) if forks else 0) > 0:  # a kind of random op fewer
+            weights = dict(t.get("weights") or {})
+            for op, w in weights.items():
+                if w and sum(1 for x in weights.values() if x) > 1:
+                    add(with_task(i, {**t, "weights": {**weights, op: 0}}))
+    ksm = d.get("ksm") or {}
+    for smaller in _lower(int(ksm.get("pages_to_scan", 16)), 1):
+        add(with_table("ksm", pages_to_scan=smaller))
+    rc = d.get("reclaim") or {}
+    if rc.get("enabled", True) and float(rc.get("swap", 0.3)) > 0:
+        add(with_table("reclaim", swap=0.0))
+    return out
+
+
+def _lower(v: int, low: int) -> list[int]:
+    """Smaller values to try for a count: the lowest, half, and (once it is small) one less."""
+    return sorted(x for x in {low, v // 2, v - 1 if v <= 4 else low} if low <= x < v)
 
 
 def _smaller_numbers(step: str) -> list[str]:
-    """A script step with its first number halved, then less one (`sleep:40` -> `sleep:20`, `sleep:39`)."""
+    """A script step with its first number halved, then less one (`sleep:40` -> `sleep:20`, `sleep:39`), and a
+    wait's cap dropped (`wait-merged:129:50000` -> `wait-merged:129`)."""
     name, _, rest = step.partition(":")
     first, sep, tail = rest.partition(":")
-    if not first.isdigit() or int(first) <= 1:
-        return []
+    out = [f"{name}:{first}"] if name.startswith("wait-") and tail else []
+    if not first.isdigit() or int(first) <= 1 or name == "fill" or name == "write":
+        return out
     n = int(first)
-    return [f"{name}:{m}{sep}{tail}" for m in sorted({n // 2, n - 1}) if 1 <= m < n]
-
-
-def _program_key(c: Candidate) -> tuple[int, int, int]:
-    """Programs are smaller with fewer operations; at equal operations, a run with fewer preemptions, then fewer
-    steps (shorter waits, fewer pages) is smaller."""
-    return (program_ops(c.text), c.preemptions, c.res.steps)
+    return out + [f"{name}:{m}{sep}{tail}" for m in _lower(n, 1)]
 
 
 def shrunk_artifact(art_path: Path, best: Candidate, before: Size, after: Size, seconds: float) -> dict[str, Any]:
     """The original artifact with the shrunk scenario text, schedule and failure: a normal artifact."""
     data = json.loads(art_path.read_text())
     data["scenario"] = {**data["scenario"], "text": best.text}
+    data["granularity"] = parse(best.text).granularity
     data["steps"] = best.res.steps
     data["schedule_digest"] = best.res.schedule_digest
     data["schedule"] = base64.b64encode(zlib.compress(best.res.schedule, 9)).decode()

@@ -21,12 +21,14 @@ import functools
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from .. import argtypes, cpus, procs
 from ..bugs import validate
+from ..explain import autoshrink
 from ..options import EXIT_CLEAN, EXIT_FAILURE, add_run_options
 from ..pool import Pool
 from ..progress import Progress, fmt_duration
@@ -34,7 +36,7 @@ from ..report import check_artifact_dir
 from ..scenario import ScenarioError, every, load, resolve
 from .item import Plan, run_item
 from .seeds import SeedSpace
-from .summary import Tally, print_summary, summary_dict
+from .summary import Tally, by_class, print_summary, summary_dict
 
 DEFAULT_DURATION = 600.0  # neither --duration nor --runs: the issue's example, 10m
 LOG_EVERY = 10.0  # seconds between `soak.progress` events under -v
@@ -119,8 +121,24 @@ class Soak:
         return self.tally
 
 
+def shrink_failures(tally: Tally, seconds: float, timeout: float) -> None:
+    """--shrink: each failure class's shortest failing run (the one its summary row names) shrunk in turn, after
+    the workers are done; its row gets `shrunk` (the outcome, or `error`)."""
+    for cls, d in by_class(tally.failures).items():
+        row = d["best"]
+        print(f"ksmstress soak: shrinking the {cls} of {row['scenario']} seed {row['seed']} "
+              f"(at most {seconds:.0f} s)", file=sys.stderr, flush=True)
+        sh = autoshrink.try_shrink(Path(row["artifact"]), seconds, timeout,
+                                   lambda msg: log.info("shrink", progress=msg))
+        row["shrunk"] = sh.to_dict() if isinstance(sh, autoshrink.Shrunk) else {"error": sh}
+        if isinstance(sh, autoshrink.Shrunk):
+            row["shrunk"]["line"] = sh.line()
+
+
 def cmd_soak(a: argparse.Namespace) -> int:
     bugs = validate(a.bug)
+    if a.shrink and a.mode == "free":
+        raise ScenarioError("--shrink: expected --mode controlled (a free-mode run has no schedule to shrink)")
     paths = resolve(a.scenario, a.scenario_dir) if a.scenario else every(a.scenario_dir)
     if not paths:
         raise ScenarioError("ksmstress: no scenarios found (none shipped with this install); name scenario files")
@@ -148,6 +166,9 @@ def cmd_soak(a: argparse.Namespace) -> int:
     log.info("soak.start", scenarios=[sc.name for sc in scenarios], jobs=soak.jobs, mode=a.mode,
              strategy=a.strategy, bugs=sorted(bugs), seed=a.seed, shard=f"{a.shard[0]}/{a.shard[1]}")
     soak.run()
+    if a.shrink and soak.interrupted is None and soak.tally.failures:
+        soak.tally.stopped = time.monotonic()
+        shrink_failures(soak.tally, a.shrink_seconds, a.timeout)
     log.info("soak.end", runs=soak.tally.runs, steps=soak.tally.steps, failures=len(soak.tally.failures),
              interrupted=soak.interrupted is not None, wall=round(soak.tally.wall(), 1))
     setup = {
@@ -208,4 +229,5 @@ def add_parser(sub: Any) -> None:
     )
     s.add_argument("--seed", type=argtypes.seed, default=0, help="base seed (default 0)")
     s.add_argument("--json", action="store_true", help="print one machine-readable summary instead of the table")
+    autoshrink.add_options(s)
     s.set_defaults(fn=cmd_soak)

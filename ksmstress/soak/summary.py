@@ -18,6 +18,7 @@ class Tally:
     by_scenario: Counter[str] = field(default_factory=Counter)
     failures: list[dict[str, Any]] = field(default_factory=list)
     ran: list[tuple[str, int]] = field(default_factory=list)
+    stopped: float | None = None  # when the runs ended (what --shrink does after them is not the soak's rate)
 
     def add(self, row: dict[str, Any]) -> None:
         self.runs += 1
@@ -28,7 +29,7 @@ class Tally:
             self.failures.append(row)
 
     def wall(self) -> float:
-        return time.monotonic() - self.started
+        return (self.stopped if self.stopped is not None else time.monotonic()) - self.started
 
 
 def by_class(failures: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -69,6 +70,7 @@ def summary_dict(t: Tally, setup: dict[str, Any], interrupted: bool, errors: lis
                 "scenario": d["best"]["scenario"],
                 "replay": d["best"]["replay"],
                 "reproduced": d["best"].get("reproduced"),
+                **({"shrunk": d["best"]["shrunk"]} if "shrunk" in d["best"] else {}),
             }
             for c, d in classes.items()
         },
@@ -107,3 +109,6 @@ def print_summary(d: dict[str, Any]) -> None:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
     for r in [head, *rows]:
         print("  " + "  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
+    for c, v in d["classes"].items():  # --shrink: each class's shortest failure, shrunk
+        if "shrunk" in v:
+            print(f"  shrunk {c}: {v['shrunk'].get('line') or v['shrunk'].get('error')}")
