@@ -63,7 +63,7 @@ def sizes_for(w: Workload) -> Sizes:
     bases = region_bases(w)
     widest = max(bases[len(regs) - 1] + regs[-1].pages for regs in layout.values())
     range_ops = sum(1 for ph in w.phases for a in ph.actions
-                    if a.kind in ("munmap", "mergeable", "unmergeable", "mlock", "munlock"))
+                    if a.kind in ("munmap", "mergeable", "unmergeable", "mlock", "munlock", "dontneed"))
     nregions = max(len(regs) for regs in layout.values())
     total = w.total_pages
     nmm = len(layout)
@@ -127,8 +127,9 @@ class ModelSide:
             for s in a.spans:
                 if not mmm.sys_munmap(k, mref, self.bases[s.region] + s.start, self.bases[s.region] + s.end):
                     raise RuntimeError(f"model: munmap of {a.text!r} ran out of vmas")
-        else:
-            advice = ksm.MADV_MERGEABLE if a.kind == "mergeable" else ksm.MADV_UNMERGEABLE
+        else:  # madvise: MERGEABLE / UNMERGEABLE, or DONTNEED (zap_page_range; -EINVAL on a VM_LOCKED vma)
+            advice = {"mergeable": ksm.MADV_MERGEABLE, "unmergeable": ksm.MADV_UNMERGEABLE,
+                      "dontneed": mmm.MADV_DONTNEED}[a.kind]
             for s in a.spans:
                 self.returns.append(
                     self.madvise(mref, self.bases[s.region] + s.start, self.bases[s.region] + s.end, advice)

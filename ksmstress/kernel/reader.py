@@ -26,7 +26,8 @@ PATTERNS_RE = re.compile(r"([0-9]{1,9}|z)(,([0-9]{1,9}|z))*")  # z: an all-zero 
 MAX_PATTERNS = 4096  # patterns in one write
 GRAMMAR = (
     "write TARGET P[,P...] (P a pattern number or z) | fork PARENT CHILD | unmergeable TARGET | mergeable TARGET | "
-    "munmap TARGET | mlock TARGET | munlock TARGET | exit PROC | run 0|1|2 (TARGET: PROC, PROC.R or PROC.R[A:B])"
+    "munmap TARGET | mlock TARGET | munlock TARGET | dontneed TARGET | exit PROC | run 0|1|2 "
+    "(TARGET: PROC, PROC.R or PROC.R[A:B])"
 )
 MAX_PROCESSES = 16
 MAX_PAGES = 200_000
@@ -153,7 +154,10 @@ class _Actions:
             return Action("write", proc, spans, self.patterns(toks[2]), text=text)
         if kind in ("mlock", "munlock"):  # over mapped pages only: a hole's -ENOMEM differs between kernels
             self.require_mapped(proc, spans)
+            self.s.mlock(proc, spans, kind == "mlock")
             return Action(kind, proc, spans, text=text)
+        if kind == "dontneed":  # MADV_DONTNEED: over a hole -ENOMEM, over an mlocked page -EINVAL, as madvise
+            return Action(kind, proc, spans, text=text, returns=self.s.dontneed_returns(proc, spans))
         # madvise over a hole is legal: the kernel advises the mapped parts and returns -ENOMEM
         return Action(kind, proc, spans, text=text, returns=self.s.madvise_returns(proc, spans))
 

@@ -64,8 +64,9 @@ class RealSide:
             self.tree.call(a.proc, "write", spans, list(a.patterns))
         elif a.kind == "munmap":
             self.tree.call(a.proc, "munmap", spans)
-        elif a.kind in ("mergeable", "unmergeable"):
-            advice = libc.MADV_MERGEABLE if a.kind == "mergeable" else libc.MADV_UNMERGEABLE
+        elif a.kind in ("mergeable", "unmergeable", "dontneed"):
+            advice = {"mergeable": libc.MADV_MERGEABLE, "unmergeable": libc.MADV_UNMERGEABLE,
+                      "dontneed": libc.MADV_DONTNEED}[a.kind]
             self.returns += self.tree.call(a.proc, "madvise", spans, advice)
         elif a.kind in ("mlock", "munlock"):
             self.tree.call(a.proc, "mlock", spans, a.kind == "mlock")

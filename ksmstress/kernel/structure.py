@@ -7,7 +7,7 @@ madvise is known in advance. It knows nothing of TOML or of error messages: that
 
 from __future__ import annotations
 
-from .workload import ENOMEM, Process, Region, Span
+from .workload import EINVAL, ENOMEM, Process, Region, Span
 
 
 class Structure:
@@ -17,6 +17,8 @@ class Structure:
         self.regions: dict[str, tuple[Region, ...]] = {p.name: p.regions for p in procs}
         self.mapped: dict[str, list[list[bool]]] = {p.name: [[True] * r.pages for r in p.regions] for p in procs}
         self.ever = set(self.mapped)
+        # per live process the mlocked bit of every page (VM_LOCKED vmas): MADV_DONTNEED refuses them (-EINVAL)
+        self.locked: dict[str, list[list[bool]]] = {p.name: [[False] * r.pages for r in p.regions] for p in procs}
 
     def alive(self, proc: str) -> bool:
         return proc in self.mapped
@@ -31,15 +33,34 @@ class Structure:
         the range and returns -ENOMEM when part of it was unmapped (also when all of it was)."""
         return tuple(-ENOMEM if self.hole(proc, s) is not None else 0 for s in spans)
 
+    def dontneed_returns(self, proc: str, spans: tuple[Span, ...]) -> tuple[int, ...]:
+        """What madvise(MADV_DONTNEED) returns for each span's call: -EINVAL when a page of the range is mlocked
+        (madvise_dontneed refuses a VM_LOCKED vma and madvise returns that error at once, the vmas before it
+        zapped), else -ENOMEM over a hole, else 0."""
+        out = []
+        for s in spans:
+            if any(self.locked[proc][s.region][s.start : s.end]):
+                out.append(-EINVAL)
+            else:
+                out.append(-ENOMEM if self.hole(proc, s) is not None else 0)
+        return tuple(out)
+
     # -- the actions that change the structure ---------------------------------------------------------------
     def exit(self, proc: str) -> None:
         del self.mapped[proc]
+        del self.locked[proc]
 
     def fork(self, parent: str, child: str) -> None:
         self.regions[child] = self.regions[parent]
         self.mapped[child] = [list(m) for m in self.mapped[parent]]
+        self.locked[child] = [[False] * len(m) for m in self.mapped[parent]]  # dup_mmap clears VM_LOCKED
         self.ever.add(child)
 
     def munmap(self, proc: str, spans: tuple[Span, ...]) -> None:
         for s in spans:
             self.mapped[proc][s.region][s.start : s.end] = [False] * (s.end - s.start)
+            self.locked[proc][s.region][s.start : s.end] = [False] * (s.end - s.start)
+
+    def mlock(self, proc: str, spans: tuple[Span, ...], lock: bool) -> None:
+        for s in spans:
+            self.locked[proc][s.region][s.start : s.end] = [lock] * (s.end - s.start)

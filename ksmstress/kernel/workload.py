@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-ACTIONS = ("write", "fork", "unmergeable", "mergeable", "munmap", "exit", "run", "mlock", "munlock")
+ACTIONS = ("write", "fork", "unmergeable", "mergeable", "munmap", "exit", "run", "mlock", "munlock", "dontneed")
 MAX_PATTERN = 255 * 256 - 1  # pattern // 255 must fit the last byte
 ENOMEM = 12  # madvise(2) over a range with unmapped pages: applied to the mapped parts, then -ENOMEM
+EINVAL = 22  # madvise(MADV_DONTNEED) over an mlocked (VM_LOCKED) vma
 
 
 class WorkloadError(ValueError):
@@ -57,7 +58,7 @@ class Action:
     child: str = ""  # fork
     value: int = 0  # run
     text: str = ""
-    returns: tuple[int, ...] = ()  # madvise: what the kernel returns for each span (0, or -ENOMEM over a hole)
+    returns: tuple[int, ...] = ()  # madvise: what the kernel returns per span (0, -ENOMEM over a hole, -EINVAL)
 
     def page_patterns(self) -> list[tuple[int, int, int]]:
         """(region, page, pattern) for every page a write stores, in program order."""
