@@ -206,7 +206,8 @@ def test_generated_workloads_are_valid_and_reproducible() -> None:
         w = generate(seed)
         assert w.phases and w.phases[0].name == "fill"
     kinds = {a.kind for s in range(300) for ph in generate(s).phases for a in ph.actions}
-    assert kinds == {"write", "fork", "unmergeable", "mergeable", "munmap", "exit", "run", "mlock", "munlock"}
+    assert kinds == {"write", "fork", "unmergeable", "mergeable", "munmap", "exit", "run", "mlock", "munlock",
+                     "dontneed"}
 
 
 # -- the model against recorded kernel figures ------------------------------------------------------------------

@@ -22,10 +22,12 @@ def generate_text(seed: int) -> str:
 
     Each workload starts by writing every page, then runs one to four phases of random actions (writes with
     duplicated patterns, forks, MADV_UNMERGEABLE / MERGEABLE of a range, munmap of a range, exits, run=2 then
-    run=1, mlock / munlock of a range), always valid by construction.
+    run=1, mlock / munlock of a range, MADV_DONTNEED of a range, holes and mlocked pages included), always valid
+    by construction.
     """
     rng = random.Random(seed)
     lrng = random.Random(f"{seed}:mlock")
+    drng = random.Random(f"{seed}:dontneed")
     pool = rng.sample(range(0, 600), rng.randint(1, 5))
     nproc = rng.randint(1, 4)
     procs: dict[str, list[list[bool]]] = {}
@@ -93,6 +95,15 @@ def generate_text(seed: int) -> str:
                 while b + 1 < len(procs[p][r]) and procs[p][r][b + 1] and lrng.random() < 0.8:
                     b += 1
                 acts.append(f"{lrng.choice(['mlock', 'mlock', 'munlock'])} {p}.{r}[{a}:{b + 1}]")
+        # MADV_DONTNEED of a run of pages, mapped or not (-ENOMEM over a hole, -EINVAL over an mlocked page): a
+        # stream of its own too, so the draws above are unchanged
+        if drng.random() < 0.4:
+            p = drng.choice(sorted(procs))
+            r = drng.randrange(len(procs[p]))
+            n = len(procs[p][r])
+            a = drng.randrange(n)
+            b = min(n, a + 1 + int(drng.expovariate(1 / 4)))
+            acts.append(f"dontneed {p}.{r}[{a}:{b}]")
         if acts:
             phases.append((f"step {ph + 1}", acts))
     if ran2:
