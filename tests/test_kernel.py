@@ -27,6 +27,7 @@ from ksmstress.kernel import sysfs
 from ksmstress.kernel.compare import compare_recorded, render, run_against_kernel
 from ksmstress.kernel.generate import generate, generate_text
 from ksmstress.kernel.model import run_model
+from ksmstress.kernel.proctree import ProcTree
 from ksmstress.kernel.reader import load, parse, resolve
 from ksmstress.kernel.real import RealSide
 from ksmstress.kernel.workload import WorkloadError
@@ -111,6 +112,13 @@ BAD = [
     ("a = " + "1" * 5000, "at most 4300 digits"),
     (GOOD.replace('"write a 1"', '"run 3"'), "expected run 0, 1 or 2"),
     (GOOD.replace('"write a 1"', '"dontneed a 1"'), "key 'phase[0].do[0]': expected an action"),
+    (GOOD.replace('"write a 1"', '"thread a a"'), "expected a new name for the thread, got the existing 'a'"),
+    (GOOD.replace('"write a 1"', '"thread a t", "fork t c"'), "expected a process, got the thread 't'"),
+    (GOOD.replace('"write a 1"', '"thread a t", "exit t", "write t 1"'), "expected a live process, got exited 't'"),
+    (GOOD.replace('"write a 1"', '"thread a t", "exit a", "write t 1"'), "expected a live process, got exited 't'"),
+    (GOOD.replace('"write a 1"', '"thread a t"') + "expect = { merging = { t = 0 } }\n",
+     "key 'phase[0].expect.merging.t': expected a process alive"),
+    (GOOD.replace('"write a 1"', ", ".join(f'"thread a t{i}"' for i in range(17))), "expected at most 16 threads"),
     (GOOD.replace('"write a 1"', '"dontneed a.0[2:2]"'), "expected pages [A:B] with 0 <= A < B <= 4"),
     (GOOD.replace('do = ["write a 1"]', "do = []"), "key 'phase[0].do': expected a non-empty list of actions"),
     (GOOD + "expect = { shared = -1 }\n", "key 'phase[0].expect.shared': expected an integer in"),
@@ -229,6 +237,36 @@ def test_dontneed_returns_on_the_kernel() -> None:
         assert ph.expect is not None and not ph.expect.mismatches(row.other), (ph.name, row.other)
 
 
+def test_a_workload_thread_is_a_task_of_its_process_doing_the_memory_commands() -> None:
+    """`thread a t1` starts a real thread in workload process a: a task of its own under /proc/PID/task; the
+    commands handed to it run there (a store it makes is in the process's memory: the same mm), and `endthread`
+    ends it. Regions not mergeable: this needs no KSM."""
+    w = parse('[[process]]\nname = "a"\nregions = [4]\nmergeable = false\n[[phase]]\ndo = ["thread a t1"]\n',
+              "t.toml")
+    with ProcTree(w) as tree:
+        pid = tree.pids()["a"]
+        tid = tree.call("a", "thread", "t1")
+        assert tid != pid and os.path.isdir(f"/proc/{pid}/task/{tid}")
+        assert tree.call("a", "write", [[0, 0, 4]], [7], thread="t1") is None
+        assert tree.call("a", "madvise", [[0, 1, 3]], 4, thread="t1") == [0]  # MADV_DONTNEED
+        tree.call("a", "endthread", "t1")
+        deadline = time.monotonic() + 30
+        while os.path.isdir(f"/proc/{pid}/task/{tid}") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not os.path.isdir(f"/proc/{pid}/task/{tid}")
+        assert sorted(os.listdir(f"/proc/{pid}/task")) == [str(pid)]
+    no_children_left()
+
+
+def test_threads_act_on_their_process_mm_in_the_model() -> None:
+    """On the model a thread is the same mm (one more mm_users): its writes and MADV_DONTNEED change its
+    process's figures, its exit none, and the process's exit ends both (figures of the shipped workload)."""
+    w = load(shipped_dir("kernel") / "threads.toml")
+    assert {a.thread for ph in w.phases for a in ph.actions if a.thread} == {"t1", "u1"}
+    rep = compare_recorded(w)
+    assert rep.verdict == "agree", render(rep)
+
+
 def test_bad_workload_through_the_cli_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(GOOD.replace('"write a 1"', '"write a.0[0:5] 1"'))
@@ -252,7 +290,9 @@ def test_generated_workloads_are_valid_and_reproducible() -> None:
         assert w.phases and w.phases[0].name == "fill"
     kinds = {a.kind for s in range(300) for ph in generate(s).phases for a in ph.actions}
     assert kinds == {"write", "fork", "unmergeable", "mergeable", "munmap", "exit", "run", "mlock", "munlock",
-                     "dontneed"}
+                     "dontneed", "thread"}
+    by_thread = {a.kind for s in range(300) for ph in generate(s).phases for a in ph.actions if a.thread}
+    assert by_thread == {"write", "dontneed", "exit"}
 
 
 # -- the model against recorded kernel figures ------------------------------------------------------------------

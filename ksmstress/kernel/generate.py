@@ -22,12 +22,15 @@ def generate_text(seed: int) -> str:
 
     Each workload starts by writing every page, then runs one to four phases of random actions (writes with
     duplicated patterns, forks, MADV_UNMERGEABLE / MERGEABLE of a range, munmap of a range, exits, run=2 then
-    run=1, mlock / munlock of a range, MADV_DONTNEED of a range, holes and mlocked pages included), always valid
-    by construction.
+    run=1, mlock / munlock of a range, MADV_DONTNEED of a range, holes and mlocked pages included, threads that
+    write or MADV_DONTNEED their process's pages and exit), always valid by construction.
     """
     rng = random.Random(seed)
     lrng = random.Random(f"{seed}:mlock")
     drng = random.Random(f"{seed}:dontneed")
+    trng = random.Random(f"{seed}:thread")
+    threads: dict[str, str] = {}  # live thread -> its process
+    nthreads = 0
     pool = rng.sample(range(0, 600), rng.randint(1, 5))
     nproc = rng.randint(1, 4)
     procs: dict[str, list[list[bool]]] = {}
@@ -104,6 +107,33 @@ def generate_text(seed: int) -> str:
             a = drng.randrange(n)
             b = min(n, a + 1 + int(drng.expovariate(1 / 4)))
             acts.append(f"dontneed {p}.{r}[{a}:{b}]")
+        # a thread of a process starts, or one writes / MADV_DONTNEEDs its process's pages, or exits: its own stream
+        if trng.random() < 0.4:
+            threads = {t: p for t, p in threads.items() if p in procs}  # an exited process's threads ended with it
+            if not threads or (nthreads < 4 and trng.random() < 0.3):
+                p = trng.choice(sorted(procs))
+                t = f"t{nthreads}"
+                nthreads += 1
+                threads[t] = p
+                acts.append(f"thread {p} {t}")
+            else:
+                t = trng.choice(sorted(threads))
+                regs = procs[threads[t]]
+                r = trng.randrange(len(regs))
+                op = trng.choice(["write", "write", "dontneed", "exit"])
+                mapped = [i for i, v in enumerate(regs[r]) if v]
+                if op == "exit":
+                    del threads[t]
+                    acts.append(f"exit {t}")
+                elif mapped:
+                    a = trng.choice(mapped)
+                    b = a
+                    while b + 1 < len(regs[r]) and regs[r][b + 1] and trng.random() < 0.8:
+                        b += 1
+                    if op == "write":
+                        acts.append(f"write {t}.{r}[{a}:{b + 1}] {_rng_patterns(trng, pool, b + 1 - a)}")
+                    else:
+                        acts.append(f"dontneed {t}.{r}[{a}:{b + 1}]")
         if acts:
             phases.append((f"step {ph + 1}", acts))
     if ran2:

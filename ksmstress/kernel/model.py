@@ -91,6 +91,7 @@ class ModelSide:
         self.k: K = solo_kernel(sizes_for(w))
         self.bases = region_bases(w)
         self.mms: dict[str, int] = {}  # live process -> mm reference
+        self.threads: dict[str, str] = {}  # live thread -> its process, whose mm it shares (mm_users + 1)
         self.returns: list[int] = []  # this phase's madvise return values, span by span
         for p in w.processes:
             mref = mmm.mm_alloc(self.k)
@@ -115,7 +116,16 @@ class ModelSide:
                     raise RuntimeError(f"model: SIGSEGV writing {a.proc}.{region}[{page}]")
         elif a.kind == "fork":
             self.mms[a.child] = mmm.dup_mmap(k, mref)
-        elif a.kind == "exit":
+        elif a.kind == "thread":  # clone(CLONE_VM): the same mm, one more user
+            mmm.copy_mm_clone_vm(k, mref)
+            self.threads[a.child] = a.proc
+        elif a.kind == "exit" and a.thread:  # the thread's exit: its mmput (never the last: its process lives)
+            mmm.mmput(k, mref)
+            del self.threads[a.thread]
+        elif a.kind == "exit":  # exit_group: each thread's mmput, the last one tears the mm down
+            for t in [t for t, p in self.threads.items() if p == a.proc]:
+                mmm.mmput(k, mref)
+                del self.threads[t]
             mmm.mmput(k, mref)
             del self.mms[a.proc]
         elif a.kind in ("mlock", "munlock"):

@@ -1,6 +1,7 @@
 """The kernel oracle's workload processes: one real process per workload process, forked as the workload says
 (a forked process is forked by its workload parent, so it really shares its parent's pages copy-on-write), each
-serving commands on its own socket: write patterns, fork, madvise, munmap, exit.
+serving commands on its own socket: write patterns, fork, madvise, munmap, mlock, exit, and start or end a thread
+(a pthread of the process, sharing its mm) that the memory commands may be handed to.
 
 No process outlives the tree (ksmstress.procs does the lifecycle): the driver is a child subreaper for the tree's
 life, so a workload process whose parent exited is reparented to it and reaped; an initial process dies with the
@@ -15,8 +16,11 @@ import contextlib
 import ctypes
 import json
 import os
+import queue
 import signal
 import socket
+import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +30,7 @@ from . import libc
 from .workload import Workload
 
 MSG_MAX = 1 << 16
+THREAD_CMDS = ("write", "madvise", "munmap", "mlock")  # what a workload thread can be asked to do
 
 
 class KernelSideError(RuntimeError):
@@ -33,6 +38,39 @@ class KernelSideError(RuntimeError):
 
 
 # -- inside a workload process -------------------------------------------------------------------------------
+class _Thread:
+    """A thread of a workload process (a threading.Thread is a pthread: clone(CLONE_VM), its own task), which runs
+    the memory commands handed to it, so their stores and syscalls are that task's, on the process's mm. The
+    process's main thread hands one over and waits for it: one command at a time, as the driver sends them."""
+
+    def __init__(self, worker: _Worker) -> None:
+        self.worker = worker
+        self.jobs: queue.SimpleQueue[tuple[str, list[Any]] | None] = queue.SimpleQueue()
+        self.done: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+        self.tid = int(self.done.get())  # its kernel task id: not the process's
+
+    def run(self) -> None:
+        self.done.put(threading.get_native_id())
+        while (job := self.jobs.get()) is not None:
+            try:
+                self.done.put(("ok", self.worker.do(*job)))
+            except OSError as e:
+                self.done.put(("err", e))
+
+    def call(self, cmd: str, args: list[Any]) -> Any:
+        self.jobs.put((cmd, args))
+        status, value = self.done.get()
+        if status == "err":
+            raise value
+        return value
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self.t.join()
+
+
 class _Worker:
     """What runs inside one workload process: its mappings and its command loop. Never returns (os._exit)."""
 
@@ -41,6 +79,7 @@ class _Worker:
         self.regions = regions  # (address, pages) per region
         self.keep = keep  # sockets of the processes this one will fork, directly or through its children
         self.pages: dict[int, bytes] = {}
+        self.threads: dict[str, _Thread] = {}
 
     @staticmethod
     def map_regions(regions: list[tuple[int, bool]]) -> list[tuple[int, int]]:
@@ -104,10 +143,23 @@ class _Worker:
             for r, a, b in args[0]:
                 libc.mlock(self.regions[r][0] + a * libc.PAGE_SIZE, (b - a) * libc.PAGE_SIZE, bool(args[1]))
             return None
+        if cmd == "thread":
+            self.threads[args[0]] = _Thread(self)
+            return self.threads[args[0]].tid
+        if cmd == "endthread":
+            self.threads.pop(args[0]).stop()
+            return None
+        if cmd == "in":  # a memory command done by one of this process's threads
+            if args[1] not in THREAD_CMDS:
+                raise OSError(0, f"not a thread's command: {args[1]!r}")
+            return self.threads[args[0]].call(args[1], args[2])
         if cmd == "fork":
             child, owned = args[0], set(args[1])
-            pid = os.fork()
+            with warnings.catch_warnings():  # fork with threads (3.12+ warns): they sit idle in jobs.get() and
+                warnings.simplefilter("ignore", DeprecationWarning)  # the child, which has none of them, drops them
+                pid = os.fork()
             if pid == 0:
+                self.threads = {}
                 sock = self.keep.pop(child)
                 for j, s in list(self.keep.items()):  # the parent keeps what is not the child's line
                     if j not in owned:
@@ -233,9 +285,12 @@ class ProcTree:
             raise KernelSideError(f"workload process {p.name} (pid {p.pid}) died")
         return json.loads(raw)
 
-    def call(self, name: str, *cmd: Any) -> Any:
-        """Send workload process `name` one command and return its reply (KernelSideError if it failed)."""
+    def call(self, name: str, *cmd: Any, thread: str = "") -> Any:
+        """Send workload process `name` one command and return its reply (KernelSideError if it failed); with
+        `thread`, the process hands the command to that thread of its own."""
         p = self.procs[name]
+        if thread:
+            cmd = ("in", thread, cmd[0], list(cmd[1:]))
         p.sock.send(json.dumps(cmd).encode())
         msg = self._recv(p)
         if msg[0] != "ok":

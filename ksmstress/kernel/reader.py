@@ -26,10 +26,11 @@ PATTERNS_RE = re.compile(r"([0-9]{1,9}|z)(,([0-9]{1,9}|z))*")  # z: an all-zero 
 MAX_PATTERNS = 4096  # patterns in one write
 GRAMMAR = (
     "write TARGET P[,P...] (P a pattern number or z) | fork PARENT CHILD | unmergeable TARGET | mergeable TARGET | "
-    "munmap TARGET | mlock TARGET | munlock TARGET | dontneed TARGET | exit PROC | run 0|1|2 "
-    "(TARGET: PROC, PROC.R or PROC.R[A:B])"
+    "munmap TARGET | mlock TARGET | munlock TARGET | dontneed TARGET | thread PROC T | exit PROC|T | run 0|1|2 "
+    "(TARGET: P, P.R or P.R[A:B], P a process or a thread, which acts on its process's memory)"
 )
 MAX_PROCESSES = 16
+MAX_THREADS = 16  # threads started over the whole workload
 MAX_PAGES = 200_000
 
 
@@ -81,19 +82,27 @@ class _Actions:
         return WorkloadError(f"{self.path}: key '{self.key}': expected {expected}, got {got}")
 
     def live(self, proc: str) -> str:
+        if proc in self.s.threads:
+            raise self.fail("a process", f"the thread {shown(proc)}")
         if not self.s.alive(proc):
             state = "exited" if proc in self.s.ever else "unknown"
             raise self.fail("a live process", f"{state} {shown(proc)}")
         return proc
 
-    def target(self, tok: str) -> tuple[str, tuple[Span, ...]]:
+    def actor(self, name: str) -> tuple[str, str]:
+        """(process, thread) for a live process (thread "") or a live thread of one."""
+        if name in self.s.threads:
+            return self.s.threads[name], name
+        return self.live(name), ""
+
+    def target(self, tok: str) -> tuple[str, tuple[Span, ...], str]:
         m = TARGET_RE.fullmatch(tok)
         if not m:
             raise self.fail("a target PROC, PROC.R or PROC.R[A:B]")
-        proc = self.live(m["proc"])
+        proc, thread = self.actor(m["proc"])
         regs = self.s.regions[proc]
         if m["region"] is None:
-            return proc, tuple(Span(i, 0, r.pages) for i, r in enumerate(regs))
+            return proc, tuple(Span(i, 0, r.pages) for i, r in enumerate(regs)), thread
         ri = int(m["region"])
         if ri >= len(regs):
             raise self.fail(f"a region of {proc} in [0, {len(regs) - 1}]")
@@ -102,7 +111,7 @@ class _Actions:
         b = int(m["b"]) if m["b"] else n
         if not 0 <= a < b <= n:
             raise self.fail(f"pages [A:B] with 0 <= A < B <= {n} in {proc}.{ri}")
-        return proc, (Span(ri, a, b),)
+        return proc, (Span(ri, a, b),), thread
 
     def require_mapped(self, proc: str, spans: tuple[Span, ...]) -> None:
         for s in spans:
@@ -126,7 +135,7 @@ class _Actions:
             raise self.fail(f"an action ({GRAMMAR})")
         toks = text.split()
         kind = toks[0] if toks else ""
-        arity = {"write": 3, "fork": 3, "exit": 2, "run": 2}.get(kind, 2)
+        arity = {"write": 3, "fork": 3, "thread": 3, "exit": 2, "run": 2}.get(kind, 2)
         if kind not in ACTIONS or len(toks) != arity:
             raise self.fail(f"an action ({GRAMMAR})")
         if kind == "run":
@@ -134,32 +143,41 @@ class _Actions:
                 raise self.fail("run 0, 1 or 2")
             return Action("run", value=int(toks[1]), text=text)
         if kind == "exit":
-            proc = self.live(toks[1])
-            self.s.exit(proc)
-            return Action("exit", proc, text=text)
-        if kind == "fork":
+            proc, thread = self.actor(toks[1])
+            if thread:
+                self.s.thread_exit(thread)
+            else:
+                self.s.exit(proc)
+            return Action("exit", proc, thread=thread, text=text)
+        if kind in ("fork", "thread"):
             parent, child = self.live(toks[1]), toks[2]
+            what = "process name for the child" if kind == "fork" else "name for the thread"
             if child in self.s.ever:
-                raise self.fail("a new process name for the child", f"the existing {shown(child)}")
+                raise self.fail(f"a new {what}", f"the existing {shown(child)}")
             if not NAME_RE.fullmatch(child):
-                raise self.fail(f"the child's name to be {NAME_EXPECTED}", shown(child))
-            self.s.fork(parent, child)
-            return Action("fork", parent, child=child, text=text)
-        proc, spans = self.target(toks[1])
+                raise self.fail(f"the {what.split()[-1]}'s name to be {NAME_EXPECTED}", shown(child))
+            if kind == "fork":
+                self.s.fork(parent, child)
+                return Action("fork", parent, child=child, text=text)
+            if sum(1 for n in self.s.ever if n not in self.s.regions) >= MAX_THREADS:
+                raise self.fail(f"at most {MAX_THREADS} threads in all")
+            self.s.thread(parent, child)
+            return Action("thread", parent, child=child, text=text)
+        proc, spans, thread = self.target(toks[1])
         if kind == "munmap":
             self.s.munmap(proc, spans)
-            return Action("munmap", proc, spans, text=text)
+            return Action("munmap", proc, spans, text=text, thread=thread)
         if kind == "write":
             self.require_mapped(proc, spans)
-            return Action("write", proc, spans, self.patterns(toks[2]), text=text)
+            return Action("write", proc, spans, self.patterns(toks[2]), text=text, thread=thread)
         if kind in ("mlock", "munlock"):  # over mapped pages only: a hole's -ENOMEM differs between kernels
             self.require_mapped(proc, spans)
             self.s.mlock(proc, spans, kind == "mlock")
-            return Action(kind, proc, spans, text=text)
+            return Action(kind, proc, spans, text=text, thread=thread)
         if kind == "dontneed":  # MADV_DONTNEED: over a hole -ENOMEM, over an mlocked page -EINVAL, as madvise
-            return Action(kind, proc, spans, text=text, returns=self.s.dontneed_returns(proc, spans))
+            return Action(kind, proc, spans, text=text, thread=thread, returns=self.s.dontneed_returns(proc, spans))
         # madvise over a hole is legal: the kernel advises the mapped parts and returns -ENOMEM
-        return Action(kind, proc, spans, text=text, returns=self.s.madvise_returns(proc, spans))
+        return Action(kind, proc, spans, text=text, thread=thread, returns=self.s.madvise_returns(proc, spans))
 
 
 def parse(text: str, path: str = "<string>") -> Workload:
@@ -199,9 +217,9 @@ def parse(text: str, path: str = "<string>") -> Workload:
                 key = _table(path, f"phase[{i}].expect.merging", {}).key(unknown)
                 raise WorkloadError(f"{path}: key '{key}': expected a process alive after the phase")
         phases.append(Phase(pname, acts, expect))
-    if len(structure.ever) > MAX_PROCESSES:
+    if len(structure.regions) > MAX_PROCESSES:
         raise WorkloadError(
-            f"{path}: key 'phase': expected at most {MAX_PROCESSES} processes in all, got {len(structure.ever)}"
+            f"{path}: key 'phase': expected at most {MAX_PROCESSES} processes in all, got {len(structure.regions)}"
         )
     w = Workload(name, path, procs, tuple(phases), description, source, text)
     if w.total_pages > MAX_PAGES:

@@ -61,17 +61,21 @@ class RealSide:
             return
         spans = [[s.region, s.start, s.end] for s in a.spans]
         if a.kind == "write":
-            self.tree.call(a.proc, "write", spans, list(a.patterns))
+            self.tree.call(a.proc, "write", spans, list(a.patterns), thread=a.thread)
         elif a.kind == "munmap":
-            self.tree.call(a.proc, "munmap", spans)
+            self.tree.call(a.proc, "munmap", spans, thread=a.thread)
         elif a.kind in ("mergeable", "unmergeable", "dontneed"):
             advice = {"mergeable": libc.MADV_MERGEABLE, "unmergeable": libc.MADV_UNMERGEABLE,
                       "dontneed": libc.MADV_DONTNEED}[a.kind]
-            self.returns += self.tree.call(a.proc, "madvise", spans, advice)
+            self.returns += self.tree.call(a.proc, "madvise", spans, advice, thread=a.thread)
         elif a.kind in ("mlock", "munlock"):
-            self.tree.call(a.proc, "mlock", spans, a.kind == "mlock")
+            self.tree.call(a.proc, "mlock", spans, a.kind == "mlock", thread=a.thread)
         elif a.kind == "fork":
             self.tree.fork(a.proc, a.child)
+        elif a.kind == "thread":
+            self.tree.call(a.proc, "thread", a.child)
+        elif a.kind == "exit" and a.thread:
+            self.tree.call(a.proc, "endthread", a.thread)
         elif a.kind == "exit":
             self.tree.exit(a.proc)
 

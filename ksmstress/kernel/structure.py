@@ -17,11 +17,16 @@ class Structure:
         self.regions: dict[str, tuple[Region, ...]] = {p.name: p.regions for p in procs}
         self.mapped: dict[str, list[list[bool]]] = {p.name: [[True] * r.pages for r in p.regions] for p in procs}
         self.ever = set(self.mapped)
+        self.threads: dict[str, str] = {}  # live thread -> its process (the thread shares the process's mm)
         # per live process the mlocked bit of every page (VM_LOCKED vmas): MADV_DONTNEED refuses them (-EINVAL)
         self.locked: dict[str, list[list[bool]]] = {p.name: [[False] * r.pages for r in p.regions] for p in procs}
 
     def alive(self, proc: str) -> bool:
         return proc in self.mapped
+
+    def owner(self, name: str) -> str | None:
+        """The process whose memory `name` acts on: itself if a live process, its process if a live thread."""
+        return name if name in self.mapped else self.threads.get(name)
 
     def hole(self, proc: str, span: Span) -> int | None:
         """The first unmapped page of `span`, or None."""
@@ -49,6 +54,15 @@ class Structure:
     def exit(self, proc: str) -> None:
         del self.mapped[proc]
         del self.locked[proc]
+        for t in [t for t, p in self.threads.items() if p == proc]:  # exit_group: its threads end with it
+            del self.threads[t]
+
+    def thread(self, proc: str, name: str) -> None:
+        self.threads[name] = proc
+        self.ever.add(name)
+
+    def thread_exit(self, name: str) -> None:
+        del self.threads[name]
 
     def fork(self, parent: str, child: str) -> None:
         self.regions[child] = self.regions[parent]

@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-ACTIONS = ("write", "fork", "unmergeable", "mergeable", "munmap", "exit", "run", "mlock", "munlock", "dontneed")
+ACTIONS = ("write", "fork", "unmergeable", "mergeable", "munmap", "exit", "run", "mlock", "munlock", "dontneed",
+           "thread")
 MAX_PATTERN = 255 * 256 - 1  # pattern // 255 must fit the last byte
 ENOMEM = 12  # madvise(2) over a range with unmapped pages: applied to the mapped parts, then -ENOMEM
 EINVAL = 22  # madvise(MADV_DONTNEED) over an mlocked (VM_LOCKED) vma
@@ -55,7 +56,8 @@ class Action:
     proc: str = ""  # the acting process (the parent for fork)
     spans: tuple[Span, ...] = ()
     patterns: tuple[int, ...] = ()  # write: cycled over the pages of the spans
-    child: str = ""  # fork
+    child: str = ""  # fork: the child process; thread: the new thread
+    thread: str = ""  # the thread of `proc` that does the action (its exit, for exit); "": the process itself
     value: int = 0  # run
     text: str = ""
     returns: tuple[int, ...] = ()  # madvise: what the kernel returns per span (0, -ENOMEM over a hole, -EINVAL)
