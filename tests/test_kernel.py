@@ -267,6 +267,38 @@ def test_threads_act_on_their_process_mm_in_the_model() -> None:
     assert rep.verdict == "agree", render(rep)
 
 
+REMLOCK = """
+name = "remlock"
+[[process]]
+name = "a"
+regions = [1]
+[[phase]]
+do = ["write a 3", "mlock a", "fork a c"]
+[[phase]]
+do = ["mlock a"]
+"""
+
+
+def remlock_figures(rows: list[Any]) -> list[tuple[int, int, int]]:
+    return [(f.shared, f.sharing, f.unshared) for f in rows]
+
+
+def test_mlock_of_a_locked_range_faults_nothing_on_the_model() -> None:
+    """2.6.33's sys_mlock is do_mlock alone: mlock_fixup leaves a vma whose flags do not change, so a second mlock
+    faults nothing and the page a fork shares stays one anon page, which ksmd never merges with itself."""
+    out, _ = run_model(parse(REMLOCK, "remlock.toml"))
+    assert remlock_figures([r.figures for r in out]) == [(0, 0, 1), (0, 0, 1)]
+
+
+@pytest.mark.kernel
+def test_mlock_of_a_locked_range_breaks_cow_on_the_running_kernel() -> None:
+    """The later kernel (2.6.38's do_mlock_pages, now __mm_populate) populates every mlocked range with write
+    faults, also one already locked: COW of the page shared with the child is broken and the two copies merge.
+    The README names this difference; generated seed 1695 runs into it."""
+    (rep,) = on_kernel([parse(REMLOCK, "remlock.toml")])
+    assert remlock_figures([r.other for r in rep.rows]) == [(0, 0, 1), (1, 1, 0)], render(rep)
+
+
 def test_bad_workload_through_the_cli_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(GOOD.replace('"write a 1"', '"write a.0[0:5] 1"'))
