@@ -258,6 +258,24 @@ def test_a_workload_thread_is_a_task_of_its_process_doing_the_memory_commands() 
     no_children_left()
 
 
+def test_a_hole_stays_a_hole_when_the_workload_process_maps_for_itself() -> None:
+    """A thread started after a munmap maps memory of its own (its stack, its malloc arena, ...): none of it may
+    land in the workload's hole, or madvise over the hole would return 0 instead of -ENOMEM (generated seeds 132
+    and 224 did that when regions came from mmap(NULL): here each thread adds 4-page mappings, which then filled
+    five of these eight 4-page holes)."""
+    w = parse('[[process]]\nname = "a"\nregions = [64]\nmergeable = false\n[[phase]]\ndo = ["thread a t1"]\n',
+              "t.toml")
+    with ProcTree(w) as tree:
+        tree.call("a", "write", [[0, 0, 64]], [1])
+        holes = [(a, a + 4) for a in range(0, 64, 8)]
+        tree.call("a", "munmap", [[0, a, b] for a, b in holes])
+        for i in range(8):
+            tree.call("a", "thread", f"t{i}")
+        assert tree.call("a", "madvise", [[0, a, b] for a, b in holes], 4) == [-12] * len(holes)
+        assert tree.call("a", "madvise", [[0, 4, 8]], 4, thread="t0") == [0]
+    no_children_left()
+
+
 def test_threads_act_on_their_process_mm_in_the_model() -> None:
     """On the model a thread is the same mm (one more mm_users): its writes and MADV_DONTNEED change its
     process's figures, its exit none, and the process's exit ends both (figures of the shipped workload)."""

@@ -28,9 +28,10 @@ def _check(ret: int, what: str) -> None:
         raise OSError(e, f"{what}: {os.strerror(e)}")
 
 
-def mmap_anon(length: int) -> int:
-    """A private anonymous read-write mapping of `length` bytes: its address."""
-    addr = _libc.mmap(None, length, PROT_RW, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+def mmap_anon(length: int, hint: int | None = None) -> int:
+    """A private anonymous read-write mapping of `length` bytes: its address (at `hint` if that range is free:
+    a hint, not MAP_FIXED, so it never replaces a mapping)."""
+    addr = _libc.mmap(hint, length, PROT_RW, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
     if addr in (None, MAP_FAILED):
         raise OSError(ctypes.get_errno(), "mmap failed")
     return int(addr)

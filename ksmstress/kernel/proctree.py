@@ -31,6 +31,13 @@ from .workload import Workload
 
 MSG_MAX = 1 << 16
 THREAD_CMDS = ("write", "madvise", "munmap", "mlock")  # what a workload thread can be asked to do
+# Regions are mapped from here up, far below the mmap area: the kernel's top-down search for a free range
+# (vm_unmapped_area_topdown) takes the highest gap that fits, always one above this, so a mapping the workload
+# process makes for itself (a thread's, the allocator's) never lands in a hole a workload's munmap punched; from
+# mmap(NULL) the regions sat among such mappings, and a thread started after a munmap could fill the hole
+# (madvise over it then returned 0, not -ENOMEM)
+REGION_BASE = 0x2000_0000_0000
+REGION_GAP = 16  # pages between regions: they stay separate vmas
 
 
 class KernelSideError(RuntimeError):
@@ -84,9 +91,11 @@ class _Worker:
     @staticmethod
     def map_regions(regions: list[tuple[int, bool]]) -> list[tuple[int, int]]:
         out = []
+        hint = REGION_BASE
         for pages, mergeable in regions:
             n = pages * libc.PAGE_SIZE
-            addr = libc.mmap_anon(n)
+            addr = libc.mmap_anon(n, hint)
+            hint = addr + n + REGION_GAP * libc.PAGE_SIZE
             libc.madvise_hint(addr, n, libc.MADV_NOHUGEPAGE)  # 2.6.33 has no transparent huge pages
             if mergeable:
                 libc.madvise(addr, n, libc.MADV_MERGEABLE)
