@@ -27,6 +27,7 @@ from .mm.state import (
     PG_KSM,
     VM_LOCKED,
     K,
+    State,
 )
 from .scenario import Scenario
 from .sched.control import EXITED, UNUSED
@@ -346,6 +347,17 @@ def ksmd_body(k: K, sc: Scenario) -> None:
     ksm.prune_stale_stable_nodes(k)
 
 
+def _pick_mapped_page(st: State, rng: random.Random, ksm_bias: float) -> int:
+    """A seeded pick of a mapped page's slot (a KSM one with chance `ksm_bias` when there is one), or -1 when none
+    is mapped: reclaim and hot-remove choose their victims alike."""
+    cand = np.flatnonzero((st.page.state == LIVE) & (st.page.c["mapcount"] > 0))
+    if not cand.size:
+        return -1
+    ksm_cand = cand[(st.page.c["flags"][cand] & PG_KSM) != 0]
+    pool = ksm_cand if ksm_cand.size and rng.random() < ksm_bias else cand
+    return int(pool[rng.randrange(pool.size)])
+
+
 def reclaim_body(k: K, sc: Scenario, seed: int, tid: int) -> None:
     """kswapd over seeded picks: a mapped anon or KSM page (KSM ones preferred by ksm_bias) goes through
     shrink_page, which walks it and sometimes swaps it out, then `[reclaim] pause` yields of rest. Simplified: no
@@ -354,12 +366,9 @@ def reclaim_body(k: K, sc: Scenario, seed: int, tid: int) -> None:
     st = k.st
     while k.g[G_MM_LIVE] > 0:
         k.point("reclaim:sleep", yielding=True)
-        cand = np.flatnonzero((st.page.state == LIVE) & (st.page.c["mapcount"] > 0))
-        if not cand.size:
+        s = _pick_mapped_page(st, rng, sc.reclaim_ksm_bias)
+        if s < 0:
             continue
-        ksm_cand = cand[(st.page.c["flags"][cand] & PG_KSM) != 0]
-        pool = ksm_cand if ksm_cand.size and rng.random() < sc.reclaim_ksm_bias else cand
-        s = int(pool[rng.randrange(pool.size)])
         page = memory.get_page_unless_zero(k, s)  # isolate_lru_page: the page may be freed meanwhile
         if page:
             vmscan.shrink_page(k, page, rng.random() < sc.reclaim_swap)
@@ -378,12 +387,10 @@ def migrate_body(k: K, sc: Scenario, seed: int, tid: int) -> None:
     st = k.st
     while k.g[G_MM_LIVE] > 0:
         k.point("migrate:sleep", yielding=True)
-        cand = np.flatnonzero((st.page.state == LIVE) & (st.page.c["mapcount"] > 0))
-        if not cand.size:
+        s = _pick_mapped_page(st, rng, sc.migrate_ksm_bias)
+        if s < 0:
             continue
-        ksm_cand = cand[(st.page.c["flags"][cand] & PG_KSM) != 0]
-        pool = ksm_cand if ksm_cand.size and rng.random() < sc.migrate_ksm_bias else cand
-        migrate.offline_page(k, int(pool[rng.randrange(pool.size)]))
+        migrate.offline_page(k, s)
         for _ in range(sc.migrate_pause):
             if k.g[G_MM_LIVE] == 0:
                 return
