@@ -879,3 +879,24 @@ def test_verbose_logs_events_as_json_lines(tmp_path: Path) -> None:
 def test_pct_depth_out_of_range_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     """--pct-depth 100 was an IndexError traceback (the scheduler keeps at most 15 change points)."""
     assert_usage_error(*cli(capsys, "run", "--strategy", "pct", "--pct-depth", "100"), "--pct-depth")
+
+
+@pytest.mark.parametrize("args", [("bugs",), ("mutate", "--list")])
+def test_reader_gone_is_quiet(args: tuple[str, ...]) -> None:
+    """`ksmstress mutate --list | head -1`: a reader that leaves early gets no traceback, and the writer ends as
+    a SIGPIPE'd one would (141). The read end is closed before the child writes anything, so even a short,
+    fully buffered output meets the broken pipe (at its final flush)."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen(
+        [sys.executable, "-m", "ksmstress.entry", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stdout is not None
+    p.stdout.close()
+    _, err = p.communicate(timeout=180)
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert p.returncode == 141
