@@ -321,15 +321,20 @@ class Locks:
             self._push(lid, WRITE, site, 0)
         return free
 
-    def unlock(self, lid: int, site: str) -> None:
+    def _check_owner(self, lid: int, site: str, verb: str) -> None:
+        """A release by a task that does not own the lock exclusively is a BUG (the kernel's debug checks)."""
         w = self.w
         if self.s._owner[lid] != w.me:
             step, who = w.clock()
             raise Failure(
                 "bug-on",
-                f"{who} unlocks {self.s.name(lid)} owned by {w.label(int(self.s.owner[lid]))} at {site} (step {step})",
+                f"{who} {verb} {self.s.name(lid)} owned by {w.label(int(self.s.owner[lid]))} at {site} (step {step})",
                 {"lock": self.s.name(lid), "site": site},
             )
+
+    def unlock(self, lid: int, site: str) -> None:
+        w = self.w
+        self._check_owner(lid, site, "unlocks")
         self._pop(lid, site)
         with w.guard:
             self.s._owner[lid] = NOBODY
@@ -440,14 +445,7 @@ class Locks:
 
     def up_write(self, lid: int, site: str) -> None:
         w = self.w
-        if self.s._owner[lid] != w.me:
-            step, who = w.clock()
-            raise Failure(
-                "bug-on",
-                f"{who} up_writes {self.s.name(lid)} owned by {w.label(int(self.s.owner[lid]))} at {site} "
-                f"(step {step})",
-                {"lock": self.s.name(lid), "site": site},
-            )
+        self._check_owner(lid, site, "up_writes")
         self._pop(lid, site)
         with w.guard:
             self.s._owner[lid] = NOBODY
