@@ -101,9 +101,14 @@ class MmTask:
             for a in self.mine():
                 self.read(a)
         elif name == "wait-scans":  # as LTP's wait_ksmd_full_scan: watch full_scans in sysfs
-            target = int(k.g[G_SEQNR]) + int(args[0])
+            # counted as they complete: run=2 sets full_scans back to 0 (unmerge_and_remove_all_rmap_items'
+            # ksm_scan.seqnr = 0), and a fixed target above the old count would then wait out its whole cap
+            need, last = int(args[0]), int(k.g[G_SEQNR])
             for _ in range(int(args[1]) if len(args) > 1 else WAIT_CAP):
-                if int(k.g[G_SEQNR]) >= target or not self.ksmd_alive():
+                cur = int(k.g[G_SEQNR])
+                need -= cur if cur < last else cur - last
+                last = cur
+                if need <= 0 or not self.ksmd_alive():
                     break
                 k.point("user:wait-scans", yielding=True)
         elif name == "wait-merged":
