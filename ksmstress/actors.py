@@ -370,13 +370,13 @@ def reclaim_body(k: K, sc: Scenario, seed: int, tid: int) -> None:
         if s < 0:
             continue
         page = memory.get_page_unless_zero(k, s)  # isolate_lru_page: the page may be freed meanwhile
-        if page:
-            vmscan.shrink_page(k, page, rng.random() < sc.reclaim_swap)
-            memory.put_page(k, page, "putback_lru_page")
+        if page and not vmscan.shrink_page(k, page, rng.random() < sc.reclaim_swap):
+            memory.put_page(k, page, "putback_lru_page")  # kept: freed pages took their isolation reference
         for _ in range(sc.reclaim_pause):  # kswapd waits for the next shortage: mms may settle meanwhile
             if k.g[G_MM_LIVE] == 0:
-                return
+                break
             k.point("reclaim:sleep", yielding=True)
+    vmscan.drain_swap_cache(k)  # before ksmd's last prune: a KSM page in the swap cache keeps its stable node
 
 
 def migrate_body(k: K, sc: Scenario, seed: int, tid: int) -> None:

@@ -88,7 +88,7 @@ def family_item(k: K, m: int, addr: int, pref: int) -> int:
     return 0
 
 
-REPLACE_BEFORE_APPEND, FORK_BEFORE_SCAN = 1, 2
+REPLACE_BEFORE_APPEND, FORK_BEFORE_SCAN, SWAPIN_BEFORE_SCAN = 1, 2, 3
 
 WINDOWS: tuple[Window, ...] = (
     Window(
@@ -112,6 +112,21 @@ WINDOWS: tuple[Window, ...] = (
         "on the stable node has this address and the anon_vma of the vma covering the pte",
         lambda k, m, addr, word, pref: (
             _ksm(k, pref) and marked(k, m, addr, word, FORK_BEFORE_SCAN) and not family_item(k, m, addr, pref)
+        ),
+    ),
+    Window(
+        "swapin-before-scan",
+        SWAPIN_BEFORE_SCAN,
+        "a KSM page found in the swap cache is mapped as it is (do_swap_page: page_anon_vma is NULL for a KSM page, "
+        "so ksm_might_need_to_copy keeps it), also at an address whose rmap_item ksmd removed while the pte was a "
+        "swap entry (get_next_rmap_item frees the items of addresses where follow_page found no page): nothing "
+        "reaches that pte until ksmd scans it again and stable_tree_append links an rmap_item (2.6.33 mm/ksm.c, "
+        "mm/memory.c); the walk returns with the page mapped.",
+        "marked by do_swap_page when it maps a KSM page; cleared when ksm_do_scan has processed that address of that "
+        "mm while it maps a KSM page; exempt only while no rmap_item on the stable node has this address and the "
+        "anon_vma of the vma covering the pte",
+        lambda k, m, addr, word, pref: (
+            _ksm(k, pref) and marked(k, m, addr, word, SWAPIN_BEFORE_SCAN) and not family_item(k, m, addr, pref)
         ),
     ),
     Window(
