@@ -166,3 +166,59 @@ def test_detector_names_a_swap_cache_page_the_tree_lost():
         swapfile.try_to_free_swap(k, ref_slot(page))
     assert pte(k, a, 1)[0] == PTE_PRESENT
     finish(k, (aref,))
+
+
+# -- swapoff ----------------------------------------------------------------------------------------------------
+def test_swapoff_maps_a_forked_entry_back_into_parent_and_child():
+    """try_to_unuse reads the entry into a fresh page, maps it into the parent (the page takes its anon_vma) and
+    into the child (same anon_vma, same index: page_address_in_vma finds it), and with no pte left naming the entry
+    takes the page out of the swap cache: the swap area is empty."""
+    k = make_kernel()
+    aref, a = new_program(k, 1, mergeable=False)
+    write(k, a, 1, 6)
+    cref = mmm.dup_mmap(k, aref)
+    c = ref_slot(cref)
+    assert shrink(k, pte_page(k, a, 1))
+    assert pte(k, a, 1)[0] == PTE_SWAP and pte(k, c, 1)[0] == PTE_SWAP
+    assert swapfile.try_to_unuse(k) == 2
+    page = pte_page(k, a, 1)
+    assert pte_page(k, c, 1) == page and k.pg.mapcount[ref_slot(page)] == 2
+    assert not k.st.swap.live_slots().size and not k.pg.flags[ref_slot(page)] & PG_SWAPCACHE
+    check_counts(k.st, "test")
+    assert read(k, a, 1) == content(k, 6) and read(k, c, 1) == content(k, 6)
+    finish(k, (aref, cref))
+
+
+def test_swapoff_leaves_an_entry_of_another_anon_vma_to_the_fault():
+    """A KSM page swapped out and freed: its entry is in two unrelated programs. swapoff maps the fresh page into
+    the first (it takes that anon_vma); unuse_vma cannot reach the second (page_address_in_vma: another anon_vma),
+    so that pte keeps the entry and the page stays cached for it; the second's fault copies it
+    (ksm_might_need_to_copy), and no walk misses a pte."""
+    k = make_kernel()
+    (aref, a), (bref, b), page = merged_pair(k)
+    assert shrink(k, page)
+    assert swapfile.try_to_unuse(k) == 1
+    pa = pte_page(k, a, 1)
+    sref = pte(k, b, 1)[1]
+    assert pte(k, b, 1)[0] == PTE_SWAP and k.st.swap.c["page"][ref_slot(sref)] == pa
+    check_counts(k.st, "test")
+    assert read(k, b, 1) == content(k, 5)
+    assert pte_page(k, b, 1) != pa
+    with page_locked(k, pa):
+        assert rmap.page_referenced(k, pa) == 1
+    finish(k, (aref, bref))
+
+
+def test_swapoff_maps_a_cached_ksm_page_into_every_mm():
+    """A KSM page kept in the swap cache by a pin: page_anon_vma is NULL for it, so unuse_vma looks at every
+    address of every vma, and each mm gets the KSM page back."""
+    k = make_kernel()
+    (aref, a), (bref, b), page = merged_pair(k)
+    memory.get_page(k, page, "get_user_pages")
+    assert not shrink(k, page)
+    assert swapfile.try_to_unuse(k) == 2
+    assert pte_page(k, a, 1) == page == pte_page(k, b, 1) and k.pg.flags[ref_slot(page)] & PG_KSM
+    assert not k.pg.flags[ref_slot(page)] & PG_SWAPCACHE and not k.st.swap.live_slots().size
+    memory.put_page(k, page, "put_page")
+    check_counts(k.st, "test")
+    finish(k, (aref, bref))

@@ -111,6 +111,13 @@ Deviations from 2.6.33: what, where, why (each also has a one-line note at its p
     where: memory.do_swap_page, ksm.ksm_does_need_to_copy
     why:   without them reuse_swap_page or try_to_free_swap can take the page out of the swap cache (and its entry
            can be reused) between the lookup and the lock, and pte_same then maps another page's bytes.
+27. swapoff's try_to_unuse makes one pass over the entries in use with the swap area still usable (swapoff then
+    swapon at once), so an entry still named by a pte afterwards (another index or anon_vma, which unuse_vma
+    does not reach; or a swap-out meanwhile) keeps its page for the faults; it puts the mms it held after the page
+    lock goes (2.6.33 mmputs the previous mm under it).
+    where: swapfile.try_to_unuse
+    why:   swapoff is an op among the others ([reclaim] swapoff); an mmput that runs exit_mmap under a page lock
+           would take mmap_sem after it (ksm_exit), against the lock order.
 
 Kept as 2.6.33 has them, though they may look like simplifications: one anon_vma per fork family and no
 anon_vma_chain (that is 2.6.34); page_lock_anon_vma reads a SLAB_DESTROY_BY_RCU anon_vma raw (type-stable memory,

@@ -14,7 +14,18 @@ from ..arena import LIVE, ref_slot
 from ..callchain import kfunc
 from ..failures import Failure
 from . import memory, swap_state
-from .state import EEXIST, ENOENT, G_SWAPIN_HELD, PG_SWAPCACHE, K
+from .state import (
+    EEXIST,
+    ENOENT,
+    G_SWAPIN_HELD,
+    PG_ANON,
+    PG_KSM,
+    PG_SWAPCACHE,
+    PTE_PRESENT,
+    PTE_SWAP,
+    K,
+    pte_decode,
+)
 
 
 def PageSwapCache(k: K, s: int) -> bool:  # noqa: N802 - the kernel's name
@@ -181,3 +192,121 @@ def free_swap_and_cache(k: K, sref: int, site: str) -> None:
             swap_state.delete_from_swap_cache(k, page)
         k.locks.unlock(k.page_lock(s), "free_swap_and_cache:unlock_page")
     memory.put_page(k, page, "free_swap_and_cache:page_cache_release")
+
+
+# -- swapoff ---------------------------------------------------------------------------------------------------
+@kfunc
+def try_to_unuse(k: K) -> int:
+    """swapoff's try_to_unuse: for every entry some swap pte names (find_next_to_unuse, a raw read of swap_map),
+    read its page into the swap cache (read_swap_cache_async), lock it, map it back into every mm whose pte names
+    the entry (unuse_mm: at most one pte per mm), and once no pte names the entry, take the page out of the swap
+    cache. Returns the ptes mapped back. Simplified (deviation 27): one pass, so an entry still named at another
+    index or anon_vma keeps its page for the faults (2.6.33 deletes it and reads a fresh one on a later pass); the
+    swap area stays usable; the mms are put after the page lock goes (2.6.33 puts the previous mm under it)."""
+    from .mm import mmput
+
+    sw = k.st.swap
+    done = 0
+    for ss in [int(x) for x in sw.live_slots()]:
+        k.spoint("find_next_to_unuse")
+        if not sw.count[ss]:
+            continue
+        sref = sw.ref_of(ss)
+        page = swap_state.read_swap_cache_async(k, sref)
+        if not page:  # the entry was freed meanwhile: nothing maps it any more
+            continue
+        s = ref_slot(page)
+        k.locks.lock(k.page_lock(s), "try_to_unuse:lock_page")
+        held = []
+        for m in [int(x) for x in k.mmc.live_slots()]:  # init_mm.mmlist, read raw
+            if not sw.is_live(sref) or not sw.count[ss]:
+                break
+            mref = _mm_get_not_zero(k, m)
+            if mref:
+                held.append(mref)
+                done += unuse_mm(k, m, sref, page)
+        if PageSwapCache(k, s) and same_entry(k.pg.private[s], sref) and not k.st.swap.count[ss]:
+            swap_state.delete_from_swap_cache(k, page)
+        k.locks.unlock(k.page_lock(s), "try_to_unuse:unlock_page")
+        memory.put_page(k, page, "try_to_unuse:page_cache_release")
+        for mref in held:
+            mmput(k, mref)
+    return done
+
+
+def _mm_get_not_zero(k: K, m: int) -> int:
+    """atomic_inc_not_zero(&mm->mm_users): a reference on mm slot m unless it is exiting; its reference or 0."""
+    k.spoint("try_to_unuse:atomic_inc_not_zero")
+    with k.guard:
+        if not k.mmc.slot_live(m) or k.mmc.users[m] <= 0:
+            return 0
+        k.mmc.users[m] += 1
+        k.mmc.note(m, 0, k.mmc.users[m], "try_to_unuse:atomic_inc_not_zero")
+        return k.mmc.ref_of(m)
+
+
+@kfunc
+def unuse_mm(k: K, m: int, sref: int, page: int) -> int:
+    """unuse_mm: under mmap_sem for read (a trylock first; if it fails, the page lock is let go while waiting, as
+    the lock order wants mmap_sem first), every vma with an anon_vma goes through unuse_vma."""
+    from .mm import vma_list
+
+    s = ref_slot(page)
+    sem = k.mmap_sem(m)
+    if not k.locks.down_read_trylock(sem, "unuse_mm:down_read_trylock"):
+        k.locks.unlock(k.page_lock(s), "unuse_mm:unlock_page")
+        k.locks.down_read(sem, "unuse_mm:down_read")
+        k.locks.lock(k.page_lock(s), "unuse_mm:lock_page")
+    done = 0
+    for vref in vma_list(k, m):
+        if k.vm.anon_vma[k.vm.deref(vref, "unuse_mm")]:
+            done = unuse_vma(k, m, vref, sref, page)
+            if done:  # one pte per mm and pass: the page now has this vma's anon_vma and index
+                break
+    k.locks.up_read(sem, "unuse_mm:up_read")
+    return done
+
+
+def unuse_vma(k: K, m: int, vref: int, sref: int, page: int) -> int:
+    """unuse_vma: a page with an anon_vma can only be at its page_address_in_vma (-EFAULT: not this vma, whose
+    anon_vma is another); a KSM page or a page just read in may be anywhere in the vma. Each pte is read without
+    its lock (pte_offset_map) and rechecked under it by unuse_pte; the first pte mapped ends the walk (2.6.33's
+    unuse_pte_range and unuse_mm return at once: the page has its anon_vma and index now)."""
+    s = ref_slot(page)
+    v = k.vm.deref(vref, "unuse_vma")
+    if k.pg.flags[s] & PG_ANON and not k.pg.flags[s] & PG_KSM and k.pg.mapping[s]:  # page_anon_vma(page)
+        addr = memory.page_address_in_vma(k, page, vref, "unuse_vma")
+        if addr < 0:
+            return 0
+        addrs = range(addr, addr + 1)
+    else:
+        addrs = range(k.vm.start[v], k.vm.end[v])
+    for addr in addrs:
+        kind, ref, _w = pte_decode(int(k.st.pte[m, addr]))  # unuse_pte_range's unlocked look
+        if kind == PTE_SWAP and same_entry(ref, sref) and unuse_pte(k, m, vref, addr, sref, page):
+            return 1  # unuse_pte_range stops at the first pte it maps
+    return 0
+
+
+@kfunc
+def unuse_pte(k: K, m: int, vref: int, addr: int, sref: int, page: int) -> int:
+    """unuse_pte: map the locked swap-cache page at addr if the pte still names the entry (pte_same under the pte
+    lock), get_page + page_add_anon_rmap + swap_free, as a swap-in would. 2.6.33 has no ksm_might_need_to_copy
+    here (9e16b7fb1d06 added it in 3.9): unuse_vma reaches an anon page only at its own anon_vma and index, where
+    2.6.33's test never asks for a copy; 3.9's also copies a KSM page during KSM_RUN_UNMERGE, not modelled."""
+    from . import rmap
+
+    ptl = k.ptl(m)
+    k.locks.lock(ptl, "unuse_pte")
+    kind, cur, _w = memory.pte_get(k, m, addr)
+    ret = 0
+    if kind == PTE_SWAP and same_entry(cur, sref):
+        memory.get_page(k, page, "unuse_pte")
+        if k.pg.flags[ref_slot(page)] & PG_KSM:  # as do_swap_page: its rmap_item here may be gone
+            k.hooks.window_open(k, "swapin-before-scan", m, addr, page)
+        memory.pte_set(k, m, addr, PTE_PRESENT, page, 0, "unuse_pte")  # pte_mkold(mk_pte(page, vm_page_prot))
+        rmap.page_add_anon_rmap(k, page, vref, addr)
+        swap_free(k, cur, "unuse_pte:swap_free")
+        ret = 1
+    k.locks.unlock(ptl, "unuse_pte")
+    return ret
