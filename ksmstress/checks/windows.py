@@ -90,6 +90,14 @@ def family_item(k: K, m: int, addr: int, pref: int) -> int:
 
 REPLACE_BEFORE_APPEND, FORK_BEFORE_SCAN, SWAPIN_BEFORE_SCAN = 1, 2, 3
 
+
+def _until_scanned(code: int) -> Callable[[K, int, int, int, int], bool]:
+    """A KSM pte marked `code` that no rmap_item on the stable node reaches yet (same address, the anon_vma of the
+    covering vma): exempt until ksmd scans it (the mark is cleared then)."""
+    return lambda k, m, addr, word, pref: (
+        _ksm(k, pref) and marked(k, m, addr, word, code) and not family_item(k, m, addr, pref)
+    )
+
 WINDOWS: tuple[Window, ...] = (
     Window(
         "replace-before-append",
@@ -110,9 +118,7 @@ WINDOWS: tuple[Window, ...] = (
         "marked by copy_page_range on the parent's and the child's pte of every present page it shares; cleared when "
         "ksm_do_scan has processed that address of that mm while it maps a KSM page; exempt only while no rmap_item "
         "on the stable node has this address and the anon_vma of the vma covering the pte",
-        lambda k, m, addr, word, pref: (
-            _ksm(k, pref) and marked(k, m, addr, word, FORK_BEFORE_SCAN) and not family_item(k, m, addr, pref)
-        ),
+        _until_scanned(FORK_BEFORE_SCAN),
     ),
     Window(
         "swapin-before-scan",
@@ -125,9 +131,7 @@ WINDOWS: tuple[Window, ...] = (
         "marked by do_swap_page when it maps a KSM page; cleared when ksm_do_scan has processed that address of that "
         "mm while it maps a KSM page; exempt only while no rmap_item on the stable node has this address and the "
         "anon_vma of the vma covering the pte",
-        lambda k, m, addr, word, pref: (
-            _ksm(k, pref) and marked(k, m, addr, word, SWAPIN_BEFORE_SCAN) and not family_item(k, m, addr, pref)
-        ),
+        _until_scanned(SWAPIN_BEFORE_SCAN),
     ),
     Window(
         "exiting-mm",
