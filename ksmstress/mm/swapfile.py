@@ -292,8 +292,9 @@ def unuse_vma(k: K, m: int, vref: int, sref: int, page: int) -> int:
 def unuse_pte(k: K, m: int, vref: int, addr: int, sref: int, page: int) -> int:
     """unuse_pte: map the locked swap-cache page at addr if the pte still names the entry (pte_same under the pte
     lock), get_page + page_add_anon_rmap + swap_free, as a swap-in would. 2.6.33 has no ksm_might_need_to_copy
-    here (9e16b7fb1d06 added it in 3.9): unuse_vma reaches an anon page only at its own anon_vma and index, where
-    2.6.33's test never asks for a copy; 3.9's also copies a KSM page during KSM_RUN_UNMERGE, not modelled."""
+    here (a later kernel added it, "mm,ksm: swapoff might need to copy"; its id is not verified here): unuse_vma
+    reaches an anon page only at its own anon_vma and index, where 2.6.33's test never asks for a copy; the later
+    test also copies a KSM page during KSM_RUN_UNMERGE, which is not modelled."""
     from . import rmap
 
     ptl = k.ptl(m)
