@@ -16,7 +16,7 @@ import numpy as np
 from .arena import FREE, LIVE, ref_slot
 from .checks.content import check_read, pattern_bytes
 from .failures import Failure
-from .mm import gup, ksm, memory, migrate, mlock, vmscan
+from .mm import gup, ksm, memory, migrate, mlock, swapfile, vmscan
 from .mm import mm as mmm
 from .mm.state import (
     G_MM_LIVE,
@@ -375,13 +375,15 @@ def reclaim_body(k: K, sc: Scenario, seed: int, tid: int) -> None:
         if s < 0:
             continue
         page = memory.get_page_unless_zero(k, s)  # isolate_lru_page: the page may be freed meanwhile
-        if page:
-            vmscan.shrink_page(k, page, rng.random() < sc.reclaim_swap)
-            memory.put_page(k, page, "putback_lru_page")
+        if page and not vmscan.shrink_page(k, page, rng.random() < sc.reclaim_swap):
+            memory.put_page(k, page, "putback_lru_page")  # kept: freed pages took their isolation reference
+        if sc.reclaim_swapoff and rng.random() < sc.reclaim_swapoff:  # drawn only when on: other seeds unchanged
+            swapfile.try_to_unuse(k)  # swapoff(2) then swapon(2)
         for _ in range(sc.reclaim_pause):  # kswapd waits for the next shortage: mms may settle meanwhile
             if k.g[G_MM_LIVE] == 0:
-                return
+                break
             k.point("reclaim:sleep", yielding=True)
+    vmscan.drain_swap_cache(k)  # before ksmd's last prune: a KSM page in the swap cache keeps its stable node
 
 
 def migrate_body(k: K, sc: Scenario, seed: int, tid: int) -> None:

@@ -590,7 +590,7 @@ _TABLES = {
     "": ["name", "description", "max_steps", "extra"],
     "arena": ["page_size", "vpages", "max_vmas", "max_mm", "extra"],
     "ksm": ["pages_to_scan", "refcount_bits"],
-    "reclaim": ["enabled", "ksm_bias", "swap"],
+    "reclaim": ["enabled", "ksm_bias", "swap", "swapoff"],
     "admin": ["unmerge_every"],
     "pct": ["depth", "k"],
     "ksmd": ["enabled"],

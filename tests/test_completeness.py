@@ -174,8 +174,8 @@ def test_write_protect_page_with_its_count_test_inverted_is_a_missed_merge(monke
     edited(
         monkeypatch,
         ksm._gup_count_ok,
-        "memory.page_mapcount(k, s) + 1 == memory.page_count(k, s)",
-        "memory.page_mapcount(k, s) + 1 != memory.page_count(k, s)",
+        "memory.page_mapcount(k, s) + 1 + swapped == memory.page_count(k, s)",
+        "memory.page_mapcount(k, s) + 1 + swapped != memory.page_count(k, s)",
     )
     k = make_kernel()
     programs(k, [5, 6], [6, 5])

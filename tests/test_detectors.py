@@ -10,7 +10,7 @@ from ksmstress.checks.content import check_read, pattern_bytes
 from ksmstress.checks.invariants import check_quiescence
 from ksmstress.checks.traversal import TraversalCheck, Walk, mapping_ptes
 from ksmstress.failures import Failure
-from ksmstress.mm import memory, rmap
+from ksmstress.mm import memory, rmap, swap_state
 from ksmstress.mm import mm as mmm
 from ksmstress.mm.state import PTE_PRESENT, PTE_SWAP, mk_pte
 
@@ -124,9 +124,9 @@ def test_traversal_when_a_walk_skips_a_reachable_pte():
     cref = mmm.dup_mmap(k, aref)
     page = pte_page(k, a, 1)
     k.pg.mapcount[ref_slot(page)] = 1
-    sref = k.st.swap.alloc("t")
     with pytest.raises(Failure) as e, page_locked(k, page):
-        rmap.try_to_unmap(k, page, sref)
+        assert swap_state.add_to_swap(k, page)
+        rmap.try_to_unmap(k, page)
     assert e.value.cls == "traversal" and e.value.details["mm"] == ref_slot(cref)
 
 

@@ -42,10 +42,8 @@ def test_mlock_marks_pages_and_reclaim_refuses_them():
     page = pte_page(k, a, 1)
     assert _mlocked(k, page) and _mlocked(k, pte_page(k, a, 2))  # address 2 was faulted in by mlock
     assert int(k.gb[GB_NR_MLOCK]) == 2
-    sref = k.st.swap.alloc("t")
-    k.st.swap.count[ref_slot(sref)] = 1
     with page_locked(k, page):
-        assert rmap.try_to_unmap(k, page, sref) == SWAP_MLOCK
+        assert rmap.try_to_unmap(k, page) == SWAP_MLOCK
     assert pte(k, a, 1)[0] == PTE_PRESENT
     vmscan.shrink_page(k, page, True)
     assert pte(k, a, 1)[0] == PTE_PRESENT

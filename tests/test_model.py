@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ksmstress.arena import ref_slot
-from ksmstress.checks.invariants import check_quiescence
+from ksmstress.checks.invariants import check_counts, check_quiescence
 from ksmstress.failures import Failure
 from ksmstress.mm import ksm, memory, rmap
 from ksmstress.mm import mm as mmm
@@ -102,24 +102,31 @@ def test_single_pass_walk_misses_the_forked_pte():
 
 
 def test_try_to_unmap_ksm_swaps_every_pte_and_data_survives():
+    """A KSM page goes to the swap cache (add_to_swap), all four ptes become its entry (try_to_unmap_ksm, pass 1
+    for the forked ones), pageout writes it and __remove_mapping frees it; each mm faults its bytes back in."""
+    from ksmstress.mm import vmscan
+
     k = make_kernel()
     ((aref, a),) = merged(k, [[5, 5]])
     page = pte_page(k, a, 1)
     cref = mmm.dup_mmap(k, aref)
     c = ref_slot(cref)
     s = ref_slot(page)
-    memory.get_page(k, page, "test")
-    assert k.locks.trylock(k.page_lock(s), "test")
-    sref = k.st.swap.alloc("test")
-    k.st.swap.c["count"][ref_slot(sref)] = 1
-    rmap.try_to_unmap(k, page, sref)
-    assert not rmap.page_mapped(k, s)
-    assert k.st.swap.c["count"][ref_slot(sref)] == 5  # four ptes plus the swap cache
-    memory.swap_free(k, sref, "test")
-    k.locks.unlock(k.page_lock(s), "test")
-    memory.put_page(k, page, "test")
-    assert k.st.page.state[s] != 1  # the KSM page is freed
-    assert read(k, a, 2) == content(k, 5) and read(k, c, 1) == content(k, 5)  # swapped back in, per mm
+    memory.get_page(k, page, "isolate_lru_page")
+    assert vmscan.shrink_page(k, page, True)  # freed: the isolation reference went with it
+    assert k.st.page.state[s] != 1
+    kind, sref, _w = pte(k, a, 1)
+    assert kind == 2 and k.st.swap.c["count"][ref_slot(sref)] == 4  # four swap ptes, no swap cache any more
+    assert k.st.swap.c["cache"][ref_slot(sref)] == 0
+    assert read(k, a, 1) == content(k, 5) and read(k, c, 1) == content(k, 5)  # swapped back in
+    assert pte_page(k, a, 1) == pte_page(k, c, 1)  # one page in the swap cache, found by both (one anon_vma)
+    assert read(k, a, 2) == content(k, 5)  # another index: ksm_might_need_to_copy says copy
+    assert pte_page(k, a, 2) != pte_page(k, a, 1)
+    assert k.st.swap.c["count"][ref_slot(sref)] == 1 and k.st.swap.c["cache"][ref_slot(sref)] == 1
+    for ref in (aref, cref):
+        mmm.mmput(k, ref)
+    assert not k.st.swap.live_slots().size  # zap's free_swap_and_cache took the page out of the swap cache
+    check_counts(k.st, "test")
 
 
 def test_anon_vma_outlives_munmap_while_referenced_and_is_freed_on_the_last_drop():
@@ -292,8 +299,8 @@ def swapped_out(k, m, addr):
 
     page = pte_page(k, m, addr)
     memory.get_page(k, page, "isolate_lru_page")
-    vmscan.shrink_page(k, page, swap=True)
-    memory.put_page(k, page, "putback_lru_page")
+    if not vmscan.shrink_page(k, page, swap=True):
+        memory.put_page(k, page, "putback_lru_page")
     kind, sref, _w = pte(k, m, addr)
     assert kind == 2 and k.st.swap.is_live(sref)
     return sref
@@ -301,10 +308,10 @@ def swapped_out(k, m, addr):
 
 def test_swap_fault_racing_another_swap_in_of_the_same_entry_backs_out():
     """Two faults of one mm on a swap pte (run=2's break_ksm and the program itself): the second swaps the entry in
-    and frees it while the first is between handle_mm_fault's unlock and do_swap_page. The first may not reread the
-    pte (the word is now a page's reference, which can equal a swap reference: the use-after-free free mode
-    reported, swap[11] "freed by delete_from_swap_cache") nor touch the freed entry; it backs out, as 2.6.33 does
-    with swapcache_prepare's -ENOENT and pte_same."""
+    while the first is between handle_mm_fault's unlock and do_swap_page. The first may not reread the pte (the word
+    is now a page's reference, which can equal a swap reference); it finds the same page in the swap cache and
+    backs out at pte_same. The entry lives on by SWAP_HAS_CACHE alone until a write reuses the page
+    (reuse_swap_page: delete_from_swap_cache)."""
     k = make_kernel()
     mref, m = new_program(k, 1, mergeable=False)
     write(k, m, 1, 6)
@@ -312,34 +319,42 @@ def test_swap_fault_racing_another_swap_in_of_the_same_entry_backs_out():
     vref = vma_at(k, m, 1)
     at_point(k, "handle_mm_fault", lambda: read(k, m, 1), nth=2)  # after its unlock, the program faults it in
     assert memory.handle_mm_fault(k, m, vref, 1, write=True) == 0  # raced: nothing done
-    assert not k.st.swap.is_live(sref)
+    ss = ref_slot(sref)
+    assert k.st.swap.is_live(sref) and k.st.swap.c["count"][ss] == 0 and k.st.swap.c["cache"][ss] == 1
     page = pte_page(k, m, 1)
-    assert k.pg.count[ref_slot(page)] == 1 and k.pg.mapcount[ref_slot(page)] == 1
+    assert k.st.swap.c["page"][ss] == page
+    assert k.pg.count[ref_slot(page)] == 2 and k.pg.mapcount[ref_slot(page)] == 1  # the pte's and the cache's
     assert memory.handle_mm_fault(k, m, vref, 1, write=True) == memory.VM_FAULT_WRITE  # retried: reuse in place
+    assert not k.st.swap.is_live(sref) and pte_page(k, m, 1) == page
     assert read(k, m, 1) == content(k, 6)
     mmm.mmput(k, mref)
     assert check_quiescence(k.st) is None
 
 
-def test_swap_fault_holds_the_entry_while_it_reads():
-    """The other order: the entry is freed only after swapcache_prepare took its reference, so the read sees live
-    bytes and the fault that finds the pte changed drops that reference last, freeing the entry."""
+def test_swap_fault_finds_the_page_another_fault_mapped_meanwhile():
+    """The other order: the program faults the entry in after the first fault's lookup_swap_cache, before its
+    lock_page: the first holds the same swap-cache page, which is still the entry's (the later fix's recheck
+    passes), and backs out at pte_same; its reference goes, the pte's and the swap cache's stay."""
+    from ksmstress.mm import vmscan
+
     k = make_kernel()
     mref, m = new_program(k, 1, mergeable=False)
     write(k, m, 1, 9)
     sref = swapped_out(k, m, 1)
     vref = vma_at(k, m, 1)
-    seen = []
-
-    def other():
-        seen.append(int(k.st.swap.count[ref_slot(sref)]))  # the pte's count and the swap cache's
-        read(k, m, 1)
-        seen.append(k.st.swap.is_live(sref))
-
-    at_point(k, "do_swap_page", other)  # after swapcache_prepare, before the pte lock
+    assert read(k, m, 1) == content(k, 9)  # in the swap cache now, and mapped
+    page = pte_page(k, m, 1)
+    memory.get_page(k, page, "get_user_pages")  # a pin keeps it in the swap cache (__remove_mapping refuses)
+    memory.get_page(k, page, "isolate_lru_page")
+    assert not vmscan.shrink_page(k, page, True)  # unmapped and written, but not freed
+    memory.put_page(k, page, "putback_lru_page")
+    assert pte(k, m, 1) == (2, sref, 0) and k.st.swap.c["page"][ref_slot(sref)] == page
+    at_point(k, "do_swap_page:lock_page", lambda: read(k, m, 1))  # found by lookup_swap_cache, not locked yet
     assert memory.handle_mm_fault(k, m, vref, 1, write=False) == 0  # the pte changed: backed out
-    assert seen == [2, True]  # the program's swap-in left the entry to the first fault's reference
+    assert pte_page(k, m, 1) == page and k.pg.count[ref_slot(page)] == 3  # the pte, the cache, the pin
+    memory.put_page(k, page, "put_page")
     assert read(k, m, 1) == content(k, 9)
-    assert not k.st.swap.is_live(sref)
     mmm.mmput(k, mref)
+    assert k.st.swap.c["page"][ref_slot(sref)] == page  # unmapped by the zap, its entry's count 0: still cached
+    vmscan.drain_swap_cache(k)  # what reclaim does once every mm is gone
     assert check_quiescence(k.st) is None

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..arena import NO_GUARD, SharedBlock
-from ..mm.state import G_RUN, G_SEQNR, G_SWAPIN_HELD, KSM_RUN_MERGE
+from ..mm.state import G_RUN, G_SEQNR, G_SWAPIN_HELD, KSM_RUN_MERGE, PG_SWAPCACHE
 from ..sync import KSM_THREAD_MUTEX, NOBODY
 
 if TYPE_CHECKING:
@@ -112,14 +112,15 @@ class Disturbance:
         if int(st.g[G_RUN]) != KSM_RUN_MERGE:
             return "ksm_run not 1"
         if int(st.g[G_SWAPIN_HELD]):
-            return "a swap-in in flight"
+            return "a swap-cache add or delete in flight"
         mm = st.mm
         mms = mm.live_slots()
         if (mm.c["users"][mms] == 0).any():
             return "an mm exiting"
         pg = st.page
         live = pg.live_slots()
-        if (pg.c["count"][live] != pg.c["mapcount"][live]).any():
+        swapped = (pg.c["flags"][live] & PG_SWAPCACHE) != 0  # the swap cache's reference (write_protect_page's)
+        if (pg.c["count"][live] != pg.c["mapcount"][live] + swapped).any():
             return "a page referenced beyond its ptes"
         return None
 

@@ -12,10 +12,12 @@ Where they are exact, and so where they run (2.6.33's locking makes each hold at
   at every pte store (`check_pte_store`, cheap) and over every pte at ksm_quiescent (controlled mode: in free mode
   a scan would race with the stores it reads).
 - `refcount-mismatch` mapcount / swap: page_mapcount equals the present ptes that map the page, page_count is at
-  least its mapcount, and a swap slot's count is its swap ptes plus at most the references the model knows are held
-  beyond them: the swap cache's (only under the page lock in shrink_page) and each swap-in's (do_swap_page, from
-  swapcache_prepare to swapcache_free, tallied in G_SWAPIN_HELD). The model changes a mapcount or swap count and
-  its pte under that mm's pte lock, so these are checked only when no task holds any pte lock (controlled mode).
+  least its mapcount plus the swap cache's reference (PageSwapCache), a swap entry's count is exactly its swap
+  ptes, swapper_space names only live PageSwapCache pages whose page->private is that entry and whose
+  SWAP_HAS_CACHE is set, a PageSwapCache page is named by its entry's slot unless its page lock is held (adding or
+  deleting), and the entries with SWAP_HAS_CACHE but no page are exactly those in flight (G_SWAPIN_HELD). The model
+  changes a mapcount or swap count and its pte under that mm's pte lock, so these are checked only when no task
+  holds any pte lock (controlled mode).
 - `stable-tree` (checks.stabletree: the tree's structure at every ksm_quiescent, its memcmp order, distinct contents
   and page/node agreement in controlled mode) and `registration` (checks.registration, controlled mode): KSM's own
   structures, also exact whenever ksmd or run=2 holds ksm_thread_mutex between batches.
@@ -40,6 +42,7 @@ from ..mm.state import (
     G_RMAP_ITEMS,
     G_SWAPIN_HELD,
     PG_KSM,
+    PG_SWAPCACHE,
     PTE_KIND_MASK,
     PTE_MIGRATION,
     PTE_PRESENT,
@@ -184,9 +187,9 @@ def _held(st: State, cls: int) -> int:
 
 
 def check_counts(st: State, where: str) -> None:
-    """page_mapcount = present ptes mapping the page, page_count >= mapcount (each pte holds a reference), and a
-    swap slot's count = its swap ptes + at most the swap cache's and the swap-ins' references (one per page lock
-    held, one per swap-in in flight). Exact only while no pte lock is held (the caller's business)."""
+    """page_mapcount = present ptes mapping the page, page_count >= mapcount + PageSwapCache (each pte and the swap
+    cache hold a reference), a swap entry's count = its swap ptes, and the swap cache's three views of itself
+    agree (see `check_swap_cache`). Exact only while no pte lock is held (the caller's business)."""
     pg, sw = st.page, st.swap
     kind, ref, _write = pte_fields(st.pte)
     present = kind == PTE_PRESENT
@@ -205,32 +208,80 @@ def check_counts(st: State, where: str) -> None:
             where, pg, s, "mapcount", mapcount=int(pg.c["mapcount"][s]), ptes=where_mapped,
         )
     cnt = pg.c["count"][alive]
-    # a live page at count 0 (and mapcount 0) is in put_page's window between the zero count and the free
-    bad = alive[(cnt < mapc) | (cnt < 0)]
+    cached = (pg.c["flags"][alive] & PG_SWAPCACHE) != 0
+    # a live page at count 0 (and mapcount 0) is in put_page's window between the zero count and the free, or
+    # frozen by __remove_mapping on its way out of the swap cache
+    bad = alive[(cnt < mapc) | ((cnt < mapc + cached) & (cnt != 0)) | (cnt < 0)]
     if bad.size:
         s = int(bad[0])
         raise _fail(
             "refcount-mismatch",
-            f"page[{s}] page_count is {int(pg.c['count'][s])}, below its mapcount {int(pg.c['mapcount'][s])} "
-            f"(every pte mapping a page holds a reference on it)",
+            f"page[{s}] page_count is {int(pg.c['count'][s])}, below its mapcount {int(pg.c['mapcount'][s])} plus "
+            f"{int(bool(pg.c['flags'][s] & PG_SWAPCACHE))} for the swap cache (every pte mapping a page, and the "
+            f"swap cache, hold a reference on it)",
             where, pg, s, "count", count=int(pg.c["count"][s]), mapcount=int(pg.c["mapcount"][s]),
         )
     sptes = np.bincount((ref[kind == PTE_SWAP] & 0xFFFFFFFF) - 1, minlength=sw.capacity)
     salive = sw.live_slots()
-    extra = sw.c["count"][salive] - sptes[salive]
-    # references beyond the swap ptes: the swap cache's (reclaim holds the page lock meanwhile) and the swap-ins'
-    # own (swapcache_prepare to swapcache_free), one each
-    allowed = _held(st, PAGE_LOCK) + int(st.g[G_SWAPIN_HELD])
-    bad = salive[extra < 0]
-    if bad.size == 0 and int(extra.sum()) > allowed:
-        bad = salive[extra > 0]
+    bad = salive[sw.c["count"][salive] != sptes[salive]]
     if bad.size:
         s = int(bad[0])
         raise _fail(
             "refcount-mismatch",
-            f"swap[{s}] count is {int(sw.c['count'][s])} but {int(sptes[s])} swap ptes name it (beyond them only "
-            f"the swap cache's and the swap-ins' references: {allowed} held)",
+            f"swap[{s}] count is {int(sw.c['count'][s])} but {int(sptes[s])} swap ptes name it",
             where, sw, s, "count", count=int(sw.c["count"][s]), swap_ptes=int(sptes[s]),
+        )
+    check_swap_cache(st, where)
+
+
+def check_swap_cache(st: State, where: str) -> None:
+    """The swap cache's views agree: every page swapper_space names is live, PageSwapCache, its page->private that
+    entry, and the entry has SWAP_HAS_CACHE; a PageSwapCache page whose entry does not name it has its page lock
+    held (add_to_swap_cache or a delete in progress); the entries with SWAP_HAS_CACHE and no page number exactly
+    the adds and deletes in flight (G_SWAPIN_HELD)."""
+    pg, sw = st.page, st.swap
+    salive = sw.live_slots()
+    named = salive[sw.c["page"][salive] != 0]
+    for ss in named:
+        ss = int(ss)
+        pref = int(sw.c["page"][ss])
+        s = ref_slot(pref)
+        ok = pg.is_live(pref) and pg.c["flags"][s] & PG_SWAPCACHE and int(pg.c["private"][s]) == sw.ref_of(ss)
+        if not ok or not sw.c["cache"][ss]:
+            raise _fail(
+                "refcount-mismatch",
+                f"swapper_space names page[{s}] for swap[{ss}] but the page is "
+                f"{'live' if pg.is_live(pref) else 'freed'}, PageSwapCache "
+                f"{int(bool(pg.c['flags'][s] & PG_SWAPCACHE))}, private swap[{ref_slot(int(pg.c['private'][s]))}], "
+                f"SWAP_HAS_CACHE {int(sw.c['cache'][ss])}",
+                where, sw, ss, "cache", page=s,
+            )
+    alive = pg.live_slots()
+    cached = alive[(pg.c["flags"][alive] & PG_SWAPCACHE) != 0]
+    plock = st.locks.base[PAGE_LOCK]
+    for s in cached:
+        s = int(s)
+        sref = int(pg.c["private"][s])
+        ss = ref_slot(sref)
+        if sw.is_live(sref) and ref_slot(int(sw.c["page"][ss])) == s:
+            continue
+        if st.locks.owner[plock + s] != NOBODY:
+            continue
+        raise _fail(
+            "refcount-mismatch",
+            f"page[{s}] is PageSwapCache with private swap[{ss}], but swapper_space does not name it for that entry "
+            f"and nobody holds its page lock",
+            where, pg, s, "count", swap=ss,
+        )
+    pending = int(np.count_nonzero((sw.c["cache"][salive] != 0) & (sw.c["page"][salive] == 0)))
+    if pending != int(st.g[G_SWAPIN_HELD]):
+        s = int(salive[(sw.c["cache"][salive] != 0) & (sw.c["page"][salive] == 0)][0]) if pending else -1
+        raise Failure(
+            "refcount-mismatch",
+            f"{pending} swap entries have SWAP_HAS_CACHE with no page in swapper_space, but "
+            f"{int(st.g[G_SWAPIN_HELD])} adds or deletes are in flight ({where})"
+            + (f"; last changes of swap[{s}]: {changes_text(sw, s)}" if s >= 0 else ""),
+            {"where": where, "pending": pending, "in_flight": int(st.g[G_SWAPIN_HELD])},
         )
 
 

@@ -88,7 +88,15 @@ def family_item(k: K, m: int, addr: int, pref: int) -> int:
     return 0
 
 
-REPLACE_BEFORE_APPEND, FORK_BEFORE_SCAN = 1, 2
+REPLACE_BEFORE_APPEND, FORK_BEFORE_SCAN, SWAPIN_BEFORE_SCAN = 1, 2, 3
+
+
+def _until_scanned(code: int) -> Callable[[K, int, int, int, int], bool]:
+    """A KSM pte marked `code` that no rmap_item on the stable node reaches yet (same address, the anon_vma of the
+    covering vma): exempt until ksmd scans it (the mark is cleared then)."""
+    return lambda k, m, addr, word, pref: (
+        _ksm(k, pref) and marked(k, m, addr, word, code) and not family_item(k, m, addr, pref)
+    )
 
 WINDOWS: tuple[Window, ...] = (
     Window(
@@ -110,9 +118,20 @@ WINDOWS: tuple[Window, ...] = (
         "marked by copy_page_range on the parent's and the child's pte of every present page it shares; cleared when "
         "ksm_do_scan has processed that address of that mm while it maps a KSM page; exempt only while no rmap_item "
         "on the stable node has this address and the anon_vma of the vma covering the pte",
-        lambda k, m, addr, word, pref: (
-            _ksm(k, pref) and marked(k, m, addr, word, FORK_BEFORE_SCAN) and not family_item(k, m, addr, pref)
-        ),
+        _until_scanned(FORK_BEFORE_SCAN),
+    ),
+    Window(
+        "swapin-before-scan",
+        SWAPIN_BEFORE_SCAN,
+        "a KSM page found in the swap cache is mapped as it is (do_swap_page: page_anon_vma is NULL for a KSM page, "
+        "so ksm_might_need_to_copy keeps it), also at an address whose rmap_item ksmd removed while the pte was a "
+        "swap entry (get_next_rmap_item frees the items of addresses where follow_page found no page): nothing "
+        "reaches that pte until ksmd scans it again and stable_tree_append links an rmap_item (2.6.33 mm/ksm.c, "
+        "mm/memory.c); the walk returns with the page mapped.",
+        "marked by do_swap_page when it maps a KSM page; cleared when ksm_do_scan has processed that address of that "
+        "mm while it maps a KSM page; exempt only while no rmap_item on the stable node has this address and the "
+        "anon_vma of the vma covering the pte",
+        _until_scanned(SWAPIN_BEFORE_SCAN),
     ),
     Window(
         "exiting-mm",

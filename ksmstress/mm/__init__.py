@@ -21,7 +21,7 @@ Deviations from 2.6.33: what, where, why (each also has a one-line note at its p
     why:   2.6.33 keeps a stale node until a later search passes over it, and its ksmd never ends; a run must
            reach quiescence for the leak check to see what truly survives.
  3. Counters and reference counts are checked as they change: below zero, or past the scenario's refcount_bits.
-    where: ksm._dec, ksm.hold_anon_vma, memory.put_page, rmap.page_remove_rmap, mm.mmdrop, memory.swap_free
+    where: ksm._dec, ksm.hold_anon_vma, memory.put_page, rmap.page_remove_rmap, mm.mmdrop, swapfile.swap_free
     why:   the kernel wraps silently (or BUGs much later); the model names the failure at the step it happens.
  4. The page checksum is crc32, not jhash2.
     where: ksm.calc_checksum
@@ -43,18 +43,20 @@ Deviations from 2.6.33: what, where, why (each also has a one-line note at its p
  9. do_wp_page copies when trylock_page fails, instead of sleeping on the page lock.
     where: memory.do_wp_page
     why:   a copy is always correct, and the fault path stays free of a sleeping wait.
-10. No swap cache: add_to_swap's reference is the swap slot's count, the bytes are written as each pte is
-    unmapped, and every swap-in makes a private copy (holding the slot by swapcache_prepare's count while it reads).
-    where: rmap.try_to_unmap_one, memory.do_swap_page, memory.reuse_swap_page, ksm.write_protect_page,
-           vmscan.shrink_page
-    why:   KSM depends on the unmap walk, not on swap I/O; the PageSwapCache terms drop out.
+10. The swap cache's radix tree is a column of the swap table (entry -> page) and its tree_lock, like swap_lock,
+    is the model's atomic step; swap I/O is synchronous under the page lock; vm_swap_full is "more than half of
+    the swap table in use"; swapin_readahead reads one page.
+    where: swap_state, swapfile
+    why:   what KSM meets is PageSwapCache, page->private, SWAP_HAS_CACHE and the swap cache's page reference, all
+           modelled; the tree's shape and the I/O's timing change none of them.
 11. page_referenced counts every mapping it finds as referenced (no young bits).
     where: rmap.page_referenced_one
     why:   the walk's coverage is under test, not page ageing.
 12. Reclaim has no LRU and no dirty/writeback states: a seeded pick of a mapped page goes through
-    shrink_page_list's steps.
-    where: vmscan.shrink_page, actors.reclaim_body
-    why:   it exists to drive the rmap walks against KSM at chosen moments.
+    shrink_page_list's steps (pageout always writes); once every mm is gone, reclaim drains the swap cache.
+    where: vmscan.shrink_page, vmscan.drain_swap_cache, actors.reclaim_body
+    why:   it exists to drive the rmap walks against KSM at chosen moments; the drain stands for the LRU scans
+           that would reach the pages left in the swap cache, so the leak check sees what truly survives.
 13. anon_vma_prepare never reuses a neighbour's anon_vma (find_mergeable_anon_vma); no vma_merge on mmap or
     madvise; rlimits are a fixed per-mm vma budget.
     where: rmap.anon_vma_prepare, mm
@@ -88,11 +90,7 @@ Deviations from 2.6.33: what, where, why (each also has a one-line note at its p
     where: gup
     why:   what KSM meets is the pin (an extra page_count) and the store through it with no pte and no lock; the
            IPI that ptep_clear_flush sends cannot complete inside that walk, which one step models exactly.
-22. A pinned page is swapped out like any other (no swap cache keeps it, 10): scenarios with O_DIRECT set
-    `[reclaim] swap = 0`.
-    where: vmscan.shrink_page
-    why:   2.6.33's __remove_mapping leaves a page with extra references in the swap cache, where the swap-in
-           finds the DMA's bytes; without a swap cache the model would lose them (a false data-loss).
+22. (none any more: a pinned page stays in the swap cache, __remove_mapping's page_freeze_refs fails, 10)
 23. break_ksm follows the pte with FOLL_MIGRATION (3.9, 5117b3b835f2): a migration entry is waited out.
     where: ksm.break_ksm, memory.follow_page
     why:   2.6.33's follow_page sees no page under migration, so MADV_UNMERGEABLE or run=2 racing a hot-remove
@@ -104,6 +102,22 @@ Deviations from 2.6.33: what, where, why (each also has a one-line note at its p
     where: migrate.offline_page, migrate.unmap_and_move
     why:   2.6.33 migrates them, and a munlock meanwhile misses the page under its migration entry, so it is later
            freed mlocked (counted as unevictable_pgs_mlockfreed), which the mlock detector would call a bug.
+    A swap-cache page is unmapped into migration entries and then refused (page_count is not 1: -EAGAIN);
+    2.6.33 unmaps it into swap entries and moves its swap-cache slot to the new page.
+26. do_swap_page rechecks, after lock_page, that the page is still the entry's swap-cache page
+    (!PageSwapCache(page) || page_private(page) != entry.val), and when KSM copies it, keeps the swap-cache page
+    locked and referenced until swap_free (4969c1192d15 "mm: fix swapin race condition" and 31c4a3d3a0f8 "mm:
+    further fix swapin race condition").
+    where: memory.do_swap_page, ksm.ksm_does_need_to_copy
+    why:   without them reuse_swap_page or try_to_free_swap can take the page out of the swap cache (and its entry
+           can be reused) between the lookup and the lock, and pte_same then maps another page's bytes.
+27. swapoff's try_to_unuse makes one pass over the entries in use with the swap area still usable (swapoff then
+    swapon at once), so an entry still named by a pte afterwards (another index or anon_vma, which unuse_vma
+    does not reach; or a swap-out meanwhile) keeps its page for the faults; it puts the mms it held after the page
+    lock goes (2.6.33 mmputs the previous mm under it).
+    where: swapfile.try_to_unuse
+    why:   swapoff is an op among the others ([reclaim] swapoff); an mmput that runs exit_mmap under a page lock
+           would take mmap_sem after it (ksm_exit), against the lock order.
 
 Kept as 2.6.33 has them, though they may look like simplifications: one anon_vma per fork family and no
 anon_vma_chain (that is 2.6.34); page_lock_anon_vma reads a SLAB_DESTROY_BY_RCU anon_vma raw (type-stable memory,

@@ -19,7 +19,7 @@ import zlib
 from ..arena import ref_slot
 from ..callchain import kfunc
 from ..failures import Failure
-from . import memory, mlock, rmap
+from . import memory, mlock, rmap, swapfile
 from . import mm as _mm  # mm.py calls back into this module: bind names at call time
 from .state import (
     G_MAX_REFCOUNT,
@@ -445,7 +445,7 @@ def get_mergeable_page(k: K, iref: int) -> int:
 def write_protect_page(k: K, vref: int, pref: int) -> tuple[int, tuple[int, int]]:
     """Make the page's pte read-only, refusing if someone holds an extra reference (O_DIRECT, GUP, reclaim).
 
-    As 2.6.33: the pte is cleared and flushed first (ptep_clear_flush), then `page_mapcount + 1 (+ swapped) !=
+    As 2.6.33: the pte is cleared and flushed first (ptep_clear_flush), then `page_mapcount + 1 + swapped !=
     page_count` is checked and the pte restored on a mismatch. get_user_pages_fast takes its reference without
     any lock, so only a check made once no pte maps the page can see every reference taken through it.
     Returns (err, orig_pte) where orig_pte is (page ref, write bit) as replace_page must find it again.
@@ -485,12 +485,13 @@ def write_protect_page(k: K, vref: int, pref: int) -> tuple[int, tuple[int, int]
 
 
 def _gup_count_ok(k: K, s: int) -> bool:
-    """page_mapcount(page) + 1 (+ PageSwapCache: no swap cache here) == page_count(page): nobody but the ptes and
+    """page_mapcount(page) + 1 + PageSwapCache(page) == page_count(page): nobody but the ptes, the swap cache and
     ksmd's own follow_page holds the page (no O_DIRECT or other get_user_pages reference in flight). Read with
     atomic_read, unlocked against get_user_pages_fast."""
     if k.bug("wrprotect-no-gup-check"):
         return True  # the defect: the page is write-protected and merged whatever references are held
-    return memory.page_mapcount(k, s) + 1 == memory.page_count(k, s)
+    swapped = int(swapfile.PageSwapCache(k, s))
+    return memory.page_mapcount(k, s) + 1 + swapped == memory.page_count(k, s)
 
 
 @kfunc
@@ -511,6 +512,9 @@ def replace_page(k: K, vref: int, pref: int, kpref: int, orig: tuple[int, int], 
     k.hooks.window_open(k, "replace-before-append", m, addr, kpref)  # no rmap_item reaches it until the append
     memory.pte_set(k, m, addr, PTE_PRESENT, kpref, 0, "replace_page")
     rmap.page_remove_rmap(k, pref, "replace_page")
+    ps = ref_slot(pref)
+    if not rmap.page_mapped(k, ps):
+        swapfile.try_to_free_swap(k, ps)  # the page lock is try_to_merge_one_page's
     memory.put_page(k, pref, "replace_page")
     k.locks.unlock(k.ptl(m), "replace_page")
     return 0
@@ -835,6 +839,7 @@ def ksm_do_scan(k: K, scan_npages: int) -> None:
             cmp_and_merge_page(k, page, iref)
         if memory.PageKsm(k, ref_slot(page)):  # ksmd came round to a KSM pte: its own rmap_item must reach it now
             _window_close(k, "fork-before-scan", iref)
+            _window_close(k, "swapin-before-scan", iref)
         memory.put_page(k, page, "ksm_do_scan")
 
 
@@ -1044,7 +1049,7 @@ def _walk_items(k: K, pref: int, site: str) -> tuple[int, list[int]]:
 
 
 @kfunc
-def try_to_unmap_ksm(k: K, pref: int, swap: int, flags: int = 0) -> int:
+def try_to_unmap_ksm(k: K, pref: int, flags: int = 0) -> int:
     """Unmap every pte of a locked KSM page: pass 0 visits the vma of each rmap_item's own mm, pass 1 the
     covering vmas of other mms (forked since ksmd gave the rmap_item)."""
     nref, items = _walk_items(k, pref, "try_to_unmap_ksm")
@@ -1067,7 +1072,7 @@ def try_to_unmap_ksm(k: K, pref: int, swap: int, flags: int = 0) -> int:
                     continue
                 if (imm == k.vm.mm[v]) == bool(search_new_forks):
                     continue
-                ret = rmap.try_to_unmap_one(k, pref, vref, addr, swap, token, flags)
+                ret = rmap.try_to_unmap_one(k, pref, vref, addr, token, flags)
                 if ret != rmap.SWAP_AGAIN or not rmap.page_mapped(k, s):
                     done = True
                     break
@@ -1114,3 +1119,30 @@ def page_referenced_ksm(k: K, pref: int) -> int:
         search_new_forks = 1
     k.hooks.walk_end(k, token, mapcount[0])
     return referenced
+
+
+# -- swap-in of a KSM page (include/linux/ksm.h, mm/ksm.c) ----------------------------------------------------
+def ksm_might_need_to_copy(k: K, pref: int, vref: int, addr: int) -> bool:
+    """Whether do_swap_page must copy the locked swap-cache page: it is an anon page whose anon_vma is not the
+    faulting vma's, or whose index is not this address (page_anon_vma is NULL for a KSM page, which is mapped
+    as it is, and for a page just read in, which has no mapping yet)."""
+    s = k.pg.deref(pref, "ksm_might_need_to_copy")
+    if k.pg.flags[s] & PG_KSM or not k.pg.flags[s] & PG_ANON or not k.pg.mapping[s]:
+        return False
+    v = k.vm.deref(vref, "ksm_might_need_to_copy")
+    return bool(k.pg.mapping[s] != k.vm.anon_vma[v] or k.pg.index[s] != addr)
+
+
+@kfunc
+def ksm_does_need_to_copy(k: K, pref: int, vref: int, addr: int) -> int:
+    """A private copy of the locked swap-cache page for this vma, returned locked (__set_page_locked on a new
+    page). The swap-cache page stays locked and referenced: the caller lets both go after swap_free (the later
+    fix, deviation 26)."""
+    s = k.pg.deref(pref, "ksm_does_need_to_copy")
+    new = memory.alloc_page(k, "ksm_does_need_to_copy:alloc_page_vma")
+    ns = ref_slot(new)
+    k.hooks.shared_access(k, k.st.frames, s, 0, "ksm_does_need_to_copy:copy_user_highpage")
+    k.st.frames[ns, :] = k.st.frames[s, :]
+    if not k.locks.trylock(k.page_lock(ns), "ksm_does_need_to_copy:__set_page_locked"):
+        raise AssertionError("a fresh page's lock is held")  # nobody else knows the new page yet
+    return new

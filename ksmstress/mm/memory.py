@@ -2,8 +2,8 @@
 
 `m` is an mm's slot index (its page table row and its mmap_sem / page_table_lock); page, vma and anon_vma
 arguments are generation-tagged references, dereferenced (KASAN-checked) where the kernel would touch them.
-Simplifications, each also noted at its place: one page_table_lock per mm (no split ptlocks); no swap cache
-(every swap-in makes a private copy); a read fault on an untouched page allocates a zeroed page (no ZERO_PAGE).
+Simplifications, each also noted at its place: one page_table_lock per mm (no split ptlocks); a read fault on an
+untouched page allocates a zeroed page (no ZERO_PAGE). The swap cache is swap_state.py's, swap counts swapfile.py's.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import numpy as np
 from ..arena import ref_slot
 from ..callchain import kfunc
 from ..failures import Failure
-from . import rmap
+from . import rmap, swap_state, swapfile
 from .state import (
-    G_SWAPIN_HELD,
     GB_NR_MLOCK,
     PG_ANON,
     PG_KSM,
@@ -80,19 +79,26 @@ def put_page(k: K, pref: int, site: str) -> None:
             k.fail_details(object=f"page[{s}]", site=site),
         )
     if c == 0:
-        k.hooks.page_freeing(k, pref, site)
-        # put_page_testzero, then __put_single_page -> free_hot_cold_page: between the zero count and the free the
-        # page still carries its flags and mapping, so a lockless lookup (get_page_unless_zero, get_ksm_page) can
-        # find it here and must be refused by its count test
-        k.spoint("__put_single_page")
-        k.hooks.shared_access(k, k.pg.flags, s, 1, "__put_single_page")
-        with k.guard:  # free_page_mlock: a page freed mlocked leaves NR_MLOCK (the kernel's mlockfreed count)
-            if k.pg.flags[s] & PG_MLOCKED:
-                k.gb[GB_NR_MLOCK] -= 1
-            k.pg.flags[s] = 0
-        k.pg.mapping[s] = 0  # free_hot_cold_page clears an anon page's mapping: get_ksm_page relies on it
-        k.pg.mapcount[s] = 0
-        k.pg.free(pref, site)
+        free_page(k, pref, site)
+
+
+def free_page(k: K, pref: int, site: str) -> None:
+    """The page's count reached 0 (put_page_testzero, or __remove_mapping's page_freeze_refs): free the frame (the
+    traversal detector checks no pte still maps it)."""
+    s = ref_slot(pref)
+    k.hooks.page_freeing(k, pref, site)
+    # put_page_testzero, then __put_single_page -> free_hot_cold_page: between the zero count and the free the
+    # page still carries its flags and mapping, so a lockless lookup (get_page_unless_zero, get_ksm_page) can
+    # find it here and must be refused by its count test
+    k.spoint("__put_single_page")
+    k.hooks.shared_access(k, k.pg.flags, s, 1, "__put_single_page")
+    with k.guard:  # free_page_mlock: a page freed mlocked leaves NR_MLOCK (the kernel's mlockfreed count)
+        if k.pg.flags[s] & PG_MLOCKED:
+            k.gb[GB_NR_MLOCK] -= 1
+        k.pg.flags[s] = 0
+    k.pg.mapping[s] = 0  # free_hot_cold_page clears an anon page's mapping: get_ksm_page relies on it
+    k.pg.mapcount[s] = 0
+    k.pg.free(pref, site)
 
 
 def PageAnon(k: K, s: int) -> bool:  # noqa: N802 - the kernel's name
@@ -256,7 +262,7 @@ def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
     s = k.pg.deref(old, "do_wp_page")
     if PageAnon(k, s) and not PageKsm(k, s):
         if k.locks.trylock(k.page_lock(s), "do_wp_page:trylock_page"):
-            reuse = reuse_swap_page(k, s)
+            reuse = swapfile.reuse_swap_page(k, s)
             k.locks.unlock(k.page_lock(s), "do_wp_page:unlock_page")
             if reuse:
                 pte_mkwrite(k, m, addr, "do_wp_page:reuse")
@@ -294,92 +300,80 @@ def do_wp_page(k: K, m: int, vref: int, addr: int) -> int:
     return ret
 
 
-def reuse_swap_page(k: K, s: int) -> bool:
-    """Whether the faulting mm may write to the locked anon page in place (swapfile.c; no swap cache here).
-
-    The PageKsm recheck matters: do_wp_page tested PageKsm before taking the page lock, and ksmd may have made
-    the page a KSM page (set_page_stable_node, then unlock_page) in between. VM_BUG_ON(!PageLocked(page)).
-    """
-    k.hooks.lock_rule(k, "page_locked", k.page_lock(s), 2, s, "reuse_swap_page")
-    if PageKsm(k, s):
-        return False
-    return page_mapcount(k, s) <= 1
-
-
 @kfunc
 def do_swap_page(k: K, m: int, vref: int, addr: int, write: bool, sref: int) -> int:
     """Fault swap entry `sref` back in: handle_mm_fault read it from the pte (orig_pte) and let the pte lock go.
 
+    As 2.6.33: the swap-cache page (lookup_swap_cache, else read_swap_cache_async), lock_page,
+    ksm_might_need_to_copy, pte_same under the pte lock, reuse_swap_page for a write, set_pte_at,
+    page_add_anon_rmap, swap_free, try_to_free_swap when swap is full or the page mlocked, unlock_page, and a
+    write that could not reuse goes on to do_wp_page with the pte lock held. With the later fix (deviation 26):
+    after lock_page the page must still be the entry's swap-cache page, and when KSM copies, the swap-cache page
+    stays locked and referenced until the swap entry is freed.
+
     The pte is not read again without the lock: another fault of this mm may swap the entry in and free it
     meanwhile, and the word read then is a page's reference, which can equal a swap reference. The kernel never
-    rereads: swapcache_prepare fails on a freed entry, and pte_same under the pte lock decides. Simplified: no swap
-    cache, so every mm reading a slot gets its own copy.
+    rereads: swapcache_prepare fails on a freed entry, and pte_same under the pte lock decides.
     """
-    st = k.st
+    from . import ksm
+
     ptl = k.ptl(m)
-    page = alloc_page(k, "do_swap_page")
-    held = swapcache_prepare(k, sref)
-    if held:
-        st.frames[ref_slot(page), :] = st.swapdata[ref_slot(sref), :]  # swap_readpage
+    page = swap_state.lookup_swap_cache(k, sref)
+    if not page:
+        page = swap_state.read_swap_cache_async(k, sref)  # swapin_readahead of one page
+        if not page:  # the entry was freed: somebody else faulted this pte in meanwhile
+            return 0
+    s = ref_slot(page)
+    k.locks.lock(k.page_lock(s), "do_swap_page:lock_page")
+    # Make sure try_to_free_swap or reuse_swap_page did not release the swapcache from under us, nor give the
+    # page another entry (4969c1192d15, 31c4a3d3a0f8): the page pin and pte_same are not enough
+    if not swapfile.PageSwapCache(k, s) or not swapfile.same_entry(k.pg.private[s], sref):
+        k.locks.unlock(k.page_lock(s), "do_swap_page:out_page")
+        put_page(k, page, "do_swap_page:out_release")
+        return 0
+    swapcache = 0
+    if ksm.ksm_might_need_to_copy(k, page, vref, addr):
+        swapcache = page
+        page = ksm.ksm_does_need_to_copy(k, page, vref, addr)
+        s = ref_slot(page)
     k.locks.lock(ptl, "do_swap_page")
     kind, cur, _w = pte_get(k, m, addr)
-    if not held or kind != PTE_SWAP or cur != sref:  # !pte_same(*page_table, orig_pte)
-        k.locks.unlock(ptl, "do_swap_page:raced")
-        put_page(k, page, "do_swap_page:raced")
-        if held:
-            swapcache_free(k, sref, "do_swap_page:swapcache_free")
+    if kind != PTE_SWAP or not swapfile.same_entry(cur, sref):  # !pte_same(*page_table, orig_pte): out_nomap
+        k.locks.unlock(ptl, "do_swap_page:out_nomap")
+        k.locks.unlock(k.page_lock(s), "do_swap_page:out_page")
+        put_page(k, page, "do_swap_page:out_release")
+        if swapcache:
+            k.locks.unlock(k.page_lock(ref_slot(swapcache)), "do_swap_page:unlock_swapcache")
+            put_page(k, swapcache, "do_swap_page:release_swapcache")
         return 0
-    rmap.page_add_new_anon_rmap(k, page, vref, addr)
-    pte_set(k, m, addr, PTE_PRESENT, page, 1 if write else 0, "do_swap_page")
-    swap_free(k, sref, "do_swap_page")
+    if k.pg.flags[s] & PG_KSM:  # a KSM page is mapped as it is: its rmap_item here may be gone (ksmd rescans)
+        k.hooks.window_open(k, "swapin-before-scan", m, addr, page)
+    writable = 0
+    if write and swapfile.reuse_swap_page(k, s):
+        writable, write = 1, False
+    pte_set(k, m, addr, PTE_PRESENT, page, writable, "do_swap_page")
+    rmap.page_add_anon_rmap(k, page, vref, addr)
+    swapfile.swap_free(k, cur, "do_swap_page:swap_free")  # swap_free(entry): the offset the pte holds
+    v = k.vm.deref(vref, "do_swap_page")
+    if swapfile.vm_swap_full(k) or k.vm.flags[v] & VM_LOCKED or k.pg.flags[s] & PG_MLOCKED:
+        swapfile.try_to_free_swap(k, s)
+    k.locks.unlock(k.page_lock(s), "do_swap_page:unlock_page")
+    if swapcache:
+        # held until the entry's swap count was dropped, so pte_same could not be fooled by its reuse
+        k.locks.unlock(k.page_lock(ref_slot(swapcache)), "do_swap_page:unlock_swapcache")
+        put_page(k, swapcache, "do_swap_page:release_swapcache")
+    if write:
+        return do_wp_page(k, m, vref, addr)  # entered with the pte lock held
     k.locks.unlock(ptl, "do_swap_page")
-    swapcache_free(k, sref, "do_swap_page:swapcache_free")
-    return VM_FAULT_WRITE if write else 0
-
-
-def swapcache_prepare(k: K, sref: int) -> bool:
-    """read_swap_cache_async's swapcache_prepare: the swap cache's reference on the entry, or False (-ENOENT) when
-    it was freed since its pte was read. swap_map is never freed, so the slot is read raw (no KASAN check); the
-    check and the increment are one atomic step, as in get_page_unless_zero."""
-    ss = ref_slot(sref)
-    k.spoint("swapcache_prepare")
-    k.hooks.shared_access(k, k.st.swap.count, ss, 1, "swapcache_prepare")
-    with k.guard:
-        if not k.st.swap.is_live(sref) or k.st.swap.count[ss] <= 0:
-            return False
-        k.st.swap.count[ss] += 1
-        k.g[G_SWAPIN_HELD] += 1  # a reference the detectors know is held (no swap cache page carries it here)
-        k.st.swap.note(ss, 0, int(k.st.swap.count[ss]), "swapcache_prepare")
-        return True
-
-
-def swapcache_free(k: K, sref: int, site: str) -> None:
-    """The swap-in's own reference on the entry, taken by swapcache_prepare, dropped: the count first, then the
-    detectors' tally of such references (the other order, with a scheduling point between, would show a count
-    above its ptes and no reference to account for it)."""
-    swap_free(k, sref, site)
-    with k.guard:  # the detectors' bookkeeping, not the kernel's: no scheduling point
-        k.g[G_SWAPIN_HELD] -= 1
-
-
-def swap_free(k: K, sref: int, site: str) -> None:
-    ss = k.st.swap.deref(sref, site)
-    c = k.atomic_add(k.st.swap.count, ss, -1, site)
-    if c < 0:
-        raise Failure(
-            "refcount-underflow",
-            f"swap[{ss}] count below zero at {site}; its last changes: {k.st.swap.changes(ss)}",
-            k.fail_details(object=f"swap[{ss}]", site=site),
-        )
-    if c == 0:
-        k.st.swap.free(sref, site)
+    return VM_FAULT_WRITE if writable else 0
 
 
 # -- fork and unmap ------------------------------------------------------------------------------------------
 @kfunc
 def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
     """copy_one_pte for every pte of vma: anon and KSM ptes are shared read-only (COW), mapcount++ and a page
-    reference each; swap entries get one more swap count. No rmap_item is made: ksmd has not seen the child."""
+    reference each; swap entries get one more swap count (swap_duplicate). No rmap_item is made: ksmd has not
+    seen the child."""
     st = k.st
     v = st.vma.deref(vref, "copy_page_range")
     start, end = k.vm.start[v], k.vm.end[v]
@@ -400,8 +394,8 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
             pte_wrprotect(k, src, addr, "copy_one_pte:wrprotect")  # COW in the parent
             pte_set(k, dst, addr, PTE_PRESENT, ref, 0, "copy_one_pte")
         elif kind == PTE_SWAP:
-            ss = st.swap.deref(ref, "copy_one_pte:swap_duplicate")
-            k.atomic_add(st.swap.count, ss, 1, "copy_one_pte:swap_duplicate")
+            st.swap.deref(ref, "copy_one_pte:swap_duplicate")  # the entry a swap pte names is in use
+            swapfile.swap_duplicate(k, ref, "copy_one_pte:swap_duplicate")
             pte_set(k, dst, addr, PTE_SWAP, ref, 0, "copy_one_pte")
         elif kind == PTE_MIGRATION:
             # a write migration entry becomes a read one in both (COW), and the child gets its copy: the
@@ -414,7 +408,8 @@ def copy_page_range(k: K, dst: int, src: int, vref: int) -> None:
 
 @kfunc
 def zap_pte_range(k: K, m: int, start: int, end: int) -> None:
-    """Unmap [start, end) of mm m: every present pte drops its mapcount and page reference."""
+    """Unmap [start, end) of mm m: every present pte drops its mapcount and page reference, every swap pte its
+    swap count (free_swap_and_cache)."""
     ptl = k.ptl(m)
     k.locks.lock(ptl, "zap_pte_range")
     for addr in range(start, end):
@@ -426,7 +421,7 @@ def zap_pte_range(k: K, m: int, start: int, end: int) -> None:
             rmap.page_remove_rmap(k, ref, "zap_pte_range")
             put_page(k, ref, "zap_pte_range")
         elif kind == PTE_SWAP:
-            swap_free(k, ref, "zap_pte_range")
+            swapfile.free_swap_and_cache(k, ref, "zap_pte_range")
         # a migration entry holds no reference (free_swap_and_cache: non_swap_entry): the pte just goes
     k.locks.unlock(ptl, "zap_pte_range")
 

@@ -92,9 +92,9 @@ def try_to_munlock(k: K, pref: int) -> int:
     s = k.pg.deref(pref, "try_to_munlock")
     k.hooks.lock_rule(k, "page_locked", k.page_lock(s), 2, s, "try_to_munlock")
     if PageKsm(k, s):
-        return ksm.try_to_unmap_ksm(k, pref, 0, TTU_MUNLOCK)
+        return ksm.try_to_unmap_ksm(k, pref, TTU_MUNLOCK)
     if PageAnon(k, s):
-        return rmap.try_to_unmap_anon(k, pref, 0, TTU_MUNLOCK)
+        return rmap.try_to_unmap_anon(k, pref, TTU_MUNLOCK)
     return rmap.SWAP_AGAIN
 
 

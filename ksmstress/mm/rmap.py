@@ -151,10 +151,21 @@ def page_add_new_anon_rmap(k: K, pref: int, vref: int, addr: int) -> None:
     k.pg.note(s, 1, 1, "page_add_new_anon_rmap")
 
 
-def page_add_anon_rmap(k: K, pref: int) -> None:
-    """One more pte maps an already-mapped anon or KSM page (replace_page's kpage)."""
+def page_add_anon_rmap(k: K, pref: int, vref: int = 0, addr: int = 0) -> None:
+    """One more pte maps an anon or KSM page (replace_page's kpage, do_swap_page's swap-cache page). A KSM page
+    keeps its stable node; an anon page that was mapped nowhere (first) takes the vma's anon_vma and index
+    (__page_set_anon_rmap: a page read in from swap has no mapping yet)."""
+    from .state import PG_ANON, PG_KSM
+
     s = k.pg.deref(pref, "page_add_anon_rmap")
-    k.atomic_add(k.pg.mapcount, s, 1, "page_add_anon_rmap")
+    first = k.atomic_add(k.pg.mapcount, s, 1, "page_add_anon_rmap") == 1
+    if k.pg.flags[s] & PG_KSM or not vref:
+        return
+    k.hooks.lock_rule(k, "page_locked", k.page_lock(s), 2, s, "page_add_anon_rmap")  # VM_BUG_ON(!PageLocked)
+    if first:
+        k.pg.flags[s] |= PG_ANON
+        k.pg.mapping[s] = k.vm.anon_vma[k.vm.deref(vref, "page_add_anon_rmap")]
+        k.pg.index[s] = addr
 
 
 def page_dup_rmap(k: K, pref: int) -> None:
@@ -180,9 +191,11 @@ def page_mapped(k: K, s: int) -> bool:
 
 # -- rmap walks ----------------------------------------------------------------------------------------------
 @kfunc
-def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, swap: int, token: object, flags: int = 0) -> int:
-    """Replace the pte mapping `page` at addr in vma's mm by a swap entry (TTU_UNMAP) or a migration entry
-    (TTU_MIGRATION), or only look for VM_LOCKED (TTU_MUNLOCK): page_check_address, then as 2.6.33.
+def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, token: object, flags: int = 0) -> int:
+    """Replace the pte mapping `page` at addr in vma's mm by its swap-cache entry (TTU_UNMAP: swap_duplicate of
+    page->private) or a migration entry (TTU_MIGRATION), or only look for VM_LOCKED (TTU_MUNLOCK):
+    page_check_address, then as 2.6.33 (simplified: a migration makes a migration entry even for a swap-cache
+    page, which move_to_new_page then refuses, deviation 25).
 
     A VM_LOCKED vma keeps its pte (unless TTU_IGNORE_MLOCK): out_mlock rechecks VM_LOCKED under a
     down_read_trylock of that mm's mmap_sem and then mlocks the page (SWAP_MLOCK); when the trylock fails the pte
@@ -230,12 +243,13 @@ def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, swap: int, token: ob
         # make_migration_entry(page, pte_write(pteval)): the pte names the locked page, the fault will wait on it
         memory.pte_set(k, m, addr, PTE_MIGRATION, pref, w, "try_to_unmap_one:migration")
     else:
-        ss = k.st.swap.deref(swap, "try_to_unmap_one:swap_duplicate")
-        # the bytes as they are once this pte is gone (the kernel writes back the dirty page after unmapping;
-        # a page mapped more than once is read-only everywhere, so every pte converted sees the same bytes)
-        k.hooks.shared_access(k, k.st.frames, ps, 0, "try_to_unmap_one:swap_writepage")
-        k.st.swapdata[ss, :] = k.st.frames[ps, :]
-        k.atomic_add(k.st.swap.count, ss, 1, "try_to_unmap_one:swap_duplicate")
+        from .swapfile import swap_duplicate
+
+        # shrink_page_list put the page in the swap cache first (add_to_swap): its ptes become its entry
+        swap = k.pg.private[ps]
+        if not swap_duplicate(k, swap, "try_to_unmap_one:swap_duplicate"):
+            k.locks.unlock(k.ptl(m), "try_to_unmap_one")
+            return SWAP_FAIL
         memory.pte_set(k, m, addr, PTE_SWAP, swap, 0, "try_to_unmap_one")
     page_remove_rmap(k, pref, "try_to_unmap_one")
     memory.put_page(k, pref, "try_to_unmap_one")
@@ -316,7 +330,7 @@ def unmap_walk_uncounted(flags: int, ret: int) -> int | None:
 
 
 @kfunc
-def try_to_unmap_anon(k: K, pref: int, swap: int, flags: int = 0) -> int:
+def try_to_unmap_anon(k: K, pref: int, flags: int = 0) -> int:
     token = k.hooks.walk_begin(k, pref, "try_to_unmap_anon")
     ret = SWAP_AGAIN
     avref = page_lock_anon_vma(k, pref, "try_to_unmap_anon")
@@ -326,7 +340,7 @@ def try_to_unmap_anon(k: K, pref: int, swap: int, flags: int = 0) -> int:
             addr = _vma_address(k, s, vref, "try_to_unmap_anon")
             if addr < 0:
                 continue
-            ret = try_to_unmap_one(k, pref, vref, addr, swap, token, flags)
+            ret = try_to_unmap_one(k, pref, vref, addr, token, flags)
             if ret != SWAP_AGAIN or not page_mapped(k, s):
                 break
         k.locks.unlock(k.av_lock(ref_slot(avref)), "try_to_unmap_anon")
@@ -358,17 +372,22 @@ def page_referenced_anon(k: K, pref: int) -> int:
 
 
 @kfunc
-def try_to_unmap(k: K, pref: int, swap: int, flags: int = 0) -> int:
-    """Unmap every pte of a locked page (BUG_ON(!PageLocked(page))), turning them into swap entries for `swap`
-    (or migration entries, TTU_MIGRATION)."""
+def try_to_unmap(k: K, pref: int, flags: int = 0) -> int:
+    """Unmap every pte of a locked page (BUG_ON(!PageLocked(page))), turning them into its swap-cache entry (or
+    migration entries, TTU_MIGRATION); SWAP_SUCCESS once no pte maps it (unless a VM_LOCKED vma answered)."""
     from . import ksm
     from .memory import PageKsm
+    from .state import SWAP_MLOCK
 
     s = k.pg.deref(pref, "try_to_unmap")
     k.hooks.lock_rule(k, "page_locked", k.page_lock(s), 2, s, "try_to_unmap")
     if PageKsm(k, s):
-        return ksm.try_to_unmap_ksm(k, pref, swap, flags)
-    return try_to_unmap_anon(k, pref, swap, flags)
+        ret = ksm.try_to_unmap_ksm(k, pref, flags)
+    else:
+        ret = try_to_unmap_anon(k, pref, flags)
+    if ret != SWAP_MLOCK and not page_mapped(k, s):
+        ret = SWAP_SUCCESS
+    return ret
 
 
 @kfunc

@@ -69,6 +69,9 @@ PG_MLOCKED = 4  # struct page: PageMlocked (mm/mlock.c), set and cleared under t
 # racing mlock_vma_page, e.g. KSM's hand-over to a kpage unmapped meanwhile): its free is the kernel's tolerated
 # unevictable_pgs_mlockfreed, not a missed munlock
 PG_MLOCK_STRAY = 8
+# --- swap cache (mm/swap_state.c, mm/swapfile.c) ---
+PG_SWAPCACHE = 16  # struct page: PageSwapCache, page->private then holds the swap entry (set under the page lock)
+EEXIST, ENOENT = 17, 2  # __swap_duplicate's refusals: SWAP_HAS_CACHE already set / the entry is not in use
 VM_LOCKED = 2  # vma->vm_flags: mlock()ed
 # a migration entry (swp_entry of type SWP_MIGRATION_READ/WRITE): the pte names the page under migration, whose
 # lock the migrating task holds; a fault on it waits for that lock (migration_entry_wait). The write bit is the
@@ -102,7 +105,10 @@ GB_CELLS = 4
     G_MM_LIVE,
     G_MAX_REFCOUNT,
     G_REFCOUNT_BITS,
-    G_SWAPIN_HELD,  # swap-cache references held by faults between swapcache_prepare and swapcache_free
+    # entries whose SWAP_HAS_CACHE is set while swapper_space holds no page for them: add_to_swap between
+    # get_swap_page and add_to_swap_cache, a swap-in between swapcache_prepare and __add_to_swap_cache, a delete
+    # between __delete_from_swap_cache and swapcache_free (the detectors' tally, changed in the same atomic step)
+    G_SWAPIN_HELD,
 ) = range(17)
 RL_SLOT, RL_ITEM = 0, 1  # ksm_scan.rmap_list points into an mm_slot's head or into an rmap_item's next
 
@@ -136,6 +142,7 @@ class Pages(Table):
     mapcount: Column  # _mapcount + 1: ptes mapping the page
     mapping: Column  # anon page: its anon_vma; KSM page: its stable_node (0 while it has none)
     index: Column  # the page's address in its vma (page->index, in pages)
+    private: Column  # page_private: while PageSwapCache, the swap entry (a swap reference)
 
 
 class MmStructs(Table):
@@ -212,11 +219,16 @@ class MmSlots(Table):
 
 
 class SwapSlots(Table):
-    """A swap entry: its count (swap_map) and, in `State.swapdata`, the bytes written out."""
+    """A swap entry: swap_map[offset] as two columns (the count of swap ptes and SWAP_HAS_CACHE), swapper_space's
+    radix tree slot for it, and, in `State.swapdata`, the bytes written out. The slot is free when both are 0."""
 
-    TRACKED = ("count",)
+    TRACKED = ("count", "cache")
 
-    count: Column
+    count: Column  # swap_map & ~SWAP_HAS_CACHE: the swap ptes naming the entry
+    cache: Column  # SWAP_HAS_CACHE: the swap cache holds (or is adding or deleting) a page for the entry
+    # swapper_space's radix tree, keyed by the entry: the page in the swap cache for it (0 when none). Its
+    # tree_lock is the model's atomic step (k.guard): every insert, delete and lookup is one step.
+    page: Column
 
 
 MM_SLOT_HEAD = 0  # the reserved mm_slot that is ksm_mm_head
