@@ -7,7 +7,7 @@ breaks every KSM page of the range (ksm_madvise(MADV_UNMERGEABLE) on a copy of v
 mergeable), all under mmap_sem held for write, which keeps ksmd (mmap_sem for read) from merging them again before
 the move. An anon page moves with its page->index: the new vma gets vm_pgoff such that vma_address finds it.
 
-Simplified: no get_unmapped_area search beyond "the lowest free range" (arch_get_unmapped_area bottom-up with no
+Simplified (deviation 26): get_unmapped_area is the lowest free range (arch_get_unmapped_area bottom-up, no
 cache); no vma_merge in copy_vma (deviation 13), so the new vma is always a fresh one linked at its anon_vma's
 tail; one page table per mm (deviation 7), so move_page_tables is one move_ptes extent under one page_table_lock
 (old_ptl == new_ptl); a grown VM_LOCKED vma is not made present (2.6.33's make_pages_present only faults, it
