@@ -90,6 +90,14 @@ def family_item(k: K, m: int, addr: int, pref: int) -> int:
 
 REPLACE_BEFORE_APPEND, FORK_BEFORE_SCAN, MOVE_BEFORE_SCAN = 1, 2, 3
 
+
+def _before_scan(code: int) -> Callable[[K, int, int, int, int], bool]:
+    """A pte with no rmap_item of its own yet (marked with `code`) mapping a KSM page that no rmap_item on its
+    stable node reaches through pass 1 (same address, the anon_vma of the vma covering the pte)."""
+    return lambda k, m, addr, word, pref: (
+        _ksm(k, pref) and marked(k, m, addr, word, code) and not family_item(k, m, addr, pref)
+    )
+
 WINDOWS: tuple[Window, ...] = (
     Window(
         "replace-before-append",
@@ -110,9 +118,7 @@ WINDOWS: tuple[Window, ...] = (
         "marked by copy_page_range on the parent's and the child's pte of every present page it shares; cleared when "
         "ksm_do_scan has processed that address of that mm while it maps a KSM page; exempt only while no rmap_item "
         "on the stable node has this address and the anon_vma of the vma covering the pte",
-        lambda k, m, addr, word, pref: (
-            _ksm(k, pref) and marked(k, m, addr, word, FORK_BEFORE_SCAN) and not family_item(k, m, addr, pref)
-        ),
+        _before_scan(FORK_BEFORE_SCAN),
     ),
     Window(
         "move-before-scan",
@@ -125,9 +131,7 @@ WINDOWS: tuple[Window, ...] = (
         "marked by move_ptes on each present pte it moves whose page is not a KSM page then (a KSM page moved is "
         "what move_vma's unmerge exists to prevent: never marked); cleared as fork-before-scan's mark is; exempt "
         "only while no rmap_item on the stable node has this address and the anon_vma of the vma covering the pte",
-        lambda k, m, addr, word, pref: (
-            _ksm(k, pref) and marked(k, m, addr, word, MOVE_BEFORE_SCAN) and not family_item(k, m, addr, pref)
-        ),
+        _before_scan(MOVE_BEFORE_SCAN),
     ),
     Window(
         "exiting-mm",
