@@ -16,7 +16,7 @@ import numpy as np
 from .arena import FREE, LIVE, ref_slot
 from .checks.content import check_read, pattern_bytes
 from .failures import Failure
-from .mm import gup, ksm, memory, migrate, mlock, swapfile, vmscan
+from .mm import gup, ksm, memory, migrate, mlock, mremap, swapfile, vmscan
 from .mm import mm as mmm
 from .mm.state import (
     G_MM_LIVE,
@@ -137,6 +137,8 @@ class MmTask:
             self.dio(int(args[0]), int(args[1]))
         elif name == "dontneed":
             self.dontneed(int(args[0]))
+        elif name == "mremap":  # mremap:A:OLD:NEW (MREMAP_MAYMOVE) or mremap:A:OLD:NEW:TO (| MREMAP_FIXED)
+            self.do_mremap(int(args[0]), int(args[1]), int(args[2]), int(args[3]) if len(args) > 3 else 0)
         elif name == "exit":
             return True
         return False
@@ -178,6 +180,17 @@ class MmTask:
             self.dontneed(rng.choice(pages))
         elif op == "dio" and pages:
             self.dio(rng.choice(pages), rng.randrange(self.cfg.patterns))
+        elif op == "mremap" and pages:
+            # a few pages that may span vmas (then -EFAULT), to a size that may shrink, stay or grow, moved where
+            # the kernel likes or (MREMAP_FIXED) to a free range of the program's choosing
+            a = rng.choice(pages)
+            old_len, new_len = min(1 + rng.randrange(3), self.sc.vpages - a), 1 + rng.randrange(3)
+            to = 0
+            if rng.random() < 0.5:
+                free = [t for t in range(1, self.sc.vpages - new_len + 1)
+                        if not self.mapped & set(range(t, t + new_len)) and (t + new_len <= a or t >= a + old_len)]
+                to = rng.choice(free) if free else 0
+            self.do_mremap(a, old_len, new_len, to)
 
     # -- issue 14 part A: threads, MADV_DONTNEED, O_DIRECT ----------------------------------------------------
     def clone_threads(self) -> None:
@@ -292,6 +305,41 @@ class MmTask:
                 f"{'mlock' if lock else 'munlock'}([{start},{end})) returned {err} though address {holes[0]} is "
                 "not mapped (-ENOMEM expected)", self.proc_maps()
             )
+
+    def do_mremap(self, addr: int, old_len: int, new_len: int, to: int) -> None:
+        """mremap(addr, old_len, new_len, MREMAP_MAYMOVE[ | MREMAP_FIXED, to]): the first min(old_len, new_len) pages
+        keep their data at the address returned, a grown tail reads as zeros, what is left of the old range is
+        unmapped. A failure must be one the kernel may give: -EFAULT for a range that is not inside one vma,
+        -ENOMEM for want of vmas (move_vma keeps three spare, a split needs one) or of a free range."""
+        k, keep = self.k, min(old_len, new_len)
+        flags = mremap.MREMAP_MAYMOVE | (mremap.MREMAP_FIXED if to else 0)
+        ret = mremap.sys_mremap(k, self.mref, addr, old_len, new_len, flags, to)
+        expect = k.st.expect[self.m]
+        if ret > 0:
+            moved_or_grown = ret != addr or new_len > old_len  # vma_to_resize found all of [addr, +keep) mapped
+            data = [int(x) for x in expect[addr : addr + keep]]
+            self.mapped.difference_update(range(addr + keep if ret == addr else addr, addr + old_len))
+            expect[addr + keep if ret == addr else addr : addr + old_len] = -1
+            if moved_or_grown:
+                self.mapped.update(range(ret, ret + new_len))
+                expect[ret : ret + new_len] = -1
+                expect[ret : ret + keep] = data
+            return
+        maps = self.proc_maps()
+        if to and old_len > new_len:  # mremap_to's shrink may have unmapped the tail before the failure
+            for a in range(addr + new_len, addr + old_len):
+                if not any(vs <= a < ve for vs, ve in maps):
+                    self.mapped.discard(a)
+                    expect[a] = -1
+        inside = any(vs <= addr and addr + keep <= ve for vs, ve in maps)
+        vmas = k.st.sz.max_vmas
+        ends, starts = [1] + [ve for _vs, ve in maps], [vs for vs, _ve in maps] + [self.sc.vpages]
+        gap = any(b - a >= new_len for a, b in zip(ends, starts, strict=True))
+        if ret == mremap.EFAULT and not inside and (to or new_len > old_len):
+            return
+        if ret == mremap.ENOMEM and (len(maps) >= vmas - 3 or len(maps) + 2 > vmas or not (to or gap)):
+            return
+        self.syscall_failure(f"mremap([{addr},{addr + old_len}), {new_len}, flags {flags}, {to}) returned {ret}", maps)
 
     def vma_locked(self, addr: int) -> bool:
         """Whether /proc/self/smaps shows the vma at `addr` locked (its Locked: line), read under mmap_sem (read)."""

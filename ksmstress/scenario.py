@@ -22,11 +22,12 @@ OPS = ("write", "read", "fork", "munmap", "mmap", "unmergeable", "mergeable", "s
 # --- issue 14 part A: threads, gup. "dontneed": MADV_DONTNEED of one of the task's pages; "dio": an O_DIRECT-style
 # read into one of them (get_user_pages_fast for write, a few yields with the I/O in flight, the DMA, put_page).
 OPS_A = ("dontneed", "dio")
-OPS = OPS + OPS_A
-THREAD_UNSAFE_OPS = ("fork", "munmap", "mmap")  # they change what the other threads of the mm have mapped
+OPS = OPS + OPS_A + ("mremap",)  # mremap: move, shrink or grow a few of the task's pages (MREMAP_MAYMOVE)
+THREAD_UNSAFE_OPS = ("fork", "munmap", "mmap", "mremap")  # they change what the other threads of the mm have mapped
 SCRIPT_RE = re.compile(
     r"^(fill(:\d+)?|read-all|wait-scans:\d+(:\d+)?|wait-merged:\d+(:\d+)?|sleep:\d+|fork|munmap-all|munmap-half|"
-    r"unmergeable|mergeable|write:\d+:\d+|exit|mlock|munlock|dio:\d+:\d+|dontneed:\d+)$"
+    r"unmergeable|mergeable|write:\d+:\d+|exit|mlock|munlock|dio:\d+:\d+|dontneed:\d+|"
+    r"mremap:\d+:\d+:\d+(:\d+)?)$"
 )
 # Pattern p and p + 255 * 256 fill a page with the same bytes (checks/content.py), so larger numbers name no new
 # page; they would also overflow the int64 record of what a task wrote.
@@ -128,6 +129,11 @@ def _step_numbers(step: str, lim: _Limits) -> str | None:
             return f"an address in [1, arena.vpages - 1 = {lim.vpages - 1}] in write:A:P"
         if name != "dontneed" and nums[1] > MAX_PATTERN:
             return f"a pattern in [0, {MAX_PATTERN}] in {name}:A:P"
+    if name == "mremap":
+        if not (1 <= nums[0] < lim.vpages and all(1 <= n < lim.vpages for n in nums[1:3])):
+            return f"an address and lengths in [1, arena.vpages - 1 = {lim.vpages - 1}] in mremap:A:OLD:NEW[:TO]"
+        if len(nums) > 3 and not 1 <= nums[3] <= lim.vpages - nums[2]:
+            return f"a target in [1, arena.vpages - NEW = {lim.vpages - nums[2]}] in mremap:A:OLD:NEW:TO"
     if name in ("wait-scans", "wait-merged", "sleep") and any(n > lim.max_steps for n in nums):
         return f"counts of at most max_steps = {lim.max_steps} in {name}"
     return None
@@ -140,7 +146,7 @@ def _script(r: TableReader, key: str, lim: _Limits) -> tuple[str, ...]:
             raise ScenarioError(
                 f"{r.path}: key '{r.key(key)}': bad step {shown(s)}; expected fill[:P], read-all, wait-scans:N[:CAP], "
                 "wait-merged:N[:CAP], sleep:N, fork, munmap-all, munmap-half, unmergeable, mergeable, write:A:P, "
-                "mlock, munlock, dio:A:P, dontneed:A or exit"
+                "mlock, munlock, dio:A:P, dontneed:A, mremap:A:OLD:NEW[:TO] or exit"
             )
         if len(s) > 64:  # the regex bounds no digit run: a 5,000-digit number would not even convert to int
             raise ScenarioError(f"{r.path}: key '{r.key(key)}[{j}]': expected a step of at most 64 characters")
@@ -176,11 +182,12 @@ def _task(path: str, i: int, data: Any, lim: _Limits) -> TaskCfg:
         for op, wt in weights:
             if op in THREAD_UNSAFE_OPS and wt > 0:
                 raise ScenarioError(f"{path}: key 'task[{i}].weights.{op}': expected 0 when threads > 1 "
-                                    f"(fork, munmap and mmap change what the other threads have mapped), got {wt}")
+                                    "(fork, munmap, mmap and mremap change what the other threads have mapped), "
+                                    f"got {wt}")
         for key in ("script", "child_script"):
-            bad = [x for x in getattr(t, key) if x in ("fork", "munmap-all", "munmap-half")]
+            bad = [x for x in getattr(t, key) if x in ("fork", "munmap-all", "munmap-half") or x.startswith("mremap")]
             if bad:
-                raise ScenarioError(f"{path}: key 'task[{i}].{key}': expected no fork or munmap step when "
+                raise ScenarioError(f"{path}: key 'task[{i}].{key}': expected no fork, munmap or mremap step when "
                                     f"threads > 1, got {bad[0]!r}")
     return t
 

@@ -156,10 +156,10 @@ def test_the_oracle_is_quiet_on_the_correct_model_step_by_step():
 # -- the windows: quiet inside, loud outside -----------------------------------------------------------------------
 def test_every_window_has_a_reason_and_a_recognition():
     names = [w.name for w in windows.WINDOWS]
-    assert len(set(names)) == len(names) == 4
+    assert len(set(names)) == len(names) == 5
     for w in windows.WINDOWS:
         assert w.reason and w.recognised and "2.6.33" not in w.name
-    assert set(windows.CODES) == {"replace-before-append", "fork-before-scan", "swapin-before-scan"}
+    assert set(windows.CODES) == {"replace-before-append", "fork-before-scan", "swapin-before-scan", "move-before-scan"}
 
 
 def test_window_replace_before_append():

@@ -10,7 +10,8 @@ A walk's duty is computed twice, and either shortfall is a `traversal` failure:
   caught here, where a duty read from those lists cannot see it.
 - From the lists the walk reads (kept: the two disagree only on bugs, and this one names the rmap_item or vma
   the walk went past): for a KSM page, every pte at an rmap_item's address, in a vma on that rmap_item's anon_vma,
-  that maps the page; for an anon page, every pte at page->index in a vma of page->mapping.
+  that maps the page; for an anon page, every pte at vma_address (vm_start + page->index - vm_pgoff) in a vma of
+  page->mapping.
 
 page_referenced walks stop, as in the kernel, once their own count of mappings is used up (a concurrent
 replace_page, or a pass-1 revisit, can use it up early: that makes page_referenced advisory, not wrong), so only a
@@ -67,7 +68,7 @@ def reachable(k: K, pref: int) -> dict[tuple[int, int], tuple[int, str]]:
     """(mm, address) -> how it is reached, for every pte the rmap walk of `pref` must visit."""
     s = ref_slot(pref)
     out: dict[tuple[int, int], tuple[int, str]] = {}
-    targets: list[tuple[int, int, str]] = []
+    targets: list[tuple[int, int, str]] = []  # (anon_vma, address or -1 for vma_address of page->index, via)
     if k.pg.flags[s] & PG_KSM:
         nref = k.pg.mapping[s]
         if not k.sn.is_live(nref):
@@ -78,10 +79,12 @@ def reachable(k: K, pref: int) -> dict[tuple[int, int], tuple[int, str]]:
             targets.append((k.ri.anon_vma[i], k.ri.address[i], f"rmap_item[{i}]"))
             iref = k.ri.hnext[i]
     else:
-        targets.append((k.pg.mapping[s], k.pg.index[s], f"page[{s}]->mapping"))
-    for avref, addr, via in targets:
+        targets.append((k.pg.mapping[s], -1, f"page[{s}]->mapping"))
+    for avref, item_addr, via in targets:
         for vref in _vmas_of(k, avref):
             v = ref_slot(vref)
+            # an anon page sits at vma_address in each vma: vm_start + (page->index - vm_pgoff)
+            addr = item_addr if item_addr >= 0 else int(k.vm.start[v]) + int(k.pg.index[s]) - int(k.vm.pgoff[v])
             if k.vm.start[v] <= addr < k.vm.end[v]:
                 mref = k.vm.mm[v]
                 m = ref_slot(mref)

@@ -5,7 +5,7 @@ unchanged, when it returns (the duty from the page tables). 2.6.33 has moments w
 the walk's lists, by design: each is listed here with the kernel's reason and how the detector recognises it from
 the state, without knowing any bug variant. Nothing else is exempt.
 
-Two windows are marked by the model itself (`Hooks.window_open` / `window_close`, at the two ends of the window in
+Three windows are marked by the model itself (`Hooks.window_open` / `window_close`, at the two ends of the window in
 the kernel code); the mark sits in the arena (`State.window`, one record per pte: code, mm reference, the pte word
 for the page marked), so the reclaim task's detector sees the mark ksmd or a forking task made. A mark holds only
 while the pte maps the page it was marked for, in the same mm, and a new mark replaces the old one. A mutant that moves
@@ -88,7 +88,7 @@ def family_item(k: K, m: int, addr: int, pref: int) -> int:
     return 0
 
 
-REPLACE_BEFORE_APPEND, FORK_BEFORE_SCAN, SWAPIN_BEFORE_SCAN = 1, 2, 3
+REPLACE_BEFORE_APPEND, FORK_BEFORE_SCAN, SWAPIN_BEFORE_SCAN, MOVE_BEFORE_SCAN = 1, 2, 3, 4
 
 
 def _until_scanned(code: int) -> Callable[[K, int, int, int, int], bool]:
@@ -134,6 +134,19 @@ WINDOWS: tuple[Window, ...] = (
         _until_scanned(SWAPIN_BEFORE_SCAN),
     ),
     Window(
+        "move-before-scan",
+        MOVE_BEFORE_SCAN,
+        "a pte mremap moved (move_ptes) has no rmap_item at its new address: move_vma broke the range's KSM pages "
+        "first, but an anon page it moved that fork shares with an unmoved sibling can become a KSM page through "
+        "the sibling's rmap_item, and pass 1 of the KSM walks looks only at the sibling's address; nothing reaches "
+        "the moved pte until ksmd scans it there and stable_tree_append links its own item (2.6.33 mm/mremap.c "
+        "move_vma, mm/ksm.c rmap_walk_ksm).",
+        "marked by move_ptes on each present pte it moves whose page is not a KSM page then (a KSM page moved is "
+        "what move_vma's unmerge exists to prevent: never marked); cleared as fork-before-scan's mark is; exempt "
+        "only while no rmap_item on the stable node has this address and the anon_vma of the vma covering the pte",
+        _until_scanned(MOVE_BEFORE_SCAN),
+    ),
+    Window(
         "exiting-mm",
         0,
         "once mm_users is 0 (ksm_test_exit), ksmd and run=2 remove the mm's rmap_items (remove_trailing_rmap_items) "
@@ -161,6 +174,8 @@ def window_open(k: K, name: str, m: int, addr: int, pref: int) -> None:
     stored last, so a reader never pairs it with the previous record's page."""
     rec = k.st.window[m, addr]
     rec[W_CODE] = 0
+    if name == "move-before-scan" and _ksm(k, pref):
+        return  # a KSM page moved: no window excuses it
     rec[W_MM] = k.mmc.ref_of(m)
     rec[W_PTE] = mk_pte(PTE_PRESENT, pref, 0)
     rec[W_CODE] = CODES[name]

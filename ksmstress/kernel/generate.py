@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from .reader import parse
-from .workload import Workload
+from .workload import Workload, WorkloadError
 
 
 def _rng_patterns(rng: random.Random, pool: list[int], n: int) -> str:
@@ -23,12 +23,14 @@ def generate_text(seed: int) -> str:
     Each workload starts by writing every page, then runs one to four phases of random actions (writes with
     duplicated patterns, forks, MADV_UNMERGEABLE / MERGEABLE of a range, munmap of a range, exits, run=2 then
     run=1, mlock / munlock of a range, MADV_DONTNEED of a range, holes and mlocked pages included, threads that
-    write or MADV_DONTNEED their process's pages and exit), always valid by construction.
+    write or MADV_DONTNEED their process's pages and exit, mremap of a range inside one vma to a free or mapped
+    place of its region), always valid by construction.
     """
     rng = random.Random(seed)
     lrng = random.Random(f"{seed}:mlock")
     drng = random.Random(f"{seed}:dontneed")
     trng = random.Random(f"{seed}:thread")
+    mrng = random.Random(f"{seed}:mremap")
     threads: dict[str, str] = {}  # live thread -> its process
     nthreads = 0
     pool = rng.sample(range(0, 600), rng.randint(1, 5))
@@ -134,13 +136,52 @@ def generate_text(seed: int) -> str:
                         acts.append(f"write {t}.{r}[{a}:{b + 1}] {_rng_patterns(trng, pool, b + 1 - a)}")
                     else:
                         acts.append(f"dontneed {t}.{r}[{a}:{b + 1}]")
+        # mremap of a mapped run inside one vma to another place of its region: a stream of its own; whether the
+        # run is inside one vma is the reader's to say (it follows every range action's edges)
+        if mrng.random() < 0.4:
+            _mremap(mrng, procs, lines, phases, acts)
         if acts:
             phases.append((f"step {ph + 1}", acts))
     if ran2:
         phases.append(("run=1", ["run 1"]))
+    return _text(lines, phases)
+
+
+def _text(head: list[str], phases: list[tuple[str, list[str]]]) -> str:
+    """The workload's TOML: its header and process lines, then one [[phase]] table per phase."""
+    lines = list(head)
     for name, acts in phases:
         lines += ["[[phase]]", f'name = "{name}"', "do = [" + ", ".join(f'"{a}"' for a in acts) + "]", ""]
     return "\n".join(lines)
+
+
+def _mremap(rng: random.Random, procs: dict[str, list[list[bool]]], head: list[str],
+            phases: list[tuple[str, list[str]]], acts: list[str]) -> None:
+    """Append `mremap P.R[A:B] D` to acts if the drawn one is valid where it stands, and move the mapped bits."""
+    p = rng.choice(sorted(procs))
+    r = rng.randrange(len(procs[p]))
+    row = procs[p][r]
+    mapped = [i for i, v in enumerate(row) if v]
+    if not mapped:
+        return
+    a = rng.choice(mapped)
+    b = a + 1
+    while b < len(row) and row[b] and rng.random() < 0.6:
+        b += 1
+    n = b - a
+    dests = [d for d in range(len(row) - n + 1) if d + n <= a or d >= b]
+    if not dests:
+        return
+    act = f"mremap {p}.{r}[{a}:{b}] {rng.choice(dests)}"
+    probe = [*phases, ("probe", [*acts, act])]
+    try:
+        parse(_text(head, probe), "<probe>")
+    except WorkloadError:
+        return  # the run crosses a vma edge: mremap would say -EFAULT, which is not compared
+    d = int(act.split()[-1])
+    row[a:b] = [False] * n
+    row[d : d + n] = [True] * n
+    acts.append(act)
 
 
 def generate(seed: int) -> Workload:

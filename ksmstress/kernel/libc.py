@@ -19,7 +19,10 @@ _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mremap.restype = ctypes.c_void_p
+_libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
 MAP_FAILED = ctypes.c_void_p(-1).value
+MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 
 
 def _check(ret: int, what: str) -> None:
@@ -56,6 +59,14 @@ def mlock(addr: int, length: int, lock: bool) -> None:
         _check(_libc.mlock(addr, length), "mlock")
     else:
         _check(_libc.munlock(addr, length), "munlock")
+
+
+def mremap_fixed(addr: int, length: int, new_addr: int) -> None:
+    """mremap(addr, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, new_addr): move the pages, unmapping whatever
+    was at new_addr first."""
+    ret = _libc.mremap(addr, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, new_addr)
+    if ret in (None, MAP_FAILED) or int(ret) != new_addr:
+        raise OSError(ctypes.get_errno(), f"mremap to {new_addr:#x} failed")
 
 
 def madvise_hint(addr: int, length: int, advice: int) -> None:

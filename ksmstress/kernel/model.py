@@ -15,7 +15,7 @@ import numpy as np
 
 from ..arena import ref_slot
 from ..checks.content import pattern_bytes
-from ..mm import ksm, memory, mlock
+from ..mm import ksm, memory, mlock, mremap
 from ..mm import mm as mmm
 from ..mm.state import (
     G_PAGES_SHARED,
@@ -64,10 +64,11 @@ def sizes_for(w: Workload) -> Sizes:
     widest = max(bases[len(regs) - 1] + regs[-1].pages for regs in layout.values())
     range_ops = sum(1 for ph in w.phases for a in ph.actions
                     if a.kind in ("munmap", "mergeable", "unmergeable", "mlock", "munlock", "dontneed"))
+    range_ops += 2 * sum(1 for ph in w.phases for a in ph.actions if a.kind == "mremap")  # two munmaps and a copy
     nregions = max(len(regs) for regs in layout.values())
     total = w.total_pages
     nmm = len(layout)
-    max_vmas = nregions + 2 * range_ops + 2
+    max_vmas = nregions + 2 * range_ops + 2 + 3  # move_vma wants three vmas to spare
     return Sizes(
         page_size=PAGE,
         vpages=widest + 2,
@@ -133,6 +134,13 @@ class ModelSide:
                 start, end = self.bases[s.region] + s.start, self.bases[s.region] + s.end
                 if mlock.sys_mlock(k, mref, start, end, a.kind == "mlock"):
                     raise RuntimeError(f"model: {a.text!r} failed")
+        elif a.kind == "mremap":  # MREMAP_MAYMOVE | MREMAP_FIXED to page `dest` of the span's region
+            s = a.spans[0]
+            base = self.bases[s.region]
+            flags = mremap.MREMAP_MAYMOVE | mremap.MREMAP_FIXED
+            n = s.end - s.start
+            if mremap.sys_mremap(k, mref, base + s.start, n, n, flags, base + a.dest) != base + a.dest:
+                raise RuntimeError(f"model: {a.text!r} failed")
         elif a.kind == "munmap":
             for s in a.spans:
                 if not mmm.sys_munmap(k, mref, self.bases[s.region] + s.start, self.bases[s.region] + s.end):

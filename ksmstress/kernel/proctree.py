@@ -1,7 +1,7 @@
 """The kernel oracle's workload processes: one real process per workload process, forked as the workload says
 (a forked process is forked by its workload parent, so it really shares its parent's pages copy-on-write), each
-serving commands on its own socket: write patterns, fork, madvise, munmap, mlock, exit, and start or end a thread
-(a pthread of the process, sharing its mm) that the memory commands may be handed to.
+serving commands on its own socket: write patterns, fork, madvise, munmap, mlock, mremap, exit, and start or end a
+thread (a pthread of the process, sharing its mm) that the memory commands may be handed to.
 
 No process outlives the tree (ksmstress.procs does the lifecycle): the driver is a child subreaper for the tree's
 life, so a workload process whose parent exited is reparented to it and reaped; an initial process dies with the
@@ -148,6 +148,11 @@ class _Worker:
                 else:  # over unmapped pages the kernel advises the mapped parts and returns -ENOMEM: recorded
                     returns.append(libc.madvise_return(addr, n, args[1]))
             return returns
+        if cmd == "mremap":  # the span's pages move to page `dest` of the same region
+            (r, a, b), dest = args
+            base = self.regions[r][0]
+            libc.mremap_fixed(base + a * libc.PAGE_SIZE, (b - a) * libc.PAGE_SIZE, base + dest * libc.PAGE_SIZE)
+            return None
         if cmd == "mlock":
             for r, a, b in args[0]:
                 libc.mlock(self.regions[r][0] + a * libc.PAGE_SIZE, (b - a) * libc.PAGE_SIZE, bool(args[1]))

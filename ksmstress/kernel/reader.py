@@ -26,8 +26,9 @@ PATTERNS_RE = re.compile(r"([0-9]{1,9}|z)(,([0-9]{1,9}|z))*")  # z: an all-zero 
 MAX_PATTERNS = 4096  # patterns in one write
 GRAMMAR = (
     "write TARGET P[,P...] (P a pattern number or z) | fork PARENT CHILD | unmergeable TARGET | mergeable TARGET | "
-    "munmap TARGET | mlock TARGET | munlock TARGET | dontneed TARGET | thread PROC T | exit PROC|T | run 0|1|2 "
-    "(TARGET: P, P.R or P.R[A:B], P a process or a thread, which acts on its process's memory)"
+    "munmap TARGET | mlock TARGET | munlock TARGET | dontneed TARGET | mremap P.R[A:B] D | thread PROC T | "
+    "exit PROC|T | run 0|1|2 (TARGET: P, P.R or P.R[A:B], P a process or a thread, which acts on its process's "
+    "memory; mremap moves the pages to page D of the same region)"
 )
 MAX_PROCESSES = 16
 MAX_THREADS = 16  # threads started over the whole workload
@@ -135,7 +136,7 @@ class _Actions:
             raise self.fail(f"an action ({GRAMMAR})")
         toks = text.split()
         kind = toks[0] if toks else ""
-        arity = {"write": 3, "fork": 3, "thread": 3, "exit": 2, "run": 2}.get(kind, 2)
+        arity = {"write": 3, "fork": 3, "thread": 3, "exit": 2, "run": 2, "mremap": 3}.get(kind, 2)
         if kind not in ACTIONS or len(toks) != arity:
             raise self.fail(f"an action ({GRAMMAR})")
         if kind == "run":
@@ -167,6 +168,8 @@ class _Actions:
         if kind == "munmap":
             self.s.munmap(proc, spans)
             return Action("munmap", proc, spans, text=text, thread=thread)
+        if kind == "mremap":
+            return self.mremap(proc, spans, thread, toks[2])
         if kind == "write":
             self.require_mapped(proc, spans)
             return Action("write", proc, spans, self.patterns(toks[2]), text=text, thread=thread)
@@ -176,8 +179,30 @@ class _Actions:
             return Action(kind, proc, spans, text=text, thread=thread)
         if kind == "dontneed":  # MADV_DONTNEED: over a hole -ENOMEM, over an mlocked page -EINVAL, as madvise
             return Action(kind, proc, spans, text=text, thread=thread, returns=self.s.dontneed_returns(proc, spans))
+        if kind in ("mergeable", "unmergeable"):
+            self.s.cut(proc, spans)
         # madvise over a hole is legal: the kernel advises the mapped parts and returns -ENOMEM
         return Action(kind, proc, spans, text=text, thread=thread, returns=self.s.madvise_returns(proc, spans))
+
+
+    def mremap(self, proc: str, spans: tuple[Span, ...], thread: str, dest_tok: str) -> Action:
+        """mremap P.R[A:B] D: MREMAP_MAYMOVE | MREMAP_FIXED of mapped pages inside one vma to page D of the same
+        region, not overlapping them (the kernel's -EINVAL and -EFAULT cases are refused here, not compared)."""
+        if thread or len(spans) != 1:
+            raise self.fail("mremap P.R[A:B] D with P a process and one region")
+        s = spans[0]
+        self.require_mapped(proc, spans)
+        cut = self.s.cut_inside(proc, s)
+        if cut is not None:
+            raise self.fail("pages inside one vma", f"a vma edge at page {cut} of {proc}.{s.region}")
+        n, size = s.end - s.start, self.s.regions[proc][s.region].pages
+        if not dest_tok.isdigit() or len(dest_tok) > 9 or int(dest_tok) + n > size:
+            raise self.fail(f"a destination page D in [0, {size - n}] of {proc}.{s.region}")
+        dest = int(dest_tok)
+        if dest < s.end and s.start < dest + n:
+            raise self.fail(f"a destination not overlapping [{s.start}:{s.end}]", f"D = {dest}")
+        self.s.mremap(proc, s, dest)
+        return Action("mremap", proc, spans, text=self.text, dest=dest)
 
 
 def parse(text: str, path: str = "<string>") -> Workload:

@@ -70,6 +70,8 @@ class RealSide:
             self.returns += self.tree.call(a.proc, "madvise", spans, advice, thread=a.thread)
         elif a.kind in ("mlock", "munlock"):
             self.tree.call(a.proc, "mlock", spans, a.kind == "mlock", thread=a.thread)
+        elif a.kind == "mremap":
+            self.tree.call(a.proc, "mremap", spans[0], a.dest)
         elif a.kind == "fork":
             self.tree.fork(a.proc, a.child)
         elif a.kind == "thread":

@@ -20,6 +20,10 @@ class Structure:
         self.threads: dict[str, str] = {}  # live thread -> its process (the thread shares the process's mm)
         # per live process the mlocked bit of every page (VM_LOCKED vmas): MADV_DONTNEED refuses them (-EINVAL)
         self.locked: dict[str, list[list[bool]]] = {p.name: [[False] * r.pages for r in p.regions] for p in procs}
+        # per live process and region the pages where a vma may begin (every range action's edges): mremap moves
+        # only a range inside one vma (vma_to_resize), and whether two vmas merged back differs between the model
+        # (no vma_merge) and a later kernel, so a range must hold no such edge on either side
+        self.cuts: dict[str, list[set[int]]] = {p.name: [set() for _ in p.regions] for p in procs}
 
     def alive(self, proc: str) -> bool:
         return proc in self.mapped
@@ -51,9 +55,19 @@ class Structure:
         return tuple(out)
 
     # -- the actions that change the structure ---------------------------------------------------------------
+    def cut(self, proc: str, spans: tuple[Span, ...]) -> None:
+        """A range action over `spans`: a vma may begin at either edge of each from now on."""
+        for s in spans:
+            self.cuts[proc][s.region] |= {s.start, s.end}
+
+    def cut_inside(self, proc: str, span: Span) -> int | None:
+        """The first page strictly inside `span` where a vma may begin, or None (the span is inside one vma)."""
+        return next((p for p in range(span.start + 1, span.end) if p in self.cuts[proc][span.region]), None)
+
     def exit(self, proc: str) -> None:
         del self.mapped[proc]
         del self.locked[proc]
+        del self.cuts[proc]
         for t in [t for t, p in self.threads.items() if p == proc]:  # exit_group: its threads end with it
             del self.threads[t]
 
@@ -68,13 +82,26 @@ class Structure:
         self.regions[child] = self.regions[parent]
         self.mapped[child] = [list(m) for m in self.mapped[parent]]
         self.locked[child] = [[False] * len(m) for m in self.mapped[parent]]  # dup_mmap clears VM_LOCKED
+        self.cuts[child] = [set(c) for c in self.cuts[parent]]
         self.ever.add(child)
 
     def munmap(self, proc: str, spans: tuple[Span, ...]) -> None:
+        self.cut(proc, spans)
         for s in spans:
             self.mapped[proc][s.region][s.start : s.end] = [False] * (s.end - s.start)
             self.locked[proc][s.region][s.start : s.end] = [False] * (s.end - s.start)
 
+    def mremap(self, proc: str, span: Span, dest: int) -> None:
+        """The mapped span moves to page `dest` of its region (whatever was there is unmapped first), its mlock
+        with it; the span's pages are unmapped."""
+        n, r = span.end - span.start, span.region
+        self.cut(proc, (span, Span(r, dest, dest + n)))
+        locked = self.locked[proc][r][span.start : span.end]
+        self.munmap(proc, (span,))
+        self.mapped[proc][r][dest : dest + n] = [True] * n
+        self.locked[proc][r][dest : dest + n] = locked
+
     def mlock(self, proc: str, spans: tuple[Span, ...], lock: bool) -> None:
+        self.cut(proc, spans)
         for s in spans:
             self.locked[proc][s.region][s.start : s.end] = [lock] * (s.end - s.start)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ACTIONS = ("write", "fork", "unmergeable", "mergeable", "munmap", "exit", "run", "mlock", "munlock", "dontneed",
-           "thread")
+           "thread", "mremap")
 MAX_PATTERN = 255 * 256 - 1  # pattern // 255 must fit the last byte
 ENOMEM = 12  # madvise(2) over a range with unmapped pages: applied to the mapped parts, then -ENOMEM
 EINVAL = 22  # madvise(MADV_DONTNEED) over an mlocked (VM_LOCKED) vma
@@ -61,6 +61,7 @@ class Action:
     value: int = 0  # run
     text: str = ""
     returns: tuple[int, ...] = ()  # madvise: what the kernel returns per span (0, -ENOMEM over a hole, -EINVAL)
+    dest: int = 0  # mremap: the page of the span's region the pages move to (MREMAP_MAYMOVE | MREMAP_FIXED)
 
     def page_patterns(self) -> list[tuple[int, int, int]]:
         """(region, page, pattern) for every page a write stores, in program order."""

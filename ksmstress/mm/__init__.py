@@ -118,8 +118,16 @@ Deviations from 2.6.33: what, where, why (each also has a one-line note at its p
     where: swapfile.try_to_unuse
     why:   swapoff is an op among the others ([reclaim] swapoff); an mmput that runs exit_mmap under a page lock
            would take mmap_sem after it (ksm_exit), against the lock order.
+28. mremap: get_unmapped_area is the lowest free range; a VM_LOCKED vma that mremap grows or moves larger is not
+    made present (make_pages_present); no may_expand_vm, RLIMIT_MEMLOCK or VM_ACCOUNT; move_page_tables is one
+    extent.
+    where: mremap
+    why:   none of it decides whether a pte or a KSM page is found: the pages fault in on first touch, and 2.6.33's
+           make_pages_present mlocks nothing either.
 
 Kept as 2.6.33 has them, though they may look like simplifications: one anon_vma per fork family and no
 anon_vma_chain (that is 2.6.34); page_lock_anon_vma reads a SLAB_DESTROY_BY_RCU anon_vma raw (type-stable memory,
-so not KASAN-checked), while rmap_item->anon_vma, which only ksm_refcount keeps alive, is checked.
+so not KASAN-checked), while rmap_item->anon_vma, which only ksm_refcount keeps alive, is checked; mremap's
+move_ptes takes no anon_vma lock (copy_vma's new vma follows the old on the anon_vma list, so a walk sees a moving
+pte at one place or the other).
 """

@@ -840,6 +840,7 @@ def ksm_do_scan(k: K, scan_npages: int) -> None:
         if memory.PageKsm(k, ref_slot(page)):  # ksmd came round to a KSM pte: its own rmap_item must reach it now
             _window_close(k, "fork-before-scan", iref)
             _window_close(k, "swapin-before-scan", iref)
+            _window_close(k, "move-before-scan", iref)
         memory.put_page(k, page, "ksm_do_scan")
 
 
@@ -869,32 +870,43 @@ def unmerge_ksm_pages(k: K, vref: int, start: int, end: int) -> int:
 
 
 @kfunc
-def ksm_madvise(k: K, vref: int, advice: int) -> int:
-    """MADV_MERGEABLE registers the mm with ksmd; MADV_UNMERGEABLE breaks every KSM page of the vma.
+def ksm_madvise(
+    k: K, vref: int, advice: int, start: int = -1, end: int = -1, vm_flags: list[int] | None = None
+) -> int:
+    """MADV_MERGEABLE registers the mm with ksmd; MADV_UNMERGEABLE breaks every KSM page of [start, end) (the
+    whole vma by default). As in the kernel the new flags go into *vm_flags when the caller passes its own copy
+    (move_vma's, so the vma stays mergeable); without one they are stored in the vma (madvise_behavior's store).
 
     Simplified: every model vma is private anonymous memory, so 2.6.33's refusal of VM_SHARED, VM_PFNMAP,
     VM_HUGETLB... vmas has nothing to refuse.
     """
     v = k.vm.deref(vref, "ksm_madvise")
+    if start < 0:
+        start, end = int(k.vm.start[v]), int(k.vm.end[v])
+    flags = int(k.vm.flags[v]) if vm_flags is None else vm_flags[0]
     if advice == MADV_MERGEABLE:
-        if k.vm.flags[v] & VM_MERGEABLE:
+        if flags & VM_MERGEABLE:
             return 0
         mref = k.vm.mm[v]
         mslot = k.mmc.deref(mref, "ksm_madvise")
         k.hooks.shared_access(k, k.mmc.flags, mslot, 0, "ksm_madvise:test_bit")
         if not k.mmc.flags[mslot] & MMF_VM_MERGEABLE:
             __ksm_enter(k, mref)
-        _mm.set_vm_flags(k, ref_slot(mref), vref, k.vm.flags[v] | VM_MERGEABLE, "ksm_madvise")
-        return 0
-    if not k.vm.flags[v] & VM_MERGEABLE:
-        return 0
-    if k.vm.anon_vma[v]:
-        token = k.hooks.unmerge_begin(k, k.vm.mm[v], k.vm.start[v], k.vm.end[v])
-        err = unmerge_ksm_pages(k, vref, k.vm.start[v], k.vm.end[v])
-        if err:
-            return err
-        k.hooks.unmerge_end(k, token, "ksm_madvise")
-    _mm.set_vm_flags(k, ref_slot(k.vm.mm[v]), vref, k.vm.flags[v] & ~VM_MERGEABLE, "ksm_madvise")
+        flags |= VM_MERGEABLE
+    else:
+        if not flags & VM_MERGEABLE:
+            return 0
+        if k.vm.anon_vma[v]:
+            token = k.hooks.unmerge_begin(k, k.vm.mm[v], start, end)
+            err = unmerge_ksm_pages(k, vref, start, end)
+            if err:
+                return err
+            k.hooks.unmerge_end(k, token, "ksm_madvise")
+        flags &= ~VM_MERGEABLE
+    if vm_flags is None:
+        _mm.set_vm_flags(k, ref_slot(k.vm.mm[v]), vref, flags, "ksm_madvise")
+    else:
+        vm_flags[0] = flags
     return 0
 
 

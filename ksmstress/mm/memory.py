@@ -128,10 +128,7 @@ def page_address_in_vma(k: K, pref: int, vref: int, site: str) -> int:
     v = k.vm.deref(vref, site)
     if PageAnon(k, s) and not PageKsm(k, s) and k.vm.anon_vma[v] != k.pg.mapping[s]:
         return -1
-    a = k.pg.index[s]
-    if not (k.vm.start[v] <= a < k.vm.end[v]):
-        return -1
-    return a
+    return rmap._vma_address(k, s, vref, site)
 
 
 # -- ptes --------------------------------------------------------------------------------------------------

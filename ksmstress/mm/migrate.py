@@ -53,9 +53,8 @@ def rmap_walk_anon(k: K, pref: int, rmap_one: RmapOne, arg: int) -> int:
     k.locks.lock(k.av_lock(a), "rmap_walk_anon")
     ret = rmap.SWAP_AGAIN
     for vref in rmap.anon_vma_vmas_rcu(k, avref, "rmap_walk_anon"):
-        v = k.vm.deref(vref, "rmap_walk_anon")
-        addr = int(k.pg.index[s])
-        if not (k.vm.start[v] <= addr < k.vm.end[v]):  # vma_address: -EFAULT
+        addr = rmap._vma_address(k, s, vref, "rmap_walk_anon")
+        if addr < 0:  # vma_address: -EFAULT
             continue
         ret = rmap_one(k, pref, vref, addr, arg)
         if ret != rmap.SWAP_AGAIN:

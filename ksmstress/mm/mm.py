@@ -166,6 +166,7 @@ def mmap_region(k: K, mref: int, start: int, npages: int, flags: int) -> int:
     k.vm.start[v] = start
     k.vm.end[v] = end
     k.vm.flags[v] = flags
+    k.vm.pgoff[v] = start  # an anon vma's vm_pgoff = addr >> PAGE_SHIFT (addresses are page numbers here)
     _link_vma(k, m, vref)
     return vref
 
@@ -190,6 +191,7 @@ def split_vma(k: K, m: int, vref: int, addr: int) -> int:
     v = k.vm.deref(vref, "vma_adjust")
     k.vm.start[n] = addr
     k.vm.end[n] = k.vm.end[v]
+    k.vm.pgoff[n] = k.vm.pgoff[v] + (addr - k.vm.start[v])  # new->vm_pgoff += (addr - vma->vm_start) >> PAGE_SHIFT
     k.vm.end[v] = addr
     _link_vma(k, m, nref)
     if avref:
@@ -254,6 +256,7 @@ def dup_mmap(k: K, oldref: int) -> int:
         t = ref_slot(tref)
         vm = k.vm
         vm.start[t], vm.end[t], vm.anon_vma[t] = vm.start[v], vm.end[v], vm.anon_vma[v]
+        vm.pgoff[t] = vm.pgoff[v]  # *tmp = *mpnt
         vm.flags[t] = vm.flags[v] & ~VM_LOCKED  # mlock is not inherited: tmp->vm_flags &= ~VM_LOCKED
         vm.mm[t] = mref
         rmap.anon_vma_link(k, tref)

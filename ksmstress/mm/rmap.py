@@ -137,6 +137,13 @@ def anon_vma_unlink(k: K, vref: int) -> None:
         anon_vma_free(k, avref, "anon_vma_unlink")
 
 
+# -- page->index and vm_pgoff ------------------------------------------------------------------------------
+def linear_page_index(k: K, v: int, addr: int) -> int:
+    """page->index of the page at addr in vma slot v: vm_pgoff + (addr - vm_start). For an anon vma vm_pgoff is
+    vm_start's page number at mmap, so the index equals the address until mremap moves the vma."""
+    return int(k.vm.pgoff[v]) + addr - int(k.vm.start[v])
+
+
 # -- mapcount ------------------------------------------------------------------------------------------------
 def page_add_new_anon_rmap(k: K, pref: int, vref: int, addr: int) -> None:
     """A freshly allocated page mapped for the first time: PageAnon, mapping = vma's anon_vma."""
@@ -146,7 +153,7 @@ def page_add_new_anon_rmap(k: K, pref: int, vref: int, addr: int) -> None:
     v = k.vm.deref(vref, "page_add_new_anon_rmap")
     k.pg.flags[s] = PG_ANON
     k.pg.mapping[s] = k.vm.anon_vma[v]
-    k.pg.index[s] = addr
+    k.pg.index[s] = linear_page_index(k, v, addr)
     k.pg.mapcount[s] = 1
     k.pg.note(s, 1, 1, "page_add_new_anon_rmap")
 
@@ -284,9 +291,11 @@ def page_referenced_one(k: K, pref: int, vref: int, addr: int, mapcount: list[in
 
 
 def _vma_address(k: K, s: int, vref: int, site: str) -> int:
-    # vm_start / vm_end read without mmap_sem: under anon_vma->lock, which vma_adjust holds to change a listed range
+    """vma_address: vm_start + (page->index - vm_pgoff), or -1 (-EFAULT) when that falls outside the vma."""
+    # vm_start / vm_end / vm_pgoff read without mmap_sem: under anon_vma->lock, which vma_adjust holds to change a
+    # listed range
     v = k.vm.deref(vref, site)
-    a = k.pg.index[s]
+    a = int(k.vm.start[v]) + int(k.pg.index[s]) - int(k.vm.pgoff[v])
     return a if k.vm.start[v] <= a < k.vm.end[v] else -1
 
 

@@ -141,7 +141,7 @@ class Pages(Table):
     count: Column  # _count: references
     mapcount: Column  # _mapcount + 1: ptes mapping the page
     mapping: Column  # anon page: its anon_vma; KSM page: its stable_node (0 while it has none)
-    index: Column  # the page's address in its vma (page->index, in pages)
+    index: Column  # page->index: linear_page_index(vma, address) = vm_pgoff + (address - vm_start)
     private: Column  # page_private: while PageSwapCache, the swap entry (a swap reference)
 
 
@@ -168,6 +168,7 @@ class Vmas(Table):
     next: Column  # vm_next: the mm's list
     av_next: Column  # anon_vma_node: the anon_vma's list
     av_prev: Column
+    pgoff: Column  # vm_pgoff: for an anon vma, vm_start's page number when it was mmapped (mremap keeps it)
 
 
 class AnonVmas(Table):
