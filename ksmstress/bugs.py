@@ -149,6 +149,16 @@ VARIANTS: dict[str, Variant] = {
             "data-loss",
             "focus-dio-merge.toml",
         ),
+        # --- issue 14: the swap cache
+        Variant(
+            "swapin-ksm-during-unmerge",
+            "do_swap_page maps a KSM page it finds in the swap cache as it is even while run=2 unmerges (2.6.33's "
+            "ksm_might_need_to_copy has no KSM_RUN_UNMERGE test): break_ksm's follow_page passed over the swap "
+            "pte, so run=2 returns with a pte mapping a KSM page. cbf86cfe04a6 'ksm: remove old stable nodes more "
+            "thoroughly' (3.9) copies such a page",
+            "unmerge-incomplete",
+            "focus-swapin-unmerge.toml",
+        ),
     )
 }
 

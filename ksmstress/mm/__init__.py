@@ -124,6 +124,12 @@ Deviations from 2.6.33: what, where, why (each also has a one-line note at its p
     where: mremap
     why:   none of it decides whether a pte or a KSM page is found: the pages fault in on first touch, and 2.6.33's
            make_pages_present mlocks nothing either.
+29. do_swap_page copies a KSM page it finds in the swap cache while run=2 unmerges (ksm_might_need_to_copy's
+    KSM_RUN_UNMERGE test, cbf86cfe04a6 "ksm: remove old stable nodes more thoroughly", 3.9).
+    where: ksm.ksm_might_need_to_copy
+    why:   break_ksm's follow_page passes over a swap pte, so in 2.6.33 a KSM page swapped in beside the unmerge
+           is mapped as it is and run=2 returns with it merged (found by this model: mixed at locks granularity);
+           variant `swapin-ksm-during-unmerge` restores the 2.6.33 test.
 
 Kept as 2.6.33 has them, though they may look like simplifications: one anon_vma per fork family and no
 anon_vma_chain (that is 2.6.34); page_lock_anon_vma reads a SLAB_DESTROY_BY_RCU anon_vma raw (type-stable memory,

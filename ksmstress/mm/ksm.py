@@ -1136,13 +1136,19 @@ def page_referenced_ksm(k: K, pref: int) -> int:
 # -- swap-in of a KSM page (include/linux/ksm.h, mm/ksm.c) ----------------------------------------------------
 def ksm_might_need_to_copy(k: K, pref: int, vref: int, addr: int) -> bool:
     """Whether do_swap_page must copy the locked swap-cache page: it is an anon page whose anon_vma is not the
-    faulting vma's, or whose index is not this address (page_anon_vma is NULL for a KSM page, which is mapped
-    as it is, and for a page just read in, which has no mapping yet)."""
+    faulting vma's, or whose index is not this address's (page_anon_vma is NULL for a page just read in, which
+    has no mapping yet); a KSM page is mapped as it is, except while run=2 unmerges (the later fix below)."""
     s = k.pg.deref(pref, "ksm_might_need_to_copy")
-    if k.pg.flags[s] & PG_KSM or not k.pg.flags[s] & PG_ANON or not k.pg.mapping[s]:
+    if k.pg.flags[s] & PG_KSM:
+        # The later fix (deviation 29; cbf86cfe04a6, 3.9): a KSM page swapped in while run=2 unmerges is copied.
+        # 2.6.33 maps it as it is, and break_ksm's follow_page passed over the swap pte, so run=2 returns with
+        # the pte mapping a KSM page again (variant `swapin-ksm-during-unmerge`). ksm_run is read unlocked, as
+        # the kernel reads it.
+        return bool(int(k.g[G_RUN]) & KSM_RUN_UNMERGE) and not k.bug("swapin-ksm-during-unmerge")
+    if not k.pg.flags[s] & PG_ANON or not k.pg.mapping[s]:
         return False
     v = k.vm.deref(vref, "ksm_might_need_to_copy")
-    return bool(k.pg.mapping[s] != k.vm.anon_vma[v] or k.pg.index[s] != addr)
+    return bool(k.pg.mapping[s] != k.vm.anon_vma[v] or k.pg.index[s] != rmap.linear_page_index(k, v, addr))
 
 
 @kfunc

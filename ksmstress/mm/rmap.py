@@ -170,9 +170,10 @@ def page_add_anon_rmap(k: K, pref: int, vref: int = 0, addr: int = 0) -> None:
         return
     k.hooks.lock_rule(k, "page_locked", k.page_lock(s), 2, s, "page_add_anon_rmap")  # VM_BUG_ON(!PageLocked)
     if first:
+        v = k.vm.deref(vref, "page_add_anon_rmap")
         k.pg.flags[s] |= PG_ANON
-        k.pg.mapping[s] = k.vm.anon_vma[k.vm.deref(vref, "page_add_anon_rmap")]
-        k.pg.index[s] = addr
+        k.pg.mapping[s] = k.vm.anon_vma[v]
+        k.pg.index[s] = linear_page_index(k, v, addr)
 
 
 def page_dup_rmap(k: K, pref: int) -> None:
