@@ -66,15 +66,18 @@ def row(name: str, a: argparse.Namespace, where: Path) -> dict[str, Any]:
             "replayed": ok == a.replays}
 
 
+NAME = max(len(n) for n in VARIANTS) + 1  # the widest variant name and a space: columns line up from the first row
+
+
 def render(rows: list[dict[str, Any]]) -> list[str]:
-    head = f"{'variant':<24}{'class':<18}" + "".join(f"{k:>16}" for k in KEYS) + f"{'seconds':>9}{'replays':>9}"
+    head = f"{'variant':<{NAME}}{'class':<18}" + "".join(f"{k:>16}" for k in KEYS) + f"{'seconds':>9}{'replays':>9}"
     out = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
-            out.append(f"{r['variant']:<24}error: {r['error']}")
+            out.append(f"{r['variant']:<{NAME}}error: {r['error']}")
             continue
         cells = "".join(f"{str(r['before'][k]) + ' -> ' + str(r['after'][k]):>16}" for k in KEYS)
-        out.append(f"{r['variant']:<24}{r['class']:<18}{cells}{r['seconds']:>9.1f}{r['replays']:>9}")
+        out.append(f"{r['variant']:<{NAME}}{r['class']:<18}{cells}{r['seconds']:>9.1f}{r['replays']:>9}")
     return out
 
 

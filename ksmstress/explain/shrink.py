@@ -5,10 +5,12 @@ artifact's schedule strictly and logs every point where it deviates. Every candi
 of deviations, so none is ever unrunnable, and the decisions a run actually took are a schedule the strict replay
 follows exactly. Two tracks share the time budget:
 
-1. the recorded schedule (40%): delta debugging over the deviations that switch away from a task that could go on,
-   then over every deviation left (a run stops at its failure: no step after it is ever kept); then the scenario
-   under that schedule, keeping an edit only when the carried-over schedule still fails and the run is smaller;
-2. the scenario first (to 60%), then the schedule (the rest; time left over goes to track 1's delta
+1. the recorded schedule (40%), or the default schedule if that alone fails the same way (one run that spares
+   the rest): delta debugging over the deviations that switch away from a task that could go on, then over every
+   deviation left (a run stops at its failure: no step after it is ever kept); then each preemption left moved to
+   a yield or dropped (`unpreempt`); then the scenario under that schedule, keeping an edit only when the
+   carried-over schedule still fails and the run is smaller;
+2. the scenario first (to 60%), then the schedule (to 85%; time left over goes to track 1's delta
    debugging, then to more sparse schedules): delta debugging over the scenario (see
    `smaller_scenarios`: granularity coarsened to `locks`, ksmd/reclaim/admin off, a [[task]] dropped, counts,
    ops, regions, patterns and script numbers lowered, script steps dropped, `pages_to_scan` lowered, swapping
@@ -18,9 +20,10 @@ follows exactly. Two tracks share the time budget:
    backwards), then sparse schedules from scratch (the default schedule with a few seeded random switches),
    each hit reduced, then the deviations of the best run again.
 
-The result is the smallest of the original and the two tracks by Candidate.key: preemptions beyond three, then
-steps. A candidate counts only when it fails with the same class at the same site (object numbers aside:
-`page[0]` and `page[1]` are one code site). The shrunk artifact carries the reduced scenario text and its
+The smallest of the original and the two tracks by Candidate.key (preemptions beyond three, then steps) is then
+polished in the last 15%: its preemptions moved to yields, then the scenario under its schedule. A candidate
+counts only when it fails with the same class at the same site (object numbers aside: `page[0]` and `page[1]`
+are one code site). The shrunk artifact carries the reduced scenario text and its
 granularity.
 """
 
@@ -54,6 +57,7 @@ PROGRAM_DEFAULTS = {"count": 1, "ops": 30, "child_ops": 15, "max_forks": 1, "reg
 PROGRAM_LOWEST = {"count": 1, "region": 1, "patterns": 1}
 PROGRAM_TRIES = (3, 8)  # dense random schedules tried per smaller scenario (by round) when the carried ones fail
 DENSE_RATES = (0.05, 0.2, 0.5)  # their switches per contested point
+UNPREEMPT_MOST = 12  # unpreempt's limit: more preemptions are delta debugging's to cut, at fewer runs each
 POLISH = 0.15  # the budget's share kept for polishing the winner (unpreempt, then the scenario under its schedule)
 PREEMPTION_BOUND = 3  # CHESS: most concurrency bugs need at most two or three preemptions
 _STAY_TASK, _STAY_LEFT = 8, 9  # ctl.strat cells of SwitchStay (FollowStrategy uses cell 0)
@@ -279,7 +283,11 @@ class Shrinker:
         start, end = time.monotonic(), self.deadline
         # the recorded schedule shrunk, then the scenario under it (edits whose carried schedule still fails)
         self.deadline = start + (end - start) * 0.4
-        kept = self.unpreempt(self.reduce(self.reduce(first, switches_only=True), switches_only=False))
+        plain = self.attempt([], self.text, self.cap0)  # one run that may spare all the delta debugging below
+        kept = plain if plain is not None and plain.key() < first.key() else first
+        kept = self.reduce(self.reduce(kept, switches_only=True), switches_only=False)
+        if self.left() > 0:  # delta debugging done: what it could not drop, move
+            kept = self.unpreempt(kept)
         kept = self.programs(kept, 0, any_schedule=False)
         # then the scenario first, a schedule re-found for each edit, and the schedule shrunk again
         best = kept
@@ -363,9 +371,10 @@ class Shrinker:
         points is tried at t's next yield instead (t runs on a little, then gives way), at the last yield of any
         task before it (the task switched to runs a little earlier), or not at all. A yield's switch preempts no
         one, and the other deviations keep their anchors (each task's own position), so one change moves only
-        what it names. Greedy, first fit, until a round keeps nothing."""
+        what it names. Greedy, until a round keeps nothing; only for a run with few preemptions left (each costs
+        up to three runs a round), after delta debugging has cut the rest."""
         improved = True
-        while improved and best.preemptions > 0 and self.left() > 0:
+        while improved and 0 < best.preemptions <= UNPREEMPT_MOST and self.left() > 0:
             improved = False
             pts = self.points(best.deviations, best.text, self._cap(best))
             where = {(t, n): i for i, (t, n, _y, _r) in enumerate(pts)}
@@ -385,27 +394,6 @@ class Shrinker:
                         assert cand is not None
                         best, improved = cand, True
                         break
-            if not improved:
-                kept = self.fewer_switches(best, pts, where)
-                best, improved = kept, kept is not best
-        return best
-
-    def fewer_switches(self, best: Candidate, pts: list[Point], where: dict[tuple[int, int], int]) -> Candidate:
-        """Best's yield-point deviations with only one, two or three of its preemptions, each followed by its
-        target staying on through its yields (SwitchStay): many preemptions of a found schedule only keep the
-        task switched to on the CPU past its sleeps, which a stay does for free. Fewest first; the first that
-        fails the same way and is smaller wins."""
-        pre = [d for d in best.deviations if _preempts(d, pts, where)]
-        free = [d for d in best.deviations if d not in pre]
-        most = min(PREEMPTION_BOUND, len(pre) - 1, 2 if len(pre) > 8 else 3)
-        for k in range(1, most + 1):
-            for sub in itertools.combinations(pre, k):
-                if self.left() <= 0:
-                    return best
-                cand = self.attempt(free, best.text, self._cap(best), stay=list(sub))
-                if self.better(cand, best, f"{k} of {len(pre)} preemptions, their targets staying on"):
-                    assert cand is not None
-                    return cand
         return best
 
     def reduce(self, best: Candidate, switches_only: bool, quiet: bool = False) -> Candidate:
