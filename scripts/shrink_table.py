@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -39,8 +40,11 @@ def first_failure(name: str, runs: int, where: Path) -> Path | None:
     """The variant's first failing artifact from `run --runs N` (seeds 0, 1, ...), or None if none failed."""
     v = VARIANTS[name]
     arts = where / name
+    kept = sorted(a for a in arts.glob("*.json") if not a.name.endswith("-shrunk.json")) if arts.is_dir() else []
+    if kept:  # --keep DIR from an earlier table: the same first failure, so two tables compare the shrinker alone
+        return kept[0]
     ksmstress("run", Path(v.scenario).stem, "--bug", name, "--runs", str(runs), "--artifacts", str(arts))
-    found = sorted(arts.glob("*.json")) if arts.is_dir() else []
+    found = sorted(a for a in arts.glob("*.json") if not a.name.endswith("-shrunk.json")) if arts.is_dir() else []
     return found[0] if found else None
 
 
@@ -62,15 +66,18 @@ def row(name: str, a: argparse.Namespace, where: Path) -> dict[str, Any]:
             "replayed": ok == a.replays}
 
 
+NAME = max(len(n) for n in VARIANTS) + 1  # the widest variant name and a space: columns line up from the first row
+
+
 def render(rows: list[dict[str, Any]]) -> list[str]:
-    head = f"{'variant':<24}{'class':<18}" + "".join(f"{k:>16}" for k in KEYS) + f"{'seconds':>9}{'replays':>9}"
+    head = f"{'variant':<{NAME}}{'class':<18}" + "".join(f"{k:>16}" for k in KEYS) + f"{'seconds':>9}{'replays':>9}"
     out = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
-            out.append(f"{r['variant']:<24}error: {r['error']}")
+            out.append(f"{r['variant']:<{NAME}}error: {r['error']}")
             continue
         cells = "".join(f"{str(r['before'][k]) + ' -> ' + str(r['after'][k]):>16}" for k in KEYS)
-        out.append(f"{r['variant']:<24}{r['class']:<18}{cells}{r['seconds']:>9.1f}{r['replays']:>9}")
+        out.append(f"{r['variant']:<{NAME}}{r['class']:<18}{cells}{r['seconds']:>9.1f}{r['replays']:>9}")
     return out
 
 
@@ -90,13 +97,17 @@ def main() -> int:
     ap.add_argument("--variant", action="append", default=[], help="only these variants (repeatable)")
     ap.add_argument("--runs", type=int, default=200, help="seeds to find the first failure in (default: 200)")
     ap.add_argument("--replays", type=int, default=10, help="replays of each shrunk artifact (default: 10)")
-    ap.add_argument("--keep", metavar="DIR", help="keep the artifacts here (default: a temporary directory)")
+    ap.add_argument("--keep", metavar="DIR", help="keep the artifacts here, and take a variant's first failure from "
+                    "here if an earlier table kept it (default: a temporary directory)")
     ap.add_argument("--json", action="store_true", help="print the rows and the summary as JSON")
     a = ap.parse_args()
     names = a.variant or list(VARIANTS)
     for n in names:
         if n not in VARIANTS:
             ap.error(f"--variant {n}: expected one of {', '.join(VARIANTS)}")
+    load0 = os.getloadavg()  # the budget is wall-clock: a loaded machine runs fewer candidates in it
+    if not a.json:
+        print(f"load average at the start: {' '.join(f'{x:.2f}' for x in load0)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="ksmstress-shrink-") as tmp:
         where = Path(a.keep) if a.keep else Path(tmp)
         rows = []
@@ -105,11 +116,13 @@ def main() -> int:
             if not a.json:
                 print(render(rows)[-1] if len(rows) > 1 else "\n".join(render(rows)), flush=True)
         s = summary(rows)
+    s["load_average"] = {"start": [round(x, 2) for x in load0], "end": [round(x, 2) for x in os.getloadavg()]}
     if a.json:
         print(json.dumps({"rows": rows, "summary": s}, indent=1))
     else:
         print(f"median steps cut {s['median_steps_cut']}x, at most {s['max_preemptions_after']} preemptions, "
               f"every replay reproduced: {s['all_replayed']}")
+        print(f"load average at the end: {' '.join(f'{x:.2f}' for x in s['load_average']['end'])}")
     return 0 if s["targets_met"] else 1
 
 

@@ -13,14 +13,14 @@ import pytest
 
 from ksmstress import callchain
 from ksmstress.explain import tomlout
-from ksmstress.explain.shrink import PREEMPTION_BOUND, failure_key, smaller_scenarios
+from ksmstress.explain.shrink import PREEMPTION_BOUND, Shrinker, failure_key, smaller_scenarios
 from ksmstress.failures import Failure
 from ksmstress.mm import mm as mmmod
 from ksmstress.scenario import resolve
 from ksmstress.sched.follow import default_pick
 from ksmstress.verdict import failure_lines
 from tests.clitools import cli, run_cli
-from tests.conftest import FAILING_VARIANTS
+from tests.conftest import FAILING_VARIANTS, first_failure
 from tests.harness import make_kernel, new_program, write
 
 
@@ -302,6 +302,33 @@ def test_shrink_keeps_the_failure_and_cuts_preemptions_and_steps(
         code, out, _ = cli(capsys, "replay", str(out_file), "--json")
         r = json.loads(out)
         assert code == 1 and r["reproduced"] and r["steps"] == after["steps"]
+
+
+def test_unpreempt_moves_needless_preemptions_to_yields_or_drops_them(tmp_path: Path) -> None:
+    """scan-munmap-race with ksmd-no-mmap-sem fails under the non-preemptive schedule; the same run with
+    preemptions added at its first points where another task could run still fails the same way, and the pass
+    brings it back within the bound. Without the pass the candidate keeps every preemption added."""
+    from ksmstress.report import read_artifact
+    from ksmstress.sched.follow import default_pick
+
+    art = first_failure("scan-munmap-race", "ksmd-no-mmap-sem", tmp_path)
+    s = Shrinker(read_artifact(art), art, seconds=600)
+    cap = 1 << 62
+    assert s.attempt([], s.text, cap) is not None  # fails with no deviation at all
+    added, cand = [], None
+    for cur, n, yielding, runnable in s.points([], s.text, cap):
+        other = [t for t in runnable if t not in (cur, default_pick(list(runnable), cur, yielding))]
+        if yielding or cur not in runnable or not other:
+            continue
+        trial = s.attempt([*added, (cur, n, other[0])], s.text, cap)
+        if trial is not None and trial.preemptions > len(added):
+            added, cand = [*added, (cur, n, other[0])], trial
+        if cand is not None and cand.preemptions > PREEMPTION_BOUND + 1:
+            break
+    assert cand is not None and cand.preemptions > PREEMPTION_BOUND + 1
+    out = s.unpreempt(cand)
+    assert out.preemptions <= PREEMPTION_BOUND < cand.preemptions
+    assert failure_key(out.res.failure) == failure_key(cand.res.failure) == s.target
 
 
 def test_follow_takes_its_deviations_and_defaults_to_no_preemption() -> None:

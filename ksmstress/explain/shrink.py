@@ -5,10 +5,12 @@ artifact's schedule strictly and logs every point where it deviates. Every candi
 of deviations, so none is ever unrunnable, and the decisions a run actually took are a schedule the strict replay
 follows exactly. Two tracks share the time budget:
 
-1. the recorded schedule (40%): delta debugging over the deviations that switch away from a task that could go on,
-   then over every deviation left (a run stops at its failure: no step after it is ever kept); then the scenario
-   under that schedule, keeping an edit only when the carried-over schedule still fails and the run is smaller;
-2. the scenario first (to 60%), then the schedule (the rest; time left over goes to track 1's delta
+1. the recorded schedule (40%), or the default schedule if that alone fails the same way (one run that spares
+   the rest): delta debugging over the deviations that switch away from a task that could go on, then over every
+   deviation left (a run stops at its failure: no step after it is ever kept); then each preemption left moved to
+   a yield or dropped (`unpreempt`); then the scenario under that schedule, keeping an edit only when the
+   carried-over schedule still fails and the run is smaller;
+2. the scenario first (to 60%), then the schedule (to 85%; time left over goes to track 1's delta
    debugging, then to more sparse schedules): delta debugging over the scenario (see
    `smaller_scenarios`: granularity coarsened to `locks`, ksmd/reclaim/admin off, a [[task]] dropped, counts,
    ops, regions, patterns and script numbers lowered, script steps dropped, `pages_to_scan` lowered, swapping
@@ -18,9 +20,10 @@ follows exactly. Two tracks share the time budget:
    backwards), then sparse schedules from scratch (the default schedule with a few seeded random switches),
    each hit reduced, then the deviations of the best run again.
 
-The result is the smallest of the original and the two tracks by Candidate.key: preemptions beyond three, then
-steps. A candidate counts only when it fails with the same class at the same site (object numbers aside:
-`page[0]` and `page[1]` are one code site). The shrunk artifact carries the reduced scenario text and its
+The smallest of the original and the two tracks by Candidate.key (preemptions beyond three, then steps) is then
+polished in the last 15%: its preemptions moved to yields, then the scenario under its schedule. A candidate
+counts only when it fails with the same class at the same site (object numbers aside: `page[0]` and `page[1]`
+are one code site). The shrunk artifact carries the reduced scenario text and its
 granularity.
 """
 
@@ -54,6 +57,8 @@ PROGRAM_DEFAULTS = {"count": 1, "ops": 30, "child_ops": 15, "max_forks": 1, "reg
 PROGRAM_LOWEST = {"count": 1, "region": 1, "patterns": 1}
 PROGRAM_TRIES = (3, 8)  # dense random schedules tried per smaller scenario (by round) when the carried ones fail
 DENSE_RATES = (0.05, 0.2, 0.5)  # their switches per contested point
+UNPREEMPT_MOST = 12  # unpreempt's limit: more preemptions are delta debugging's to cut, at fewer runs each
+POLISH = 0.15  # the budget's share kept for polishing the winner (unpreempt, then the scenario under its schedule)
 PREEMPTION_BOUND = 3  # CHESS: most concurrency bugs need at most two or three preemptions
 _STAY_TASK, _STAY_LEFT = 8, 9  # ctl.strat cells of SwitchStay (FollowStrategy uses cell 0)
 STAYS = 8  # yields a task switched to by SwitchStay keeps the CPU through
@@ -101,15 +106,15 @@ class SparseFollow(FollowStrategy):
 
 
 class SwitchStay(FollowStrategy):
-    """`follow` with one switch, `switch`, after which the task switched to stays on the CPU through up to `stays`
-    of its yields (a sleep or cond_resched would otherwise pass it on): a switch into a task that then runs its
-    next steps in a row costs one preemption at most. Which task stays, and how many yields it has left, live in
-    ctl.strat (shared memory), because the task that switches and the task that stays are different
-    processes."""
+    """`follow` in which the task each of `switches` switches to stays on the CPU through up to `stays` of its
+    yields (a sleep or cond_resched would otherwise pass it on): a switch into a task that then runs its next steps
+    in a row costs one preemption at most. Which task stays, and how many yields it has left, live in ctl.strat
+    (shared memory), because the task that switches and the task that stays are different processes."""
 
-    def __init__(self, deviations: list[Deviation], log_fd: int, switch: Deviation, stays: int) -> None:
-        super().__init__(deviations, log_fd)
-        self.switch, self.stays = switch, stays
+    def __init__(self, deviations: list[Deviation], log_fd: int, switches: list[Deviation], stays: int) -> None:
+        super().__init__([*deviations, *switches], log_fd)
+        self.switches = {(t, at): to for t, at, to in switches}
+        self.stays = stays
 
     def setup(self, ctl: Control) -> None:
         super().setup(ctl)
@@ -118,9 +123,8 @@ class SwitchStay(FollowStrategy):
     def pick(self, ctl: Control, runnable: list[int], current: int, step: int, yielding: bool) -> int:
         pos = self.points.get(current, 0)
         n = pos + 1 if yielding else ((pos >> _SHIFT) + 1) << _SHIFT
-        t, at, to = self.switch
-        if (current, n) == (t, at):
-            self.wanted[(current, n)] = to
+        to = self.switches.get((current, n))
+        if to is not None:
             ctl.strat[_STAY_TASK], ctl.strat[_STAY_LEFT] = to, self.stays
         elif (yielding and current == int(ctl.strat[_STAY_TASK]) and int(ctl.strat[_STAY_LEFT]) > 0
               and (current, n) not in self.wanted):
@@ -209,10 +213,11 @@ class Shrinker:
     # -- one candidate -------------------------------------------------------------------------------------
     def attempt(
         self, deviations: list[Deviation], text: str, cap: int, schedule: bytes | None = None,
-        sparse: tuple[int, float] | None = None, points_fd: int = -1, stay: Deviation | None = None,
+        sparse: tuple[int, float] | None = None, points_fd: int = -1, stay: list[Deviation] | None = None,
     ) -> Candidate | None:
         """A controlled run of `deviations` (or, for the learning run, of `schedule` strictly; with `sparse` =
-        (salt, rate), of SparseFollow's extra switches too) under the scenario `text`, at most `cap` steps; None
+        (salt, rate), of SparseFollow's extra switches too; with `stay`, of those switches, each followed by its
+        target's yields (SwitchStay)) under the scenario `text`, at most `cap` steps; None
         when it does not fail the same way or the text is no scenario."""
         memo = (text, tuple(deviations))
         plain = schedule is None and sparse is None and points_fd < 0 and stay is None
@@ -278,14 +283,18 @@ class Shrinker:
         start, end = time.monotonic(), self.deadline
         # the recorded schedule shrunk, then the scenario under it (edits whose carried schedule still fails)
         self.deadline = start + (end - start) * 0.4
-        kept = self.reduce(self.reduce(first, switches_only=True), switches_only=False)
+        plain = self.attempt([], self.text, self.cap0)  # one run that may spare all the delta debugging below
+        kept = plain if plain is not None and plain.key() < first.key() else first
+        kept = self.reduce(self.reduce(kept, switches_only=True), switches_only=False)
+        if self.left() > 0:  # delta debugging done: what it could not drop, move
+            kept = self.unpreempt(kept)
         kept = self.programs(kept, 0, any_schedule=False)
         # then the scenario first, a schedule re-found for each edit, and the schedule shrunk again
         best = kept
         for tries in PROGRAM_TRIES:
             self.deadline = start + (end - start) * 0.6
             best = self.programs(best, tries, any_schedule=True)
-        self.deadline = end
+        self.deadline = end - (end - start) * POLISH
         if best.preemptions > 0:  # a dense schedule's many deviations would take delta debugging long
             best = self.single_switches(best, time.monotonic() + self.left() * 0.5)
         best = self.scratch(best, time.monotonic() + self.left() * 0.4)
@@ -294,7 +303,10 @@ class Shrinker:
             kept = self.reduce(self.reduce(kept, switches_only=True), switches_only=False)
         if self.left() > 0:
             best = self.reduce(self.scratch(best, self.deadline), switches_only=False)
-        return first, min(first, kept, best, key=Candidate.key)  # a pass cut short may have left more steps
+        best = min(first, kept, best, key=Candidate.key)  # a pass cut short may have left more steps
+        self.deadline = end  # the polish: the winner's preemptions moved to yields, then its scenario cut
+        best = self.unpreempt(best)
+        return first, self.programs(best, 0, any_schedule=False)
 
     @staticmethod
     def _cap(c: Candidate) -> int:
@@ -325,30 +337,63 @@ class Shrinker:
         could run, from its last point backwards (where the objects die is where a race usually is), the
         switches that preempt no one first; each also with the task switched to staying on through its next
         yields (SwitchStay); until `until`. A run that fails the same way and is smaller wins."""
-        fd = unnamed_file()
-        try:
-            self.attempt([], best.text, self._cap(best), points_fd=fd)
-            lines = os.pread(fd, os.fstat(fd).st_size, 0).decode().splitlines()
-        finally:
-            os.close(fd)
         devs: list[tuple[bool, Deviation]] = []
-        for line in reversed(lines):
-            cur, n, y, rn = line.split()
-            runnable = [int(x) for x in rn.split(",")]
-            default = default_pick(runnable, int(cur), y == "1")
-            preempts = y == "0" and int(cur) in runnable
-            devs += [(preempts, (int(cur), int(n), t)) for t in runnable if t not in (default, int(cur))]
+        for cur, n, y, runnable in reversed(self.points([], best.text, self._cap(best))):
+            default = default_pick(list(runnable), cur, y)
+            preempts = not y and cur in runnable
+            devs += [(preempts, (cur, n, t)) for t in runnable if t not in (default, cur)]
         devs.sort(key=lambda pd: pd[0])  # stable: non-preempting first, each group from the end backwards
         for _p, dev in devs:
             if time.monotonic() >= until or self.left() <= 0:
                 break
             for cand in (self.attempt([dev], best.text, self._cap(best)),
-                         self.attempt([], best.text, self._cap(best), stay=dev)):
+                         self.attempt([], best.text, self._cap(best), stay=[dev])):
                 if self.better(cand, best, "one switch"):
                     assert cand is not None
                     best = cand
                 if time.monotonic() >= until:
                     break
+        return best
+
+    def points(self, deviations: list[Deviation], text: str, cap: int) -> list[Point]:
+        """Every scheduling point of the run of `deviations` where another task could run, in the run's order."""
+        fd = unnamed_file()
+        try:
+            self.attempt(deviations, text, cap, points_fd=fd)
+            lines = os.pread(fd, os.fstat(fd).st_size, 0).decode().splitlines()
+        finally:
+            os.close(fd)
+        return [(int(c), int(n), y == "1", tuple(int(x) for x in rn.split(",")))
+                for c, n, y, rn in (line.split() for line in lines)]
+
+    def unpreempt(self, best: Candidate) -> Candidate:
+        """Fewer preemptions by moving each one to a yield: a switch that takes the CPU from task t at one of its
+        points is tried at t's next yield instead (t runs on a little, then gives way), at the last yield of any
+        task before it (the task switched to runs a little earlier), or not at all. A yield's switch preempts no
+        one, and the other deviations keep their anchors (each task's own position), so one change moves only
+        what it names. Greedy, until a round keeps nothing; only for a run with few preemptions left (each costs
+        up to three runs a round), after delta debugging has cut the rest."""
+        improved = True
+        while improved and 0 < best.preemptions <= UNPREEMPT_MOST and self.left() > 0:
+            improved = False
+            pts = self.points(best.deviations, best.text, self._cap(best))
+            where = {(t, n): i for i, (t, n, _y, _r) in enumerate(pts)}
+            for d in [d for d in best.deviations if _preempts(d, pts, where)]:
+                if self.left() <= 0 or d not in best.deviations:
+                    break
+                t, n, to = d
+                i = where[(t, n)]  # the points of the round's first run: a kept move shifts few of the others
+                rest = [x for x in best.deviations if x != d]
+                taken = {(x, m) for x, m, _ in rest}
+                later = next(((x, m) for x, m, y, rn in pts[i + 1 :] if x == t and y and to in rn), None)
+                earlier = next(((x, m) for x, m, y, rn in reversed(pts[:i]) if y and to in rn and x != to), None)
+                alts = [rest + [(p[0], p[1], to)] for p in (later, earlier) if p is not None and p not in taken]
+                for devs in [*alts, rest]:
+                    cand = self.attempt(devs, best.text, self._cap(best))
+                    if self.better(cand, best, "a preemption moved to a yield"):
+                        assert cand is not None
+                        best, improved = cand, True
+                        break
         return best
 
     def reduce(self, best: Candidate, switches_only: bool, quiet: bool = False) -> Candidate:
@@ -409,7 +454,15 @@ class ShrinkError(ValueError):
     """An artifact that cannot be shrunk (its failure does not reproduce): exit status 2."""
 
 
+Point = tuple[int, int, bool, tuple[int, ...]]  # (task, its position, yielding, the runnable tasks)
 Remap = dict[int, int]  # a task id before an edit -> after it (absent: the task is gone)
+
+
+def _preempts(d: Deviation, pts: list[Point], where: dict[tuple[int, int], int]) -> bool:
+    """Whether deviation `d` of the run whose points are `pts` took the CPU from a task that could have gone on
+    (not at a yield, and its task runnable), i.e. counts as a preemption."""
+    i = where.get((d[0], d[1]), -1)
+    return i >= 0 and not pts[i][2] and d[0] in pts[i][3] and d[2] != d[0]
 
 
 def _remapped(d: Deviation, remap: Remap | None) -> Deviation | None:
@@ -484,6 +537,16 @@ def smaller_scenarios(text: str) -> list[tuple[str, Remap]]:
             add(with_task(i, None), [j for j in ids if j != i])
         forks = int(t.get("max_forks", 1)) > 0 and (
             "fork" in t.get("script", []) or int(t.get("ops", 30)) > 0)  # else the child keys mean nothing
+
+        def lowered(keys: tuple[str, ...], i: int = i, t: dict[str, Any] = t, forks: bool = forks) -> None:
+            for key in keys:
+                if key in ("child_ops", "max_forks") and not forks:
+                    continue
+                v = int(t.get(key, PROGRAM_DEFAULTS[key]))
+                for smaller in _lower(v, PROGRAM_LOWEST.get(key, 0)):
+                    add(with_task(i, {**t, key: smaller}))
+
+        lowered(("region", "count"))  # fewer pages and programs: the most steps gone (ksmd scans each page twice)
         for key in ("script", "child_script") if forks else ("script",):
             steps = list(t.get(key, []))
             for j in reversed(range(len(steps))):
@@ -493,12 +556,7 @@ def smaller_scenarios(text: str) -> list[tuple[str, Remap]]:
             for j, step in enumerate(steps):
                 for fewer in _smaller_numbers(step):
                     add(with_task(i, {**t, key: [*steps[:j], fewer, *steps[j + 1 :]]}))
-        for key in PROGRAM_KEYS:
-            if key in ("child_ops", "max_forks") and not forks:
-                continue
-            v = int(t.get(key, PROGRAM_DEFAULTS[key]))
-            for smaller in _lower(v, PROGRAM_LOWEST.get(key, 0)):
-                add(with_task(i, {**t, key: smaller}))
+        lowered(tuple(k for k in PROGRAM_KEYS if k not in ("region", "count")))
         if int(t.get("ops", 30)) + (int(t.get("child_ops", 15)) if forks else 0) > 0:  # a kind of random op fewer
             weights = dict(t.get("weights") or {})
             for op, w in weights.items():
