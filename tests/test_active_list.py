@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from ksmstress.arena import ref_slot
+from ksmstress.failures import Failure
 from ksmstress.mm import memory, mlock, rmap, vmscan
 from ksmstress.mm import mm as mmm
 from ksmstress.mm.state import VM_LOCKED, VM_MERGEABLE
@@ -145,3 +148,19 @@ def test_vm_locked_mapping_stops_the_walk_unreferenced_and_sets_vm_locked():
     assert vm_flags[0] == VM_LOCKED and (a, 1) in k.hooks.visits
     memory.put_page(k, page, "putback_lru_page")
     mmm.mmput(k, aref)
+
+
+def test_unlocked_anon_walk_is_held_to_its_duty(monkeypatch: Any):
+    """No exemption for the unlocked walk: made to skip the child's vma (its list read cut short, as a walk that
+    went past a listed vma would), it returns with a mapping uncounted and `traversal` names the pte it missed."""
+    k = make_kernel()
+    aref, a, page = _isolated_anon_page(k)
+    cref = mmm.dup_mmap(k, aref)
+    c = ref_slot(cref)
+    whole = rmap.anon_vma_vmas_rcu
+    monkeypatch.setattr(rmap, "anon_vma_vmas_rcu", lambda k, avref, site: whole(k, avref, site)[:1])
+    with pytest.raises(Failure) as e:
+        vmscan.shrink_active_page(k, page)
+    assert e.value.cls == "traversal" and e.value.details["walk"] == "page_referenced_anon"
+    missed = {(int(m), int(addr)) for m, addr, *_ in e.value.details["missed"]}
+    assert missed & {(a, 1), (c, 1)}

@@ -393,8 +393,9 @@ def page_referenced_anon(k: K, pref: int, vm_flags: list[int] | None = None, is_
             if not mapcount[0]:
                 break
         k.locks.unlock(k.av_lock(ref_slot(avref)), "page_referenced_anon")
-    # without an anon_vma the walk counted nothing (mapcount -1): page_lock_anon_vma's refusal is only right if no
-    # pte maps the page, which the detector checks instead of taking the refusal on trust
+    # a locked walk without an anon_vma counted nothing (mapcount -1): page_lock_anon_vma's refusal is only right if
+    # no pte maps the page, which the detector checks instead of taking the refusal on trust (an unlocked refusal
+    # has no token: see the docstring)
     k.hooks.walk_end(k, token, mapcount[0])
     return referenced
 
