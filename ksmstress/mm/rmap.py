@@ -315,6 +315,7 @@ def page_lock_anon_vma(k: K, pref: int, site: str) -> int:
     from .state import PG_ANON, PG_KSM
 
     s = k.pg.deref(pref, site)
+    k.spoint_unless(k.page_lock(s), "page_lock_anon_vma:ACCESS_ONCE")  # unlocked: page->mapping may change
     avref = k.pg.mapping[s]  # before the flags: set_page_stable_node sets PG_KSM before the stable node
     if k.pg.flags[s] & (PG_ANON | PG_KSM) != PG_ANON:
         return 0
@@ -434,6 +435,7 @@ def page_referenced(k: K, pref: int, is_locked: bool = True, vm_flags: list[int]
     referenced = 0
     if vm_flags is not None:
         vm_flags[0] = 0
+    k.spoint_unless(k.page_lock(s), "page_referenced:page_mapped")  # unlocked (is_locked 0): the page may change
     if not page_mapped(k, s) or not k.pg.mapping[s]:  # page_mapped(page) && page_rmapping(page)
         if is_locked and not PageKsm(k, s):
             # the page lock holds off every mapper: this refusal is only right if no pte maps the page

@@ -67,6 +67,7 @@ def shrink_active_page(k: K, page: int) -> tuple[int, int]:
     for file pages only). Returns (referenced, vm_flags) for the caller to look at; the model keeps no
     active/inactive lists (deviation 12)."""
     s = ref_slot(page)
+    k.spoint("shrink_active_list:page_evictable")  # page-flag tests without the page lock
     if k.pg.flags[s] & PG_MLOCKED:  # !page_evictable(page, NULL), read unlocked as the kernel does
         return 0, 0
     if not page_mapping_inuse(k, s):
