@@ -413,7 +413,8 @@ def _pick_mapped_page(st: State, rng: random.Random, ksm_bias: float) -> int:
 
 def reclaim_body(k: K, sc: Scenario, seed: int, tid: int) -> None:
     """kswapd over seeded picks: a mapped anon or KSM page (KSM ones preferred by ksm_bias) goes through
-    shrink_page, which walks it and sometimes swaps it out, then `[reclaim] pause` yields of rest. Simplified: no
+    shrink_active_list's unlocked page_referenced (`[reclaim] active` of the picks) or shrink_page, which walks it
+    locked and sometimes swaps it out, then `[reclaim] pause` yields of rest. Simplified: no
     LRU; the pick is the PRNG's."""
     rng = random.Random(f"{seed}:{tid}")
     st = k.st
@@ -423,7 +424,10 @@ def reclaim_body(k: K, sc: Scenario, seed: int, tid: int) -> None:
         if s < 0:
             continue
         page = memory.get_page_unless_zero(k, s)  # isolate_lru_page: the page may be freed meanwhile
-        if page and not vmscan.shrink_page(k, page, rng.random() < sc.reclaim_swap):
+        if page and sc.reclaim_active and rng.random() < sc.reclaim_active:  # drawn only when on
+            vmscan.shrink_active_page(k, page)  # the unlocked page_referenced of shrink_active_list
+            memory.put_page(k, page, "putback_lru_page")
+        elif page and not vmscan.shrink_page(k, page, rng.random() < sc.reclaim_swap):
             memory.put_page(k, page, "putback_lru_page")  # kept: freed pages took their isolation reference
         if sc.reclaim_swapoff and rng.random() < sc.reclaim_swapoff:  # drawn only when on: other seeds unchanged
             swapfile.try_to_unuse(k)  # swapoff(2) then swapon(2)

@@ -82,6 +82,7 @@ class Scenario:
     reclaim_swap: float = 0.3
     reclaim_pause: int = 0  # [reclaim] pause: yields reclaim sleeps after each page (0: it never rests)
     reclaim_swapoff: float = 0.0  # [reclaim] swapoff: chance kswapd runs swapoff's try_to_unuse after a page
+    reclaim_active: float = 0.0  # [reclaim] active: chance a pick is shrink_active_list's unlocked page_referenced
     admin_unmerge_every: int = 0
     pct_depth: int = 3
     pct_k: int = 0  # [pct] k: contested points the change points are drawn from (0: runner.pct_k estimates it)
@@ -255,6 +256,7 @@ def parse(text: str, path: str = "<string>") -> Scenario:
         reclaim_swap=rc.get("swap", float, 0.3, 0.0, 1.0),
         reclaim_pause=rc.get("pause", int, 0, 0, 10_000_000),
         reclaim_swapoff=rc.get("swapoff", float, 0.0, 0.0, 1.0),
+        reclaim_active=rc.get("active", float, 0.0, 0.0, 1.0),
         admin_unmerge_every=ad.get("unmerge_every", int, 0, 0, 10_000_000),
         pct_depth=p.get("depth", int, 3, 1, MAX_DEPTH),
         pct_k=_pct_k(p),

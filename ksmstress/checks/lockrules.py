@@ -16,7 +16,10 @@ Each rule is checked against 2.6.33 (mm/ksm.c, mm/rmap.c, mm/memory.c, mm/mmap.c
 rmap.h and mm_types.h). The kernel's exemptions are not rules here: they are the places where the model makes the
 access without the asserting helper, each with a one-line reason at the place (exit_mmap with mm_users 0, the rmap
 walks reading vm_start / vm_end under anon_vma->lock, remove_node_from_stable_tree's walk of a node whose KSM page
-is gone, the unlocked list_empty(&ksm_mm_head.mm_list) peeks).
+is gone, the unlocked list_empty(&ksm_mm_head.mm_list) peeks). No rule asks for the page lock on
+shrink_active_list's page_referenced(page, 0) of a plain anon page: 2.6.33 walks it unlocked, relying on
+page_lock_anon_vma (page_mapped, then anon_vma->lock, the anon_vma type-stable under RCU) and on each pte's
+page_check_address; a KSM page is trylocked there, and page_referenced_ksm's `page_locked` rule holds it to that.
 """
 
 from __future__ import annotations

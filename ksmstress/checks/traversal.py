@@ -3,7 +3,8 @@
 A walk's duty is computed twice, and either shortfall is a `traversal` failure:
 
 - From the page tables (the oracle that does not trust the code under test): at the start of a walk (the walker
-  holds the page lock, as reclaim's page_referenced and try_to_unmap do in 2.6.33) it scans every mm's ptes for
+  holds the page lock, as shrink_page_list's page_referenced and try_to_unmap do in 2.6.33; shrink_active_list's
+  unlocked walk of an anon page begins once page_lock_anon_vma holds anon_vma->lock) it scans every mm's ptes for
   those that map the page; each one that still maps it, with the same word, when the walk returns and was never
   examined is a miss, unless the kernel leaves it unreachable by design: the windows of `checks.windows`, the only
   exemption. A mapping kept off the anon_vma's vma list or the stable node's rmap_item list, or linked too late, is

@@ -53,8 +53,12 @@ Deviations from 2.6.33: what, where, why (each also has a one-line note at its p
     where: rmap.page_referenced_one
     why:   the walk's coverage is under test, not page ageing.
 12. Reclaim has no LRU and no dirty/writeback states: a seeded pick of a mapped page goes through
-    shrink_page_list's steps (pageout always writes); once every mm is gone, reclaim drains the swap cache.
-    where: vmscan.shrink_page, vmscan.drain_swap_cache, actors.reclaim_body
+    shrink_page_list's steps (pageout always writes) or, `[reclaim] active` of the time, shrink_active_list's
+    unlocked page_referenced(page, 0) (no active/inactive lists: the answer only ends the step); once every mm is
+    gone, reclaim drains the swap cache. Without PG_lru, migration may pick a page reclaim has isolated (2.6.33's
+    isolate_lru_page would refuse it): the unlocked walk takes its traversal duty under anon_vma->lock, which
+    migration's rmap walks also take.
+    where: vmscan.shrink_page, vmscan.shrink_active_page, vmscan.drain_swap_cache, actors.reclaim_body
     why:   it exists to drive the rmap walks against KSM at chosen moments; the drain stands for the LRU scans
            that would reach the pages left in the swap cache, so the leak check sees what truly survives.
 13. anon_vma_prepare never reuses a neighbour's anon_vma (find_mergeable_anon_vma); no vma_merge on mmap or

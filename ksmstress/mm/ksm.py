@@ -1099,7 +1099,7 @@ def try_to_unmap_ksm(k: K, pref: int, flags: int = 0) -> int:
 
 
 @kfunc
-def page_referenced_ksm(k: K, pref: int) -> int:
+def page_referenced_ksm(k: K, pref: int, vm_flags: list[int] | None = None) -> int:
     nref, items = _walk_items(k, pref, "page_referenced_ksm")
     if not nref:
         return 0
@@ -1120,7 +1120,7 @@ def page_referenced_ksm(k: K, pref: int) -> int:
                     continue
                 if (imm == k.vm.mm[v]) == bool(search_new_forks):
                     continue
-                referenced += rmap.page_referenced_one(k, pref, vref, addr, mapcount, token)
+                referenced += rmap.page_referenced_one(k, pref, vref, addr, mapcount, token, vm_flags)
                 if not search_new_forks or not mapcount[0]:
                     break
             k.locks.unlock(lid, "page_referenced_ksm")

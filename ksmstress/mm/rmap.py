@@ -266,10 +266,16 @@ def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, token: object, flags
 
 
 @kfunc
-def page_referenced_one(k: K, pref: int, vref: int, addr: int, mapcount: list[int], token: object) -> int:
-    """Look at the pte mapping `page` at addr: each mapping found counts one down from *mapcount.
+def page_referenced_one(
+    k: K, pref: int, vref: int, addr: int, mapcount: list[int], token: object, vm_flags: list[int] | None = None
+) -> int:
+    """Look at the pte mapping `page` at addr: each mapping found counts one down from *mapcount, and a referenced
+    one ors its vma's vm_flags into *vm_flags.
 
-    Simplified: young bits are not modelled, so every mapping found counts as referenced.
+    A VM_LOCKED vma (2.6.33): *mapcount is set to 1 before the common decrement, so the walk breaks early, *vm_flags
+    gets VM_LOCKED and the mapping is NOT counted referenced, so that shrink_page_list goes on to try_to_unmap,
+    which culls the page to the unevictable list. Simplified: young bits and the swap token are not modelled, so
+    every other mapping found counts as referenced (deviation 11).
     """
     from . import memory
     from .state import PTE_PRESENT, VM_LOCKED
@@ -280,13 +286,16 @@ def page_referenced_one(k: K, pref: int, vref: int, addr: int, mapcount: list[in
     k.hooks.walk_visit(token, m, addr)
     kind, ref, _w = memory.pte_get(k, m, addr)
     found = kind == PTE_PRESENT and ref == pref
-    if found and k.vm.flags[v] & VM_LOCKED:
-        # an mlocked page is not "referenced": break early from the loop so it goes on to try_to_unmap, which
-        # finds VM_LOCKED and makes it unevictable
-        mapcount[0] = 0
+    vflags = int(k.vm.flags[v])  # read without mmap_sem, as the kernel does
+    if found and vflags & VM_LOCKED:
+        mapcount[0] = 0  # *mapcount = 1, then out_unmap's (*mapcount)--: break early from the loop
         found = False
+        if vm_flags is not None:
+            vm_flags[0] |= VM_LOCKED
     elif found:
         mapcount[0] -= 1
+        if vm_flags is not None:
+            vm_flags[0] |= vflags
     k.locks.unlock(k.ptl(m), "page_referenced_one")
     return int(found)
 
@@ -302,16 +311,26 @@ def _vma_address(k: K, s: int, vref: int, site: str) -> int:
 
 @kfunc
 def page_lock_anon_vma(k: K, pref: int, site: str) -> int:
-    """The page's anon_vma, locked; 0 if the page is no longer mapped.
+    """The page's anon_vma, locked; 0 if page->mapping is not an anon_vma or the page is no longer mapped.
 
     Under rcu_read_lock with a SLAB_DESTROY_BY_RCU cache the anon_vma is only type-stable: a racing munmap may
     free (even reuse) it before the lock is taken, and the walk then finds no vma mapping the page. So this access
-    is not KASAN-checked, unlike rmap_item->anon_vma, which only ksm_refcount keeps alive.
+    is not KASAN-checked, unlike rmap_item->anon_vma, which only ksm_refcount keeps alive. This is what an
+    unlocked walk (shrink_active_list's page_referenced(page, 0)) relies on instead of the page lock: page_mapped()
+    first, then anon_vma->lock. 2.6.33 reads ACCESS_ONCE(page->mapping) and refuses unless its flag bits are
+    exactly PAGE_MAPPING_ANON, so a KSM page (ANON|KSM, mapping a stable_node) is never taken for an anon_vma;
+    page_referenced and try_to_unmap dispatch PageKsm first, so this refusal only matters to a page upgraded to
+    PageKsm in between, which an isolation reference already forbids (write_protect_page's page_count test).
     """
+    from .state import PG_ANON, PG_KSM
+
     s = k.pg.deref(pref, site)
+    k.spoint_unless(k.page_lock(s), "page_lock_anon_vma:ACCESS_ONCE")  # unlocked: page->mapping may change
+    avref = k.pg.mapping[s]  # before the flags: set_page_stable_node sets PG_KSM before the stable node
+    if k.pg.flags[s] & (PG_ANON | PG_KSM) != PG_ANON:
+        return 0
     if not page_mapped(k, s):
         return 0
-    avref = k.pg.mapping[s]
     k.locks.lock(k.av_lock(ref_slot(avref)), site)
     return avref
 
@@ -359,24 +378,35 @@ def try_to_unmap_anon(k: K, pref: int, flags: int = 0) -> int:
 
 
 @kfunc
-def page_referenced_anon(k: K, pref: int) -> int:
-    token = k.hooks.walk_begin(k, pref, "page_referenced_anon")
+def page_referenced_anon(k: K, pref: int, vm_flags: list[int] | None = None, is_locked: bool = True) -> int:
+    """Count the ptes mapping an anon page, under its anon_vma's lock (page_lock_anon_vma).
+
+    The traversal duty (the ptes the walk must visit) is taken where the walk is first protected: with the page
+    lock (is_locked) from the start, as every mapper of an anon page waits for it; without it (shrink_active_list)
+    once page_lock_anon_vma holds anon_vma->lock, which holds off the vma list's changes and migration's rmap
+    walks. An unlocked refusal (the page not mapped then) is 2.6.33's advisory answer, not a duty skipped: do_swap_page
+    sets its pte before page_add_anon_rmap, so page_mapped may be false while a pte maps the page.
+    """
+    token = k.hooks.walk_begin(k, pref, "page_referenced_anon") if is_locked else None
     referenced = 0
     mapcount = [-1]
     avref = page_lock_anon_vma(k, pref, "page_referenced_anon")
     if avref:
+        if token is None:
+            token = k.hooks.walk_begin(k, pref, "page_referenced_anon")
         s = ref_slot(pref)
         mapcount[0] = k.pg.mapcount[s]
         for vref in anon_vma_vmas_rcu(k, avref, "page_referenced_anon"):
             addr = _vma_address(k, s, vref, "page_referenced_anon")
             if addr < 0:
                 continue
-            referenced += page_referenced_one(k, pref, vref, addr, mapcount, token)
+            referenced += page_referenced_one(k, pref, vref, addr, mapcount, token, vm_flags)
             if not mapcount[0]:
                 break
         k.locks.unlock(k.av_lock(ref_slot(avref)), "page_referenced_anon")
-    # without an anon_vma the walk counted nothing (mapcount -1): page_lock_anon_vma's refusal is only right if no
-    # pte maps the page, which the detector checks instead of taking the refusal on trust
+    # a locked walk without an anon_vma counted nothing (mapcount -1): page_lock_anon_vma's refusal is only right if
+    # no pte maps the page, which the detector checks instead of taking the refusal on trust (an unlocked refusal
+    # has no token: see the docstring)
     k.hooks.walk_end(k, token, mapcount[0])
     return referenced
 
@@ -401,11 +431,35 @@ def try_to_unmap(k: K, pref: int, flags: int = 0) -> int:
 
 
 @kfunc
-def page_referenced(k: K, pref: int) -> int:
+def page_referenced(k: K, pref: int, is_locked: bool = True, vm_flags: list[int] | None = None) -> int:
+    """How many ptes referenced the page; *vm_flags gets the vm_flags of the vmas that did (VM_LOCKED from a
+    VM_LOCKED one). As 2.6.33: only a mapped page with an rmapping is walked; a caller without the page lock
+    (shrink_active_list: is_locked 0) trylocks a KSM page (page_referenced_ksm needs it: the stable node's hlist
+    and page->mapping are the page lock's) and counts the page referenced, unwalked, if that fails, while a plain
+    anon page is walked unlocked (page_lock_anon_vma: page_mapped, then anon_vma->lock). Simplified: no
+    PG_referenced, no file pages, no page_test_and_clear_young (s390)."""
     from . import ksm
     from .memory import PageKsm
 
     s = k.pg.deref(pref, "page_referenced")
+    referenced = 0
+    if vm_flags is not None:
+        vm_flags[0] = 0
+    k.spoint_unless(k.page_lock(s), "page_referenced:page_mapped")  # unlocked (is_locked 0): the page may change
+    if not page_mapped(k, s) or not k.pg.mapping[s]:  # page_mapped(page) && page_rmapping(page)
+        if is_locked and not PageKsm(k, s):
+            # the page lock holds off every mapper: this refusal is only right if no pte maps the page
+            k.hooks.walk_end(k, k.hooks.walk_begin(k, pref, "page_referenced"), -1)
+        return referenced
+    we_locked = False
+    if not is_locked and PageKsm(k, s):  # (!PageAnon(page) || PageKsm(page)): no file pages in the model
+        we_locked = k.locks.trylock(k.page_lock(s), "page_referenced:trylock_page")
+        if not we_locked:
+            return referenced + 1
     if PageKsm(k, s):
-        return ksm.page_referenced_ksm(k, pref)
-    return page_referenced_anon(k, pref)
+        referenced += ksm.page_referenced_ksm(k, pref, vm_flags)
+    else:
+        referenced += page_referenced_anon(k, pref, vm_flags, is_locked)
+    if we_locked:
+        k.locks.unlock(k.page_lock(s), "page_referenced:unlock_page")
+    return referenced

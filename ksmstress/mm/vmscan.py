@@ -1,6 +1,6 @@
-"""Reclaim of one page, as shrink_page_list does it for an anon or KSM page (mm/vmscan.c, simplified: no LRU,
-no dirty/writeback states, pageout writes synchronously; the caller picks the page and decides whether to swap
-it)."""
+"""Reclaim of one page, as shrink_page_list does it for an anon or KSM page, or as shrink_active_list looks at it
+(mm/vmscan.c, simplified: no LRU, no dirty/writeback states, pageout writes synchronously; the caller picks the
+page and decides whether to swap it)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,29 @@ def shrink_page(k: K, page: int, swap: bool) -> bool:
     if not freed:
         k.locks.unlock(k.page_lock(s), "shrink_page_list:unlock_page")
     return freed
+
+
+def page_mapping_inuse(k: K, s: int) -> bool:
+    """An anon page is in use while mapped or in the swap cache (2.6.33 mm/vmscan.c; no file pages here)."""
+    return rmap.page_mapped(k, s) or swapfile.PageSwapCache(k, s)
+
+
+@kfunc
+def shrink_active_page(k: K, page: int) -> tuple[int, int]:
+    """shrink_active_list's step for one isolated anon or KSM page (the caller holds the isolation reference and
+    puts it back): an unevictable page goes back (putback_lru_page), an in-use one is asked page_referenced(page,
+    0 /* is_locked */, ...) WITHOUT the page lock, then deactivated whatever the answer (the VM_EXEC rotation is
+    for file pages only). Returns (referenced, vm_flags) for the caller to look at; the model keeps no
+    active/inactive lists (deviation 12)."""
+    s = ref_slot(page)
+    k.spoint("shrink_active_list:page_evictable")  # page-flag tests without the page lock
+    if k.pg.flags[s] & PG_MLOCKED:  # !page_evictable(page, NULL), read unlocked as the kernel does
+        return 0, 0
+    if not page_mapping_inuse(k, s):
+        return 0, 0
+    vm_flags = [0]
+    referenced = rmap.page_referenced(k, page, False, vm_flags)
+    return referenced, vm_flags[0]
 
 
 def _swap_out(k: K, page: int, s: int) -> bool:
