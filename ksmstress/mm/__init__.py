@@ -134,6 +134,13 @@ Deviations from 2.6.33: what, where, why (each also has a one-line note at its p
     why:   break_ksm's follow_page passes over a swap pte, so in 2.6.33 a KSM page swapped in beside the unmerge
            is mapped as it is and run=2 returns with it merged (found by this model: mixed at locks granularity);
            variant `swapin-ksm-during-unmerge` restores the 2.6.33 test.
+30. __ksm_enter inserts a new mm_slot at the end of the mm list while run=2 unmerges (ahead of its cursor), not
+    just behind ksmd's scanning cursor (Hugh Dickins' later fix: "otherwise KSM pages in newly forked mms will be
+    missed"; commit id not verified here).
+    where: ksm.__ksm_enter
+    why:   in 2.6.33 a child forked during unmerge_and_remove_all_rmap_items is linked where the unmerge has
+           already been, so run=2 returns with the KSM ptes the child copied still merged (found by this model:
+           mixed in free mode, unmerge-incomplete).
 
 Kept as 2.6.33 has them, though they may look like simplifications: one anon_vma per fork family and no
 anon_vma_chain (that is 2.6.34); page_lock_anon_vma reads a SLAB_DESTROY_BY_RCU anon_vma raw (type-stable memory,

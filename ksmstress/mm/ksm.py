@@ -919,8 +919,12 @@ def __ksm_enter(k: K, mref: int) -> None:  # noqa: N807 - the kernel's name
     k.locks.lock(k.ksm_mmlist_lock, "__ksm_enter")
     m = k.mmc.deref(mref, "__ksm_enter")
     set_mm_slot(k, m, sref, "insert_to_mm_slots_hash")
-    # insert just behind the scanning cursor, to let the area settle down a little
+    # insert just behind the scanning cursor, to let the area settle down a little; but while run=2 unmerges, at
+    # the list's end, ahead of its cursor, or the KSM ptes a fork copies meanwhile are never broken (the later
+    # fix, deviation 30; 2.6.33 always inserts behind the cursor). ksm_run is read unlocked, as the kernel reads it.
     cursor = int(k.g[G_SCAN_SLOT])
+    if int(k.g[G_RUN]) & KSM_RUN_UNMERGE:
+        cursor = k.st.ksm_mm_head
     _list_insert(k, sref, k.ms.prev[k.ms.deref(cursor, "__ksm_enter")], cursor)
     k.locks.unlock(k.ksm_mmlist_lock, "__ksm_enter")
     m = k.mmc.deref(mref, "__ksm_enter")
