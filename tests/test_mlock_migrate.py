@@ -11,12 +11,13 @@ from ksmstress.arena import ref_slot
 from ksmstress.catalog import shipped_dir
 from ksmstress.checks.mlock import check_no_migration_ptes, check_nr_mlock
 from ksmstress.failures import Failure
-from ksmstress.mm import migrate, mlock, rmap, vmscan
+from ksmstress.mm import ksm, memory, migrate, mlock, rmap, swap_state, vmscan
 from ksmstress.mm import mm as mmm
 from ksmstress.mm.state import (
     GB_NR_MLOCK,
     PG_KSM,
     PG_MLOCKED,
+    PG_SWAPCACHE,
     PTE_MIGRATION,
     PTE_PRESENT,
     PTE_SWAP,
@@ -99,6 +100,46 @@ def test_ksm_merges_mlocked_pages_and_hands_the_lock_over():
     assert pte_page(k, a, 2) == kpage and k.pg.flags[ref_slot(kpage)] & PG_KSM
     assert _mlocked(k, kpage) and int(k.gb[GB_NR_MLOCK]) == 1
     check_nr_mlock(k.st, "test")
+    mmm.mmput(k, aref)
+    assert int(k.gb[GB_NR_MLOCK]) == 0
+
+
+def test_munlock_reaches_a_ksm_page_with_no_stable_node_yet():
+    """try_to_merge_one_page(page, NULL) makes the page PageKsm with a NULL stable node before the second merge;
+    page->mapping still carries PAGE_MAPPING_ANON|KSM, so munlock's `if (page->mapping)` passes and the page is
+    munlocked (a model that tested the bare pointer left it mlocked, and reclaim culled it for ever)."""
+    k = make_kernel()
+    aref, a = new_program(k, 1)
+    write(k, a, 1, 2)
+    assert mlock.sys_mlock(k, aref, 1, 2, True) == 0
+    page = pte_page(k, a, 1)
+    with page_locked(k, page):
+        ksm.set_page_stable_node(k, ref_slot(page), 0)
+    assert k.pg.flags[ref_slot(page)] & PG_KSM and not k.pg.mapping[ref_slot(page)] and _mlocked(k, page)
+    assert mlock.sys_mlock(k, aref, 1, 2, False) == 0
+    assert not _mlocked(k, page) and int(k.gb[GB_NR_MLOCK]) == 0
+    check_nr_mlock(k.st, "test")
+    mmm.mmput(k, aref)
+
+
+def test_cull_mlocked_gives_up_the_swap_slot():
+    """shrink_page_list's cull_mlocked calls try_to_free_swap: an mlocked page in the swap cache whose entry no
+    swap pte names leaves the cache, so it cannot linger there once its last pte goes."""
+    k = make_kernel()
+    aref, a = new_program(k, 1)
+    write(k, a, 1, 2)
+    assert mlock.sys_mlock(k, aref, 1, 2, True) == 0
+    page = pte_page(k, a, 1)
+    s = ref_slot(page)
+    with page_locked(k, page):
+        assert swap_state.add_to_swap(k, page)
+    assert k.pg.flags[s] & PG_SWAPCACHE
+    used = int(k.st.swap.live_slots().size)
+    memory.get_page(k, page, "isolate_lru_page")
+    assert not vmscan.shrink_page(k, page, True)
+    memory.put_page(k, page, "putback_lru_page")
+    assert not k.pg.flags[s] & PG_SWAPCACHE and _mlocked(k, page) and pte(k, a, 1)[0] == PTE_PRESENT
+    assert int(k.st.swap.live_slots().size) == used - 1
     mmm.mmput(k, aref)
     assert int(k.gb[GB_NR_MLOCK]) == 0
 

@@ -114,6 +114,14 @@ def PageKsm(k: K, s: int) -> bool:  # noqa: N802
     return bool(k.pg.flags[s] & PG_KSM)
 
 
+def page_mapping_nonnull(k: K, s: int) -> bool:
+    """C's `page->mapping` test (truncation's check in mlock, munlock and migration): an anon or KSM page's word
+    carries PAGE_MAPPING_ANON and PAGE_MAPPING_KSM beside the pointer, so it is set even while a KSM page has no
+    stable node yet (try_to_merge_one_page's set_page_stable_node(page, NULL)); the model keeps those bits in
+    flags, and mapping holds the pointer alone."""
+    return bool(k.pg.mapping[s] or k.pg.flags[s] & (PG_ANON | PG_KSM))
+
+
 def page_mapcount(k: K, s: int) -> int:
     return k.pg.mapcount[s]
 

@@ -197,7 +197,7 @@ def unmap_and_move(k: K, page: int) -> int:
     k.atomic_add(k.gb, GB_MIGRATING, 1, "unmap_and_move")
     rc = EAGAIN
     # rcu_read_lock(): keeps the anon_vma type-stable until remove_migration_ptes (see rmap_walk_anon)
-    if k.pg.mapping[s]:
+    if memory.page_mapping_nonnull(k, s):
         rmap.try_to_unmap(k, page, TTU_MIGRATION | TTU_IGNORE_MLOCK)
     if not rmap.page_mapped(k, s):
         rc = move_to_new_page(k, new, page)

@@ -122,7 +122,7 @@ def __mlock_vma_pages_range(k: K, m: int, vref: int, start: int, end: int) -> No
         page = _gup_one(k, m, vref, addr, True)
         s = ref_slot(page)
         k.locks.lock(k.page_lock(s), "__mlock_vma_pages_range:lock_page")
-        if k.pg.mapping[s]:  # truncation's check: an anon page keeps its mapping until freed
+        if memory.page_mapping_nonnull(k, s):  # truncation's check: an anon page keeps its mapping until freed
             mlock_vma_page(k, page)
         k.locks.unlock(k.page_lock(s), "__mlock_vma_pages_range:unlock_page")
         memory.put_page(k, page, "__mlock_vma_pages_range")
@@ -141,7 +141,7 @@ def munlock_vma_pages_range(k: K, m: int, vref: int, start: int, end: int) -> No
             continue
         s = ref_slot(page)
         k.locks.lock(k.page_lock(s), "munlock_vma_pages_range:lock_page")
-        if k.pg.mapping[s]:
+        if memory.page_mapping_nonnull(k, s):
             munlock_vma_page(k, page)
         k.locks.unlock(k.page_lock(s), "munlock_vma_pages_range:unlock_page")
         memory.put_page(k, page, "munlock_vma_pages_range")

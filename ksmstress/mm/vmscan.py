@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..arena import ref_slot
 from ..callchain import kfunc
 from . import memory, rmap, swap_state, swapfile
-from .state import PG_KSM, PG_MLOCKED, K
+from .state import PG_KSM, PG_MLOCKED, SWAP_MLOCK, K
 
 
 def page_anon_vma_of(k: K, s: int) -> int:
@@ -42,7 +42,7 @@ def shrink_page(k: K, page: int, swap: bool) -> bool:
         return False
     freed = False
     if k.pg.flags[s] & PG_MLOCKED:  # !page_evictable(page, NULL): cull_mlocked, to the unevictable list
-        pass
+        _cull_mlocked(k, s)
     else:
         rmap.page_referenced(k, page)
         if swap:  # the model's choice stands for page_referenced's verdict (deviation 11)
@@ -52,6 +52,14 @@ def shrink_page(k: K, page: int, swap: bool) -> bool:
     if not freed:
         k.locks.unlock(k.page_lock(s), "shrink_page_list:unlock_page")
     return freed
+
+
+def _cull_mlocked(k: K, s: int) -> None:
+    """cull_mlocked: an unevictable page gives up its swap slot (try_to_free_swap) before going back to the
+    unevictable list, so a stale swap-cache page that stayed mlocked (the last pte gone by a path that does not
+    munlock) is freed when its isolation reference is put back."""
+    if swapfile.PageSwapCache(k, s):
+        swapfile.try_to_free_swap(k, s)
 
 
 def page_mapping_inuse(k: K, s: int) -> bool:
@@ -85,7 +93,9 @@ def _swap_out(k: K, page: int, s: int) -> bool:
         ret = rmap.try_to_unmap(k, page)
         if ret == rmap.SWAP_FAIL and swapfile.vm_swap_full(k):
             swapfile.try_to_free_swap(k, s)  # activate_locked
-        if ret != rmap.SWAP_SUCCESS:  # SWAP_AGAIN: keep_locked; SWAP_MLOCK: cull_mlocked
+        if ret == SWAP_MLOCK:
+            _cull_mlocked(k, s)
+        if ret != rmap.SWAP_SUCCESS:  # SWAP_AGAIN: keep_locked
             return False
     if not swap_state.swap_writepage(k, page):  # pageout; the page left the swap cache instead (PageDirty: keep)
         return False
