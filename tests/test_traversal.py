@@ -156,10 +156,11 @@ def test_the_oracle_is_quiet_on_the_correct_model_step_by_step():
 # -- the windows: quiet inside, loud outside -----------------------------------------------------------------------
 def test_every_window_has_a_reason_and_a_recognition():
     names = [w.name for w in windows.WINDOWS]
-    assert len(set(names)) == len(names) == 5
+    assert len(set(names)) == len(names) == 6
     for w in windows.WINDOWS:
         assert w.reason and w.recognised and "2.6.33" not in w.name
-    assert set(windows.CODES) == {"replace-before-append", "fork-before-scan", "swapin-before-scan", "move-before-scan"}
+    assert set(windows.CODES) == {"replace-before-append", "fork-before-scan", "swapin-before-scan", "move-before-scan",
+                                   "migrate-before-scan"}
 
 
 def test_window_replace_before_append():
@@ -252,6 +253,27 @@ def test_window_fork_before_scan_parent_side():
     with pytest.raises(Failure) as e:
         reclaim(k, page)
     assert e.value.details["duty"] == "page-tables" and e.value.details["mm"] == p
+
+
+def test_window_fork_before_scan_outlives_a_scan_of_a_ksm_page_with_no_stable_node():
+    """a forks d and m: all three map one page. ksmd promotes it through a's rmap_item (try_to_merge_one_page(page,
+    NULL): PageKsm, no stable node yet) and the second merge fails, so break_cow copies a's pte away: d and m map a
+    KSM page that has no stable node. ksmd scanning d and m then links nothing (there is no node to append to), so
+    their fork-before-scan marks stay: once the page gets its node through one of them, the other is reachable only
+    by pass 1 until ksmd scans it with the node there."""
+    k = make_kernel()
+    aref, a = new_program(k, 1)
+    write(k, a, 1, 7)
+    d = ref_slot(mmm.dup_mmap(k, aref))
+    m = ref_slot(mmm.dup_mmap(k, aref))
+    page = pte_page(k, a, 1)
+    with page_locked(k, page):
+        ksm.set_page_stable_node(k, ref_slot(page), 0)
+    write(k, a, 1, 8)  # break_cow
+    assert maps(k, d, 1, page) and maps(k, m, 1, page) and not k.pg.mapping[ref_slot(page)]
+    scan(k, 2)
+    assert maps(k, d, 1, page) and maps(k, m, 1, page) and not k.pg.mapping[ref_slot(page)]
+    assert all(k.st.window[x, 1, windows.W_CODE] == windows.FORK_BEFORE_SCAN for x in (d, m))
 
 
 def test_window_exiting_mm():

@@ -88,7 +88,7 @@ def family_item(k: K, m: int, addr: int, pref: int) -> int:
     return 0
 
 
-REPLACE_BEFORE_APPEND, FORK_BEFORE_SCAN, SWAPIN_BEFORE_SCAN, MOVE_BEFORE_SCAN = 1, 2, 3, 4
+REPLACE_BEFORE_APPEND, FORK_BEFORE_SCAN, SWAPIN_BEFORE_SCAN, MOVE_BEFORE_SCAN, MIGRATE_BEFORE_SCAN = 1, 2, 3, 4, 5
 
 
 def _until_scanned(code: int) -> Callable[[K, int, int, int, int], bool]:
@@ -116,21 +116,24 @@ WINDOWS: tuple[Window, ...] = (
         "reaches it until ksmd scans it and stable_tree_append links its own (2.6.33 page_referenced_ksm, "
         "try_to_unmap_ksm: \"forked from the original since ksmd passed\"); the walk returns with the page mapped.",
         "marked by copy_page_range on the parent's and the child's pte of every present page it shares; cleared when "
-        "ksm_do_scan has processed that address of that mm while it maps a KSM page; exempt only while no rmap_item "
-        "on the stable node has this address and the anon_vma of the vma covering the pte",
+        "ksm_do_scan has processed that address of that mm while it maps a KSM page that has a stable node (one with "
+        "none yet has nothing its rmap_item could be linked to); exempt only while no rmap_item on the stable node "
+        "has this address and the anon_vma of the vma covering the pte",
         _until_scanned(FORK_BEFORE_SCAN),
     ),
     Window(
         "swapin-before-scan",
         SWAPIN_BEFORE_SCAN,
-        "a KSM page found in the swap cache is mapped as it is (do_swap_page: page_anon_vma is NULL for a KSM page, "
-        "so ksm_might_need_to_copy keeps it), also at an address whose rmap_item ksmd removed while the pte was a "
-        "swap entry (get_next_rmap_item frees the items of addresses where follow_page found no page): nothing "
-        "reaches that pte until ksmd scans it again and stable_tree_append links an rmap_item (2.6.33 mm/ksm.c, "
-        "mm/memory.c); the walk returns with the page mapped.",
-        "marked by do_swap_page when it maps a KSM page; cleared when ksm_do_scan has processed that address of that "
-        "mm while it maps a KSM page; exempt only while no rmap_item on the stable node has this address and the "
-        "anon_vma of the vma covering the pte",
+        "a page found in the swap cache is mapped as it is: a KSM page (do_swap_page: page_anon_vma is NULL for a KSM "
+        "page, so ksm_might_need_to_copy keeps it; unuse_pte alike), also at an address whose rmap_item ksmd removed "
+        "while the pte was a swap entry (get_next_rmap_item frees the items of addresses where follow_page found no "
+        "page), or an anon page that fork relatives sharing the swap entry map again (same anon_vma and index: no "
+        "copy), which one relative's rmap_item may later make a KSM page: nothing but pass 1 through that item "
+        "reaches the pte, and once the item is gone nothing does, until ksmd scans the pte and stable_tree_append "
+        "links its own (2.6.33 mm/ksm.c, mm/memory.c, mm/swapfile.c); the walk returns with the page mapped.",
+        "marked by do_swap_page and unuse_pte on the pte they map; cleared as fork-before-scan's mark is; exempt only "
+        "while the page is a KSM page and no rmap_item on the stable node has this address and the anon_vma of the "
+        "vma covering the pte",
         _until_scanned(SWAPIN_BEFORE_SCAN),
     ),
     Window(
@@ -145,6 +148,19 @@ WINDOWS: tuple[Window, ...] = (
         "what move_vma's unmerge exists to prevent: never marked); cleared as fork-before-scan's mark is; exempt "
         "only while no rmap_item on the stable node has this address and the anon_vma of the vma covering the pte",
         _until_scanned(MOVE_BEFORE_SCAN),
+    ),
+    Window(
+        "migrate-before-scan",
+        MIGRATE_BEFORE_SCAN,
+        "remove_migration_ptes gives every pte of a migrated page a new word, the new page's: an anon page that fork "
+        "relatives share at one address is shared by them again, and fork's pass-1 reachability (see "
+        "fork-before-scan) holds for the new page as it did for the old; once one relative's rmap_item makes it a "
+        "KSM page and that item is gone, nothing reaches the others until ksmd scans them (2.6.33 mm/migrate.c, "
+        "mm/ksm.c); a migrated KSM page keeps its rmap_items (ksm_migrate_page moves the stable node).",
+        "marked by remove_migration_pte on each pte it restores; cleared as fork-before-scan's mark is; exempt only "
+        "while the page is a KSM page and no rmap_item on the stable node has this address and the anon_vma of the "
+        "vma covering the pte",
+        _until_scanned(MIGRATE_BEFORE_SCAN),
     ),
     Window(
         "exiting-mm",

@@ -618,6 +618,10 @@ def unstable_tree_search_insert(k: K, iref: int, pref: int) -> tuple[int, int]:
     return 0, 0
 
 
+# the windows a pte leaves once ksmd has processed it while it maps a KSM page with a stable node (checks.windows)
+UNTIL_SCANNED = ("fork-before-scan", "swapin-before-scan", "move-before-scan", "migrate-before-scan")
+
+
 def _window_close(k: K, kind: str, iref: int) -> None:
     """Kernel window `kind` of the pte this rmap_item names ends here (checks.windows lists the windows)."""
     i = ref_slot(iref)
@@ -837,10 +841,14 @@ def ksm_do_scan(k: K, scan_npages: int) -> None:
             return
         if not memory.PageKsm(k, k.pg.deref(page, "ksm_do_scan")) or not in_stable_tree(k, iref):
             cmp_and_merge_page(k, page, iref)
-        if memory.PageKsm(k, ref_slot(page)):  # ksmd came round to a KSM pte: its own rmap_item must reach it now
-            _window_close(k, "fork-before-scan", iref)
-            _window_close(k, "swapin-before-scan", iref)
-            _window_close(k, "move-before-scan", iref)
+        s = ref_slot(page)
+        if memory.PageKsm(k, s) and k.pg.mapping[s]:
+            # ksmd came round to a pte of a KSM page with a stable node: its own rmap_item must reach it now. A KSM
+            # page with none yet (promoted by try_to_merge_one_page(page, NULL), its merging pte then copied away by
+            # break_cow, while fork or the swap cache kept it mapped elsewhere) has nothing to link the item to:
+            # the window stays open until a scan finds the page with its node
+            for kind in UNTIL_SCANNED:
+                _window_close(k, kind, iref)
         memory.put_page(k, page, "ksm_do_scan")
 
 

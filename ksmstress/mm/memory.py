@@ -351,8 +351,9 @@ def do_swap_page(k: K, m: int, vref: int, addr: int, write: bool, sref: int) -> 
             k.locks.unlock(k.page_lock(ref_slot(swapcache)), "do_swap_page:unlock_swapcache")
             put_page(k, swapcache, "do_swap_page:release_swapcache")
         return 0
-    if k.pg.flags[s] & PG_KSM:  # a KSM page is mapped as it is: its rmap_item here may be gone (ksmd rescans)
-        k.hooks.window_open(k, "swapin-before-scan", m, addr, page)
+    # a page from the swap cache may be shared (a KSM page mapped as it is, an anon page relatives swap in too):
+    # no rmap_item of this pte reaches it until ksmd rescans here
+    k.hooks.window_open(k, "swapin-before-scan", m, addr, page)
     writable = 0
     if write and swapfile.reuse_swap_page(k, s):
         writable, write = 1, False

@@ -115,6 +115,7 @@ def remove_migration_pte(k: K, new: int, vref: int, addr: int, old: int) -> int:
     kind, ref, w = memory.pte_get(k, m, addr)
     if kind == PTE_MIGRATION and ref == old:
         memory.get_page(k, new, "remove_migration_pte")
+        k.hooks.window_open(k, "migrate-before-scan", m, addr, new)  # a new word: no rmap_item of its own yet
         memory.pte_set(k, m, addr, PTE_PRESENT, new, w, "remove_migration_pte")
         rmap.page_add_anon_rmap(k, new)
     k.locks.unlock(ptl, "remove_migration_pte")

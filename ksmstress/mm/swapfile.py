@@ -303,8 +303,7 @@ def unuse_pte(k: K, m: int, vref: int, addr: int, sref: int, page: int) -> int:
     ret = 0
     if kind == PTE_SWAP and same_entry(cur, sref):
         memory.get_page(k, page, "unuse_pte")
-        if k.pg.flags[ref_slot(page)] & PG_KSM:  # as do_swap_page: its rmap_item here may be gone
-            k.hooks.window_open(k, "swapin-before-scan", m, addr, page)
+        k.hooks.window_open(k, "swapin-before-scan", m, addr, page)  # as do_swap_page
         memory.pte_set(k, m, addr, PTE_PRESENT, page, 0, "unuse_pte")  # pte_mkold(mk_pte(page, vm_page_prot))
         rmap.page_add_anon_rmap(k, page, vref, addr)
         swap_free(k, cur, "unuse_pte:swap_free")
