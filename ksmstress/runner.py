@@ -358,6 +358,7 @@ def run_one(
         gc.unfreeze()
         procs.kill_and_join(tasks)
         stacks.close()
+        ctl.release()
     return RunResult(
         scenario=sc.name,
         path=sc.path,

@@ -84,12 +84,17 @@ def test_a_finished_run_frees_its_arena_without_the_cycle_collector():
     def blocks() -> int:
         return sum(isinstance(o, SharedBlock) for o in gc.get_objects())
 
+    def shared_mappings() -> int:  # an arena's anonymous MAP_SHARED mapping, alive until its last view goes
+        with open("/proc/self/maps") as f:
+            return sum(" rw-s " in line and "/dev/zero" in line for line in f)
+
     gc.collect()
     gc.disable()
     try:
-        before = blocks()
+        before, mapped = blocks(), shared_mappings()
         for seed in range(3):
             assert run_one(_scenario("scan-exit-race"), seed).verdict == "clean"
         assert blocks() == before
+        assert shared_mappings() == mapped
     finally:
         gc.enable()
