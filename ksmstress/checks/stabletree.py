@@ -103,7 +103,9 @@ def _named_page(k: K, nref: int) -> int | None:
     s = int(sn.c["kpfn"][n])
     if not pg.slot_live(s):
         return None  # stale: its KSM page was freed, get_ksm_page has not met it yet
-    if int(pg.c["mapping"][s]) == nref:
+    # page->mapping names a stable node only on a PageKsm page: an anon page's names an anon_vma, whose reference
+    # (another table's generation and slot) can equal the node's
+    if int(pg.c["mapping"][s]) == nref and int(pg.c["flags"][s]) & PG_KSM:
         return s
     if int(pg.alloc_step[s, 0]) >= int(sn.alloc_step[n, 0]):
         return None  # stale: the frame was freed and holds another page now
