@@ -90,4 +90,10 @@ def dio_complete(k: K, pref: int, data: np.ndarray) -> None:
     k.hooks.shared_access(k, k.st.frames, s, 1, "dio_bio_complete:dma")
     k.spoint("dio_bio_complete:dma")
     k.st.frames[s, :] = data
+    # set_page_dirty_lock before the page_cache_release: the completion waits for a reclaim that holds the page
+    # lock from pageout to __remove_mapping, whose page_freeze_refs then still sees the pin and keeps the page (the
+    # model has no PG_dirty: pageout writes every time); a put without it let a pageout that copied the frame
+    # before the DMA free the page after it, and the DMA's bytes were lost
+    k.locks.lock(k.page_lock(s), "set_page_dirty_lock:lock_page")
+    k.locks.unlock(k.page_lock(s), "set_page_dirty_lock:unlock_page")
     memory.put_page(k, pref, "dio_bio_complete:put_page")
