@@ -839,9 +839,9 @@ def ksm_do_scan(k: K, scan_npages: int) -> None:
         iref, page = scan_get_next_rmap_item(k)
         if not iref:
             return
-        if not memory.PageKsm(k, k.pg.deref(page, "ksm_do_scan")) or not in_stable_tree(k, iref):
+        s = k.pg.deref(page, "ksm_do_scan")
+        if not memory.PageKsm(k, s) or not in_stable_tree(k, iref):
             cmp_and_merge_page(k, page, iref)
-        s = ref_slot(page)
         if memory.PageKsm(k, s) and k.pg.mapping[s]:
             # ksmd came round to a pte of a KSM page with a stable node: its own rmap_item must reach it now. A KSM
             # page with none yet (promoted by try_to_merge_one_page(page, NULL), its merging pte then copied away by
