@@ -317,6 +317,65 @@ def test_mlock_of_a_locked_range_breaks_cow_on_the_running_kernel() -> None:
     assert remlock_figures([r.other for r in rep.rows]) == [(0, 0, 1), (1, 1, 0)], render(rep)
 
 
+RESCUE = """
+name = "rescue"
+[[process]]
+name = "a"
+regions = [3]
+[[phase]]
+do = ["write a 1,1,2"]
+[[phase]]
+do = ["dontneed a.0[1:2]", "pageout a.0[0:1]"]
+[[phase]]
+do = ["write a.0[2:3] 1"]
+[[phase]]
+do = ["read a"]
+"""
+
+
+def test_a_merge_finds_a_ksm_page_in_the_swap_cache_on_the_model() -> None:
+    """2.6.33's stable_tree_search merges into any stable node whose page get_ksm_page still finds, also a KSM
+    page in the swap cache that nothing maps any more; the fault that reads it back then maps the same page."""
+    out, _ = run_model(parse(RESCUE, "rescue.toml"))
+    assert remlock_figures([r.figures for r in out]) == [(1, 1, 1), (0, 0, 1), (1, 0, 0), (1, 1, 0)]
+
+
+@pytest.mark.kernel
+def test_a_merge_ignores_a_ksm_page_nothing_maps_on_the_running_kernel() -> None:
+    """Since 4.13 (stable_node chains) is_page_sharing_candidate wants a stable node with at least one rmap_item:
+    the page written to match the swapped KSM page goes to the unstable tree instead. The README names this
+    difference; the shipped `swap` workload stays off it."""
+    (rep,) = on_kernel([parse(RESCUE, "rescue.toml")])
+    assert remlock_figures([r.other for r in rep.rows]) == [(1, 1, 1), (0, 0, 1), (0, 0, 1), (1, 1, 0)], render(rep)
+
+
+def test_pageout_and_read_validate_and_return_as_madvise() -> None:
+    text = GOOD.replace('"write a 1"', '"write a 1", "mlock a.0[2:3]", "munmap a.0[3:4]", "pageout a.0[0:2]", '
+                        '"pageout a.0[0:3]", "pageout a", "read a.0[0:3]"')
+    w = parse(text, "t.toml")
+    assert [a.returns for a in w.phases[0].actions if a.kind == "pageout"] == [(0,), (-22,), (-22,)]
+    out, _ = run_model(w)
+    assert out[0].returns == (0, -22, -22)
+    with pytest.raises(WorkloadError, match="expected mapped pages"):
+        parse(GOOD.replace('"write a 1"', '"munmap a.0[0:1]", "read a"'), "t.toml")
+
+
+@pytest.mark.kernel
+def test_the_swap_file_is_gone_after_a_run_and_after_one_that_raises() -> None:
+    from ksmstress.kernel import swapspace
+
+    kernel_or_skip()
+    with sysfs.ksm_lock():
+        with pytest.raises(RuntimeError), swapspace.swap_area(16) as why:
+            if why:
+                pytest.skip(why)
+            assert str(swapspace.path()) in Path("/proc/swaps").read_text()
+            raise RuntimeError("mid-run")
+        assert not swapspace.path().exists() and str(swapspace.path()) not in Path("/proc/swaps").read_text()
+        swapspace.path().write_bytes(b"left by a killed run")
+        assert swapspace.recover() and not swapspace.path().exists()
+
+
 def test_bad_workload_through_the_cli_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(GOOD.replace('"write a 1"', '"write a.0[0:5] 1"'))

@@ -65,7 +65,7 @@ def cmd_kernel(a: argparse.Namespace) -> int:
         header = settings_line(session, a.native)
         out["settings"] = [{"file": n, "value": v, "was": w, "why": why} for n, v, w, why in session.applied]
     gen_reports = reports[len(shipped):]
-    ok = all(r.verdict == "agree" for r in reports)
+    ok = all(r.verdict in ("agree", "skipped") for r in reports)  # skipped: the machine cannot run it (says why)
     out["verdict"] = "agree" if ok else "mismatch"
     if a.json:
         out["workloads"] = [r.to_dict() for r in reports]
@@ -91,7 +91,8 @@ def cmd_kernel(a: argparse.Namespace) -> int:
         ran, agreed = _summary(gen_reports)
         print(f"generated workloads (seeds {a.seed}..{a.seed + a.generate - 1}): {ran} ran, {agreed} agreed")
     n, agreed = _summary(reports)
-    print(f"verdict: {out['verdict']} ({agreed} of {n} workloads agree)")
+    skipped = sum(r.verdict == "skipped" for r in reports)
+    print(f"verdict: {out['verdict']} ({agreed} of {n} workloads agree" + (f", {skipped} skipped)" if skipped else ")"))
     return 0 if ok else 1
 
 

@@ -7,12 +7,13 @@ equal. A workload agrees when every phase does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..failures import Failure
-from . import sysfs
+from . import swapspace, sysfs
 from .model import Settled, run_model
 from .real import KernelSideError, run_real
 from .workload import Expect, Figures, Phase, Workload
@@ -79,11 +80,14 @@ class Report:
     model_seconds: float = 0.0
     kernel_seconds: float = 0.0
     error: str = ""
+    skipped: str = ""  # why the kernel could not run this workload (no swap area for a pageout): not a mismatch
 
     @property
     def verdict(self) -> str:
         if self.error:
             return "error"
+        if self.skipped:
+            return "skipped"
         return "agree" if all(r.agree for r in self.rows) else "mismatch"
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +97,7 @@ class Report:
             "against": self.against,
             "verdict": self.verdict,
             "error": self.error or None,
+            "skipped": self.skipped or None,
             "model_seconds": round(self.model_seconds, 4),
             "kernel_seconds": round(self.kernel_seconds, 4) if self.against == "kernel" else None,
             "phases": [
@@ -165,8 +170,16 @@ def run_against_kernel(workloads: list[Workload], min_scans: int = 4, pages_to_s
     if reason:
         raise sysfs.Unavailable(reason)
     models = [model_side(w, min_scans) for w in workloads]
+    swapping = [w.uses("pageout") for w in workloads]
     with sysfs.ksm_session(pages_to_scan, sleep_millisecs, lock_timeout, native) as s:
-        reports = [compare_kernel(w, m, s, min_scans, timeout) for w, m in zip(workloads, models, strict=True)]
+        need = max((w.total_pages for w, sw in zip(workloads, swapping, strict=True) if sw), default=0)
+        with swapspace.swap_area(need) if need else contextlib.nullcontext("") as no_swap:
+            reports = []
+            for w, m, sw in zip(workloads, models, swapping, strict=True):
+                if sw and no_swap:
+                    reports.append(Report(w, "kernel", model_seconds=m[1], skipped=no_swap))
+                else:
+                    reports.append(compare_kernel(w, m, s, min_scans, timeout))
     return reports, s
 
 
@@ -191,6 +204,8 @@ def render(rep: Report) -> str:
     lines = [f"{w.name}: {rep.verdict} ({timing})" + (f" - {w.description}" if w.description else "")]
     if rep.error:
         lines.append(f"  error: {rep.error}")
+    if rep.skipped:
+        lines.append(f"  skipped on the kernel: {rep.skipped}")
     if not rep.rows:
         return "\n".join(lines)
     procs = list(w.layout())

@@ -24,11 +24,13 @@ from ..mm.state import (
     G_RUN,
     G_SEQNR,
     KSM_RUN_MERGE,
+    PTE_NONE,
     STABLE_FLAG,
     K,
     Sizes,
 )
 from ..runner import solo_kernel
+from . import pageout
 from .workload import Action, Figures, Workload
 
 PAGE = 16  # model page size: patterns stay distinct down to 2 bytes
@@ -75,7 +77,7 @@ def sizes_for(w: Workload) -> Sizes:
         max_mm=nmm,
         max_vmas=max_vmas,
         frames=2 * total + 64,
-        swap=16,
+        swap=total + 16,  # every page may be paged out
         rmap_items=total + 64,
         stable_nodes=total + 64,
         anon_vmas=nmm * max_vmas + 64,
@@ -115,6 +117,14 @@ class ModelSide:
             for region, page, pat in a.page_patterns():
                 if not memory.user_write(k, m, self.bases[region] + page, pattern_bytes(pat, PAGE)):
                     raise RuntimeError(f"model: SIGSEGV writing {a.proc}.{region}[{page}]")
+        elif a.kind == "read":  # a page never touched (or zapped) is not read: its read fault maps the ZERO_PAGE
+            for s in a.spans:
+                for addr in range(self.bases[s.region] + s.start, self.bases[s.region] + s.end):
+                    k.locks.lock(k.ptl(m), "read")
+                    kind = memory.pte_get(k, m, addr)[0]
+                    k.locks.unlock(k.ptl(m), "read")
+                    if kind != PTE_NONE and memory.user_read(k, m, addr) is None:
+                        raise RuntimeError(f"model: SIGSEGV reading {a.text!r}")
         elif a.kind == "fork":
             self.mms[a.child] = mmm.dup_mmap(k, mref)
         elif a.kind == "thread":  # clone(CLONE_VM): the same mm, one more user
@@ -145,6 +155,10 @@ class ModelSide:
             for s in a.spans:
                 if not mmm.sys_munmap(k, mref, self.bases[s.region] + s.start, self.bases[s.region] + s.end):
                     raise RuntimeError(f"model: munmap of {a.text!r} ran out of vmas")
+        elif a.kind == "pageout":  # MADV_PAGEOUT (5.4): the model's stand-in, pageout.py
+            for s in a.spans:
+                start, end = self.bases[s.region] + s.start, self.bases[s.region] + s.end
+                self.returns.append(pageout.madvise_pageout(k, mref, start, end))
         else:  # madvise: MERGEABLE / UNMERGEABLE, or DONTNEED (zap_page_range; -EINVAL on a VM_LOCKED vma)
             advice = {"mergeable": ksm.MADV_MERGEABLE, "unmergeable": ksm.MADV_UNMERGEABLE,
                       "dontneed": mmm.MADV_DONTNEED}[a.kind]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import queue
@@ -30,7 +31,7 @@ from . import libc
 from .workload import Workload
 
 MSG_MAX = 1 << 16
-THREAD_CMDS = ("write", "madvise", "munmap", "mlock")  # what a workload thread can be asked to do
+THREAD_CMDS = ("write", "read", "madvise", "munmap", "mlock", "pageout")  # what a workload thread can be asked to do
 # Regions are mapped from here up, far below the mmap area: the kernel's top-down search for a free range
 # (vm_unmapped_area_topdown) takes the highest gap that fits, always one above this, so a mapping the workload
 # process makes for itself (a thread's, the allocator's) never lands in a hole a workload's munmap punched; from
@@ -148,6 +149,15 @@ class _Worker:
                 else:  # over unmapped pages the kernel advises the mapped parts and returns -ENOMEM: recorded
                     returns.append(libc.madvise_return(addr, n, args[1]))
             return returns
+        if cmd == "read":  # pages in memory or in swap (pagemap bit 63 or 62): a never-touched one is not faulted
+            for r, a, b in args[0]:
+                base = self.regions[r][0] + a * libc.PAGE_SIZE
+                for i, e in enumerate(_pagemap(base, b - a)):
+                    if e >> 62:
+                        ctypes.string_at(base + i * libc.PAGE_SIZE, 1)
+            return None
+        if cmd == "pageout":
+            return [pageout(self.regions[r][0] + a * libc.PAGE_SIZE, b - a) for r, a, b in args[0]]
         if cmd == "mremap":  # the span's pages move to page `dest` of the same region
             (r, a, b), dest = args
             base = self.regions[r][0]
@@ -190,6 +200,58 @@ class _Worker:
         if cmd == "exit":
             return None
         raise OSError(0, f"unknown command {cmd!r}")
+
+
+PAGEOUT_ROUNDS = 5  # madvise(MADV_PAGEOUT) rounds over the CPUs until no page mapped once is left resident
+
+
+def pageout(addr: int, pages: int) -> int:
+    """madvise(MADV_PAGEOUT) of `pages` pages at `addr` as the workload's `pageout` means it: every page that this
+    pte alone maps goes to swap and stays in the swap cache. Returns the call's value (0, or -errno).
+
+    - Each present page is referenced (libc.pin_pages) while the call runs, so __remove_mapping cannot free it
+      when its write to swap has already ended by the time reclaim looks (a fast disk): the page stays in the swap
+      cache whatever the disk's speed, as the model's pageout.py keeps it.
+    - The call reclaims only pages on an LRU list, and a page faulted in lately may still sit in the per-CPU batch
+      of the CPU that faulted it (a thread's, ksmd's), while the call drains only its own CPU's batch
+      (lru_add_drain): so it is made on each CPU in turn.
+    - Then no page mapped once (/proc/self/pagemap, /proc/kpagecount) may be left resident: retried, and an error
+      after PAGEOUT_ROUNDS rounds.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    first = None
+    pins = libc.pin_pages([addr + i * libc.PAGE_SIZE for i in _present(addr, pages)])
+    try:
+        for _round in range(PAGEOUT_ROUNDS):
+            for cpu in cpus:
+                os.sched_setaffinity(0, {cpu})
+                rc = libc.madvise_return(addr, pages * libc.PAGE_SIZE, libc.MADV_PAGEOUT)
+                first = rc if first is None else first
+            left = [i for i in _present(addr, pages) if _mapcount(addr + i * libc.PAGE_SIZE) == 1]
+            if not left or first == -errno.EINVAL:  # a VM_LOCKED vma: the call stops there
+                return int(first or 0)
+    finally:
+        os.sched_setaffinity(0, cpus)
+        libc.unpin(pins)
+    raise OSError(0, f"pageout left {len(left)} page(s) mapped once resident (page {left[0]} of the range)")
+
+
+def _pagemap(addr: int, pages: int) -> list[int]:
+    with open("/proc/self/pagemap", "rb") as pm:
+        raw = os.pread(pm.fileno(), 8 * pages, (addr // libc.PAGE_SIZE) * 8)
+    return [int.from_bytes(raw[8 * i : 8 * i + 8], "little") for i in range(pages)]
+
+
+def _present(addr: int, pages: int) -> list[int]:
+    """The pages of the range a pte maps (bit 63 of the pagemap entry)."""
+    return [i for i, e in enumerate(_pagemap(addr, pages)) if e >> 63 & 1]
+
+
+def _mapcount(page_addr: int) -> int:
+    """The mapcount of the page at `page_addr` (its pfn from pagemap, then /proc/kpagecount; both need root)."""
+    pfn = _pagemap(page_addr, 1)[0] & ((1 << 55) - 1)
+    with open("/proc/kpagecount", "rb") as kc:
+        return int.from_bytes(os.pread(kc.fileno(), 8, pfn * 8), "little")
 
 
 # -- the driver's side ---------------------------------------------------------------------------------------

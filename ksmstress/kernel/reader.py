@@ -25,10 +25,10 @@ TARGET_RE = re.compile(r"(?P<proc>[A-Za-z_][A-Za-z0-9_-]*)(?:\.(?P<region>[0-9]{
 PATTERNS_RE = re.compile(r"([0-9]{1,9}|z)(,([0-9]{1,9}|z))*")  # z: an all-zero page
 MAX_PATTERNS = 4096  # patterns in one write
 GRAMMAR = (
-    "write TARGET P[,P...] (P a pattern number or z) | fork PARENT CHILD | unmergeable TARGET | mergeable TARGET | "
-    "munmap TARGET | mlock TARGET | munlock TARGET | dontneed TARGET | mremap P.R[A:B] D | thread PROC T | "
-    "exit PROC|T | run 0|1|2 (TARGET: P, P.R or P.R[A:B], P a process or a thread, which acts on its process's "
-    "memory; mremap moves the pages to page D of the same region)"
+    "write TARGET P[,P...] (P a pattern number or z) | read TARGET | fork PARENT CHILD | unmergeable TARGET | "
+    "mergeable TARGET | munmap TARGET | mlock TARGET | munlock TARGET | dontneed TARGET | pageout TARGET | "
+    "mremap P.R[A:B] D | thread PROC T | exit PROC|T | run 0|1|2 (TARGET: P, P.R or P.R[A:B], P a process or a "
+    "thread, which acts on its process's memory; mremap moves the pages to page D of the same region)"
 )
 MAX_PROCESSES = 16
 MAX_THREADS = 16  # threads started over the whole workload
@@ -173,11 +173,14 @@ class _Actions:
         if kind == "write":
             self.require_mapped(proc, spans)
             return Action("write", proc, spans, self.patterns(toks[2]), text=text, thread=thread)
+        if kind == "read":  # a load from each page in memory or in swap (none is faulted in: no ZERO_PAGE in the model)
+            self.require_mapped(proc, spans)
+            return Action("read", proc, spans, text=text, thread=thread)
         if kind in ("mlock", "munlock"):  # over mapped pages only: a hole's -ENOMEM differs between kernels
             self.require_mapped(proc, spans)
             self.s.mlock(proc, spans, kind == "mlock")
             return Action(kind, proc, spans, text=text, thread=thread)
-        if kind == "dontneed":  # MADV_DONTNEED: over a hole -ENOMEM, over an mlocked page -EINVAL, as madvise
+        if kind in ("dontneed", "pageout"):  # over a hole -ENOMEM, over an mlocked page -EINVAL, as madvise
             return Action(kind, proc, spans, text=text, thread=thread, returns=self.s.dontneed_returns(proc, spans))
         if kind in ("mergeable", "unmergeable"):
             self.s.cut(proc, spans)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from .. import procs
-from . import libc, sysfs
+from . import libc, swapspace, sysfs
 from .model import Settled
 from .proctree import KernelSideError, ProcTree
 from .workload import Action, Figures, Workload
@@ -68,6 +68,11 @@ class RealSide:
             advice = {"mergeable": libc.MADV_MERGEABLE, "unmergeable": libc.MADV_UNMERGEABLE,
                       "dontneed": libc.MADV_DONTNEED}[a.kind]
             self.returns += self.tree.call(a.proc, "madvise", spans, advice, thread=a.thread)
+        elif a.kind == "read":
+            self.tree.call(a.proc, "read", spans, thread=a.thread)
+        elif a.kind == "pageout":
+            self.returns += self.tree.call(a.proc, "pageout", spans, thread=a.thread)
+            swapspace.wait_writeback(self.timeout)
         elif a.kind in ("mlock", "munlock"):
             self.tree.call(a.proc, "mlock", spans, a.kind == "mlock", thread=a.thread)
         elif a.kind == "mremap":

@@ -43,9 +43,9 @@ class Structure:
         return tuple(-ENOMEM if self.hole(proc, s) is not None else 0 for s in spans)
 
     def dontneed_returns(self, proc: str, spans: tuple[Span, ...]) -> tuple[int, ...]:
-        """What madvise(MADV_DONTNEED) returns for each span's call: -EINVAL when a page of the range is mlocked
-        (madvise_dontneed refuses a VM_LOCKED vma and madvise returns that error at once, the vmas before it
-        zapped), else -ENOMEM over a hole, else 0."""
+        """What madvise(MADV_DONTNEED) or madvise(MADV_PAGEOUT) returns for each span's call: -EINVAL when a page
+        of the range is mlocked (madvise_dontneed and can_madv_lru_vma refuse a VM_LOCKED vma and madvise returns
+        that error at once, the vmas before it done), else -ENOMEM over a hole, else 0."""
         out = []
         for s in spans:
             if any(self.locked[proc][s.region][s.start : s.end]):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ACTIONS = ("write", "fork", "unmergeable", "mergeable", "munmap", "exit", "run", "mlock", "munlock", "dontneed",
-           "thread", "mremap")
+           "thread", "mremap", "pageout", "read")
 MAX_PATTERN = 255 * 256 - 1  # pattern // 255 must fit the last byte
 ENOMEM = 12  # madvise(2) over a range with unmapped pages: applied to the mapped parts, then -ENOMEM
 EINVAL = 22  # madvise(MADV_DONTNEED) over an mlocked (VM_LOCKED) vma
@@ -134,6 +134,10 @@ class Workload:
                 if a.kind == "fork":
                     out[a.child] = out[a.proc]
         return out
+
+    def uses(self, kind: str) -> bool:
+        """Whether an action of this kind occurs in the workload."""
+        return any(a.kind == kind for ph in self.phases for a in ph.actions)
 
     @property
     def total_pages(self) -> int:
