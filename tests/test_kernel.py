@@ -399,7 +399,7 @@ def test_generated_workloads_are_valid_and_reproducible() -> None:
         assert w.phases and w.phases[0].name == "fill"
     kinds = {a.kind for s in range(300) for ph in generate(s).phases for a in ph.actions}
     assert kinds == {"write", "fork", "unmergeable", "mergeable", "munmap", "exit", "run", "mlock", "munlock",
-                     "dontneed", "thread", "mremap"}
+                     "dontneed", "thread", "mremap", "pageout", "read"}
     by_thread = {a.kind for s in range(300) for ph in generate(s).phases for a in ph.actions if a.thread}
     assert by_thread == {"write", "dontneed", "exit"}
 

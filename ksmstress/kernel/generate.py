@@ -24,13 +24,15 @@ def generate_text(seed: int) -> str:
     duplicated patterns, forks, MADV_UNMERGEABLE / MERGEABLE of a range, munmap of a range, exits, run=2 then
     run=1, mlock / munlock of a range, MADV_DONTNEED of a range, holes and mlocked pages included, threads that
     write or MADV_DONTNEED their process's pages and exit, mremap of a range inside one vma to a free or mapped
-    place of its region), always valid by construction.
+    place of its region, MADV_PAGEOUT of a range and reads that fault swapped pages back), always valid by
+    construction.
     """
     rng = random.Random(seed)
     lrng = random.Random(f"{seed}:mlock")
     drng = random.Random(f"{seed}:dontneed")
     trng = random.Random(f"{seed}:thread")
     mrng = random.Random(f"{seed}:mremap")
+    srng = random.Random(f"{seed}:swap")
     threads: dict[str, str] = {}  # live thread -> its process
     nthreads = 0
     pool = rng.sample(range(0, 600), rng.randint(1, 5))
@@ -140,6 +142,18 @@ def generate_text(seed: int) -> str:
         # run is inside one vma is the reader's to say (it follows every range action's edges)
         if mrng.random() < 0.4:
             _mremap(mrng, procs, lines, phases, acts)
+        # MADV_PAGEOUT of a run of pages, mapped or not, or a read of a mapped run (faulting swapped pages back):
+        # a stream of its own
+        if srng.random() < 0.4:
+            p = srng.choice(sorted(procs))
+            r = srng.randrange(len(procs[p]))
+            row = procs[p][r]
+            a = srng.randrange(len(row))
+            b = min(len(row), a + 1 + int(srng.expovariate(1 / 4)))
+            if srng.random() < 0.6:
+                acts.append(f"pageout {p}.{r}[{a}:{b}]")
+            elif all(row[a:b]):
+                acts.append(f"read {p}.{r}[{a}:{b}]")
         if acts:
             phases.append((f"step {ph + 1}", acts))
     if ran2:
