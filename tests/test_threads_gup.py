@@ -14,7 +14,7 @@ import pytest
 from ksmstress.arena import ref_slot
 from ksmstress.checks.content import pattern_bytes
 from ksmstress.failures import Failure
-from ksmstress.mm import gup, ksm, memory
+from ksmstress.mm import gup, ksm, memory, vmscan
 from ksmstress.mm import mm as mmm
 from ksmstress.mm.state import PG_KSM, PTE_NONE, K
 from ksmstress.scenario import ScenarioError, parse
@@ -183,3 +183,53 @@ def test_dio_complete_through_a_dropped_pin_is_a_refcount_failure() -> None:
     with pytest.raises(Failure) as e:
         gup.dio_complete(k, page, pattern_bytes(1, k.st.sz.page_size))
     assert e.value.cls == "use-after-free"
+
+
+def _pinned_page_under_reclaim(k: K) -> tuple[int, int, int]:
+    """A page of one program, pinned for an O_DIRECT read (get_user_pages_fast for write), and reclaim's
+    isolation reference on it: (mm slot, the pinned page, the isolated page)."""
+    _mref, m = new_program(k, 1)
+    write(k, m, 1, 3)
+    page = gup.get_user_pages_fast(k, m, 1, True)
+    return m, page, memory.get_page_unless_zero(k, ref_slot(page))
+
+
+def test_a_dio_completion_waits_for_reclaim_between_pageout_and_remove_mapping() -> None:
+    """dio_bio_complete's set_page_dirty_lock takes the page lock, which shrink_page_list holds from trylock_page
+    through pageout to __remove_mapping: a completion cannot land in between (here, where the single task of the
+    test already holds that lock, the attempt is the self-deadlock the detectors name)."""
+    k = make_kernel()
+    m, page, iso = _pinned_page_under_reclaim(k)
+    seen = at_point(k, "__remove_mapping:page_freeze_refs",
+                    lambda: gup.dio_complete(k, page, pattern_bytes(5, k.st.sz.page_size)))
+    with pytest.raises(Failure) as e:
+        vmscan.shrink_page(k, iso, True)
+    assert "__remove_mapping:page_freeze_refs" in seen
+    assert "set_page_dirty_lock:lock_page" in e.value.message, e.value.message
+
+
+def test_a_completion_that_landed_in_that_window_would_lose_the_dma_bytes() -> None:
+    """Why the lock matters (0a9cc16; seen in free mode only, about 1 run in 400 of `threads`): a DMA and a put of
+    the pin after pageout copied the frame, before page_freeze_refs, let __remove_mapping free the page; the swap
+    slot holds the bytes from before the DMA, and the program reads them back."""
+    k = make_kernel()
+    m, page, iso = _pinned_page_under_reclaim(k)
+
+    def unlocked_completion() -> None:
+        k.st.frames[ref_slot(page), :] = pattern_bytes(5, k.st.sz.page_size)
+        memory.put_page(k, page, "dio_bio_complete:put_page")
+
+    at_point(k, "__remove_mapping:page_freeze_refs", unlocked_completion)
+    assert vmscan.shrink_page(k, iso, True)  # freed
+    assert read(k, m, 1) == content(k, 3)  # not the DMA's 5
+
+
+def test_a_completion_after_reclaim_kept_the_page_is_read_back() -> None:
+    """The order the lock gives: reclaim's page_freeze_refs sees the pin and keeps the page in the swap cache;
+    the completion then lands in it, and the fault finds it there with the DMA's bytes."""
+    k = make_kernel()
+    m, page, iso = _pinned_page_under_reclaim(k)
+    assert not vmscan.shrink_page(k, iso, True)
+    memory.put_page(k, iso, "putback_lru_page")
+    gup.dio_complete(k, page, pattern_bytes(5, k.st.sz.page_size))
+    assert read(k, m, 1) == content(k, 5)
