@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..arena import ref_slot
+from ..mm.ksm import UNTIL_SCANNED, UNTIL_SCANNED_ANY
 from ..mm.state import PG_KSM, PTE_PRESENT, PTE_WRITE, mk_pte
 
 if TYPE_CHECKING:
@@ -174,6 +175,10 @@ WINDOWS: tuple[Window, ...] = (
 )
 
 CODES: dict[str, int] = {w.name: w.code for w in WINDOWS if w.code}
+_CLOSES: dict[str, frozenset[int]] = {
+    **{name: frozenset({c}) for name, c in CODES.items()},
+    UNTIL_SCANNED_ANY: frozenset(CODES[n] for n in UNTIL_SCANNED),
+}
 
 
 def exempting(k: K, m: int, addr: int, word: int, pref: int) -> Window | None:
@@ -198,7 +203,9 @@ def window_open(k: K, name: str, m: int, addr: int, pref: int) -> None:
 
 
 def window_close(k: K, name: str, m: int, addr: int) -> None:
-    """The window `name` of pte (m, addr) ends: its mark, if it is still this window's, goes."""
+    """The window `name` of pte (m, addr) ends: its mark, if it is still this window's (or, for
+    UNTIL_SCANNED_ANY, one of UNTIL_SCANNED's), goes."""
     rec = k.st.window[m, addr]
-    if int(rec[W_CODE]) == CODES[name]:
+    code = int(rec[W_CODE])
+    if code and code in _CLOSES[name]:
         rec[W_CODE] = 0

@@ -33,7 +33,8 @@ class Hooks(LockHooks, Protocol):
         it maps, or is about to map, `page_ref`, which its rmap walk cannot reach through it yet, by design."""
 
     def window_close(self, k: Any, kind: str, mm_slot: int, address: int) -> None:
-        """Kernel window `kind` of that pte ends: from here a walk must reach it."""
+        """Kernel window `kind` of that pte ends: from here a walk must reach it (ksm.UNTIL_SCANNED_ANY: whichever
+        window of ksm.UNTIL_SCANNED it is in)."""
 
     def task_exit(self, k: Any) -> None:
         """The running task is about to exit."""

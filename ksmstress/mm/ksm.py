@@ -618,8 +618,10 @@ def unstable_tree_search_insert(k: K, iref: int, pref: int) -> tuple[int, int]:
     return 0, 0
 
 
-# the windows a pte leaves once ksmd has processed it while it maps a KSM page with a stable node (checks.windows)
+# the windows a pte leaves once ksmd has processed it while it maps a KSM page with a stable node (checks.windows);
+# `window_close(UNTIL_SCANNED_ANY)` ends whichever of them the pte is in
 UNTIL_SCANNED = ("fork-before-scan", "swapin-before-scan", "move-before-scan", "migrate-before-scan")
+UNTIL_SCANNED_ANY = "until-scanned"
 
 
 def _window_close(k: K, kind: str, iref: int) -> None:
@@ -847,8 +849,7 @@ def ksm_do_scan(k: K, scan_npages: int) -> None:
             # page with none yet (promoted by try_to_merge_one_page(page, NULL), its merging pte then copied away by
             # break_cow, while fork or the swap cache kept it mapped elsewhere) has nothing to link the item to:
             # the window stays open until a scan finds the page with its node
-            for kind in UNTIL_SCANNED:
-                _window_close(k, kind, iref)
+            _window_close(k, UNTIL_SCANNED_ANY, iref)
         memory.put_page(k, page, "ksm_do_scan")
 
 
