@@ -72,7 +72,7 @@ class RealSide:
             self.tree.call(a.proc, "read", spans, thread=a.thread)
         elif a.kind == "pageout":
             self.returns += self.tree.call(a.proc, "pageout", spans, thread=a.thread)
-            swapspace.wait_writeback(self.timeout)
+            swapspace.wait_writeback(min(self.timeout, 10.0))
         elif a.kind in ("mlock", "munlock"):
             self.tree.call(a.proc, "mlock", spans, a.kind == "mlock", thread=a.thread)
         elif a.kind == "mremap":
