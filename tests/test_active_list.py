@@ -164,3 +164,33 @@ def test_unlocked_anon_walk_is_held_to_its_duty(monkeypatch: Any):
     assert e.value.cls == "traversal" and e.value.details["walk"] == "page_referenced_anon"
     missed = {(int(m), int(addr)) for m, addr, *_ in e.value.details["missed"]}
     assert missed & {(a, 1), (c, 1)}
+
+
+def test_a_page_made_ksm_between_the_dispatch_and_the_walk_is_refused_not_walked_unlocked():
+    """shrink_active_list isolates a page after ksmd's write_protect_page counted its references, and ksmd's
+    try_to_merge_one_page(page, NULL) makes it KSM (set_page_stable_node under the page lock) while the unlocked
+    page_referenced runs: page_referenced tests PageKsm on one load of page->mapping, so the page goes to
+    page_referenced_anon, whose page_lock_anon_vma refuses the KSM mapping. A second load would send it to
+    page_referenced_ksm without the page lock (its VM_BUG_ON: the stress soak's mixed found that interleaving)."""
+    from ksmstress.mm import ksm
+
+    k = make_kernel()
+    _mref, m = new_program(k, 1)
+    write(k, m, 1, 3)
+    page = pte_page(k, m, 1)
+    s = ref_slot(page)
+    seen: list[str] = []
+    orig = k.spoint_unless
+
+    def spoint_unless(lid: int, site: str) -> None:
+        orig(lid, site)
+        seen.append(site)
+        if seen.count("PageKsm") == 1 and site != "PageKsm" and "promoted" not in seen:
+            seen.append("promoted")  # ksmd's steps, between page_referenced's PageKsm load and what follows it
+            k.spoint_unless = orig  # type: ignore[method-assign]
+            with holding(k, k.page_lock(s)):
+                ksm.set_page_stable_node(k, s, 0)
+
+    k.spoint_unless = spoint_unless  # type: ignore[method-assign]
+    assert rmap.page_referenced(k, page, False) == 0
+    assert "promoted" in seen and memory.PageKsm(k, s)

@@ -320,7 +320,8 @@ def page_lock_anon_vma(k: K, pref: int, site: str) -> int:
     first, then anon_vma->lock. 2.6.33 reads ACCESS_ONCE(page->mapping) and refuses unless its flag bits are
     exactly PAGE_MAPPING_ANON, so a KSM page (ANON|KSM, mapping a stable_node) is never taken for an anon_vma;
     page_referenced and try_to_unmap dispatch PageKsm first, so this refusal only matters to a page upgraded to
-    PageKsm in between, which an isolation reference already forbids (write_protect_page's page_count test).
+    PageKsm in between: shrink_active_list may isolate a page after ksmd's write_protect_page counted its
+    references and before try_to_merge_one_page makes it KSM, and its unlocked page_referenced then lands here.
     """
     from .state import PG_ANON, PG_KSM
 
@@ -452,11 +453,17 @@ def page_referenced(k: K, pref: int, is_locked: bool = True, vm_flags: list[int]
             k.hooks.walk_end(k, k.hooks.walk_begin(k, pref, "page_referenced"), -1)
         return referenced
     we_locked = False
-    if not is_locked and PageKsm(k, s):  # (!PageAnon(page) || PageKsm(page)): no file pages in the model
+    # One load of page->mapping serves both PageKsm tests: on the unlocked path no store, call or barrier lies
+    # between them, so the compiled code keeps the word it loaded. Read twice, ksmd's set_page_stable_node(page,
+    # NULL) (try_to_merge_one_page, after write_protect_page's count test and before an isolation that came later)
+    # could land in between, and page_referenced_ksm would run unlocked against its VM_BUG_ON(!PageLocked(page));
+    # with one load the page goes to page_referenced_anon, whose page_lock_anon_vma refuses a KSM mapping.
+    ksm_page = PageKsm(k, s)
+    if not is_locked and ksm_page:  # (!PageAnon(page) || PageKsm(page)): no file pages in the model
         we_locked = k.locks.trylock(k.page_lock(s), "page_referenced:trylock_page")
         if not we_locked:
             return referenced + 1
-    if PageKsm(k, s):
+    if ksm_page:
         referenced += ksm.page_referenced_ksm(k, pref, vm_flags)
     else:
         referenced += page_referenced_anon(k, pref, vm_flags, is_locked)
