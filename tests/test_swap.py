@@ -222,3 +222,21 @@ def test_swapoff_maps_a_cached_ksm_page_into_every_mm():
     memory.put_page(k, page, "put_page")
     check_counts(k.st, "test")
     finish(k, (aref, bref))
+
+
+def test_run_2_leaves_a_ksm_page_swapped_back_into_an_unmergeable_vma_and_so_does_its_detector():
+    """MADV_UNMERGEABLE passes over a swapped KSM page's pte (break_ksm's follow_page finds no page); the fault
+    maps the KSM page back as it is into the now unmergeable vma ("the vma might even be no longer VM_MERGEABLE",
+    5ad6468801d2); run=2 walks only VM_MERGEABLE vmas, so it returns with that pte still mapping the KSM page, and
+    the unmerge-incomplete detector, whose duty is those vmas, accepts it (tox -e stress's mixed met this)."""
+    k = make_kernel()
+    (aref, a), (bref, b), page = merged_pair(k)
+    memory.get_page(k, page, "get_user_pages")  # a pin keeps it in the swap cache
+    assert not shrink(k, page)
+    assert mmm.sys_madvise(k, aref, 1, 2, ksm.MADV_UNMERGEABLE) == 0
+    assert pte(k, a, 1)[0] == PTE_SWAP
+    assert read(k, a, 1) == content(k, 5) and pte_page(k, a, 1) == page  # the KSM page itself, unmergeable vma
+    memory.put_page(k, page, "put_page")
+    ksm.run_store(k, 2)  # the detectors' unmerge_end runs as it returns
+    assert pte_page(k, a, 1) == page and k.pg.flags[ref_slot(page)] & PG_KSM
+    assert pte(k, b, 1)[0] == PTE_SWAP  # b's pte is still the entry: nothing to unmerge there either
