@@ -33,6 +33,7 @@ from ..arena import ref_slot
 from ..failures import Failure
 from ..mm.state import PG_KSM, PTE_PRESENT, PTE_WRITE, mk_pte
 from . import mlock, windows
+from .invariants import pte_text
 
 if TYPE_CHECKING:
     from ..mm.state import K
@@ -147,6 +148,7 @@ def describe_miss(k: K, m: int, addr: int, pref: int) -> dict[str, object]:
         out["stable_items_here"] = [
             ref_slot(x) for x in windows.stable_items(k, pref) if k.ri.address[ref_slot(x)] == addr
         ]
+    out["stores"] = pte_text(k.st, m, addr)  # how the pte came to map the page: which window it went through
     return out
 
 
@@ -162,6 +164,8 @@ def miss_text(d: dict[str, object]) -> str:
         t += "; its rmap_item: " + ("none" if own is None else f"rmap_item[{own}] flags {d['rmap_item_flags']}")
         here = ", ".join(f"rmap_item[{x}]" for x in d["stable_items_here"])  # type: ignore[attr-defined]
         t += "; stable node's rmap_items at this address: " + (here or "none")
+    if d.get("stores"):
+        t += f"; the pte's last stores: {d['stores']}"
     return t
 
 

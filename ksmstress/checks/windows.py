@@ -74,6 +74,12 @@ def stable_items(k: K, pref: int) -> list[int]:
     return out
 
 
+def _own_item_on_node(k: K, m: int, pref: int) -> bool:
+    """Whether an rmap_item of mm slot m is on the KSM page's stable node (this mm merged the page itself)."""
+    mref = k.mmc.ref_of(m)
+    return any(k.ri.mm[ref_slot(i)] == mref for i in stable_items(k, pref))
+
+
 def family_item(k: K, m: int, addr: int, pref: int) -> int:
     """An rmap_item on the page's stable node through which pass 1 of the KSM walks reaches this pte (same address,
     the anon_vma recorded in the pte's vma), or 0. The vma's anon_vma field is read, not the anon_vma's list, so a
@@ -145,9 +151,12 @@ WINDOWS: tuple[Window, ...] = (
         "the sibling's rmap_item, and pass 1 of the KSM walks looks only at the sibling's address; nothing reaches "
         "the moved pte until ksmd scans it there and stable_tree_append links its own item (2.6.33 mm/mremap.c "
         "move_vma, mm/ksm.c rmap_walk_ksm).",
-        "marked by move_ptes on each present pte it moves whose page is not a KSM page then (a KSM page moved is "
-        "what move_vma's unmerge exists to prevent: never marked); cleared as fork-before-scan's mark is; exempt "
-        "only while no rmap_item on the stable node has this address and the anon_vma of the vma covering the pte",
+        "marked by move_ptes on each present pte it moves, unless its page is a KSM page with an rmap_item of this "
+        "mm on its stable node (a page this mm merged itself, moved: what move_vma's unmerge exists to prevent); "
+        "a KSM page without one was an anon page that move_vma's unmerge passed and the sibling's item made KSM "
+        "before move_ptes came to it (ksmd holds only the sibling's mmap_sem); cleared as fork-before-scan's mark "
+        "is; exempt only while no rmap_item on the stable node has this address and the anon_vma of the vma "
+        "covering the pte",
         _until_scanned(MOVE_BEFORE_SCAN),
     ),
     Window(
@@ -195,8 +204,8 @@ def window_open(k: K, name: str, m: int, addr: int, pref: int) -> None:
     stored last, so a reader never pairs it with the previous record's page."""
     rec = k.st.window[m, addr]
     rec[W_CODE] = 0
-    if name == "move-before-scan" and _ksm(k, pref):
-        return  # a KSM page moved: no window excuses it
+    if name == "move-before-scan" and _ksm(k, pref) and _own_item_on_node(k, m, pref):
+        return  # a KSM page this mm merged itself moved: what move_vma's unmerge exists to prevent
     rec[W_MM] = k.mmc.ref_of(m)
     rec[W_PTE] = mk_pte(PTE_PRESENT, pref, 0)
     rec[W_CODE] = CODES[name]
