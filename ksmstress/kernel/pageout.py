@@ -21,29 +21,18 @@ from __future__ import annotations
 from ..arena import ref_slot
 from ..mm import memory, rmap, swap_state, swapfile
 from ..mm import mm as mmm
-from ..mm.state import VM_LOCKED, K
-
-EINVAL, ENOMEM = 22, 12
+from ..mm.state import K
 
 
 def madvise_pageout(k: K, mref: int, start: int, end: int) -> int:
     """MADV_PAGEOUT over [start, end) of mm `mref`: 0, -EINVAL at a VM_LOCKED vma, -ENOMEM over a hole."""
     m = k.mmc.deref(mref, "madvise_pageout")
-    k.locks.down_read(k.mmap_sem(m), "madvise_pageout")
-    covered, err = 0, 0
-    for vref in mmm.vma_list(k, m):
-        v = k.vm.deref(vref, "madvise_pageout")
-        lo, hi = max(int(k.vm.start[v]), start), min(int(k.vm.end[v]), end)
-        if lo >= hi:
-            continue
-        if k.vm.flags[v] & VM_LOCKED:
-            err = -EINVAL
-            break
-        covered += hi - lo
+
+    def advise(lo: int, hi: int) -> None:
         for addr in range(lo, hi):
             pageout_one(k, m, addr)
-    k.locks.up_read(k.mmap_sem(m), "madvise_pageout")
-    return err or (-ENOMEM if covered < end - start else 0)
+
+    return mmm.madvise_unlocked_vmas(k, m, start, end, "madvise_pageout", "madvise_pageout", advise)
 
 
 def pageout_one(k: K, m: int, addr: int) -> None:

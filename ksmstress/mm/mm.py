@@ -6,6 +6,8 @@ Simplifications: no vma merging (vma_merge) on mmap or madvise; rlimits are a fi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..arena import ref_slot
 from ..callchain import kfunc
 from ..failures import Failure
@@ -328,18 +330,28 @@ def madvise_dontneed(k: K, mref: int, start: int, end: int) -> int:
     disappear under ksmd's follow_page / write_protect_page / break_ksm. zap_page_range per vma; the next touch
     faults in a zeroed page. -ENOMEM when part of the range is mapped by no vma (the mapped parts are zapped)."""
     m = k.mmc.deref(mref, "sys_madvise")
-    k.locks.down_read(k.mmap_sem(m), "sys_madvise:dontneed")
+    return madvise_unlocked_vmas(k, m, start, end, "sys_madvise:dontneed", "madvise_dontneed",
+                                 lambda lo, hi: zap_page_range(k, m, lo, hi))
+
+
+def madvise_unlocked_vmas(k: K, m: int, start: int, end: int, site: str, vma_site: str,
+                          advise: Callable[[int, int], None]) -> int:
+    """The madvise loop of an advice that takes mmap_sem for read and refuses a VM_LOCKED vma (MADV_DONTNEED; also
+    6.18's MADV_PAGEOUT, which the kernel oracle's stand-in runs): `advise(lo, hi)` on each vma's part of [start,
+    end) in address order; -EINVAL at a VM_LOCKED vma, where madvise stops (the vmas before it advised), else
+    -ENOMEM when part of the range is mapped by no vma (the mapped parts advised), else 0."""
+    k.locks.down_read(k.mmap_sem(m), site)
     covered = 0
     for vref in vma_list(k, m):
-        v = k.vm.deref(vref, "madvise_dontneed")
+        v = k.vm.deref(vref, vma_site)
         lo, hi = max(int(k.vm.start[v]), start), min(int(k.vm.end[v]), end)
         if lo < hi:
-            if k.vm.flags[v] & VM_LOCKED:  # madvise_dontneed refuses VM_LOCKED vmas; madvise stops at the error
-                k.locks.up_read(k.mmap_sem(m), "sys_madvise:dontneed")
+            if k.vm.flags[v] & VM_LOCKED:
+                k.locks.up_read(k.mmap_sem(m), site)
                 return -22
             covered += hi - lo
-            zap_page_range(k, m, lo, hi)
-    k.locks.up_read(k.mmap_sem(m), "sys_madvise:dontneed")
+            advise(lo, hi)
+    k.locks.up_read(k.mmap_sem(m), site)
     return -12 if covered < end - start else 0
 
 
