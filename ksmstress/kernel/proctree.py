@@ -227,7 +227,7 @@ def pageout(addr: int, pages: int) -> int:
                 os.sched_setaffinity(0, {cpu})
                 rc = libc.madvise_return(addr, pages * libc.PAGE_SIZE, libc.MADV_PAGEOUT)
                 first = rc if first is None else first
-            left = [i for i in _present(addr, pages) if _mapcount(addr + i * libc.PAGE_SIZE) == 1]
+            left = _resident_alone(addr, pages)
             if not left or first == -errno.EINVAL:  # a VM_LOCKED vma: the call stops there
                 return int(first or 0)
     finally:
@@ -247,11 +247,12 @@ def _present(addr: int, pages: int) -> list[int]:
     return [i for i, e in enumerate(_pagemap(addr, pages)) if e >> 63 & 1]
 
 
-def _mapcount(page_addr: int) -> int:
-    """The mapcount of the page at `page_addr` (its pfn from pagemap, then /proc/kpagecount; both need root)."""
-    pfn = _pagemap(page_addr, 1)[0] & ((1 << 55) - 1)
+def _resident_alone(addr: int, pages: int) -> list[int]:
+    """The pages of the range that are present and mapped once: the pfn from one pagemap read, the mapcount from
+    /proc/kpagecount (both need root)."""
     with open("/proc/kpagecount", "rb") as kc:
-        return int.from_bytes(os.pread(kc.fileno(), 8, pfn * 8), "little")
+        return [i for i, e in enumerate(_pagemap(addr, pages)) if e >> 63 & 1
+                and int.from_bytes(os.pread(kc.fileno(), 8, (e & ((1 << 55) - 1)) * 8), "little") == 1]
 
 
 # -- the driver's side ---------------------------------------------------------------------------------------
