@@ -89,7 +89,7 @@ def unmerge_end(k: K, token: Unmerge | None, site: str) -> None:
         refs, ksm = _row(k, m, start, end)
         if mref in token.before:  # madvise: a pte unchanged since the start whose page became KSM meanwhile is fine
             ksm &= (refs != token.before[mref]) | token.ksm_before[mref]
-        if mref in token.mergeable:  # run=2: only the vmas it walks
+        if mref in token.mergeable and ksm.any():  # run=2: only the vmas it walks
             ksm &= (token.mergeable[mref] & _mergeable(k, mref))[start:end]
         if ksm.any():  # read again: in free mode reclaim may be storing a swap entry into a pte read half-way
             again, ksm2 = _row(k, m, start, end)

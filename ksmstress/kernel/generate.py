@@ -107,9 +107,7 @@ def generate_text(seed: int) -> str:
         if drng.random() < 0.4:
             p = drng.choice(sorted(procs))
             r = drng.randrange(len(procs[p]))
-            n = len(procs[p][r])
-            a = drng.randrange(n)
-            b = min(n, a + 1 + int(drng.expovariate(1 / 4)))
+            a, b = _any_run(drng, len(procs[p][r]))
             acts.append(f"dontneed {p}.{r}[{a}:{b}]")
         # a thread of a process starts, or one writes / MADV_DONTNEEDs its process's pages, or exits: its own stream
         if trng.random() < 0.4:
@@ -148,8 +146,7 @@ def generate_text(seed: int) -> str:
             p = srng.choice(sorted(procs))
             r = srng.randrange(len(procs[p]))
             row = procs[p][r]
-            a = srng.randrange(len(row))
-            b = min(len(row), a + 1 + int(srng.expovariate(1 / 4)))
+            a, b = _any_run(srng, len(row))
             if srng.random() < 0.6:
                 acts.append(f"pageout {p}.{r}[{a}:{b}]")
             elif all(row[a:b]):
@@ -159,6 +156,12 @@ def generate_text(seed: int) -> str:
     if ran2:
         phases.append(("run=1", ["run 1"]))
     return _text(lines, phases)
+
+
+def _any_run(rng: random.Random, n: int) -> tuple[int, int]:
+    """Pages [a, b) of a region of n pages, mapped or not: a run of about four from a random first page."""
+    a = rng.randrange(n)
+    return a, min(n, a + 1 + int(rng.expovariate(1 / 4)))
 
 
 def _text(head: list[str], phases: list[tuple[str, list[str]]]) -> str:
