@@ -181,7 +181,8 @@ class _Actions:
             self.s.mlock(proc, spans, kind == "mlock")
             return Action(kind, proc, spans, text=text, thread=thread)
         if kind in ("dontneed", "pageout"):  # over a hole -ENOMEM, over an mlocked page -EINVAL, as madvise
-            return Action(kind, proc, spans, text=text, thread=thread, returns=self.s.dontneed_returns(proc, spans))
+            returns = self.s.unlocked_vmas_returns(proc, spans)
+            return Action(kind, proc, spans, text=text, thread=thread, returns=returns)
         if kind in ("mergeable", "unmergeable"):
             self.s.cut(proc, spans)
         # madvise over a hole is legal: the kernel advises the mapped parts and returns -ENOMEM

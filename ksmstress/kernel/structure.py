@@ -42,7 +42,7 @@ class Structure:
         the range and returns -ENOMEM when part of it was unmapped (also when all of it was)."""
         return tuple(-ENOMEM if self.hole(proc, s) is not None else 0 for s in spans)
 
-    def dontneed_returns(self, proc: str, spans: tuple[Span, ...]) -> tuple[int, ...]:
+    def unlocked_vmas_returns(self, proc: str, spans: tuple[Span, ...]) -> tuple[int, ...]:
         """What madvise(MADV_DONTNEED) or madvise(MADV_PAGEOUT) returns for each span's call: -EINVAL when a page
         of the range is mlocked (madvise_dontneed and can_madv_lru_vma refuse a VM_LOCKED vma and madvise returns
         that error at once, the vmas before it done), else -ENOMEM over a hole, else 0."""
