@@ -108,6 +108,23 @@ def test_rules_make_the_defect_they_name():
     assert any("if x != 0" in s for (r, _d), s in got.items() if r == "invert-cmp")
 
 
+def test_code_only_a_variant_or_a_later_kernel_runs_is_left_alone():
+    """The body of `if k.bug(...)` and of `if k.later(...)` is dead in every soak (no variant on; the later
+    kernels' behaviours are the kernel oracle's alone), so no rule touches it, nor the test itself."""
+    body = (
+        "    if {switch}:\n"
+        "        k.locks.lock(lid, 's')\n"
+        "        if k.av.refcount[a] == 0:\n"
+        "            k.atomic_add(k.av.refcount, a, 1)\n"
+        "        k.locks.unlock(lid, 's')\n"
+        "    return 1\n"
+    )
+    for switch in ('k.bug("x")', 'k.later("y")'):
+        src = "def f(k, lid, a):\n" + body.format(switch=switch)
+        assert list(mutants_of("mm/x.py", src)) == [], switch
+    assert list(mutants_of("mm/x.py", "def f(k, lid, a):\n" + body.format(switch="k.other('z')")))
+
+
 def test_a_body_emptied_by_deletion_keeps_a_pass():
     src = "def f(k):\n    if k:\n        k.put()\n    return 1\n"
     body_id = 7

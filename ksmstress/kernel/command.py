@@ -32,6 +32,13 @@ def _summary(reports: list[Report]) -> tuple[int, int]:
     return len(reports), sum(r.verdict == "agree" for r in reports)
 
 
+def _as_later(reports: list[Report]) -> str:
+    """`, 1 of them as the later kernel (4.13 ...)` when the model agreed only with a later behaviour on."""
+    names = sorted({n for r in reports for n in r.later})
+    n = sum(bool(r.later) for r in reports)
+    return f", {n} of them as the later kernel ({', '.join(names)})" if n else ""
+
+
 def cmd_kernel(a: argparse.Namespace) -> int:
     _positive(a)
     paths = resolve(a.workload) if a.workload or not a.generate else []
@@ -71,7 +78,8 @@ def cmd_kernel(a: argparse.Namespace) -> int:
         out["workloads"] = [r.to_dict() for r in reports]
         if generated:
             ran, agreed = _summary(gen_reports)
-            out["generated"] = {"seed": a.seed, "ran": ran, "agreed": agreed}
+            out["generated"] = {"seed": a.seed, "ran": ran, "agreed": agreed,
+                                "as_later": sum(bool(r.later) for r in gen_reports)}
         print(json.dumps(out, sort_keys=True))
         return 0 if ok else 1
     print(header)
@@ -81,7 +89,7 @@ def cmd_kernel(a: argparse.Namespace) -> int:
     if generated:
         print()
         for r, w in zip(gen_reports, generated, strict=True):
-            if r.verdict == "agree":
+            if r.verdict == "agree" and not r.later:
                 timing = f"model {r.model_seconds:.2f}s, kernel {r.kernel_seconds:.2f}s"
                 print(f"{w.name}: agree ({len(w.layout())} processes, {w.total_pages} pages, "
                       f"{len(w.phases)} phases; {timing})")
@@ -89,10 +97,12 @@ def cmd_kernel(a: argparse.Namespace) -> int:
                 print(render(r))
                 print(f"  replay: ksmstress kernel --generate 1 --seed {w.name.removeprefix('gen-')}")
         ran, agreed = _summary(gen_reports)
-        print(f"generated workloads (seeds {a.seed}..{a.seed + a.generate - 1}): {ran} ran, {agreed} agreed")
+        print(f"generated workloads (seeds {a.seed}..{a.seed + a.generate - 1}): {ran} ran, {agreed} agreed"
+              + _as_later(gen_reports))
     n, agreed = _summary(reports)
     skipped = sum(r.verdict == "skipped" for r in reports)
-    print(f"verdict: {out['verdict']} ({agreed} of {n} workloads agree" + (f", {skipped} skipped)" if skipped else ")"))
+    print(f"verdict: {out['verdict']} ({agreed} of {n} workloads agree{_as_later(reports)}"
+          + (f", {skipped} skipped)" if skipped else ")"))
     return 0 if ok else 1
 
 

@@ -2,7 +2,8 @@
 
 A phase agrees when pages_shared, pages_sharing and pages_unshared are equal, and each live process's merged
 pages (the model's stable rmap_items of that mm; the kernel's /proc/PID/ksm_merging_pages, where it exists) are
-equal. A workload agrees when every phase does.
+equal. A workload agrees when every phase does: as 2.6.33, or else as the later kernel it runs on, when the model
+with that kernel's later behaviours (later.py) predicts every figure; the report then names the behaviour.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..failures import Failure
-from . import swapspace, sysfs
+from . import later, swapspace, sysfs
 from .model import Settled, run_model
 from .real import KernelSideError, run_real
 from .workload import Expect, Figures, Phase, Workload
@@ -81,6 +82,8 @@ class Report:
     kernel_seconds: float = 0.0
     error: str = ""
     skipped: str = ""  # why the kernel could not run this workload (no swap area for a pageout): not a mismatch
+    later: tuple[str, ...] = ()  # the later behaviours (later.py) the rows' model took on to agree; (): as 2.6.33
+    as_2633: list[str] = field(default_factory=list)  # then, how 2.6.33's figures differ ("phase: shared 1 != 0")
 
     @property
     def verdict(self) -> str:
@@ -98,6 +101,8 @@ class Report:
             "verdict": self.verdict,
             "error": self.error or None,
             "skipped": self.skipped or None,
+            "later": list(self.later),
+            "differs_as_2633": self.as_2633,
             "model_seconds": round(self.model_seconds, 4),
             "kernel_seconds": round(self.kernel_seconds, 4) if self.against == "kernel" else None,
             "phases": [
@@ -115,19 +120,30 @@ class Report:
         }
 
 
-def model_side(w: Workload, min_scans: int) -> tuple[list[Settled] | None, float, str]:
+def model_side(w: Workload, min_scans: int,
+               later_kernel: frozenset[str] = frozenset()) -> tuple[list[Settled] | None, float, str]:
     """The model's figures, or the model failure that stopped it (a detector firing is a finding too)."""
     try:
-        res, secs = run_model(w, min_scans)
+        res, secs = run_model(w, min_scans, later_kernel)
     except Failure as f:
         return None, 0.0, f"model: {f.cls}: {f.message}"
     bad = next((w.phases[i].name for i, r in enumerate(res) if not r.settled), None)
     return res, secs, f"model: counters did not settle in phase {bad!r}" if bad else ""
 
 
+def kernel_rows(w: Workload, mres: list[Settled], kres: list[Settled]) -> list[Row]:
+    """The model's phases beside the kernel's, each with what differs."""
+    rows = []
+    for ph, m, k in zip(w.phases, mres, kres, strict=True):
+        problems = differences(m.figures, k.figures) + return_problems(ph, m, k)
+        rows.append(Row(ph.name, m.figures, k.figures, problems, m.scans, k.scans, m.returns or ()))
+    return rows
+
+
 def compare_kernel(w: Workload, model: tuple[list[Settled] | None, float, str], session: sysfs.Session,
-                   min_scans: int = 4, timeout: float = 60.0) -> Report:
-    """Run `w` on the kernel (the model's results already in hand) and compare phase by phase."""
+                   min_scans: int = 4, timeout: float = 60.0, release: str | None = None) -> Report:
+    """Run `w` on the kernel (the model's results already in hand) and compare phase by phase; where 2.6.33's
+    figures differ, try the model as the later kernel `release` (default: the running one) is."""
     mres, msecs, merr = model
     rep = Report(w, "kernel", model_seconds=msecs, error=merr)
     if mres is None:
@@ -137,10 +153,26 @@ def compare_kernel(w: Workload, model: tuple[list[Settled] | None, float, str], 
     except (KernelSideError, OSError) as e:
         rep.error = f"kernel: {e}"
         return rep
-    for ph, m, k in zip(w.phases, mres, kres, strict=True):
-        problems = differences(m.figures, k.figures) + return_problems(ph, m, k)
-        rep.rows.append(Row(ph.name, m.figures, k.figures, problems, m.scans, k.scans, m.returns or ()))
+    rep.rows = kernel_rows(w, mres, kres)
+    if rep.verdict != "agree":
+        as_later(rep, kres, min_scans, os.uname().release if release is None else release)
     return rep
+
+
+def as_later(rep: Report, kres: list[Settled], min_scans: int, release: str) -> None:
+    """Where 2.6.33's figures differ: the model again with the later behaviours `release` has (each alone, then
+    all); the first run whose every figure agrees takes the rows, and 2.6.33's differences are kept beside them."""
+    w = rep.workload
+    for behaviours in later.candidates(release):
+        mres, secs, err = model_side(w, min_scans, behaviours)
+        rep.model_seconds += secs
+        if mres is None or err:
+            continue
+        rows = kernel_rows(w, mres, kres)
+        if all(r.agree for r in rows):
+            rep.as_2633 = [f"{r.phase}: {', '.join(r.problems)}" for r in rep.rows if r.problems]
+            rep.rows, rep.later = rows, tuple(sorted(behaviours))
+            return
 
 
 def compare_recorded(w: Workload, min_scans: int = 4) -> Report:
@@ -206,6 +238,9 @@ def render(rep: Report) -> str:
         lines.append(f"  error: {rep.error}")
     if rep.skipped:
         lines.append(f"  skipped on the kernel: {rep.skipped}")
+    if rep.later:
+        lines.append(f"  as the later kernel: the model with {later.describe(rep.later)}")
+        lines.append(f"  as 2.6.33 (the model without it): {'; '.join(rep.as_2633)}")
     if not rep.rows:
         return "\n".join(lines)
     procs = list(w.layout())

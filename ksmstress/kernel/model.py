@@ -88,10 +88,12 @@ def sizes_for(w: Workload) -> Sizes:
 class ModelSide:
     """One workload on a fresh model kernel, driven action by action (`apply`) and phase by phase (`settle`)."""
 
-    def __init__(self, w: Workload, min_scans: int = 4, max_scans: int = 400) -> None:
+    def __init__(self, w: Workload, min_scans: int = 4, max_scans: int = 400,
+                 later: frozenset[str] = frozenset()) -> None:
         self.w = w
         self.min_scans, self.max_scans = min_scans, max_scans
         self.k: K = solo_kernel(sizes_for(w))
+        self.k.later_kernel = later  # later kernels' behaviours to take on (later.py); none: 2.6.33
         self.bases = region_bases(w)
         self.mms: dict[str, int] = {}  # live process -> mm reference
         self.threads: dict[str, str] = {}  # live thread -> its process, whose mm it shares (mm_users + 1)
@@ -216,10 +218,11 @@ class ModelSide:
         return Settled(self.figures(), scans, time.perf_counter() - t0, scans < self.max_scans, returns)
 
 
-def run_model(w: Workload, min_scans: int = 4) -> tuple[list[Settled], float]:
-    """Every phase of `w` on the model: the settled figures per phase and the total wall time."""
+def run_model(w: Workload, min_scans: int = 4, later: frozenset[str] = frozenset()) -> tuple[list[Settled], float]:
+    """Every phase of `w` on the model (as 2.6.33, or with `later` kernels' behaviours): the settled figures per
+    phase and the total wall time."""
     t0 = time.perf_counter()
-    side = ModelSide(w, min_scans)
+    side = ModelSide(w, min_scans, later=later)
     out = []
     for ph in w.phases:
         for a in ph.actions:

@@ -275,6 +275,10 @@ def stable_tree_search(k: K, pref: int) -> int:
             return 0
         ret = memcmp_pages(k, pref, tpage)
         if ret == 0:
+            if k.later("page_sharing_candidate"):  # 4.13: a node no rmap_item hangs on takes no sharer
+                if not k.sn.hfirst[k.sn.deref(node, "stable_tree_search")]:
+                    memory.put_page(k, tpage, "stable_tree_search")
+                    return 0  # simplified: 4.13's stable_tree_insert would chain a twin; ours still refuses one
             return tpage
         memory.put_page(k, tpage, "stable_tree_search")
         node = tree.child(node, ret < 0)

@@ -185,6 +185,9 @@ def sys_mlock(k: K, mref: int, start: int, end: int, lock: bool) -> int:
         vs, ve = int(k.vm.start[v]), int(k.vm.end[v])
         covered += max(0, min(ve, end) - max(vs, start))
         if ve <= start or vs >= end or bool(k.vm.flags[v] & VM_LOCKED) == lock:
+            if k.later("mlock_populate"):  # 2.6.38: __mm_populate faults a locked range in again
+                if lock and ve > start and vs < end:  # simplified: under mmap_sem for write (6.18: read, after)
+                    __mlock_vma_pages_range(k, m, vref, max(vs, start), min(ve, end))
             continue
         if len(vma_list(k, m)) + int(vs < start) + int(ve > end) > k.st.sz.max_vmas:
             err = -12

@@ -82,6 +82,12 @@ TTU_UNMAP, TTU_MIGRATION, TTU_MUNLOCK = 0, 1, 2
 TTU_IGNORE_MLOCK = 1 << 8
 SWAP_MLOCK = 3  # try_to_unmap's verdict: a VM_LOCKED vma maps the page (beside rmap's SWAP_SUCCESS/AGAIN/FAIL)
 # cells of `k.gb` (the array "mm.partb")
+# Later kernels' behaviours the model can take on (K.later), by name: the release that brought each, and what it
+# changes. The kernel oracle (kernel/later.py) applies those the running kernel has where 2.6.33's figures differ.
+LATER_BEHAVIOURS: dict[str, tuple[str, str]] = {
+    "page_sharing_candidate": ("4.13", "is_page_sharing_candidate: no merge into a stable node without rmap_items"),
+    "mlock_populate": ("2.6.38", "__mm_populate: mlock write-faults a range already locked"),
+}
 GB_NR_MLOCK = 0  # NR_MLOCK: pages with PG_MLOCKED set
 GB_MIGRATING = 1  # migrations in flight (the old page is locked and maybe unmapped into migration entries)
 GB_CELLS = 4
@@ -337,6 +343,9 @@ class K:
                                                                       st.locks.base[PAGE_TABLE_LOCK])
         self.hooks: Hooks = hooks or NoHooks()
         self.bugs = bugs
+        # later kernels' behaviours this model takes on (LATER_BEHAVIOURS): set only by the kernel oracle's model
+        # side (kernel/later.py), to tell a difference a later kernel makes from a fault of the model
+        self.later_kernel: frozenset[str] = frozenset()
         self.locks = Locks(st.locks, ctl, self.hooks)
         ls = st.locks
         self.ksm_thread_mutex = ls.lid(KSM_THREAD_MUTEX)
@@ -400,6 +409,11 @@ class K:
     def bug(self, name: str) -> bool:
         """Whether bug variant `name` is switched on (each variant is consulted at exactly one place)."""
         return name in self.bugs
+
+    def later(self, name: str) -> bool:
+        """Whether this model behaves as a later kernel does at `name` (a LATER_BEHAVIOURS key; each consulted at
+        exactly one place). Never on in a scheduled run: those test 2.6.33."""
+        return name in self.later_kernel
 
     def point(self, site: str, yielding: bool = False) -> None:
         self.ctl.point(site, yielding)

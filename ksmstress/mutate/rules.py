@@ -9,6 +9,7 @@ one-line description and the text edits that make the mutant. Edits are applied 
 
 Left alone on purpose: code that only runs with a bug variant on (the body of `if k.bug(...)`, which is dead in
 an ordinary soak), expressions that consult `k.bug` (a mutant there would merely switch a catalogued variant on),
+the same for `k.later` (a later kernel's behaviour, which only the kernel oracle's model takes on),
 the model's own checks (an `if` whose body raises a Failure: deviation 3 of mm/__init__.py, the model naming a
 count below zero), detector hooks (`k.hooks.*`) and `with k.guard` (a no-op in controlled mode, where the soak
 runs).
@@ -152,8 +153,11 @@ def _is_hook(stmt: ast.stmt) -> bool:
     )
 
 
+SWITCHES = frozenset({"bug", "later"})  # k.bug(variant), k.later(behaviour): off in every soak
+
+
 def _mentions_bug(node: ast.AST) -> bool:
-    return any(_callee(n) == "bug" for n in ast.walk(node))
+    return any(_callee(n) in SWITCHES for n in ast.walk(node))
 
 
 def _names(node: ast.AST, ctx: type) -> set[str]:
@@ -249,11 +253,12 @@ class _Function:
 
     @staticmethod
     def _dead(s: ast.If, f: str) -> bool:
-        """The body of `if k.bug(...)` and the else of `if not k.bug(...)` run only with a variant on."""
+        """The body of `if k.bug(...)` and the else of `if not k.bug(...)` run only with a variant on (`k.later`:
+        with a later kernel's behaviour on, which no soak has)."""
         t = s.test
-        if f == "body" and _callee(t) == "bug":
+        if f == "body" and _callee(t) in SWITCHES:
             return True
-        neg = isinstance(t, ast.UnaryOp) and isinstance(t.op, ast.Not) and _callee(t.operand) == "bug"
+        neg = isinstance(t, ast.UnaryOp) and isinstance(t.op, ast.Not) and _callee(t.operand) in SWITCHES
         return f == "orelse" and neg
 
     def whole_lines(self, s: ast.stmt) -> bool:
