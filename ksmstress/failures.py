@@ -35,6 +35,8 @@ CLASSES: dict[str, str] = {
     "more full scans than KSM needs to merge them",
     "stable-tree": "the stable tree is not a search tree of distinct KSM pages in memcmp order, or a KSM page and its "
     "stable node disagree",
+    "unstable-tree": "the unstable tree of this scan is not an rbtree of exactly the rmap_items inserted in this "
+    "scan (a link to a freed or foreign rmap_item, a node reached twice or under the wrong rb_parent, one missing)",
     "registration": "an mm with a mergeable area is not on ksmd's mm list, or the list names an mm that is not "
     "registered (flag, slot, mm_count)",
     "mlock": "a page was freed while PageMlocked, reclaim swapped out a pte of a vma VM_LOCKED throughout its walk, "

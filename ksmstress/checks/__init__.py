@@ -14,6 +14,7 @@ from .lockrules import check as check_lock_rule
 from .mlock import check_no_migration_ptes, check_nr_mlock
 from .traversal import TraversalCheck
 from .unmerge import unmerge_begin, unmerge_end
+from .unstabletree import check_unstable_tree
 
 
 def _not_recorded(k: Any, data: Any, index: int, write: int, site: str) -> None:
@@ -60,6 +61,9 @@ class Detectors(TraversalCheck):
             check_nr_mlock(k.st, where)
         if self.disturbance is not None:
             check_merge_completeness(k, where, self.disturbance)
+
+    def scan_done(self, k: Any) -> None:
+        check_unstable_tree(k, "the end of a full scan")  # this scan's whole tree, before seqnr++ retires it
 
     def pte_stored(self, k: Any, m: int, addr: int, kind: int, ref: int, write: int, site: str) -> None:
         check_lock_rule(k, "pte", k.ptl(m), 1, m, site, addr)  # set_pte_at under the pte lock

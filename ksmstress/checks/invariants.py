@@ -19,8 +19,9 @@ Where they are exact, and so where they run (2.6.33's locking makes each hold at
   changes a mapcount or swap count and its pte under that mm's pte lock, so these are checked only when no task
   holds any pte lock (controlled mode).
 - `stable-tree` (checks.stabletree: the tree's structure at every ksm_quiescent, its memcmp order, distinct contents
-  and page/node agreement in controlled mode) and `registration` (checks.registration, controlled mode): KSM's own
-  structures, also exact whenever ksmd or run=2 holds ksm_thread_mutex between batches.
+  and page/node agreement in controlled mode), `unstable-tree` (checks.unstabletree: this scan's tree is an rbtree
+  of exactly the rmap_items inserted in this scan) and `registration` (checks.registration, controlled mode):
+  KSM's own structures, also exact whenever ksmd or run=2 holds ksm_thread_mutex between batches.
 - At quiescence (every task gone) all of the above, then `leak`: every table empty, every counter 0, no pte, no
   lock; a leaked object is named with its counts, its allocation and the references it still holds.
 
@@ -55,6 +56,7 @@ from .history import changes_text, last_changes, outstanding, reference_text
 from .mlock import check_no_migration_ptes, check_nr_mlock
 from .registration import check_registration
 from .stabletree import check_stable_tree
+from .unstabletree import check_unstable_tree
 
 if TYPE_CHECKING:
     from ..arena import Table
@@ -292,6 +294,7 @@ def check_ksm_quiescent(k: K, where: str) -> None:
     st = k.st
     check_ksm_refcounts(st, at)
     check_stable_tree(k, at)  # its structure in free mode too (only ksmd changes it); the rest controlled only
+    check_unstable_tree(k, at)  # structure and membership only: exact in free mode too
     if k.guard is not NO_GUARD:
         return  # free mode: the other tasks run meanwhile, a scan of ptes and counts would race with them
     check_registration(k, at)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ..arena import NO_GUARD, ref_slot
 from ..failures import Failure
 from ..mm.state import G_STABLE_ROOT, PG_KSM
+from . import rbwalk
 
 if TYPE_CHECKING:
     from ..mm.state import K
@@ -37,50 +38,14 @@ def _fail(k: K, where: str, msg: str, **details: Any) -> None:
 
 
 def _walk(k: K, where: str) -> list[tuple[int, str]]:
-    """(node ref, path from the root as L/R letters) in order, checking links, liveness and parents."""
+    """(node ref, path from the root as L/R letters) in order, checking links, liveness and parents, and that
+    every allocated stable_node is in the tree."""
     sn = k.st.stable_node
-    left, right, parent = sn.c["left"], sn.c["right"], sn.c["parent"]
-    root = int(k.st.g[G_STABLE_ROOT])
-    out: list[tuple[int, str]] = []
-    seen: set[int] = set()
-    stack: list[tuple[int, int, str]] = []  # (node, its parent, path)
-    cur, up, path = root, 0, ""
-    while stack or cur:
-        while cur:
-            if not sn.is_live(cur):
-                s = ref_slot(cur)
-                freed = sn._freed_info(s) if 0 <= s < sn.capacity else {}
-                _fail(
-                    k,
-                    where,
-                    f"the stable tree links stable_node[{s}] at {path or 'the root'}, which was freed by "
-                    f"{freed.get('task')} at step {freed.get('step')} ({freed.get('site')})",
-                    object=f"stable_node[{s}]",
-                    path=path,
-                )
-            s = ref_slot(cur)
-            if s in seen:
-                _fail(
-                    k,
-                    where,
-                    f"stable_node[{s}] is reached twice in the stable tree (again at {path})",
-                    object=f"stable_node[{s}]",
-                )
-            seen.add(s)
-            if int(parent[s]) != up:
-                _fail(
-                    k,
-                    where,
-                    f"stable_node[{s}] hangs at {path or 'the root'} below "
-                    f"{f'stable_node[{ref_slot(up)}]' if up else 'the root'} but its rb_parent is "
-                    f"{f'stable_node[{ref_slot(int(parent[s]))}]' if parent[s] else 'none'}",
-                    object=f"stable_node[{s}]",
-                )
-            stack.append((cur, up, path))
-            cur, up, path = int(left[s]), cur, path + "L"
-        cur, _up, path = stack.pop()
-        out.append((cur, path))
-        cur, up, path = int(right[ref_slot(cur)]), cur, path + "R"
+
+    def fail(msg: str, obj: str) -> None:
+        _fail(k, where, msg.replace("the tree", "the stable tree"), object=obj)
+
+    out, seen = rbwalk.walk(sn, int(k.st.g[G_STABLE_ROOT]), fail)
     off = sorted(set(int(x) for x in sn.live_slots()) - seen)
     if off:
         info = sn.alloc_info(off[0])

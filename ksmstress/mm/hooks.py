@@ -42,6 +42,10 @@ class Hooks(LockHooks, Protocol):
     def ksm_quiescent(self, k: Any, where: str) -> None:
         """ksmd (or run=2) holds ksm_thread_mutex between batches: trees and counters are consistent."""
 
+    def scan_done(self, k: Any) -> None:
+        """A full scan ends (right before seqnr++): ksmd holds ksm_thread_mutex and no other lock, and this scan's
+        unstable tree is whole (the next scan starts from RB_ROOT)."""
+
     def pte_stored(self, k: Any, m: int, addr: int, kind: int, ref: int, write: int, site: str) -> None:
         """A pte of mm `m` at `addr` was just stored (under its pte lock): runs at every store, so keep it cheap."""
 
@@ -89,6 +93,9 @@ class NoHooks(NoLockHooks):
         pass
 
     def ksm_quiescent(self, k: Any, where: str) -> None:
+        pass
+
+    def scan_done(self, k: Any) -> None:
         pass
 
     def pte_stored(self, k: Any, m: int, addr: int, kind: int, ref: int, write: int, site: str) -> None:

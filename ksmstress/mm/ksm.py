@@ -829,6 +829,7 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
         if sref == head:
             break
         g[G_SCAN_ADDRESS], g[G_SCAN_RL_KIND], g[G_SCAN_RL_REF] = 0, RL_SLOT, sref
+    k.hooks.scan_done(k)
     g[G_SEQNR] += 1  # a full scan completed (full_scans)
     return 0, 0
 
