@@ -24,8 +24,8 @@ Scope, as 2.6.33 scans: the present ptes of VM_MERGEABLE vmas of mms on ksm_mm_h
 unstable_tree_search_insert's `page == tree_page`). Exempt, with 2.6.33's reason: a PageKsm page whose mapping
 names no stable node (try_to_merge_one_page made it KSM, then its merge failed and break_cow left it to a forked
 sharer): 2.6.33's page_address_in_vma compares vma->anon_vma with page_anon_vma(page), NULL for a KSM page, so
-write_protect_page returns -EFAULT for it forever (the model is more generous). Two stable pages with equal bytes
-are the stable tree's business (checks.stabletree runs first).
+write_protect_page returns -EFAULT for it forever (memory.page_address_in_vma, as 2.6.33). Two stable pages with
+equal bytes are the stable tree's business (checks.stabletree runs first).
 """
 
 from __future__ import annotations

@@ -131,11 +131,15 @@ def page_count(k: K, s: int) -> int:
 
 
 def page_address_in_vma(k: K, pref: int, vref: int, site: str) -> int:
-    """The address `page` has in `vma`, or -1 (-EFAULT) when the vma is not in the page's anon_vma."""
+    """The address `page` has in `vma`, or -1 (-EFAULT) when the vma's anon_vma is not page_anon_vma(page), which
+    is NULL for a KSM page: a vma with an anon_vma refuses every KSM page (write_protect_page never merges a KSM
+    page that no stable node owns again, and swapoff's unuse_vma does not ask for one)."""
     s = k.pg.deref(pref, site)
     v = k.vm.deref(vref, site)
-    if PageAnon(k, s) and not PageKsm(k, s) and k.vm.anon_vma[v] != k.pg.mapping[s]:
-        return -1
+    if PageAnon(k, s):
+        page_anon_vma = 0 if PageKsm(k, s) else int(k.pg.mapping[s])
+        if k.vm.anon_vma[v] != page_anon_vma:
+            return -1
     return rmap._vma_address(k, s, vref, site)
 
 
