@@ -163,6 +163,16 @@ def test_equivalent_list_is_read_and_bad_entries_are_one_line_errors(tmp_path: P
     assert r.stderr.strip().count("\n") == 0 and str(bad) in r.stderr and "reason" in r.stderr
 
 
+def test_file_selects_the_mutants_of_one_model_file_and_an_unknown_one_is_a_one_line_error(mutants: list[Mutant]):
+    r = _mutate("--list", "--json", "--file", "mm/tree.py", "--file", "mm/gup.py")
+    assert r.returncode == 0, r.stderr
+    names = [m["name"] for m in json.loads(r.stdout)]
+    assert names == [m.name for m in mutants if m.file in ("mm/tree.py", "mm/gup.py")] and names
+    r = _mutate("--list", "--file", "mm/nope.py")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "--file 'mm/nope.py'" in r.stderr and "mm/swapfile.py" in r.stderr
+
+
 def test_known_killable_mutant_is_killed_and_the_checkout_is_untouched(tmp_path: Path, mutants: list[Mutant]):
     m = _hold_anon_vma_ref(mutants)
     before = _tree_hash(PKG)

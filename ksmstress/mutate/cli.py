@@ -45,6 +45,12 @@ DEFAULT_STRATEGIES = STRATEGIES  # random and pct: the campaign's figures over t
 
 
 def _select(mutants: list[Mutant], a: argparse.Namespace) -> list[Mutant]:
+    if a.file:
+        files = sorted({m.file for m in mutants})
+        bad = [f for f in a.file if f not in files]
+        if bad:
+            raise eqmod.EquivalentError(f"--file {bad[0]!r}: expected a model file, one of {', '.join(files)}")
+        mutants = [m for m in mutants if m.file in a.file]
     if a.rule:
         mutants = [m for m in mutants if m.rule in a.rule]
     if a.mutant:
@@ -205,6 +211,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="soak N mutants picked by --seed (the same N on every machine; default: all)")
     p.add_argument("--seed", type=argtypes.seed, default=0,
                    help="picks the sample, and is the first seed of every mutant's runs (default 0)")
+    p.add_argument("--file", action="append", default=[], metavar="FILE",
+                   help="only mutants of this model file, as --list names it, e.g. mm/swapfile.py (repeatable): "
+                        "a campaign over one path of the model")
     p.add_argument("--rule", action="append", choices=RULES, default=[],
                    help="only mutants of this rule (repeatable)")
     p.add_argument("--mutant", action="append", default=[], metavar="NAME",
