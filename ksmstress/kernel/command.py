@@ -32,10 +32,15 @@ def _summary(reports: list[Report]) -> tuple[int, int]:
     return len(reports), sum(r.verdict == "agree" for r in reports)
 
 
+def _n_later(reports: list[Report]) -> int:
+    """How many agreed only with a later kernel's behaviour on."""
+    return sum(bool(r.later) for r in reports)
+
+
 def _as_later(reports: list[Report]) -> str:
-    """`, 1 of them as the later kernel (4.13 ...)` when the model agreed only with a later behaviour on."""
+    """`, 1 of them as the later kernel (mlock_populate)` when the model agreed only with a later behaviour on."""
     names = sorted({n for r in reports for n in r.later})
-    n = sum(bool(r.later) for r in reports)
+    n = _n_later(reports)
     return f", {n} of them as the later kernel ({', '.join(names)})" if n else ""
 
 
@@ -79,7 +84,7 @@ def cmd_kernel(a: argparse.Namespace) -> int:
         if generated:
             ran, agreed = _summary(gen_reports)
             out["generated"] = {"seed": a.seed, "ran": ran, "agreed": agreed,
-                                "as_later": sum(bool(r.later) for r in gen_reports)}
+                                "as_later": _n_later(gen_reports)}
         print(json.dumps(out, sort_keys=True))
         return 0 if ok else 1
     print(header)

@@ -141,9 +141,9 @@ def kernel_rows(w: Workload, mres: list[Settled], kres: list[Settled]) -> list[R
 
 
 def compare_kernel(w: Workload, model: tuple[list[Settled] | None, float, str], session: sysfs.Session,
-                   min_scans: int = 4, timeout: float = 60.0, release: str | None = None) -> Report:
+                   min_scans: int = 4, timeout: float = 60.0) -> Report:
     """Run `w` on the kernel (the model's results already in hand) and compare phase by phase; where 2.6.33's
-    figures differ, try the model as the later kernel `release` (default: the running one) is."""
+    figures differ, try the model as the running kernel's release is (as_later)."""
     mres, msecs, merr = model
     rep = Report(w, "kernel", model_seconds=msecs, error=merr)
     if mres is None:
@@ -155,7 +155,7 @@ def compare_kernel(w: Workload, model: tuple[list[Settled] | None, float, str], 
         return rep
     rep.rows = kernel_rows(w, mres, kres)
     if rep.verdict != "agree":
-        as_later(rep, kres, min_scans, os.uname().release if release is None else release)
+        as_later(rep, kres, min_scans, os.uname().release)
     return rep
 
 

@@ -22,11 +22,14 @@ def version(release: str) -> tuple[int, ...]:
     return tuple(int(x) for x in m.group(1).split(".")) if m else (0,)
 
 
+def _oldest_first(names: frozenset[str] | tuple[str, ...] | list[str]) -> list[str]:
+    return sorted(names, key=lambda n: version(LATER_BEHAVIOURS[n][0]))
+
+
 def applicable(release: str) -> list[str]:
     """The later behaviours a kernel of this release has, oldest first."""
     have = version(release)
-    names = [n for n, (since, _) in LATER_BEHAVIOURS.items() if version(since) <= have]
-    return sorted(names, key=lambda n: version(LATER_BEHAVIOURS[n][0]))
+    return _oldest_first([n for n, (since, _) in LATER_BEHAVIOURS.items() if version(since) <= have])
 
 
 def candidates(release: str) -> list[frozenset[str]]:
@@ -40,5 +43,4 @@ def candidates(release: str) -> list[frozenset[str]]:
 
 def describe(names: frozenset[str] | tuple[str, ...]) -> str:
     """`4.13 is_page_sharing_candidate: ...; 2.6.38 every mlock ...` for a report line."""
-    return "; ".join(f"{LATER_BEHAVIOURS[n][0]} {LATER_BEHAVIOURS[n][1]}"
-                     for n in sorted(names, key=lambda n: version(LATER_BEHAVIOURS[n][0])))
+    return "; ".join(f"{LATER_BEHAVIOURS[n][0]} {LATER_BEHAVIOURS[n][1]}" for n in _oldest_first(names))

@@ -81,13 +81,13 @@ PTE_MIGRATION = 3
 TTU_UNMAP, TTU_MIGRATION, TTU_MUNLOCK = 0, 1, 2
 TTU_IGNORE_MLOCK = 1 << 8
 SWAP_MLOCK = 3  # try_to_unmap's verdict: a VM_LOCKED vma maps the page (beside rmap's SWAP_SUCCESS/AGAIN/FAIL)
-# cells of `k.gb` (the array "mm.partb")
 # Later kernels' behaviours the model can take on (K.later), by name: the release that brought each, and what it
 # changes. The kernel oracle (kernel/later.py) applies those the running kernel has where 2.6.33's figures differ.
 LATER_BEHAVIOURS: dict[str, tuple[str, str]] = {
     "page_sharing_candidate": ("4.13", "is_page_sharing_candidate: no merge into a stable node without rmap_items"),
     "mlock_populate": ("2.6.38", "__mm_populate: mlock write-faults a range already locked"),
 }
+# cells of `k.gb` (the array "mm.partb")
 GB_NR_MLOCK = 0  # NR_MLOCK: pages with PG_MLOCKED set
 GB_MIGRATING = 1  # migrations in flight (the old page is locked and maybe unmapped into migration entries)
 GB_CELLS = 4
