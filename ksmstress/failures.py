@@ -41,8 +41,11 @@ CLASSES: dict[str, str] = {
     "registered (flag, slot, mm_count)",
     "mlock": "a page was freed while PageMlocked, reclaim swapped out a pte of a vma VM_LOCKED throughout its walk, "
     "or NR_MLOCK disagrees with the PageMlocked pages",
+    "bad-page": "a page was freed in a state free_pages_check refuses: its page lock held, still in the swap cache, "
+    "or still mapcounted",
     "deadlock": "no task can run: a wait-for cycle",
-    "lockdep": "a lock order against 2.6.33's, a sleeping lock under a spinlock, or a lock held at exit",
+    "lockdep": "a lock order against 2.6.33's, a sleeping lock under a spinlock, a lock held at exit, or a held lock "
+    "freed with the object that holds it",
     "hang": "the run made no progress (step budget or wall clock exhausted)",
     "bug-on": "a kernel BUG_ON / VM_BUG_ON condition was hit",
     "oops": "a NULL pointer was dereferenced",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..arena import NO_GUARD
+from .badpage import check_page_free
 from .completeness import check_merge_completeness
 from .counters import check_counters
 from .disturbance import Disturbance
@@ -23,9 +24,9 @@ def _not_recorded(k: Any, data: Any, index: int, write: int, site: str) -> None:
 
 class Detectors(TraversalCheck):
     """Every in-run detector behind the model's hook interface: traversal, lockdep, the kernel's lock rules
-    (unlocked-access), counters, the invariants (ksm_refcount, mapcount, stale and writable-KSM ptes, the stable tree,
-    registration), unmerge completeness and merge completeness (with its bookkeeping of when the world last moved,
-    `disturbance`)."""
+    (unlocked-access), bad-page, counters, the invariants (ksm_refcount, mapcount, stale and writable-KSM ptes, the
+    stable tree, registration), unmerge completeness and merge completeness (with its bookkeeping of when the world
+    last moved, `disturbance`)."""
 
     # the hot path: k.hooks.lock_rule(...) calls the check itself, no frame in between
     lock_rule = staticmethod(check_lock_rule)
@@ -48,6 +49,14 @@ class Detectors(TraversalCheck):
     def lock_released(self, tid: int, lid: int, site: str) -> None:
         if self.lockdep is not None:
             self.lockdep.released(lid)
+
+    def page_freeing(self, k: Any, pref: int, site: str) -> None:
+        super().page_freeing(k, pref, site)  # traversal: no pte, no migration entry maps it; mlock
+        check_page_free(k, pref, site)
+
+    def locks_freeing(self, k: Any, lids: tuple[int, ...], what: str, site: str) -> None:
+        if self.lockdep is not None:
+            self.lockdep.freeing(lids, what, site)
 
     def task_exit(self, k: Any) -> None:
         if self.lockdep is not None:

@@ -107,6 +107,15 @@ class Lockdep:
                 del self.held[i]
                 return
 
+    def freeing(self, lids: tuple[int, ...], what: str, site: str) -> None:
+        """debug_check_no_locks_freed: the freeing task holds no lock inside the memory it frees ("held lock
+        freed!"). Other tasks may: anon_vma's cache is SLAB_DESTROY_BY_RCU, so page_lock_anon_vma can still hold a
+        freed anon_vma's lock, and lockdep checks only the current task."""
+        for lid, hsite, _sub in self.held:
+            if lid in lids:
+                self._fail(f"held lock freed: {what} freed at {site} while this task holds its "
+                           f"{self.space.name(lid)} (taken at {hsite})", chain=self._chain(), lock=self.space.name(lid))
+
     def task_exit(self) -> None:
         if self.held:
             self._fail(f"task exits holding {self._chain()}", held=[self.space.name(x) for x, _, _ in self.held])

@@ -19,6 +19,9 @@ class Hooks(LockHooks, Protocol):
     def page_freeing(self, k: Any, page_ref: int, site: str) -> None:
         """A page frame is about to return to the allocator."""
 
+    def locks_freeing(self, k: Any, lids: tuple[int, ...], what: str, site: str) -> None:
+        """An object embedding the locks `lids` is about to be freed (kfree's debug_check_no_locks_freed)."""
+
     def walk_begin(self, k: Any, page_ref: int, kind: str) -> Any:
         """An rmap walk over `page_ref` begins; returns a token for the visits and the end."""
 
@@ -72,6 +75,9 @@ class NoHooks(NoLockHooks):
     """Hooks that hear nothing: the model on its own."""
 
     def page_freeing(self, k: Any, page_ref: int, site: str) -> None:
+        pass
+
+    def locks_freeing(self, k: Any, lids: tuple[int, ...], what: str, site: str) -> None:
         pass
 
     def walk_begin(self, k: Any, page_ref: int, kind: str) -> Any:

@@ -43,6 +43,7 @@ def mmdrop(k: K, mref: int, site: str) -> None:
             k.fail_details(object=f"mm_struct[{m}]", site=site),
         )
     if c == 0:
+        k.hooks.locks_freeing(k, (k.mmap_sem(m), k.ptl(m)), f"mm_struct[{m}]", site)
         k.mmc.free(mref, site)
 
 
