@@ -12,23 +12,28 @@ from ksmstress.mm import mm as mmm
 
 from .defects import edited
 from .harness import make_kernel, new_program, page_locked, pte_page, write
+from .test_swap import shrink
 
 
-def shrink(k, page):
-    """Reclaim of one isolated page with swap; True when it was freed."""
-    memory.get_page(k, page, "isolate_lru_page")
-    freed = vmscan.shrink_page(k, page, True)
-    if not freed:
-        memory.put_page(k, page, "putback_lru_page")
-    return freed
+def one_page(k):
+    """A program with one written page; (its mm slot, the page)."""
+    _ref, m = new_program(k, 1)
+    write(k, m, 1, 3)
+    return m, pte_page(k, m, 1)
+
+
+def unmapped_last_reference(k):
+    """One written page whose pte is gone with its mapcount (the pte's reference left to put)."""
+    m, page = one_page(k)
+    k.st.pte[m, 1] = 0
+    k.pg.mapcount[ref_slot(page)] = 0
+    return page
 
 
 def test_reclaim_frees_a_swapped_page_unlocked_and_out_of_the_swap_cache():
     """The faithful shrink_page_list: __clear_page_locked, then free. Freed with no complaint."""
     k = make_kernel()
-    _ref, m = new_program(k, 1)
-    write(k, m, 1, 3)
-    page = pte_page(k, m, 1)
+    _m, page = one_page(k)
     assert shrink(k, page)
     assert not k.pg.is_live(page)
 
@@ -42,10 +47,9 @@ def test_a_page_freed_before_its_lock_is_released_is_a_bad_page(monkeypatch):
            '    memory.free_page(k, page, "shrink_page_list:free_it")\n'
            '    k.locks.unlock(k.page_lock(s), "shrink_page_list:__clear_page_locked")')
     k = make_kernel()
-    _ref, m = new_program(k, 1)
-    write(k, m, 1, 3)
+    _m, page = one_page(k)
     with pytest.raises(Failure) as e:
-        shrink(k, pte_page(k, m, 1))
+        shrink(k, page)
     assert e.value.cls == "bad-page" and "PG_locked" in e.value.message, e.value
 
 
@@ -55,22 +59,17 @@ def test_a_page_freed_still_in_the_swap_cache_is_a_bad_page(monkeypatch):
            'sref = swap_state.__delete_from_swap_cache(k, s, "__remove_mapping")',
            'sref = k.pg.private[s]')
     k = make_kernel()
-    _ref, m = new_program(k, 1)
-    write(k, m, 1, 3)
+    _m, page = one_page(k)
     with pytest.raises(Failure) as e:
-        shrink(k, pte_page(k, m, 1))
+        shrink(k, page)
     assert e.value.cls == "bad-page" and "PG_swapcache" in e.value.message, e.value
 
 
 def test_a_page_freed_still_mapcounted_is_a_bad_page():
     """The last reference put while page_mapcount says a pte still maps the page."""
     k = make_kernel()
-    _ref, m = new_program(k, 1)
-    write(k, m, 1, 3)
-    page = pte_page(k, m, 1)
-    s = ref_slot(page)
-    k.pg.count[s] = 1  # the pte's reference alone, and the pte itself gone without page_remove_rmap
-    k.st.pte[m, 1] = 0
+    m, page = one_page(k)
+    k.st.pte[m, 1] = 0  # the pte gone without page_remove_rmap: its reference is the last
     with pytest.raises(Failure) as e:
         memory.put_page(k, page, "test")
     assert e.value.cls == "bad-page" and "page_mapcount 1" in e.value.message, e.value
@@ -79,12 +78,7 @@ def test_a_page_freed_still_mapcounted_is_a_bad_page():
 def test_a_page_whose_last_reference_goes_under_its_page_lock_is_a_bad_page():
     """PG_locked is a bit in struct page: the free is refused whoever holds it; the report names the holder."""
     k = make_kernel()
-    _ref, m = new_program(k, 1)
-    write(k, m, 1, 3)
-    page = pte_page(k, m, 1)
-    s = ref_slot(page)
-    k.st.pte[m, 1] = 0  # the pte gone with its mapcount, its reference left to put
-    k.pg.mapcount[s] = 0
+    page = unmapped_last_reference(k)
     with page_locked(k, page), pytest.raises(Failure) as e:
         memory.put_page(k, page, "test")
     assert e.value.cls == "bad-page" and "its page lock held by solo#0" in e.value.message, e.value
