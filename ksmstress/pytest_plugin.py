@@ -271,11 +271,12 @@ def ksm_run(request: pytest.FixtureRequest, ksm_seed: int, ksm_artifacts: Path) 
         sys.stderr.flush()
         res: RunResult | None = None
         done = 0
+        search: SearchResult | None = None
         if strategy == "coverage":  # one search of n runs, its fresh seeds counting up from the test's seed
             if mode != "controlled" or pct_depth is not None:
                 raise ValueError("strategy coverage: controlled mode only, and no pct_depth")
-            results: Iterator[RunResult] = search_runs(SearchResult(sc.name, "coverage", ksm_seed), sc, bugset, n,
-                                                       timeout=timeout, cpu=cpu)
+            search = SearchResult(sc.name, "coverage", ksm_seed)
+            results: Iterator[RunResult] = search_runs(search, sc, bugset, n, timeout=timeout, cpu=cpu)
         else:
             seeds = ((ksm_seed + i) % (1 << SEED_BITS) for i in range(n))
             results = run_seeds(sc, seeds, strategy, bugset, cpu=cpu, pct_depth=pct_depth, timeout=timeout, **extra)
@@ -284,6 +285,8 @@ def ksm_run(request: pytest.FixtureRequest, ksm_seed: int, ksm_artifacts: Path) 
             if r.verdict != "clean":
                 break
         assert res is not None
+        if search is not None:  # a mutant whose prefix diverged is a run the search counts but does not yield
+            done = search.runs
         artifact = write_artifact(ksm_artifacts, sc, res, pct_depth) if res.verdict == "failure" else None
         if artifact is not None:
             replay = replay_command(artifact)
