@@ -77,7 +77,8 @@ def anon_vma_alloc(k: K) -> int:
 def anon_vma_free(k: K, avref: int, site: str) -> None:
     """kmem_cache_free to a SLAB_DESTROY_BY_RCU cache: the lock word stays valid, so a page_lock_anon_vma that
     raced with this free may still hold it."""
-    k.hooks.locks_freeing(k, (k.av_lock(ref_slot(avref)),), f"anon_vma[{ref_slot(avref)}]", site)
+    a = ref_slot(avref)
+    k.hooks.locks_freeing(k, (k.av_lock(a),), f"anon_vma[{a}]", site)
     k.av.free(avref, site)
 
 
