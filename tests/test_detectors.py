@@ -14,6 +14,7 @@ from ksmstress.mm import memory, rmap, swap_state
 from ksmstress.mm import mm as mmm
 from ksmstress.mm.state import PTE_PRESENT, PTE_SWAP, mk_pte
 
+from .defects import edited
 from .harness import make_kernel, new_program, page_locked, pte_page, scan, vma_at, write
 
 
@@ -243,6 +244,42 @@ def test_lockdep_sleeping_lock_under_spinlock_and_trylock_exemption():
     with pytest.raises(Failure) as e:
         k.locks.lock(k.page_lock(ref_slot(page)), "sleeps")
     assert e.value.cls == "lockdep"
+
+
+def test_lockdep_might_sleep_allows_sleeping_locks_but_no_spinlock():
+    """__might_sleep at cond_resched and a GFP_KERNEL allocation: under mmap_sem (a sleeping lock) fine, under
+    the page table lock "sleeping function called from invalid context", naming the spinlock and where it was
+    taken."""
+    k = make_kernel()
+    _aref, a = new_program(k, 1)
+    k.locks.down_read(k.mmap_sem(a), "sem")
+    k.cond_resched("test:cond_resched")
+    memory.put_page(k, memory.alloc_page(k, "test:alloc_page"), "test:put")
+    k.locks.lock(k.ptl(a), "test:spin")
+    for sleeps in (lambda: k.cond_resched("test:cond_resched"), lambda: memory.alloc_page(k, "test:alloc_page")):
+        with pytest.raises(Failure) as e:
+            sleeps()
+        f = e.value
+        assert f.cls == "lockdep" and "sleeping function called from invalid context" in f.message, f
+        assert "page_table_lock" in f.message and "test:spin" in f.message, f
+
+
+def test_lockdep_cond_resched_moved_under_the_pte_lock(monkeypatch):
+    """`ksmstress mutate`'s _gup_one:swap-sched:0: __get_user_pages' cond_resched moved after follow_page's
+    spin_lock. No lock order is broken and no sleeping lock is taken, yet the task may schedule holding a
+    spinlock: might_sleep's report."""
+    from ksmstress.mm import mlock
+
+    edited(monkeypatch, mlock._gup_one,
+           '        k.cond_resched("__get_user_pages:cond_resched")\n        k.locks.lock(ptl, "follow_page")',
+           '        k.locks.lock(ptl, "follow_page")\n        k.cond_resched("__get_user_pages:cond_resched")')
+    k = make_kernel()
+    _aref, a = new_program(k, 1)
+    write(k, a, 1, 1)
+    k.locks.down_read(k.mmap_sem(a), "test:mmap_sem")
+    with pytest.raises(Failure) as e:
+        mlock._gup_one(k, a, vma_at(k, a, 1), 1, True)
+    assert e.value.cls == "lockdep" and "__get_user_pages:cond_resched" in e.value.message, e.value
 
 
 def test_lockdep_same_class_needs_a_nesting_annotation():

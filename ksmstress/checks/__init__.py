@@ -58,6 +58,10 @@ class Detectors(TraversalCheck):
         if self.lockdep is not None:
             self.lockdep.freeing(lids, what, site)
 
+    def might_sleep(self, k: Any, site: str) -> None:
+        if self.lockdep is not None:
+            self.lockdep.might_sleep(site)
+
     def task_exit(self, k: Any) -> None:
         if self.lockdep is not None:
             self.lockdep.task_exit()

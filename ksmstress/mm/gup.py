@@ -52,7 +52,7 @@ def get_user_pages(k: K, m: int, addr: int, write: bool) -> int:
         if page:
             return page
         memory.handle_mm_fault(k, m, vref, addr, write)
-        k.point("get_user_pages:cond_resched")
+        k.cond_resched("get_user_pages:cond_resched")
 
 
 def follow_page_foll(k: K, m: int, addr: int, write: bool) -> int:

@@ -22,6 +22,10 @@ class Hooks(LockHooks, Protocol):
     def locks_freeing(self, k: Any, lids: tuple[int, ...], what: str, site: str) -> None:
         """An object embedding the locks `lids` is about to be freed (kfree's debug_check_no_locks_freed)."""
 
+    def might_sleep(self, k: Any, site: str) -> None:
+        """The running task reaches a point where 2.6.33 may sleep (cond_resched, a GFP_KERNEL allocation, a
+        scheduling yield): __might_sleep's context check."""
+
     def walk_begin(self, k: Any, page_ref: int, kind: str) -> Any:
         """An rmap walk over `page_ref` begins; returns a token for the visits and the end."""
 
@@ -78,6 +82,9 @@ class NoHooks(NoLockHooks):
         pass
 
     def locks_freeing(self, k: Any, lids: tuple[int, ...], what: str, site: str) -> None:
+        pass
+
+    def might_sleep(self, k: Any, site: str) -> None:
         pass
 
     def walk_begin(self, k: Any, page_ref: int, kind: str) -> Any:

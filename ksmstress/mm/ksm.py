@@ -200,7 +200,7 @@ def remove_node_from_stable_tree(k: K, nref: int) -> None:
             _dec(k, G_PAGES_SHARED, "pages_shared")
         drop_anon_vma(k, iref)
         k.ri.flags[k.ri.deref(iref, "remove_node_from_stable_tree")] &= ~STABLE_FLAG
-        k.point("remove_node_from_stable_tree:cond_resched")
+        k.cond_resched("remove_node_from_stable_tree:cond_resched")
     stable_tree(k).erase(nref)
     k.sn.free(nref, "free_stable_node")
 
@@ -299,6 +299,7 @@ def stable_tree_insert(k: K, kpref: int) -> int:
             return 0  # not found by the search because kpage was not yet write-protected then
         parent, go_left = node, ret < 0
         node = tree.child(node, go_left)
+    k.might_sleep("alloc_stable_node")  # GFP_KERNEL
     nref = k.sn.alloc("alloc_stable_node")
     tree.link(parent, go_left, nref)
     ks = k.pg.deref(kpref, "stable_tree_insert")
@@ -343,7 +344,7 @@ def remove_rmap_item_from_tree(k: K, iref: int) -> None:
             unstable_tree(k).erase(iref)
         _dec(k, G_PAGES_UNSHARED, "pages_unshared")
         k.ri.flags[i] &= ~UNSTABLE_FLAG
-    k.point("remove_rmap_item_from_tree:cond_resched")
+    k.cond_resched("remove_rmap_item_from_tree:cond_resched")
 
 
 def free_rmap_item(k: K, iref: int) -> None:
@@ -388,7 +389,7 @@ def break_ksm(k: K, vref: int, addr: int) -> int:
     v = k.vm.deref(vref, "break_ksm")
     m = k.mmc.deref(k.vm.mm[v], "break_ksm")
     while True:
-        k.point("break_ksm:cond_resched")
+        k.cond_resched("break_ksm:cond_resched")
         # FOLL_MIGRATION (3.9, 5117b3b835f2; deviation 23): a KSM page under migration is waited for, not taken
         # for "no page here"; the 2.6.33 code (variant break-ksm-no-foll-migration) returns, leaving it merged
         page = memory.follow_page(k, m, addr, "break_ksm", migration=not k.bug("break-ksm-no-foll-migration"))
@@ -739,6 +740,7 @@ def get_next_rmap_item(k: K, sref: int, kind: int, ref: int, addr: int) -> int:
         _set_rl(k, kind, ref, k.ri.rmap_next[i])
         remove_rmap_item_from_tree(k, iref)
         free_rmap_item(k, iref)
+    k.might_sleep("alloc_rmap_item")  # GFP_KERNEL
     iref = k.ri.alloc("alloc_rmap_item")
     _inc(k, G_RMAP_ITEMS)
     i = ref_slot(iref)
@@ -799,7 +801,7 @@ def scan_get_next_rmap_item(k: K) -> tuple[int, int]:
                     if page:
                         memory.put_page(k, page, "scan_get_next_rmap_item")
                     g[G_SCAN_ADDRESS] = addr + 1
-                    k.point("scan_get_next_rmap_item:cond_resched")
+                    k.cond_resched("scan_get_next_rmap_item:cond_resched")
                 if _mm.ksm_test_exit(k, m):
                     break
             vref = _mm.vma_next(k, m, vref, "scan_get_next_rmap_item")
@@ -842,7 +844,7 @@ def in_stable_tree(k: K, iref: int) -> bool:
 def ksm_do_scan(k: K, scan_npages: int) -> None:
     k.hooks.lock_rule(k, "ksm_do_scan", k.ksm_thread_mutex, 2, 0, "ksm_do_scan")
     for _ in range(scan_npages):
-        k.point("ksm_do_scan:cond_resched")
+        k.cond_resched("ksm_do_scan:cond_resched")
         iref, page = scan_get_next_rmap_item(k)
         if not iref:
             return
@@ -928,6 +930,7 @@ def ksm_madvise(
 def __ksm_enter(k: K, mref: int) -> None:  # noqa: N807 - the kernel's name
     """Register the mm with ksmd; its mmap_sem is held for write (madvise, or dup_mmap for the child)."""
     k.hooks.lock_rule(k, "ksm_enter", k.mmap_sem(ref_slot(mref)), 1, ref_slot(mref), "__ksm_enter")
+    k.might_sleep("alloc_mm_slot")  # GFP_KERNEL
     sref = k.ms.alloc("alloc_mm_slot")
     k.ms.mm[ref_slot(sref)] = mref
     k.locks.lock(k.ksm_mmlist_lock, "__ksm_enter")

@@ -35,6 +35,7 @@ VM_FAULT_WRITE = 1  # the fault made the pte writable (break_ksm loops until it 
 # -- struct page and the page allocator ------------------------------------------------------------------
 def alloc_page(k: K, site: str) -> int:
     """alloc_page(GFP_HIGHUSER_MOVABLE) + clear_user_highpage: a zeroed frame with one reference."""
+    k.might_sleep(site)
     ref = k.pg.alloc(site)
     s = ref_slot(ref)
     k.pg.count[s] = 1

@@ -103,7 +103,7 @@ def _gup_one(k: K, m: int, vref: int, addr: int, write: bool) -> int:
     a page (writable when `write`), then return it with a reference taken under the pte lock."""
     ptl = k.ptl(m)
     while True:
-        k.point("__get_user_pages:cond_resched")
+        k.cond_resched("__get_user_pages:cond_resched")
         k.locks.lock(ptl, "follow_page")
         kind, ref, w = memory.pte_get(k, m, addr)
         if kind == PTE_PRESENT and (w or not write):
@@ -135,7 +135,7 @@ def munlock_vma_pages_range(k: K, m: int, vref: int, start: int, end: int) -> No
     v = k.vm.deref(vref, "munlock_vma_pages_range")
     k.vm.flags[v] &= ~VM_LOCKED  # vma->vm_flags &= ~VM_LOCKED (mmap_sem for write, or mm_users 0)
     for addr in range(start, end):
-        k.point("munlock_vma_pages_range:cond_resched")
+        k.cond_resched("munlock_vma_pages_range:cond_resched")
         page = memory.follow_page(k, m, addr, "munlock_vma_pages_range")
         if not page:
             continue

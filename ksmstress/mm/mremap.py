@@ -165,6 +165,7 @@ def copy_vma(k: K, m: int, vref: int, addr: int, npages: int, pgoff: int) -> int
     avref = int(k.vm.anon_vma[v])
     if not avref:  # an anonymous vma not yet faulted: pgoff follows the new location
         pgoff = addr
+    k.might_sleep("copy_vma")  # GFP_KERNEL
     nref = k.vm.alloc("copy_vma")
     n = ref_slot(nref)
     vm = k.vm

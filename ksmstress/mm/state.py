@@ -416,7 +416,20 @@ class K:
         return name in self.later_kernel
 
     def point(self, site: str, yielding: bool = False) -> None:
+        """A scheduling point; a yielding one is where the task sleeps (schedule), so __might_sleep first."""
+        if yielding:
+            self.hooks.might_sleep(self, site)
         self.ctl.point(site, yielding)
+
+    def cond_resched(self, site: str) -> None:
+        """cond_resched(): a scheduling point where the task may sleep; 2.6.33's cond_resched() begins with
+        __might_sleep, so no spinlock may be held here."""
+        self.hooks.might_sleep(self, site)
+        self.ctl.point(site, False)
+
+    def might_sleep(self, site: str) -> None:
+        """might_sleep(): a GFP_KERNEL (or GFP_HIGHUSER) allocation and the like may sleep: no spinlock held."""
+        self.hooks.might_sleep(self, site)
 
     # lock ids of per-object locks
     def mmap_sem(self, mm_slot: int) -> int:

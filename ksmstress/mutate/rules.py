@@ -133,12 +133,14 @@ def _stmt_call(stmt: ast.stmt) -> ast.Call | None:
 
 
 def _is_point(stmt: ast.stmt) -> bool:
-    """A statement that is a scheduling point by itself: k.point(...) or any lock operation."""
+    """A statement that is a scheduling point by itself: k.point(...), k.cond_resched(...) or any lock operation."""
     call = _stmt_call(stmt)
-    return call is not None and (_callee(call) == "point" or _lock_op(call) is not None)
+    return call is not None and (_callee(call) in POINTS or _lock_op(call) is not None)
 
 
-HOOK_HELPERS = frozenset({"_window_close"})  # model helpers that only call detector hooks (instrumentation)
+POINTS = frozenset({"point", "cond_resched"})
+# model helpers that only call detector hooks (instrumentation): k.might_sleep is __might_sleep's check alone
+HOOK_HELPERS = frozenset({"_window_close", "might_sleep"})
 
 
 def _is_hook(stmt: ast.stmt) -> bool:
