@@ -149,6 +149,16 @@ VARIANTS: dict[str, Variant] = {
             "data-loss",
             "focus-dio-merge.toml",
         ),
+        Variant(
+            "wrprotect-readonly-unchecked",
+            "write_protect_page checks the counts only when the pte is writable, as 2.6.33 does: a page pinned for "
+            "an O_DIRECT read that reclaim unmaps while the I/O is in flight comes back read-only (swap-in on a "
+            "read fault, swapoff's unuse_pte) and is merged with the pin held, so the DMA is lost to the merge. "
+            "Found by this model (focus-dio-swap); later kernels check a read-only pte of an exclusive anonymous "
+            "page too (PageAnonExclusive, 5.19)",
+            "data-loss",
+            "focus-dio-swap.toml",
+        ),
         # --- issue 14: the swap cache
         Variant(
             "swapin-ksm-during-unmerge",

@@ -268,7 +268,9 @@ def test_madvise_allows_a_cow_shared_page_merged_meanwhile_through_another_mm():
     c = ref_slot(cref)
     page = pte_page(k, a, 1)
     token = unmerge_begin(k, aref, 1, 2)
+    memory.get_page(k, page, "test:follow_page")  # ksmd's own reference, which write_protect_page counts
     err = ksm.try_to_merge_one_page(k, vma_at(k, c, 1), page, 0)  # ksmd, through the child's mapping
+    memory.put_page(k, page, "test:put_page")
     assert err == 0 and k.pg.flags[ref_slot(page)] & PG_KSM and pte_page(k, a, 1) == page
     unmerge_end(k, token, "test")
     token = unmerge_begin(k, aref, 1, 2)

@@ -164,6 +164,26 @@ def test_a_gup_fast_right_after_the_count_check_pins_unseen_only_when_the_check_
     assert (read(k, m, 1), read(k, m, 2)) != (content(k, 0), content(k, 1))
 
 
+@pytest.mark.parametrize("bug", [(), ("wrprotect-readonly-unchecked",)])
+def test_a_pinned_page_swapped_out_and_faulted_back_read_only_is_not_merged(bug: tuple[str, ...]) -> None:
+    """Deviation 31: an O_DIRECT pin in flight while reclaim unmaps the page (page_freeze_refs sees the pin, so it
+    stays in the swap cache) and a read fault maps it back read-only. write_protect_page must still compare the
+    counts: 2.6.33 (the variant) does so only for a writable pte, merges the page, and the DMA is lost."""
+    from .test_swap import shrink
+
+    k = make_kernel(bugs=bug)
+    _mref, m = two_equal_pages(k)
+    page = gup.get_user_pages_fast(k, m, 1, True)
+    assert not shrink(k, page)  # unmapped into a swap entry, kept in the swap cache by the pin
+    assert read(k, m, 1) == content(k, 0) and pte_page(k, m, 1) == page and pte(k, m, 1)[2] == 0  # read-only
+    scan(k, 4)
+    gup.dio_complete(k, page, pattern_bytes(1, k.st.sz.page_size))  # the O_DIRECT read of pattern 1 lands
+    if bug:
+        assert counters(k)["shared"] == 1 and read(k, m, 1) != content(k, 1)  # merged: the DMA went elsewhere
+    else:
+        assert pte_page(k, m, 1) == page and read(k, m, 1) == content(k, 1) and read(k, m, 2) == content(k, 0)
+
+
 def test_scenario_keys_for_threads_and_their_limits() -> None:
     sc = parse("[[task]]\nthreads = 3\n[task.weights]\nwrite = 1\ndontneed = 1\ndio = 1\n")
     assert sc.tasks[0].threads == 3 and sc.extra_threads == 2

@@ -141,6 +141,15 @@ Deviations from 2.6.33: what, where, why (each also has a one-line note at its p
     why:   in 2.6.33 a child forked during unmerge_and_remove_all_rmap_items is linked where the unmerge has
            already been, so run=2 returns with the KSM ptes the child copied still merged (found by this model:
            mixed in free mode, unmerge-incomplete).
+31. write_protect_page checks `page_mapcount + 1 + swapped == page_count` for a read-only pte too, not only for
+    a writable one (later kernels check a read-only pte of a PageAnonExclusive page, 5.19; commit id not
+    verified here).
+    where: ksm.write_protect_page
+    why:   in 2.6.33 a page pinned for an O_DIRECT read (get_user_pages for write) that reclaim unmaps into a swap
+           entry while the I/O is in flight comes back read-only (a read fault's do_swap_page, swapoff's
+           unuse_pte), and write_protect_page then merges it unchecked: the DMA lands in the page the program no
+           longer maps (found by this model: focus-dio-swap, data-loss); variant `wrprotect-readonly-unchecked`
+           restores the 2.6.33 test.
 
 Kept as 2.6.33 has them, though they may look like simplifications: one anon_vma per fork family and no
 anon_vma_chain (that is 2.6.34); page_lock_anon_vma reads a SLAB_DESTROY_BY_RCU anon_vma raw (type-stable memory,

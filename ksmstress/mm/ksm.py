@@ -453,6 +453,8 @@ def write_protect_page(k: K, vref: int, pref: int) -> tuple[int, tuple[int, int]
     As 2.6.33: the pte is cleared and flushed first (ptep_clear_flush), then `page_mapcount + 1 + swapped !=
     page_count` is checked and the pte restored on a mismatch. get_user_pages_fast takes its reference without
     any lock, so only a check made once no pte maps the page can see every reference taken through it.
+    Deviation 31: a read-only pte is checked too (2.6.33 checks only a writable one; variant
+    `wrprotect-readonly-unchecked`).
     Returns (err, orig_pte) where orig_pte is (page ref, write bit) as replace_page must find it again.
     """
     v = k.vm.deref(vref, "write_protect_page")
@@ -465,8 +467,8 @@ def write_protect_page(k: K, vref: int, pref: int) -> tuple[int, tuple[int, int]
     err = EFAULT
     if kind == PTE_PRESENT and ref == pref:  # page_check_address
         s = ref_slot(pref)
-        if not w:
-            err = 0
+        if not w and k.bug("wrprotect-readonly-unchecked"):
+            err = 0  # 2.6.33: a read-only pte is taken as it is, whatever references the page has
         elif k.bug("wrprotect-check-before-clear"):
             # the defect: the counts are read while the pte still maps the page writable, so a gup_fast that
             # reads the pte after the check takes a reference this check never sees
