@@ -660,6 +660,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_kernel_parser(sub)
     mutate.add_parser(sub)
     coverage_command.add_parser(sub)
+    for cmd in sub.choices.values():  # `ksmstress replay X -v` as well as `ksmstress -v replay X`
+        if "-v" not in cmd._option_string_actions:
+            cmd.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="the same as ksmstress -v before the command")
     return ap
 
 

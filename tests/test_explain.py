@@ -421,3 +421,7 @@ def test_verbose_replay_logs_every_event_as_a_json_line(artifacts: dict[str, Pat
     assert picks and all("next" in e and "runnable" in e for e in picks)
     last = events[-1]
     assert last["kind"] == "use" and last["obj"] == "anon_vma[1]" and last["chain"].endswith("page_referenced_ksm")
+    after = run_cli("replay", str(artifacts["use-after-free"]), "-v")  # -v after the command means the same
+    assert after.returncode == 1
+    again = [json.loads(line) for line in after.stderr.splitlines() if '"replay.event"' in line]
+    assert [{**e, "timestamp": 0} for e in again] == [{**e, "timestamp": 0} for e in events]
