@@ -197,6 +197,29 @@ def test_known_killable_mutant_is_killed_and_the_checkout_is_untouched(tmp_path:
     assert _scratch_dirs(tmp) == [], "scratch copies must be removed"
 
 
+# Survivors of the campaign over issue 14's paths and the focused scenario each now dies in: (file, function, rule,
+# index) as `--list` keys them without the line, the scenario, the class that kills it. Most die at the first run.
+FOCUSED_KILLS = [
+    ("mm/gup.py", "dio_complete", "remove-lock", 0, "focus-dio-reclaim", "data-loss"),
+    ("mm/migrate.py", "rmap_walk_ksm", "invert-cmp", 2, "focus-migrate-fork", "traversal"),
+    ("mm/swapfile.py", "unuse_mm", "swap-sched", 0, "focus-swapoff-writers", "lockdep"),
+    ("mm/swapfile.py", "free_swap_and_cache", "drop-recheck", 0, "focus-swapoff-writers", "oops"),
+]
+
+
+@pytest.mark.parametrize(("file", "function", "rule", "index", "scenario", "cls"), FOCUSED_KILLS,
+                         ids=[f"{f}:{r}:{i}" for _p, f, r, i, _s, _c in FOCUSED_KILLS])
+def test_a_focused_scenario_kills_the_mutant_it_was_made_for(
+    tmp_path: Path, mutants: list[Mutant], file: str, function: str, rule: str, index: int, scenario: str, cls: str
+) -> None:
+    [m] = [x for x in mutants if (x.file, x.function, x.rule, x.index) == (file, function, rule, index)]
+    r = _mutate("--mutant", m.name, scenario, "--strategy", "random", "--seconds-per-mutant", "90", "--jobs", "1",
+                "--json", tmp=tmp_path)
+    assert r.returncode == 0, r.stderr
+    [res] = json.loads(r.stdout)["results"]
+    assert res["outcome"] == "killed" and res["class"] == cls, res
+
+
 def _ignored_sigint() -> None:
     """Ctrl-C ignored at start, as for a background job of a non-interactive shell or a CI step: the campaign must
     still stop on SIGINT."""
