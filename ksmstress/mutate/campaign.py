@@ -71,11 +71,13 @@ class Plan:
     run_timeout_floor: float
     artifacts: str | None = None
     preemptions: int = 1  # bounded's C
+    reach: dict[str, list[tuple[str, float]]] | None = None  # reach.reach_map: `file:function` -> [(scenario, rate)]
 
-    def config(self) -> dict[str, Any]:
+    def config(self, mutant: Mutant | None = None) -> dict[str, Any]:
+        focus = (self.reach or {}).get(f"{mutant.file}:{mutant.function}", []) if mutant else []
         return {"scenarios": self.scenarios, "strategies": self.strategies, "budget": self.seconds,
                 "seed": self.seed, "run_timeout_floor": self.run_timeout_floor, "artifacts": self.artifacts,
-                "preemptions": self.preemptions}
+                "preemptions": self.preemptions, "focus": focus}
 
     def deadline(self) -> float:
         return self.seconds + self.run_timeout_floor + START_GRACE
@@ -162,7 +164,7 @@ class Campaign:
         try:
             scratch = Scratch(mutant)
             try:
-                probe = Probe(scratch, self.plan.config(), self.cpus[slot])
+                probe = Probe(scratch, self.plan.config(mutant), self.cpus[slot])
             except BaseException:
                 scratch.remove()
                 raise

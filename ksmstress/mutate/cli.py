@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from . import report
 from .campaign import Campaign, Plan, Result
 from .generate import Mutant, generate, key_of, sample
 from .probe import DEFAULT_PREEMPTIONS
+from .reach import SEEDS as REACH_SEEDS
+from .reach import reach_map
 from .rules import RULES
 from .scratch import package_dir
 
@@ -116,10 +119,17 @@ def cmd_mutate(a: argparse.Namespace) -> int:
     rounds = [[s] for s in strategies] if a.compare else [strategies]
     summaries: dict[str, dict[str, Any]] = {}
     interrupted: str | None = None
+    reached = None
+    if not a.no_reach and len(paths) > 1 and to_run:
+        t0 = time.monotonic()
+        reached = reach_map([str(Path(p).resolve()) for p in paths])
+        print(f"ksmstress mutate: measured which of {len(paths)} scenario(s) run each model function in "
+              f"{time.monotonic() - t0:.0f}s (faithful runs, seeds 0-{REACH_SEEDS - 1}); a mutant's runs go to those "
+              f"first", file=sys.stderr, flush=True)
     for rnd in rounds:
         where = keep / rnd[0] if keep and a.compare else keep
         plan = Plan([str(Path(p).resolve()) for p in paths], rnd, a.seconds_per_mutant, a.seed, a.run_timeout,
-                    str((where / "artifacts").resolve()) if where else None, a.preemptions)
+                    str((where / "artifacts").resolve()) if where else None, a.preemptions, reached)
         note = _progress(len(to_run), f"{rnd[0]} " if a.compare else "")
 
         def on_result(r: Result, where: Path | None = where, note: Any = note) -> None:
@@ -136,7 +146,8 @@ def cmd_mutate(a: argparse.Namespace) -> int:
         meta = {"generated": len(every_mutant), "selected": len(selected), "seconds_per_mutant": a.seconds_per_mutant,
                 "jobs": camp.jobs, "sample": a.sample, "seed": a.seed, "strategies": plan.strategies,
                 "preemptions": a.preemptions if "bounded" in plan.strategies else None,
-                "scenarios": [Path(p).stem for p in paths], "interrupted": camp.interrupted}
+                "scenarios": [Path(p).stem for p in paths], "interrupted": camp.interrupted,
+                "reach": reached is not None}
         summaries["+".join(rnd)] = d = report.summary(results, equivalent, meta)
         if where:
             where.mkdir(parents=True, exist_ok=True)
@@ -224,6 +235,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="write each mutant's diff and result (and the artifact of its killing run) into DIR")
     p.add_argument("--equivalent", metavar="FILE",
                    help="the equivalent-mutant list to use (default: the shipped ksmstress/mutants-equivalent.toml)")
+    p.add_argument("--no-reach", action="store_true",
+                   help="give every scenario the same share of a mutant's runs, instead of first measuring which "
+                        "scenarios run each model function (faithful runs, seeds 0-1 of each, some seconds) and "
+                        "soaking a mutant mostly on those")
     p.add_argument("--run-timeout", type=argtypes.positive_seconds, default=20.0, metavar="S",
                    help="least wall-clock allowance of one run: a run past max(the mutant's remaining budget, S) "
                         "is a hang, and the mutant counts as timed out (default 20)")

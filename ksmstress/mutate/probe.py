@@ -8,7 +8,8 @@ so a probe ended at the hard deadline still leaves what it saw.
 How each strategy spends a mutant's budget (`shares`: random and pct together, bounded, coverage, an equal share
 each, in that order; time a share leaves unused goes to the next):
 - random / pct: (scenario, strategy, seed) round-robin, every scenario and strategy before a second seed of any,
-  so a budget of a few dozen runs already covers them all.
+  so a budget of a few dozen runs already covers them all; given the scenarios whose runs enter the mutated
+  function (reach.py, the config's "focus"), those take OTHERS_EVERY runs of every OTHERS_EVERY + 1.
 - bounded: one exploration per scenario of every schedule of seed --seed with at most C preemptions (--preemptions,
   default 1), fewest first (explore/bounded.py), advanced one schedule at a time, scenario after scenario: first the
   non-preemptive schedule of every scenario, then the one-preemption schedules of all of them side by side. A
@@ -66,18 +67,43 @@ def shares(strategies: list[str]) -> list[list[str]]:
     return ([per_seed] if per_seed else []) + [[s] for s in strategies if s not in PER_SEED]
 
 
-def per_seed_steps(scenarios: list[Scenario], strategies: list[str], seed: int,
-                   timeout: Callable[[], float]) -> Iterator[tuple[dict[str, Any], Thunk]]:
-    """random / pct: (scenario, strategy, seed) round-robin, every scenario and strategy before a second seed."""
+OTHERS_EVERY = 3  # with reach known: after this many runs where the mutant is met, one run of any scenario
+
+
+def per_seed_steps(scenarios: list[Scenario], strategies: list[str], seed: int, timeout: Callable[[], float],
+                   focus: dict[str, float] | None = None) -> Iterator[tuple[dict[str, Any], Thunk]]:
+    """random / pct: rounds of (scenario, strategy), every scenario and strategy before a second seed, each
+    scenario's seeds counting up from `seed`. With `focus` (the scenarios whose runs enter the mutated function,
+    reach.py), the rounds go over those, and after every OTHERS_EVERY of their runs one run of the plain rotation
+    over all scenarios follows: the runs go where the mutant is met, and a scenario the reach seeds missed still
+    gets its turns. (Shared evenly: how often a scenario enters the function says little about whether its runs
+    can tell the mutant from the model; weighting by it killed fewer in a trial.)"""
     from ..runner import run_one
 
-    ns, nt = len(scenarios), len(strategies)
-    k = 0
+    nth = {(sc.path, strat): 0 for sc in scenarios for strat in strategies}
+
+    def step(sc: Scenario, strat: str) -> tuple[dict[str, Any], Thunk]:
+        s = seed + nth[sc.path, strat]
+        nth[sc.path, strat] += 1
+        return ({"scenario": sc.name, "strategy": strat, "seed": s},
+                lambda: run_one(sc, s, strat, timeout=timeout()))
+
+    def rotation(group: list[Scenario]) -> Iterator[tuple[Scenario, str]]:
+        while True:
+            for strat in strategies:
+                for sc in group:
+                    yield sc, strat
+
+    plain = rotation(scenarios)
+    met = [sc for sc in scenarios if sc.path in (focus or {})]
+    if not met:
+        for sc, strat in plain:
+            yield step(sc, strat)
+    in_focus = rotation(met)
     while True:
-        sc, strat, s = scenarios[k % ns], strategies[(k // ns) % nt], seed + k // (ns * nt)
-        k += 1
-        yield ({"scenario": sc.name, "strategy": strat, "seed": s},
-               lambda sc=sc, s=s, strat=strat: run_one(sc, s, strat, timeout=timeout()))
+        for _ in range(OTHERS_EVERY):
+            yield step(*next(in_focus))
+        yield step(*next(plain))
 
 
 def bounded_steps(scenarios: list[Scenario], seed: int, preemptions: int,
@@ -140,6 +166,9 @@ def soak(cfg: dict[str, Any], out: TextIO) -> dict[str, Any]:
     from ..scenario import load
 
     scenarios = [load(p) for p in cfg["scenarios"]]
+    focus = {path: float(rate) for path, rate in cfg.get("focus") or ()}
+    # bounded and coverage: the scenarios that run the mutated function first, the most frequent first
+    ordered = sorted(scenarios, key=lambda sc: -focus.get(sc.path, 0.0))
     budget: float = cfg["budget"]
     floor: float = cfg["run_timeout_floor"]
     t0 = time.monotonic()
@@ -153,12 +182,12 @@ def soak(cfg: dict[str, Any], out: TextIO) -> dict[str, Any]:
             return max(t_end - time.monotonic(), floor)
 
         if group[0] == "bounded":
-            source = bounded_steps(scenarios, cfg["seed"], int(cfg.get("preemptions", DEFAULT_PREEMPTIONS)),
+            source = bounded_steps(ordered, cfg["seed"], int(cfg.get("preemptions", DEFAULT_PREEMPTIONS)),
                                    timeout)
         elif group[0] == "coverage":
-            source = coverage_steps(scenarios, cfg["seed"], max(0.0, end - time.monotonic()), timeout)
+            source = coverage_steps(ordered, cfg["seed"], max(0.0, end - time.monotonic()), timeout)
         else:
-            source = per_seed_steps(scenarios, group, cfg["seed"], timeout)
+            source = per_seed_steps(scenarios, group, cfg["seed"], timeout, focus)
         idle = 0
         for base, thunk in source:
             if time.monotonic() >= end or idle >= len(scenarios):
