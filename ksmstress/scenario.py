@@ -127,7 +127,8 @@ def _step_numbers(step: str, lim: _Limits) -> str | None:
         return f"a pattern in [0, {MAX_PATTERN}] in fill:P"
     if name in ("write", "dio", "dontneed"):  # dio:A:P and dontneed:A: issue 14 part A
         if not 1 <= nums[0] < lim.vpages:
-            return f"an address in [1, arena.vpages - 1 = {lim.vpages - 1}] in write:A:P"
+            form = "dontneed:A" if name == "dontneed" else f"{name}:A:P"
+            return f"an address in [1, arena.vpages - 1 = {lim.vpages - 1}] in {form}"
         if name != "dontneed" and nums[1] > MAX_PATTERN:
             return f"a pattern in [0, {MAX_PATTERN}] in {name}:A:P"
     if name == "mremap":

@@ -192,6 +192,9 @@ def test_scenario_keys_for_threads_and_their_limits() -> None:
     with pytest.raises(ScenarioError, match=r"key 'task\[0\]\.threads': expected"):
         parse("[[task]]\nthreads = 9\n")
     assert parse('[[task]]\nscript = ["dio:1:3", "dontneed:2"]\n').tasks[0].script == ("dio:1:3", "dontneed:2")
+    for step, form in (("dio:0:1", "dio:A:P"), ("dontneed:0", "dontneed:A")):  # the error names the step's own form
+        with pytest.raises(ScenarioError, match=rf"in {form}, got '{step}'"):
+            parse(f'[[task]]\nscript = ["{step}"]\n')
 
 
 def test_dio_complete_through_a_dropped_pin_is_a_refcount_failure() -> None:
