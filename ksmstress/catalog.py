@@ -46,14 +46,20 @@ def user_dirs(extra: Iterable[str | Path] = ()) -> list[Path]:
     return [Path(p) for p in [*extra, *env]]
 
 
+def _by_name(p: Path) -> str:
+    """Files in the order of their names (focus-swapoff before focus-swapoff-writers, which sorts first by file
+    name: '-' < '.')."""
+    return p.stem
+
+
 def entries(extra: Iterable[str | Path] = (), sub: str = "") -> list[Entry]:
     """Every file a name can resolve to, in resolution order (user directories first, then shipped); names may
     repeat across origins (the first one wins for a bare name)."""
     out: list[Entry] = []
     for d in user_dirs(extra):
         dd = d / sub if sub else d
-        out += [Entry(p.stem, p, str(d)) for p in sorted(dd.glob("*.toml")) if p.is_file()]
-    out += [Entry(p.stem, p, SHIPPED) for p in sorted(shipped_dir(sub).glob("*.toml"))]
+        out += [Entry(p.stem, p, str(d)) for p in sorted(dd.glob("*.toml"), key=_by_name) if p.is_file()]
+    out += [Entry(p.stem, p, SHIPPED) for p in sorted(shipped_dir(sub).glob("*.toml"), key=_by_name)]
     return out
 
 

@@ -262,6 +262,9 @@ def test_lockdep_might_sleep_allows_sleeping_locks_but_no_spinlock():
         f = e.value
         assert f.cls == "lockdep" and "sleeping function called from invalid context" in f.message, f
         assert "page_table_lock" in f.message and "test:spin" in f.message, f
+    with pytest.raises(Failure) as e:  # a yield: it does schedule, schedule_debug's report
+        k.point("test:yield", yielding=True)
+    assert e.value.cls == "lockdep" and "BUG: scheduling while atomic at test:yield" in e.value.message, e.value
 
 
 def test_lockdep_cond_resched_moved_under_the_pte_lock(monkeypatch):

@@ -58,9 +58,9 @@ class Detectors(TraversalCheck):
         if self.lockdep is not None:
             self.lockdep.freeing(lids, what, site)
 
-    def might_sleep(self, k: Any, site: str) -> None:
+    def might_sleep(self, k: Any, site: str, schedules: bool = False) -> None:
         if self.lockdep is not None:
-            self.lockdep.might_sleep(site)
+            self.lockdep.might_sleep(site, schedules)
 
     def task_exit(self, k: Any) -> None:
         if self.lockdep is not None:

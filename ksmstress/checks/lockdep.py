@@ -116,15 +116,16 @@ class Lockdep:
                 self._fail(f"held lock freed: {what} freed at {site} while this task holds its "
                            f"{self.space.name(lid)} (taken at {hsite})", chain=self._chain(), lock=self.space.name(lid))
 
-    def might_sleep(self, site: str) -> None:
-        """__might_sleep (CONFIG_DEBUG_SPINLOCK_SLEEP): a task that may sleep at `site` (cond_resched, a
-        GFP_KERNEL allocation, a wait) holds no spinlock, or it would sleep in atomic context. Sleeping locks held
-        are fine, as in the kernel (rcu_read_lock is not modelled as a lock, so it is not checked)."""
+    def might_sleep(self, site: str, schedules: bool = False) -> None:
+        """__might_sleep (CONFIG_DEBUG_SPINLOCK_SLEEP) at a point that may sleep (cond_resched, a GFP_KERNEL
+        allocation), and schedule_debug at one that does (a yield): the task holds no spinlock, or it would sleep
+        in atomic context. Sleeping locks held are fine, as in the kernel (rcu_read_lock is not modelled as a
+        lock, so it is not checked)."""
         for hlid, hsite, _sub in self.held:
             if self.space.cls_of(hlid) not in SLEEPING:
-                self._fail(f"BUG: sleeping function called from invalid context at {site}: this task holds "
-                           f"spinlock {self.space.name(hlid)} (taken at {hsite})",
-                           chain=self._chain(), lock=self.space.name(hlid))
+                what = "scheduling while atomic" if schedules else "sleeping function called from invalid context"
+                self._fail(f"BUG: {what} at {site}: this task holds spinlock {self.space.name(hlid)} (taken at "
+                           f"{hsite})", chain=self._chain(), lock=self.space.name(hlid))
 
     def task_exit(self) -> None:
         if self.held:

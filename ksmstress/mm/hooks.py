@@ -22,9 +22,9 @@ class Hooks(LockHooks, Protocol):
     def locks_freeing(self, k: Any, lids: tuple[int, ...], what: str, site: str) -> None:
         """An object embedding the locks `lids` is about to be freed (kfree's debug_check_no_locks_freed)."""
 
-    def might_sleep(self, k: Any, site: str) -> None:
-        """The running task reaches a point where 2.6.33 may sleep (cond_resched, a GFP_KERNEL allocation, a
-        scheduling yield): __might_sleep's context check."""
+    def might_sleep(self, k: Any, site: str, schedules: bool = False) -> None:
+        """The running task reaches a point where 2.6.33 may sleep (cond_resched, a GFP_KERNEL allocation:
+        __might_sleep's context check) or, `schedules`, does (a yield: schedule_debug's)."""
 
     def walk_begin(self, k: Any, page_ref: int, kind: str) -> Any:
         """An rmap walk over `page_ref` begins; returns a token for the visits and the end."""
@@ -84,7 +84,7 @@ class NoHooks(NoLockHooks):
     def locks_freeing(self, k: Any, lids: tuple[int, ...], what: str, site: str) -> None:
         pass
 
-    def might_sleep(self, k: Any, site: str) -> None:
+    def might_sleep(self, k: Any, site: str, schedules: bool = False) -> None:
         pass
 
     def walk_begin(self, k: Any, page_ref: int, kind: str) -> Any:

@@ -416,9 +416,9 @@ class K:
         return name in self.later_kernel
 
     def point(self, site: str, yielding: bool = False) -> None:
-        """A scheduling point; a yielding one is where the task sleeps (schedule), so __might_sleep first."""
+        """A scheduling point; a yielding one is where the task sleeps (schedule): no spinlock may be held."""
         if yielding:
-            self.hooks.might_sleep(self, site)
+            self.hooks.might_sleep(self, site, True)
         self.ctl.point(site, yielding)
 
     def cond_resched(self, site: str) -> None:
