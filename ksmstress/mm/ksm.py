@@ -299,8 +299,7 @@ def stable_tree_insert(k: K, kpref: int) -> int:
             return 0  # not found by the search because kpage was not yet write-protected then
         parent, go_left = node, ret < 0
         node = tree.child(node, go_left)
-    k.might_sleep("alloc_stable_node")  # GFP_KERNEL
-    nref = k.sn.alloc("alloc_stable_node")
+    nref = k.kmem_cache_alloc(k.sn, "alloc_stable_node")
     tree.link(parent, go_left, nref)
     ks = k.pg.deref(kpref, "stable_tree_insert")
     k.sn.kpfn[ref_slot(nref)] = ks
@@ -742,8 +741,7 @@ def get_next_rmap_item(k: K, sref: int, kind: int, ref: int, addr: int) -> int:
         _set_rl(k, kind, ref, k.ri.rmap_next[i])
         remove_rmap_item_from_tree(k, iref)
         free_rmap_item(k, iref)
-    k.might_sleep("alloc_rmap_item")  # GFP_KERNEL
-    iref = k.ri.alloc("alloc_rmap_item")
+    iref = k.kmem_cache_alloc(k.ri, "alloc_rmap_item")
     _inc(k, G_RMAP_ITEMS)
     i = ref_slot(iref)
     k.ri.mm[i] = k.ms.mm[k.ms.deref(sref, "get_next_rmap_item")]
@@ -932,8 +930,7 @@ def ksm_madvise(
 def __ksm_enter(k: K, mref: int) -> None:  # noqa: N807 - the kernel's name
     """Register the mm with ksmd; its mmap_sem is held for write (madvise, or dup_mmap for the child)."""
     k.hooks.lock_rule(k, "ksm_enter", k.mmap_sem(ref_slot(mref)), 1, ref_slot(mref), "__ksm_enter")
-    k.might_sleep("alloc_mm_slot")  # GFP_KERNEL
-    sref = k.ms.alloc("alloc_mm_slot")
+    sref = k.kmem_cache_alloc(k.ms, "alloc_mm_slot")
     k.ms.mm[ref_slot(sref)] = mref
     k.locks.lock(k.ksm_mmlist_lock, "__ksm_enter")
     m = k.mmc.deref(mref, "__ksm_enter")

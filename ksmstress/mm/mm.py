@@ -18,8 +18,7 @@ from .state import PTE_NONE, VM_LOCKED, VM_MERGEABLE, K, mk_pte
 # -- mm_struct -----------------------------------------------------------------------------------------------
 def mm_alloc(k: K) -> int:
     """A new mm with one user and one count (mm_users / mm_count)."""
-    k.might_sleep("mm_alloc")
-    mref = k.mmc.alloc("mm_alloc")
+    mref = k.kmem_cache_alloc(k.mmc, "mm_alloc")
     m = ref_slot(mref)
     k.mmc.users[m] = 1
     k.mmc.mmcount[m] = 1
@@ -164,8 +163,7 @@ def mmap_region(k: K, mref: int, start: int, npages: int, flags: int) -> int:
     nxt = find_vma(k, m, start)
     if nxt and k.vm.start[k.vm.deref(nxt, "mmap_region")] < end:
         return 0  # overlaps (MAP_FIXED_NOREPLACE semantics)
-    k.might_sleep("mmap_region")  # GFP_KERNEL
-    vref = k.vm.alloc("mmap_region")
+    vref = k.kmem_cache_alloc(k.vm, "mmap_region")
     v = ref_slot(vref)
     k.vm.mm[v] = mref
     k.vm.start[v] = start
@@ -185,8 +183,7 @@ def split_vma(k: K, m: int, vref: int, addr: int) -> int:
     """
     k.hooks.lock_rule(k, "mmap_sem", k.mmap_sem(m), 1, m, "split_vma")
     v = k.vm.deref(vref, "split_vma")
-    k.might_sleep("split_vma")  # GFP_KERNEL
-    nref = k.vm.alloc("split_vma")
+    nref = k.kmem_cache_alloc(k.vm, "split_vma")
     n = ref_slot(nref)
     vm = k.vm
     vm.mm[n], vm.flags[n], vm.anon_vma[n] = vm.mm[v], vm.flags[v], vm.anon_vma[v]
@@ -258,8 +255,7 @@ def dup_mmap(k: K, oldref: int) -> int:
     ksm.ksm_fork(k, mref, oldref)
     for vref in vma_list(k, old):
         v = k.vm.deref(vref, "dup_mmap")
-        k.might_sleep("dup_mmap:vm_area_dup")  # GFP_KERNEL
-        tref = k.vm.alloc("dup_mmap:vm_area_dup")
+        tref = k.kmem_cache_alloc(k.vm, "dup_mmap:vm_area_dup")
         t = ref_slot(tref)
         vm = k.vm
         vm.start[t], vm.end[t], vm.anon_vma[t] = vm.start[v], vm.end[v], vm.anon_vma[v]

@@ -165,8 +165,7 @@ def copy_vma(k: K, m: int, vref: int, addr: int, npages: int, pgoff: int) -> int
     avref = int(k.vm.anon_vma[v])
     if not avref:  # an anonymous vma not yet faulted: pgoff follows the new location
         pgoff = addr
-    k.might_sleep("copy_vma")  # GFP_KERNEL
-    nref = k.vm.alloc("copy_vma")
+    nref = k.kmem_cache_alloc(k.vm, "copy_vma")
     n = ref_slot(nref)
     vm = k.vm
     vm.mm[n], vm.flags[n], vm.anon_vma[n] = vm.mm[v], vm.flags[v], avref

@@ -70,8 +70,7 @@ def anon_vma_list_empty(k: K, a: int, site: str) -> bool:
 
 
 def anon_vma_alloc(k: K) -> int:
-    k.might_sleep("anon_vma_alloc")
-    return k.av.alloc("anon_vma_alloc")
+    return k.kmem_cache_alloc(k.av, "anon_vma_alloc")
 
 
 @kfunc

@@ -431,6 +431,11 @@ class K:
         """might_sleep(): a GFP_KERNEL (or GFP_HIGHUSER) allocation and the like may sleep: no spinlock held."""
         self.hooks.might_sleep(self, site)
 
+    def kmem_cache_alloc(self, table: Table, site: str) -> int:
+        """kmem_cache_alloc(cache, GFP_KERNEL): the allocation may sleep (might_sleep), then the new object's ref."""
+        self.hooks.might_sleep(self, site)
+        return table.alloc(site)
+
     # lock ids of per-object locks
     def mmap_sem(self, mm_slot: int) -> int:
         return self._mmap_sem + mm_slot

@@ -119,16 +119,17 @@ def cmd_mutate(a: argparse.Namespace) -> int:
     rounds = [[s] for s in strategies] if a.compare else [strategies]
     summaries: dict[str, dict[str, Any]] = {}
     interrupted: str | None = None
+    resolved = [str(Path(p).resolve()) for p in paths]
     reached = None
     if not a.no_reach and len(paths) > 1 and to_run:
         t0 = time.monotonic()
-        reached = reach_map([str(Path(p).resolve()) for p in paths])
+        reached = reach_map(resolved)
         print(f"ksmstress mutate: measured which of {len(paths)} scenario(s) run each model function in "
               f"{time.monotonic() - t0:.0f}s (faithful runs, seeds 0-{REACH_SEEDS - 1}); a mutant's runs go to those "
               f"first", file=sys.stderr, flush=True)
     for rnd in rounds:
         where = keep / rnd[0] if keep and a.compare else keep
-        plan = Plan([str(Path(p).resolve()) for p in paths], rnd, a.seconds_per_mutant, a.seed, a.run_timeout,
+        plan = Plan(resolved, rnd, a.seconds_per_mutant, a.seed, a.run_timeout,
                     str((where / "artifacts").resolve()) if where else None, a.preemptions, reached)
         note = _progress(len(to_run), f"{rnd[0]} " if a.compare else "")
 

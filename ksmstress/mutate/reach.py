@@ -64,7 +64,8 @@ def reach_map(paths: list[str], seeds: int = SEEDS,
 
     codes = model_functions()
     names = sorted(set(codes.values()))
-    index = {c: names.index(n) for c, n in codes.items()}
+    slot = {n: i for i, n in enumerate(names)}
+    index = {c: slot[n] for c, n in codes.items()}
     seen: dict[str, list[tuple[str, float]]] = {}
     for path in paths:
         t0 = time.monotonic()
