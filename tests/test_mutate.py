@@ -125,6 +125,20 @@ def test_code_only_a_variant_or_a_later_kernel_runs_is_left_alone():
     assert list(mutants_of("mm/x.py", "def f(k, lid, a):\n" + body.format(switch="k.other('z')")))
 
 
+def test_an_operand_anded_with_a_switch_is_left_alone():
+    """`x and k.bug(...)` is False in every soak whatever x is: mutating x (drop it, invert its comparison) makes
+    an equivalent mutant. `x or k.bug(...)` and `x and not k.bug(...)` are x there, so x is still mutated."""
+    def got(test: str) -> set[str]:
+        src = (f"def f(k, lid, w, a):\n    k.locks.lock(lid, 's')\n    if {test}:\n        k.locks.unlock(lid, 's')\n"
+               "        return 0\n    k.locks.unlock(lid, 's')\n    return 1\n")
+        return {m.rule for m in mutants_of("mm/x.py", src)} & {"drop-recheck", "invert-cmp"}
+
+    assert got("k.av.refcount[a] == 0 and k.bug('v')") == set()
+    assert got("not w and k.later('v')") == set()
+    assert got("k.av.refcount[a] == 0 or k.bug('v')") == {"drop-recheck", "invert-cmp"}
+    assert got("k.av.refcount[a] == 0 and not k.bug('v')") == {"drop-recheck", "invert-cmp"}
+
+
 def test_a_body_emptied_by_deletion_keeps_a_pass():
     src = "def f(k):\n    if k:\n        k.put()\n    return 1\n"
     body_id = 7

@@ -162,6 +162,13 @@ def _mentions_bug(node: ast.AST) -> bool:
     return any(_callee(n) in SWITCHES for n in ast.walk(node))
 
 
+def _switch_gated(node: ast.AST) -> bool:
+    """`x and k.bug(...)`: False in every soak (switches are off), whatever x is, so a mutant of x is equivalent
+    by construction (write_protect_page's `not w and k.bug(...)` was one)."""
+    return isinstance(node, ast.BoolOp) and isinstance(node.op, ast.And) and any(
+        _callee(v) in SWITCHES for v in node.values)
+
+
 def _names(node: ast.AST, ctx: type) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ctx)}
 
@@ -417,6 +424,8 @@ class _Function:
         """One mutant per operand, replaced by the value that makes it not matter. In an assignment, an operand
         that is a call other than a state predicate is an action (`err = f() or err`), not a check: kept."""
         neutral = "True" if isinstance(test.op, ast.And) else "False"
+        if _switch_gated(test):
+            return
         for v in test.values:
             if _mentions_bug(v):
                 continue
@@ -458,7 +467,7 @@ class _Function:
                 part = s if isinstance(s, ast.Raise) else s.test
                 skip.update(id(n) for n in ast.walk(part))
         for n in self.exprs:
-            if isinstance(n, ast.JoinedStr) or _callee(n) == "Failure":
+            if isinstance(n, ast.JoinedStr) or _callee(n) == "Failure" or _switch_gated(n):
                 skip.update(id(x) for x in ast.walk(n))
         for n in self.exprs:
             if not isinstance(n, ast.Compare) or id(n) in skip or len(n.ops) != 1 or _mentions_bug(n):
