@@ -13,7 +13,14 @@ import pytest
 
 from ksmstress import callchain
 from ksmstress.explain import tomlout
-from ksmstress.explain.shrink import PREEMPTION_BOUND, Shrinker, failure_key, smaller_scenarios
+from ksmstress.explain.shrink import (
+    PREEMPTION_BOUND,
+    Shrinker,
+    failure_key,
+    faster_scenarios,
+    scenario_edits,
+    smaller_scenarios,
+)
 from ksmstress.failures import Failure
 from ksmstress.mm import mm as mmmod
 from ksmstress.scenario import resolve
@@ -362,6 +369,22 @@ def test_scenario_edits_are_smaller_and_carry_task_ids_over() -> None:
     assert count[2] == 2 and 3 not in count and count[4] == 3  # a forked child's id follows
     assert any(tomllib.loads(t).get("sched", {}).get("granularity") == "locks" for t, _ in
                smaller_scenarios(tomlout.dumps({**tomllib.loads(text), "sched": {"granularity": "shared"}})))
+
+
+def test_faster_scenario_edits_batch_ksmd_and_rest_reclaim_and_must_shrink_the_run() -> None:
+    """seed-unmap-race's faster edits: ksmd's batch raised to every page of every mm twice (its two passes in one
+    batch) or lowered, reclaim resting between pages; none drops a task (ids unchanged), and scenario_edits marks
+    only them strict (kept only when the run is smaller, so a raise and a lower cannot undo each other)."""
+    text = Path(resolve(["seed-unmap-race"], [])[0]).read_text()
+    d = tomllib.loads(text)
+    fast = faster_scenarios(text)
+    batches = [tomllib.loads(t)["ksm"]["pages_to_scan"] for t, _ in fast if "pages_to_scan" in tomllib.loads(t)["ksm"]
+               and tomllib.loads(t)["ksm"]["pages_to_scan"] != d["ksm"]["pages_to_scan"]]
+    assert 2 * d["arena"]["vpages"] * d["arena"]["max_mm"] in batches and min(batches) < d["ksm"]["pages_to_scan"]
+    assert any(tomllib.loads(t)["reclaim"].get("pause", 0) > 0 for t, _ in fast)
+    assert all(load_text_ok(t) and all(r[i] == i for i in r) for t, r in fast)
+    flags = {t: strict for t, _r, strict in scenario_edits(text)}
+    assert all(flags[t] for t, _ in fast) and not any(flags[t] for t, _ in smaller_scenarios(text))
 
 
 def load_text_ok(text: str) -> bool:

@@ -13,12 +13,13 @@ follows exactly. Two tracks share the time budget:
 2. the scenario first (to 60%), then the schedule (to 85%; time left over goes to track 1's delta
    debugging, then to more sparse schedules): delta debugging over the scenario (see
    `smaller_scenarios`: granularity coarsened to `locks`, ksmd/reclaim/admin off, a [[task]] dropped, counts,
-   ops, regions, patterns and script numbers lowered, script steps dropped, `pages_to_scan` lowered, swapping
-   off), keeping every edit that still fails the same way under some schedule: the current one carried over to
-   the new task ids, none, or a few dense random ones (a smaller program moves the points where the race's
-   switches must fall); then the default schedule with a single switch at each of its points (from the last
-   backwards), then sparse schedules from scratch (the default schedule with a few seeded random switches),
-   each hit reduced, then the deviations of the best run again.
+   ops, regions, patterns and script numbers lowered, script steps dropped, swapping off), keeping every edit
+   that still fails the same way under some schedule, and the faster ones (`faster_scenarios`: ksmd's batch
+   raised to cover every page twice or lowered, reclaim resting between pages) only when the run is smaller;
+   under the current schedule carried over to the new task ids, none, or a few dense random ones (a smaller
+   program moves the points where the race's switches must fall); then the default schedule with a single
+   switch at each of its points (from the last backwards), then sparse schedules from scratch (the default
+   schedule with a few seeded random switches), each hit reduced, then the deviations of the best run again.
 
 The smallest of the original and the two tracks by Candidate.key (preemptions beyond three, then steps) is then
 polished in the last 15%: its preemptions moved to yields, then the scenario under its schedule. A candidate
@@ -52,6 +53,7 @@ from ..sched.follow import _SHIFT, Deviation, FollowStrategy, default_pick
 from .record import unnamed_file
 from .tomlout import dumps
 
+RECLAIM_REST = 8  # faster_scenarios: reclaim's rest after each page, in yields
 PROGRAM_KEYS = ("count", "ops", "child_ops", "max_forks", "region", "patterns")
 PROGRAM_DEFAULTS = {"count": 1, "ops": 30, "child_ops": 15, "max_forks": 1, "region": 8, "patterns": 2}
 PROGRAM_LOWEST = {"count": 1, "region": 1, "patterns": 1}
@@ -428,9 +430,9 @@ class Shrinker:
         changed = True
         while changed and self.left() > 0:
             changed = False
-            edits, i = smaller_scenarios(best.text), 0
+            edits, i = scenario_edits(best.text), 0
             while i < len(edits) and self.left() > 0:
-                text, remap = edits[i]
+                text, remap, strict = edits[i]
                 carried = [d for d in (_remapped(dv, remap) for dv in best.deviations) if d is not None]
                 tries: list[tuple[list[Deviation], tuple[int, float] | None]] = [(carried, None)]
                 if carried:
@@ -440,10 +442,10 @@ class Shrinker:
                     if self.left() <= 0:
                         break
                     cand = self.attempt(devs, text, max(self._cap(best), self.cap0), sparse=sp)
-                    if cand is not None and (any_schedule or cand.key() < best.key()):
+                    if cand is not None and ((any_schedule and not strict) or cand.key() < best.key()):
                         self.log(f"scenario: {cand.ops} operations, {cand.res.steps} steps")
                         best, changed = cand, True
-                        edits = smaller_scenarios(best.text)
+                        edits = scenario_edits(best.text)
                         break
                 else:
                     i += 1
@@ -498,6 +500,37 @@ def _remap(old: dict[str, Any], new: dict[str, Any], new_ids: list[int], max_mm:
     shift = len(b) - len(a)
     for tid in range(len(a), len(a) + max_mm + 3):
         out[tid] = tid + shift
+    return out
+
+
+def scenario_edits(text: str) -> list[tuple[str, Remap, bool]]:
+    """The one-edit-smaller scenarios, then the faster ones; the flag says an edit is kept only when its run is
+    smaller by Candidate.key, whatever the search (a faster scenario is not a smaller one, and lowering it back
+    must not undo it in a loop)."""
+    return [(t, r, False) for t, r in smaller_scenarios(text)] + [(t, r, True) for t, r in faster_scenarios(text)]
+
+
+def faster_scenarios(text: str) -> list[tuple[str, Remap]]:
+    """Scenario texts that spend fewer steps on the same work: every idle turn of the round-robin schedule is a
+    step. ksmd's batches cover every page of every program twice (its two passes before a merge, in one batch:
+    each yield between batches gives every polling program and reclaim a turn); reclaim rests a few yields after
+    each page (a rest costs one step per turn, a pass over a page ten or more)."""
+    d = tomllib.loads(text)
+    out: list[tuple[str, Remap]] = []
+    ids = list(range(len(d.get("task", []))))
+    max_mm = int((d.get("arena") or {}).get("max_mm", 10))
+    arena = d.get("arena") or {}
+    every = 2 * int(arena.get("vpages", 16)) * max_mm
+    ksm = d.get("ksm") or {}
+    batch = int(ksm.get("pages_to_scan", 16))
+    if (d.get("ksmd") or {}).get("enabled", True):  # or smaller batches, when the race needs ksmd to rest sooner
+        for n in ([every] if batch < every else []) + _lower(batch, 1):
+            new = {**d, "ksm": {**ksm, "pages_to_scan": n}}
+            out.append((dumps(new), _remap(d, new, ids, max_mm)))
+    rc = d.get("reclaim") or {}
+    if rc.get("enabled", True) and int(rc.get("pause", 0)) < RECLAIM_REST:
+        new = {**d, "reclaim": {**rc, "pause": RECLAIM_REST}}
+        out.append((dumps(new), _remap(d, new, ids, max_mm)))
     return out
 
 
@@ -562,9 +595,6 @@ def smaller_scenarios(text: str) -> list[tuple[str, Remap]]:
             for op, w in weights.items():
                 if w and sum(1 for x in weights.values() if x) > 1:
                     add(with_task(i, {**t, "weights": {**weights, op: 0}}))
-    ksm = d.get("ksm") or {}
-    for smaller in _lower(int(ksm.get("pages_to_scan", 16)), 1):
-        add(with_table("ksm", pages_to_scan=smaller))
     rc = d.get("reclaim") or {}
     if rc.get("enabled", True) and float(rc.get("swap", 0.3)) > 0:
         add(with_table("reclaim", swap=0.0))
