@@ -156,6 +156,25 @@ def test_a_page_freed_mlocked_is_an_mlock_failure():
     assert e.value.cls == "mlock" and "PageMlocked" in e.value.message
 
 
+def test_a_page_mlocked_for_a_vma_that_is_not_vm_locked_is_an_mlock_failure():
+    """mlock_vma_page's callers hold a VM_LOCKED vma. KSM's hand-over without its VM_LOCKED test (a campaign's
+    survivor, try_to_merge_one_page:555:drop-recheck:2) mlocks kpage at every merge, leaving it unevictable with no
+    munlock to come; the same page mlocked through mlock(2), whose vma is VM_LOCKED, is quiet."""
+    k = make_kernel()
+    aref, a = new_program(k, 2)
+    write(k, a, 1, 3)
+    page = pte_page(k, a, 1)
+    k.locks.down_read(k.mmap_sem(a), "test")  # as the callers: the vma pinned by its mm's mmap_sem
+    vref = mmm.find_vma(k, a, 1)
+    with pytest.raises(Failure) as e, page_locked(k, page):
+        mlock.mlock_vma_page(k, page, vref)
+    k.locks.up_read(k.mmap_sem(a), "test")
+    assert e.value.cls == "mlock" and "not VM_LOCKED" in e.value.message
+    assert mlock.sys_mlock(k, aref, 1, 3, True) == 0
+    assert _mlocked(k, page)
+    check_nr_mlock(k.st, "test")
+
+
 # -- migration ----------------------------------------------------------------------------------------------------
 def test_migrating_a_ksm_page_restores_every_pte_forked_ones_included():
     """A KSM page mapped by two ptes with rmap_items and by a forked child without one: hot-remove migrates it,

@@ -12,7 +12,7 @@ from .disturbance import Disturbance
 from .invariants import check_ksm_quiescent, check_pte_store
 from .lockdep import Lockdep
 from .lockrules import check as check_lock_rule
-from .mlock import check_no_migration_ptes, check_nr_mlock
+from .mlock import check_mlocking, check_no_migration_ptes, check_nr_mlock
 from .traversal import TraversalCheck
 from .unmerge import unmerge_begin, unmerge_end
 from .unstabletree import check_unstable_tree
@@ -57,6 +57,9 @@ class Detectors(TraversalCheck):
     def locks_freeing(self, k: Any, lids: tuple[int, ...], what: str, site: str) -> None:
         if self.lockdep is not None:
             self.lockdep.freeing(lids, what, site)
+
+    def mlocking(self, k: Any, pref: int, vref: int, site: str) -> None:
+        check_mlocking(k, pref, vref, site)
 
     def might_sleep(self, k: Any, site: str, schedules: bool = False) -> None:
         if self.lockdep is not None:

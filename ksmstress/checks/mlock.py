@@ -98,6 +98,25 @@ def check_freeing(k: K, pref: int, site: str, words: np.ndarray) -> None:
         )
 
 
+def check_mlocking(k: K, pref: int, vref: int, site: str) -> None:
+    """mlock_vma_page's callers hold a VM_LOCKED vma under its mm's mmap_sem (the mlock fault-in, try_to_unmap_one's
+    out_mlock recheck, KSM's hand-over to kpage in try_to_merge_one_page): a page mlocked for a vma that is not
+    VM_LOCKED stays unevictable with no munlock to come. VM_LOCKED changes only under mmap_sem for write, so the
+    flag read here is the one the caller saw (free mode too). A page mlocked while its VM_LOCKED vma no longer
+    maps it (the hand-over racing a COW) is the tolerated stray, not this."""
+    v = ref_slot(vref)
+    if k.vm.flags[v] & VM_LOCKED:
+        return
+    step, who = k.ctl.clock()
+    s = ref_slot(pref)
+    raise Failure(
+        "mlock",
+        f"page[{s}] mlocked by {who} at step {step} ({site}) for vma[{v}] [{int(k.vm.start[v])}, "
+        f"{int(k.vm.end[v])}), which is not VM_LOCKED: mlock_vma_page's caller must hold a VM_LOCKED vma",
+        {"page": s, "vma": v, "site": site, "step": step, "task": who},
+    )
+
+
 def check_nr_mlock(st: State, where: str) -> None:
     """NR_MLOCK = the pages with PG_MLOCKED (both change together, under the page lock)."""
     live = st.page.live_slots()

@@ -22,6 +22,9 @@ class Hooks(LockHooks, Protocol):
     def locks_freeing(self, k: Any, lids: tuple[int, ...], what: str, site: str) -> None:
         """An object embedding the locks `lids` is about to be freed (kfree's debug_check_no_locks_freed)."""
 
+    def mlocking(self, k: Any, page_ref: int, vma_ref: int, site: str) -> None:
+        """mlock_vma_page is about to mark the page mlocked for vma `vma_ref` (the caller's, under its mmap_sem)."""
+
     def might_sleep(self, k: Any, site: str, schedules: bool = False) -> None:
         """The running task reaches a point where 2.6.33 may sleep (cond_resched, a GFP_KERNEL allocation:
         __might_sleep's context check) or, `schedules`, does (a yield: schedule_debug's)."""
@@ -82,6 +85,9 @@ class NoHooks(NoLockHooks):
         pass
 
     def locks_freeing(self, k: Any, lids: tuple[int, ...], what: str, site: str) -> None:
+        pass
+
+    def mlocking(self, k: Any, page_ref: int, vma_ref: int, site: str) -> None:
         pass
 
     def might_sleep(self, k: Any, site: str, schedules: bool = False) -> None:

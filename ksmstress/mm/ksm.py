@@ -561,7 +561,7 @@ def try_to_merge_one_page(k: K, vref: int, pref: int, kpref: int) -> int:
         if not mlock.PageMlocked(k, ks):
             k.locks.unlock(k.page_lock(s), "try_to_merge_one_page:unlock_page")
             k.locks.lock(k.page_lock(ks), "try_to_merge_one_page:lock_page(kpage)")
-            mlock.mlock_vma_page(k, kpref)
+            mlock.mlock_vma_page(k, kpref, vref)
             locked = ks  # for final unlock
     k.locks.unlock(k.page_lock(locked), "try_to_merge_one_page:unlock_page")
     return err

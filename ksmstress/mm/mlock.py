@@ -65,10 +65,12 @@ def _mapped_locked(k: K, s: int) -> bool:
     return False
 
 
-def mlock_vma_page(k: K, pref: int) -> None:
-    """Mark a page mlocked (BUG_ON(!PageLocked(page))); a no-op when it already is."""
+def mlock_vma_page(k: K, pref: int, vref: int) -> None:
+    """Mark a page mlocked (BUG_ON(!PageLocked(page))); a no-op when it already is. `vref` is the VM_LOCKED vma the
+    caller holds (2.6.33 passes only the page; the detectors check the caller's side of the contract)."""
     s = k.pg.deref(pref, "mlock_vma_page")
     k.hooks.lock_rule(k, "page_locked", k.page_lock(s), 2, s, "mlock_vma_page")
+    k.hooks.mlocking(k, pref, vref, "mlock_vma_page")
     _set_mlocked(k, s, True, "mlock_vma_page")
 
 
@@ -123,7 +125,7 @@ def __mlock_vma_pages_range(k: K, m: int, vref: int, start: int, end: int) -> No
         s = ref_slot(page)
         k.locks.lock(k.page_lock(s), "__mlock_vma_pages_range:lock_page")
         if memory.page_mapping_nonnull(k, s):  # truncation's check: an anon page keeps its mapping until freed
-            mlock_vma_page(k, page)
+            mlock_vma_page(k, page, vref)
         k.locks.unlock(k.page_lock(s), "__mlock_vma_pages_range:unlock_page")
         memory.put_page(k, page, "__mlock_vma_pages_range")
 

@@ -241,7 +241,7 @@ def try_to_unmap_one(k: K, pref: int, vref: int, addr: int, token: object, flags
                 if k.vm.flags[k.vm.deref(vref, "try_to_unmap_one:out_mlock")] & VM_LOCKED:
                     from .mlock import mlock_vma_page
 
-                    mlock_vma_page(k, pref)
+                    mlock_vma_page(k, pref, vref)
                     ret = SWAP_MLOCK
                 k.locks.up_read(sem, "try_to_unmap_one:up_read")
             return ret
