@@ -180,6 +180,10 @@ class MmTask:
             self.dontneed(rng.choice(pages))
         elif op == "dio" and pages:
             self.dio(rng.choice(pages), rng.randrange(self.cfg.patterns))
+        elif op == "peek":
+            theirs = sorted(self.mapped.difference(pages))  # a sibling thread's pages (none without threads)
+            if theirs:
+                self.peek(rng.choice(theirs))
         elif op == "mremap" and pages:
             # a few pages that may span vmas (then -EFAULT), to a size that may shrink, stay or grow, moved where
             # the kernel likes or (MREMAP_FIXED) to a free range of the program's choosing
@@ -247,6 +251,12 @@ class MmTask:
             raise Failure("crash", f"{self.k.ctl.label(self.tid)}: SIGSEGV reading mapped address {addr}")
         step, who = self.k.ctl.clock()
         check_read(data, int(self.k.st.expect[self.m, addr]), who, self.m, addr, step, self.k)
+
+    def peek(self, addr: int) -> None:
+        """A load from a page a sibling thread owns: mapped (threads never unmap), its bytes unchecked (the owner
+        may be writing them; the owner's own reads check them)."""
+        if memory.user_read(self.k, self.m, addr) is None:
+            raise Failure("crash", f"{self.k.ctl.label(self.tid)}: SIGSEGV reading mapped address {addr}")
 
     def do_mmap(self, start: int, n: int) -> None:
         if mmm.sys_mmap(self.k, self.mref, start, n, 0):

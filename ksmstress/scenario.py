@@ -23,6 +23,9 @@ OPS = ("write", "read", "fork", "munmap", "mmap", "unmergeable", "mergeable", "s
 # read into one of them (get_user_pages_fast for write, a few yields with the I/O in flight, the DMA, put_page).
 OPS_A = ("dontneed", "dio")
 OPS = OPS + OPS_A + ("mremap",)  # mremap: move, shrink or grow a few of the task's pages (MREMAP_MAYMOVE)
+# "peek": a thread loads a page a sibling thread owns, bytes unchecked (the owner may be writing it): its fault meets
+# the owner's on one pte, the races the kernel's pte_none / pte_same rechecks under the pte lock are for
+OPS = OPS + ("peek",)
 THREAD_UNSAFE_OPS = ("fork", "munmap", "mmap", "mremap")  # they change what the other threads of the mm have mapped
 SCRIPT_RE = re.compile(
     r"^(fill(:\d+)?|read-all|wait-scans:\d+(:\d+)?|wait-merged:\d+(:\d+)?|sleep:\d+|fork|munmap-all|munmap-half|"

@@ -218,6 +218,8 @@ FOCUSED_KILLS = [
     ("mm/migrate.py", "rmap_walk_ksm", "invert-cmp", 2, "focus-migrate-fork", "traversal"),
     ("mm/swapfile.py", "unuse_mm", "swap-sched", 0, "focus-swapoff-writers", "lockdep"),
     ("mm/swapfile.py", "free_swap_and_cache", "drop-recheck", 0, "focus-swapoff-writers", "oops"),
+    # threads' peek: a sibling's load faults in the pte the owner faults (do_anonymous_page without pte_none)
+    ("mm/memory.py", "do_anonymous_page", "drop-recheck", 0, "threads", "refcount-mismatch"),
 ]
 
 
