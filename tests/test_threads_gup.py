@@ -57,10 +57,27 @@ def test_each_thread_holds_mm_users_and_the_last_exit_runs_exit_mmap() -> None:
     assert k.mmc.mmap[m] and pte(k, m, 1)[0] != PTE_NONE  # two threads gone, the mm is whole
     mmm.mmput(k, mref)
     # the last one: ksm_exit, exit_mmap (the mm_struct itself lives on while ksmd's mm_slot holds mm_count)
-    assert k.mmc.mmap[m] == 0 and pte(k, m, 1)[0] == PTE_NONE and int(k.mmc.users[m]) == 0
+    # exit_mmap freed every vma; mm->mmap still names the first, as 2.6.33 leaves it (ksm_test_exit guards it)
+    assert not k.vm.is_live(int(k.mmc.mmap[m])) and pte(k, m, 1)[0] == PTE_NONE and int(k.mmc.users[m]) == 0
 
 
 # -- MADV_DONTNEED -----------------------------------------------------------------------------------------------
+def test_a_vma_walk_of_an_exited_mm_without_ksm_test_exit_is_a_use_after_free() -> None:
+    """2.6.33's exit_mmap frees the vmas and leaves mm->mmap naming them; ksmd, whose mm_slot keeps the mm_struct,
+    must test ksm_test_exit under mmap_sem before it walks them (try_to_merge_with_ksm_page without that test
+    survived a campaign while the model reset mm->mmap)."""
+    k = make_kernel()
+    aref, a = new_program(k, 2)
+    write(k, a, 1, 1)
+    assert int(k.mmc.mmcount[a]) == 2  # the mm_slot's reference (__ksm_enter)
+    mmm.mmput(k, aref)
+    k.locks.down_read(k.mmap_sem(a), "test")
+    assert mmm.ksm_test_exit(k, a)
+    with pytest.raises(Failure) as e:
+        mmm.find_vma(k, a, 1)
+    assert e.value.cls == "use-after-free"
+
+
 def test_dontneed_zaps_under_mmap_sem_read_and_the_page_reads_zero() -> None:
     k = make_kernel()
     mref, m = two_equal_pages(k)

@@ -71,7 +71,8 @@ def exit_mmap(k: K, mref: int) -> None:
     for vref in vmas:
         rmap.anon_vma_unlink(k, vref)
         k.vm.free(vref, "exit_mmap:remove_vma")
-    k.mmc.mmap[m] = 0
+    # As 2.6.33's exit_mmap, mm->mmap is left pointing at the freed vmas: whoever still holds the mm (ksmd through
+    # its mm_slot, run=2) must test ksm_test_exit before it walks them, and a walk that does not is a use-after-free
 
 
 # -- the vma list --------------------------------------------------------------------------------------------
