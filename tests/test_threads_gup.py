@@ -208,6 +208,9 @@ def test_scenario_keys_for_threads_and_their_limits() -> None:
         parse("[[task]]\nthreads = 2\n[task.weights]\nfork = 1\n")
     with pytest.raises(ScenarioError, match=r"key 'task\[0\]\.threads': expected"):
         parse("[[task]]\nthreads = 9\n")
+    assert parse("[[task]]\nthreads = 2\n[task.weights]\npeek = 2\n").tasks[0].threads == 2
+    with pytest.raises(ScenarioError, match=r"key 'task\[0\]\.weights\.peek': expected 0 when threads is 1"):
+        parse("[[task]]\n[task.weights]\npeek = 1\n")  # a peek loads a sibling thread's page: none here
     assert parse('[[task]]\nscript = ["dio:1:3", "dontneed:2"]\n').tasks[0].script == ("dio:1:3", "dontneed:2")
     for step, form in (("dio:0:1", "dio:A:P"), ("dontneed:0", "dontneed:A")):  # the error names the step's own form
         with pytest.raises(ScenarioError, match=rf"in {form}, got '{step}'"):
