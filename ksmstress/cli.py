@@ -556,6 +556,9 @@ def cmd_shrink(a: argparse.Namespace) -> int:
         print(f"  {'':<12}{'before':>8}{'after':>8}")
         for k in ("steps", "preemptions", "tasks", "ops"):
             print(f"  {k:<12}{getattr(before, k):>8}{getattr(after, k):>8}")
+        if after.steps > before.steps:  # Candidate.key: preemptions past the bound outrank steps
+            print(f"  (more steps, fewer preemptions: a run with at most {shrinkmod.PREEMPTION_BOUND} preemptions "
+                  "wins over a shorter one with more)")
         print(f"  artifact: {out}")
         print(f"  replay:   {replay_command(out)}  ({text})")
     if a.trace or a.timeline:
