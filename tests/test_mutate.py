@@ -220,6 +220,8 @@ FOCUSED_KILLS = [
     ("mm/swapfile.py", "free_swap_and_cache", "drop-recheck", 0, "focus-swapoff-writers", "oops"),
     # threads' peek: a sibling's load faults in the pte the owner faults (do_anonymous_page without pte_none)
     ("mm/memory.py", "do_anonymous_page", "drop-recheck", 0, "threads", "refcount-mismatch"),
+    # a zap and refault between follow_page and write_protect_page: replace_page's pte_same alone (as 2.6.33)
+    ("mm/ksm.py", "write_protect_page", "drop-recheck", 1, "focus-dontneed-merge", "refcount-underflow"),
 ]
 
 

@@ -510,7 +510,10 @@ def replace_page(k: K, vref: int, pref: int, kpref: int, orig: tuple[int, int], 
         return EFAULT
     k.locks.lock(k.ptl(m), "replace_page")
     kind, ref, w = memory.pte_get(k, m, addr)
-    if kind != PTE_PRESENT or ref != pref or check and (ref, w) != orig:
+    # pte_same(*ptep, orig_pte), as 2.6.33: no pfn test of its own (write_protect_page's page_check_address made
+    # orig_pte, so a wrong one there shows here); the variant without write protection has only the pfn to go by
+    same = (ref, w) == orig if check else ref == pref
+    if kind != PTE_PRESENT or not same:
         k.locks.unlock(k.ptl(m), "replace_page:pte_changed")
         return EFAULT
     memory.get_page(k, kpref, "replace_page")
