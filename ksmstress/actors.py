@@ -243,20 +243,24 @@ class MmTask:
             raise Failure("crash", f"{self.k.ctl.label(self.tid)}: SIGSEGV writing mapped address {addr}")
         self.k.st.expect[self.m, addr] = p
 
-    def read(self, addr: int) -> None:
-        if addr not in self.mapped:
-            return
+    def load(self, addr: int) -> np.ndarray:
+        """A load of a mapped page (faulting it in): SIGSEGV there is a crash."""
         data = memory.user_read(self.k, self.m, addr)
         if data is None:
             raise Failure("crash", f"{self.k.ctl.label(self.tid)}: SIGSEGV reading mapped address {addr}")
+        return data
+
+    def read(self, addr: int) -> None:
+        if addr not in self.mapped:
+            return
+        data = self.load(addr)
         step, who = self.k.ctl.clock()
         check_read(data, int(self.k.st.expect[self.m, addr]), who, self.m, addr, step, self.k)
 
     def peek(self, addr: int) -> None:
         """A load from a page a sibling thread owns: mapped (threads never unmap), its bytes unchecked (the owner
         may be writing them; the owner's own reads check them)."""
-        if memory.user_read(self.k, self.m, addr) is None:
-            raise Failure("crash", f"{self.k.ctl.label(self.tid)}: SIGSEGV reading mapped address {addr}")
+        self.load(addr)
 
     def do_mmap(self, start: int, n: int) -> None:
         if mmm.sys_mmap(self.k, self.mref, start, n, 0):

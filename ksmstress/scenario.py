@@ -183,9 +183,10 @@ def _task(path: str, i: int, data: Any, lim: _Limits) -> TaskCfg:
         weights=weights,
     )
     r.done()
-    if t.threads == 1 and dict(weights).get("peek", 0) > 0:
+    peek = dict(weights).get("peek", 0.0)  # the default weights have none
+    if t.threads == 1 and peek > 0:
         raise ScenarioError(f"{path}: key 'task[{i}].weights.peek': expected 0 when threads is 1 (a peek loads a "
-                            f"page a sibling thread owns), got {dict(weights)['peek']}")
+                            f"page a sibling thread owns), got {peek}")
     if t.threads > 1:  # --- issue 14 part A: a thread's knowledge of what is mapped must stay true
         for op, wt in weights:
             if op in THREAD_UNSAFE_OPS and wt > 0:

@@ -516,22 +516,28 @@ def faster_scenarios(text: str) -> list[tuple[str, Remap]]:
     each yield between batches gives every polling program and reclaim a turn); reclaim rests a few yields after
     each page (a rest costs one step per turn, a pass over a page ten or more)."""
     d = tomllib.loads(text)
-    out: list[tuple[str, Remap]] = []
     ids = list(range(len(d.get("task", []))))
-    max_mm = int((d.get("arena") or {}).get("max_mm", 10))
     arena = d.get("arena") or {}
+    max_mm = int(arena.get("max_mm", 10))
     every = 2 * int(arena.get("vpages", 16)) * max_mm
-    ksm = d.get("ksm") or {}
-    batch = int(ksm.get("pages_to_scan", 16))
+
+    def edit(name: str, **kv: Any) -> tuple[str, Remap]:
+        new = _with_table(d, name, **kv)
+        return dumps(new), _remap(d, new, ids, max_mm)
+
+    out: list[tuple[str, Remap]] = []
+    batch = int((d.get("ksm") or {}).get("pages_to_scan", 16))
     if (d.get("ksmd") or {}).get("enabled", True):  # or smaller batches, when the race needs ksmd to rest sooner
-        for n in ([every] if batch < every else []) + _lower(batch, 1):
-            new = {**d, "ksm": {**ksm, "pages_to_scan": n}}
-            out.append((dumps(new), _remap(d, new, ids, max_mm)))
+        out += [edit("ksm", pages_to_scan=n) for n in ([every] if batch < every else []) + _lower(batch, 1)]
     rc = d.get("reclaim") or {}
     if rc.get("enabled", True) and int(rc.get("pause", 0)) < RECLAIM_REST:
-        new = {**d, "reclaim": {**rc, "pause": RECLAIM_REST}}
-        out.append((dumps(new), _remap(d, new, ids, max_mm)))
+        out.append(edit("reclaim", pause=RECLAIM_REST))
     return out
+
+
+def _with_table(d: dict[str, Any], name: str, **kv: Any) -> dict[str, Any]:
+    """Scenario data `d` with keys of its table `name` set (the table made if absent)."""
+    return {**d, name: {**(d.get(name) or {}), **kv}}
 
 
 def smaller_scenarios(text: str) -> list[tuple[str, Remap]]:
@@ -546,7 +552,7 @@ def smaller_scenarios(text: str) -> list[tuple[str, Remap]]:
         out.append((dumps(new), _remap(d, new, new_ids, max_mm)))
 
     def with_table(name: str, **kv: Any) -> dict[str, Any]:
-        return {**d, name: {**(d.get(name) or {}), **kv}}
+        return _with_table(d, name, **kv)
 
     def with_task(i: int, t: dict[str, Any] | None) -> dict[str, Any]:
         new = dict(d)

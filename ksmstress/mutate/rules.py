@@ -423,9 +423,9 @@ class _Function:
     def _drop_operands(self, test: ast.BoolOp, actions_too: bool = True) -> Iterator[Site]:
         """One mutant per operand, replaced by the value that makes it not matter. In an assignment, an operand
         that is a call other than a state predicate is an action (`err = f() or err`), not a check: kept."""
-        neutral = "True" if isinstance(test.op, ast.And) else "False"
         if _switch_gated(test):
             return
+        neutral = "True" if isinstance(test.op, ast.And) else "False"
         for v in test.values:
             if _mentions_bug(v):
                 continue
