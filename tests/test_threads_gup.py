@@ -61,7 +61,6 @@ def test_each_thread_holds_mm_users_and_the_last_exit_runs_exit_mmap() -> None:
     assert not k.vm.is_live(int(k.mmc.mmap[m])) and pte(k, m, 1)[0] == PTE_NONE and int(k.mmc.users[m]) == 0
 
 
-# -- MADV_DONTNEED -----------------------------------------------------------------------------------------------
 def test_a_vma_walk_of_an_exited_mm_without_ksm_test_exit_is_a_use_after_free() -> None:
     """2.6.33's exit_mmap frees the vmas and leaves mm->mmap naming them; ksmd, whose mm_slot keeps the mm_struct,
     must test ksm_test_exit under mmap_sem before it walks them (try_to_merge_with_ksm_page without that test
@@ -78,6 +77,7 @@ def test_a_vma_walk_of_an_exited_mm_without_ksm_test_exit_is_a_use_after_free() 
     assert e.value.cls == "use-after-free"
 
 
+# -- MADV_DONTNEED -----------------------------------------------------------------------------------------------
 def test_dontneed_zaps_under_mmap_sem_read_and_the_page_reads_zero() -> None:
     k = make_kernel()
     mref, m = two_equal_pages(k)
