@@ -482,11 +482,21 @@ def admin_body(k: K, sc: Scenario) -> None:
         ksm.run_store(k, KSM_RUN_MERGE)
 
 
+def task_granularity(sc: Scenario, kind: int, cfg_idx: int) -> str:
+    """The scenario's own granularity for a task of `kind` (an mm task's, its [[task]]'s `cfg_idx`: forks and
+    threads take their program's); "" when it sets none."""
+    if kind == MM:
+        return sc.tasks[cfg_idx].granularity
+    return {KSMD: sc.ksmd_granularity, RECLAIM: sc.reclaim_granularity, ADMIN: sc.admin_granularity,
+            MIGRATE: sc.migrate_granularity}.get(kind, "")
+
+
 def run_task(k: K, sc: Scenario, seed: int, tid: int) -> None:
     """A task process's life once first granted the CPU: its body, then exit; any failure ends the run."""
     ctl = k.ctl
     try:
         kind = int(ctl.kind[tid])
+        k.coarsen(task_granularity(sc, kind, int(ctl.arg[tid, A_CFG])))
         if kind == MM:
             MmTask(k, sc, seed, tid).run()
         elif kind == KSMD:

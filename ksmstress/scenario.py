@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import catalog
-from .sched import DEFAULT_GRANULARITY, GRANULARITIES
+from .sched import DEFAULT_GRANULARITY, GRANULARITIES, TASK_GRANULARITIES
 from .sched.pct import MAX_DEPTH
 from .tomltable import TableReader, loads, read_file, shown
 
@@ -56,6 +56,7 @@ class TaskCfg:
     max_forks: int = 1
     mergeable: bool = True
     threads: int = 1  # --- issue 14 part A: tasks sharing the mm (CLONE_VM), each with its own pages
+    granularity: str = ""  # its own coarser granularity (sched.TASK_GRANULARITIES; "": the run's), forks' too
     dio_yields: int = 2  # scheduling points the dio op's I/O stays in flight
     weights: tuple[tuple[str, float], ...] = (
         ("write", 3.0),
@@ -97,6 +98,11 @@ class Scenario:
     migrate: bool = False  # [migrate] enabled
     migrate_ksm_bias: float = 0.7  # [migrate] ksm_bias: chance a pick is a KSM page (when there is one)
     migrate_pause: int = 0  # [migrate] pause: yields it sleeps after each page
+    # each system task's own coarser granularity (the `granularity` key of its table; "": the run's)
+    ksmd_granularity: str = ""
+    reclaim_granularity: str = ""
+    admin_granularity: str = ""
+    migrate_granularity: str = ""
     tasks: tuple[TaskCfg, ...] = field(default_factory=lambda: (TaskCfg(),))
 
     @property
@@ -180,6 +186,7 @@ def _task(path: str, i: int, data: Any, lim: _Limits) -> TaskCfg:
         mergeable=r.get("mergeable", bool, True),
         threads=r.get("threads", int, 1, 1, 8),
         dio_yields=r.get("dio_yields", int, 2, 0, 10_000),
+        granularity=_task_granularity(r),
         weights=weights,
     )
     r.done()
@@ -214,6 +221,14 @@ def _granularity(r: TableReader) -> str:
     g = r.get("granularity", str, DEFAULT_GRANULARITY)
     if g not in GRANULARITIES:
         raise r.err("granularity", " or ".join(repr(x) for x in GRANULARITIES), g)
+    return g
+
+
+def _task_granularity(r: TableReader) -> str:
+    """A task's own `granularity` key: one of TASK_GRANULARITIES, or absent (the run's)."""
+    g = r.get("granularity", str, "")
+    if g and g not in TASK_GRANULARITIES:
+        raise r.err("granularity", " or ".join(repr(x) for x in TASK_GRANULARITIES), g)
     return g
 
 
@@ -276,6 +291,10 @@ def parse(text: str, path: str = "<string>") -> Scenario:
         migrate=mg.get("enabled", bool, False),
         migrate_ksm_bias=mg.get("ksm_bias", float, 0.7, 0.0, 1.0),
         migrate_pause=mg.get("pause", int, 0, 0, 10_000_000),
+        ksmd_granularity=_task_granularity(kd),
+        reclaim_granularity=_task_granularity(rc),
+        admin_granularity=_task_granularity(ad),
+        migrate_granularity=_task_granularity(mg),
         tasks=tasks,
     )
     for sub in (a, k, rc, ad, p, kd, ch, sd, mg):

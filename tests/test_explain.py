@@ -18,6 +18,7 @@ from ksmstress.explain.shrink import (
     Shrinker,
     failure_key,
     faster_scenarios,
+    recoarsened,
     scenario_edits,
     smaller_scenarios,
 )
@@ -369,6 +370,29 @@ def test_scenario_edits_are_smaller_and_carry_task_ids_over() -> None:
     assert count[2] == 2 and 3 not in count and count[4] == 3  # a forked child's id follows
     assert any(tomllib.loads(t).get("sched", {}).get("granularity") == "locks" for t, _ in
                smaller_scenarios(tomlout.dumps({**tomllib.loads(text), "sched": {"granularity": "shared"}})))
+
+
+def test_scenario_edits_coarsen_each_task_alone_and_name_whose_anchors_moved() -> None:
+    """Each system task and each [[task]] gets its own coarser granularity (`yields`, then `locks`) as a faster
+    edit (kept only when the run is smaller) that keeps every task id; the tasks it coarsens (a program's forks
+    with it) are the ones whose deviations are anchored on other points now, and a task already at `yields` is
+    offered nothing coarser."""
+    text = Path(resolve(["seed-unmap-race"], [])[0]).read_text()  # ksmd 0, reclaim 1, two programs 2 and 3
+    coarse = []
+    assert not any(recoarsened(text, t) for t, _ in smaller_scenarios(text))
+    for t, r in faster_scenarios(text):
+        moved = recoarsened(text, t)
+        if moved:
+            assert all(r[i] == i for i in r)
+            coarse.append((moved, t))
+    by_task = {min(m): [tomllib.loads(t) for mm, t in coarse if min(mm) == min(m)] for m, _t in coarse}
+    assert [x["ksmd"]["granularity"] for x in by_task[0]] == ["yields", "locks"]
+    assert [x["reclaim"]["granularity"] for x in by_task[1]] == ["yields", "locks"]
+    assert [x["task"][0]["granularity"] for x in by_task[2]] == ["yields", "locks"]
+    assert {2, 3, 4} <= next(m for m, _t in coarse if min(m) == 2)  # both programs and a fork's id
+    done = tomlout.dumps({**tomllib.loads(text), "ksmd": {"granularity": "yields"}})
+    assert not any(0 in recoarsened(done, t) for t, _ in faster_scenarios(done))
+    assert recoarsened(text, text) == set()
 
 
 def test_faster_scenario_edits_batch_ksmd_and_rest_reclaim_and_must_shrink_the_run() -> None:

@@ -46,7 +46,7 @@ def _counting(k: K) -> list[str]:
     k.ctl.point = point  # type: ignore[method-assign]  (Locks calls the waiter's point at each operation)
     if k.granularity == "shared":  # rebind K's shared points to the counting one, as K does at construction
         k.spoint = point
-        k.spoint_unless, k.pte_spoint = K._shared_points(k.ctl, k.st.locks._owner, k._ptl)
+        k.spoint_unless, k.pte_spoint, k._points_off = K._shared_points(k.ctl, k.st.locks._owner, k._ptl)
     return sites
 
 
@@ -82,6 +82,78 @@ def test_pte_access_without_the_pte_lock_is_a_point() -> None:
     memory.pte_get(k, m, 1)
     k.locks.unlock(k.ptl(m), "test")
     assert sites.count("pte_get") == 1
+
+
+def _coarsened_sites(level: str) -> list[str]:
+    """The points of the model steps of _steps_sites made by a task that runs at `level` in a `shared` run."""
+    k = make_kernel(granularity="shared")
+    _mref, m = new_program(k, 2)
+    sites = _counting(k)
+    k.coarsen(level)  # what a task's own `granularity` key makes its process do before its body
+    write(k, m, 1, 5)
+    page = memory.follow_page(k, m, 1, "test")
+    memory.PageKsm(k, ref_slot(page))
+    memory.put_page(k, page, "test")
+    k.point("sleep", yielding=True)
+    return sites
+
+
+def test_a_task_coarsened_to_locks_keeps_only_lock_points_and_at_yields_only_its_sleeps() -> None:
+    """A task's own granularity coarsens the run's for it alone: at `locks` its shared-access points go (its lock
+    operations stay: the same points as a `locks` run), at `yields` every point but a sleep does."""
+    locks_run = _steps_sites("locks")
+    assert _coarsened_sites("locks") == [*locks_run, "sleep"]
+    assert _coarsened_sites("yields") == ["sleep"]
+    assert _coarsened_sites("shared") == [*_steps_sites("shared"), "sleep"]  # no coarser than the run: unchanged
+
+
+def test_a_yields_task_still_hands_on_every_atomic_most_points_and_when_it_blocks() -> None:
+    """A loop that polls at non-yielding points still reaches a real point now and then (the step budget sees
+    it), and a task that must wait for a lock still switches away (block uses the real point)."""
+    from ksmstress.sched.control import ATOMIC_MOST
+
+    k = make_kernel(granularity="shared")
+    sites = _counting(k)
+    k.coarsen("yields")
+    for _ in range(2 * ATOMIC_MOST + 2):
+        k.ctl.point("poll")
+    assert sites == ["poll", "poll"]
+    k.ctl.block(0, "wait")
+    assert sites[-1] == "wait"
+
+
+def test_a_task_granularity_key_is_read_and_checked(tmp_path: Path) -> None:
+    sc = parse('[ksmd]\ngranularity = "yields"\n[reclaim]\ngranularity = "locks"\n[[task]]\nops = 3\n'
+               'granularity = "yields"\n', "x.toml")
+    assert (sc.ksmd_granularity, sc.reclaim_granularity, sc.tasks[0].granularity) == ("yields", "locks", "yields")
+    assert parse("[[task]]\nops = 3\n").tasks[0].granularity == ""
+    with pytest.raises(ScenarioError, match=r"x.toml: key 'task\[0\].granularity': expected 'shared' or 'locks' "
+                                            r"or 'yields', got 'atomic'"):
+        parse('[[task]]\ngranularity = "atomic"\n', "x.toml")
+    with pytest.raises(ScenarioError, match=r"key 'ksmd.granularity': expected"):
+        parse('[ksmd]\ngranularity = 3\n', "x.toml")
+
+
+def test_a_failure_at_a_coarser_task_granularity_replays_and_is_found_by_the_same_detector() -> None:
+    """ksmd at `yields` (its batches run whole): merge-without-wrprotect's writable KSM page is still there to
+    find, by the same detector, in a schedule that replays exactly; and ksmd's batch takes no step of its own, so
+    the failing runs are shorter than the same scenario's at `shared` (in total over the seeds tried)."""
+    import dataclasses
+
+    sc = _scenario("merge-write-race")
+    coarse = dataclasses.replace(sc, ksmd_granularity="yields")
+    fine_steps = coarse_steps = 0
+    found = None
+    for seed in range(20):
+        r = run_one(coarse, seed, "random", ["merge-without-wrprotect"])
+        fine_steps += run_one(sc, seed, "random", ["merge-without-wrprotect"]).steps
+        coarse_steps += r.steps
+        if r.failure and found is None:
+            found = r
+    assert found is not None and found.failure["class"] == "writable-ksm"
+    again = run_one(coarse, found.seed, "random", found.bugs, schedule=found.schedule)
+    assert again.schedule_digest == found.schedule_digest and again.failure == found.failure
+    assert coarse_steps < fine_steps
 
 
 def test_locks_granularity_binds_no_op_points() -> None:

@@ -12,10 +12,11 @@ follows exactly. Two tracks share the time budget:
    carried-over schedule still fails and the run is smaller;
 2. the scenario first (to 60%), then the schedule (to 85%; time left over goes to track 1's delta
    debugging, then to more sparse schedules): delta debugging over the scenario (see
-   `smaller_scenarios`: granularity coarsened to `locks`, ksmd/reclaim/admin off, a [[task]] dropped, counts,
-   ops, regions, patterns and script numbers lowered, script steps dropped, swapping off), keeping every edit
-   that still fails the same way under some schedule, and the faster ones (`faster_scenarios`: ksmd's batch
-   raised to cover every page twice or lowered, reclaim resting between pages) only when the run is smaller;
+   `smaller_scenarios`: granularity coarsened to `locks`, ksmd/reclaim/admin/migrate off, a [[task]] dropped,
+   counts, ops, regions, patterns and script numbers lowered, script steps dropped, swapping off), keeping every
+   edit that still fails the same way under some schedule, and the faster ones (`faster_scenarios`: ksmd's batch
+   raised to cover every page twice or lowered, reclaim resting between pages, a task's own granularity
+   coarsened to `yields` or `locks`) only when the run is smaller;
    under the current schedule carried over to the new task ids, none, or a few dense random ones (a smaller
    program moves the points where the race's switches must fall); then the default schedule with a single
    switch at each of its points (from the last backwards), then sparse schedules from scratch (the default
@@ -48,6 +49,7 @@ from typing import Any
 from ..report import artifact_scenario
 from ..runner import RunResult, run_one
 from ..scenario import ScenarioError, parse
+from ..sched import DEFAULT_GRANULARITY, TASK_GRANULARITIES, coarsest
 from ..sched.control import Control
 from ..sched.follow import _SHIFT, Deviation, FollowStrategy, default_pick
 from .record import unnamed_file
@@ -435,6 +437,9 @@ class Shrinker:
                 text, remap, strict = edits[i]
                 carried = [d for d in (_remapped(dv, remap) for dv in best.deviations) if d is not None]
                 tries: list[tuple[list[Deviation], tuple[int, float] | None]] = [(carried, None)]
+                moved = recoarsened(best.text, text)  # their positions count other points now: their anchors go
+                if moved and any(d[0] in moved for d in carried):
+                    tries.append(([d for d in carried if d[0] not in moved], None))
                 if carried:
                     tries.append(([], None))
                 tries += [([], (salt, DENSE_RATES[salt % len(DENSE_RATES)])) for salt in range(sparse)]
@@ -477,7 +482,7 @@ def _remapped(d: Deviation, remap: Remap | None) -> Deviation | None:
 
 
 def _layout(d: dict[str, Any], ids: list[int]) -> list[Any]:
-    """The initial task ids' owners, in runner.run_one's order: ksmd, reclaim, admin, then each [[task]]'s
+    """The initial task ids' owners, in runner.run_one's order: ksmd, reclaim, admin, migrate, then each [[task]]'s
     programs (`ids` names the [[task]] tables, so one dropped keeps the others' names)."""
     out: list[Any] = []
     if (d.get("ksmd") or {}).get("enabled", True):
@@ -486,8 +491,34 @@ def _layout(d: dict[str, Any], ids: list[int]) -> list[Any]:
         out.append("reclaim")
     if int((d.get("admin") or {}).get("unmerge_every", 0)) > 0:
         out.append("admin")
+    if (d.get("migrate") or {}).get("enabled", False):
+        out.append("migrate")
     for name, t in zip(ids, d.get("task", []), strict=True):
         out += [(name, j) for j in range(int(t.get("count", 1)))]
+    return out
+
+
+def recoarsened(old_text: str, new_text: str) -> set[int]:
+    """The task ids (after the edit) whose granularity an edit changed: a deviation anchored on such a task's own
+    position (FollowStrategy) names another point now. A coarsened [[task]] changes its forks' too (the ids past
+    the initial ones)."""
+    old, new = tomllib.loads(old_text), tomllib.loads(new_text)
+    if len(old.get("task", [])) != len(new.get("task", [])):
+        return set()
+
+    def level(d: dict[str, Any], owner: Any) -> str:
+        run = (d.get("sched") or {}).get("granularity", DEFAULT_GRANULARITY)
+        own = (d.get(owner) or {}) if isinstance(owner, str) else d["task"][owner[0]]
+        return coarsest(run, own.get("granularity", ""))
+
+    ids = list(range(len(new.get("task", []))))
+    owners = _layout(new, ids)
+    if owners != _layout(old, ids):
+        return set()
+    out = {i for i, o in enumerate(owners) if level(old, o) != level(new, o)}
+    if any(not isinstance(owners[i], str) for i in out):
+        max_mm = int((new.get("arena") or {}).get("max_mm", 10))
+        out |= set(range(len(owners), len(owners) + max_mm + 3))
     return out
 
 
@@ -514,7 +545,9 @@ def faster_scenarios(text: str) -> list[tuple[str, Remap]]:
     """Scenario texts that spend fewer steps on the same work: every idle turn of the round-robin schedule is a
     step. ksmd's batches cover every page of every program twice (its two passes before a merge, in one batch:
     each yield between batches gives every polling program and reclaim a turn); reclaim rests a few yields after
-    each page (a rest costs one step per turn, a pass over a page ten or more)."""
+    each page (a rest costs one step per turn, a pass over a page ten or more); a task runs at a coarser
+    granularity of its own (`yields`, then `locks`: its points that are not sleeps, or not lock operations, are
+    no steps)."""
     d = tomllib.loads(text)
     ids = list(range(len(d.get("task", []))))
     arena = d.get("arena") or {}
@@ -532,6 +565,17 @@ def faster_scenarios(text: str) -> list[tuple[str, Remap]]:
     rc = d.get("reclaim") or {}
     if rc.get("enabled", True) and int(rc.get("pause", 0)) < RECLAIM_REST:
         out.append(edit("reclaim", pause=RECLAIM_REST))
+    # a task's own coarser granularity: its points the race needs no switch at are steps the schedule need not
+    # show. Kept only when the run is smaller: fewer points also means fewer places a needed switch can fall
+    run_level = (d.get("sched") or {}).get("granularity", DEFAULT_GRANULARITY)
+    for name, on in (("ksmd", True), ("reclaim", True), ("admin", False), ("migrate", False)):
+        table = d.get(name) or {}
+        if table.get("enabled", on) and (name != "admin" or int(table.get("unmerge_every", 0)) > 0):
+            out += [edit(name, granularity=level) for level in _coarser(run_level, table.get("granularity", ""))]
+    for i, t in enumerate(d.get("task", [])):
+        for level in _coarser(run_level, t.get("granularity", "")):
+            new = {**d, "task": [{**t, "granularity": level} if j == i else x for j, x in enumerate(d["task"])]}
+            out.append((dumps(new), _remap(d, new, ids, max_mm)))
     return out
 
 
@@ -571,6 +615,8 @@ def smaller_scenarios(text: str) -> list[tuple[str, Remap]]:
         add(with_table("ksmd", enabled=False))
     if int((d.get("admin") or {}).get("unmerge_every", 0)) > 0:
         add(with_table("admin", unmerge_every=0))
+    if (d.get("migrate") or {}).get("enabled", False):
+        add(with_table("migrate", enabled=False))
     for i, t in enumerate(tasks):
         if len(tasks) > 1:
             add(with_task(i, None), [j for j in ids if j != i])
@@ -605,6 +651,13 @@ def smaller_scenarios(text: str) -> list[tuple[str, Remap]]:
     if rc.get("enabled", True) and float(rc.get("swap", 0.3)) > 0:
         add(with_table("reclaim", swap=0.0))
     return out
+
+
+def _coarser(run_level: str, own: str) -> list[str]:
+    """A task's coarser granularities than it runs at now (its own key over the run's), coarsest first: the
+    points of a task the race needs no switch inside are steps the shrunk schedule need not show."""
+    now = coarsest(run_level, own)
+    return [g for g in reversed(TASK_GRANULARITIES) if TASK_GRANULARITIES.index(g) > TASK_GRANULARITIES.index(now)]
 
 
 def _lower(v: int, low: int) -> list[int]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..arena import Column, Ring, SharedBlock, Stamp, Table, make_ref
-from ..sched import DEFAULT_GRANULARITY, GRANULARITIES
+from ..sched import DEFAULT_GRANULARITY, GRANULARITIES, coarsest
 from ..sched.control import STEP
 from ..sync import (
     ANON_VMA_LOCK,
@@ -315,6 +315,10 @@ def _no_point_unless(lid: int, site: str) -> None:
     """spoint_unless at `locks` granularity: nothing."""
 
 
+def _nothing() -> None:
+    """No switch to turn off (spoint_unless at `locks` granularity is no point already)."""
+
+
 class K:
     """The context a model function runs in: state, locks, scheduler handle, detector hooks, bug switches."""
 
@@ -338,9 +342,10 @@ class K:
         # k.pte_spoint(m, site): spoint_unless for a pte of mm m and its page_table_lock.
         self.spoint_unless: Callable[[int, str], None] = _no_point_unless
         self.pte_spoint: Callable[[int, str], None] = _no_point_unless
+        self._points_off: Callable[[], None] = _nothing  # coarsen's switch for the two (a wrapper may hold them)
         if granularity == "shared":
-            self.spoint_unless, self.pte_spoint = self._shared_points(ctl, st.locks._owner,
-                                                                      st.locks.base[PAGE_TABLE_LOCK])
+            self.spoint_unless, self.pte_spoint, self._points_off = self._shared_points(
+                ctl, st.locks._owner, st.locks.base[PAGE_TABLE_LOCK])
         self.hooks: Hooks = hooks or NoHooks()
         self.bugs = bugs
         # later kernels' behaviours this model takes on (LATER_BEHAVIOURS): set only by the kernel oracle's model
@@ -391,9 +396,10 @@ class K:
     @staticmethod
     def _shared_points(
         ctl: Control, owner: memoryview, ptl_base: int
-    ) -> tuple[Callable[[int, str], None], Callable[[int, str], None]]:
+    ) -> tuple[Callable[[int, str], None], Callable[[int, str], None], Callable[[], None]]:
         """spoint_unless and pte_spoint at `shared` granularity, as closures over the lock owners (the hot path:
-        no attribute lookups beyond the running task's id)."""
+        no attribute lookups beyond the running task's id), and the switch that makes both no points (coarsen:
+        through the closures' cell, so a wrapper installed around them, the access log's, keeps working)."""
         point = ctl.point
 
         def spoint_unless(lid: int, site: str) -> None:
@@ -404,7 +410,22 @@ class K:
             if owner[ptl_base + m] != ctl.me:
                 point(site)
 
-        return spoint_unless, pte_spoint
+        def off() -> None:
+            nonlocal point
+            point = _no_point
+
+        return spoint_unless, pte_spoint, off
+
+    def coarsen(self, level: str) -> None:
+        """The running task's process runs at `level` (sched.TASK_GRANULARITIES) when it is coarser than the run's:
+        from `locks` on, its shared accesses are no points; at `yields` its lock operations and cond_resched are
+        none either (Control.coarsen). Called once, in the task's own process, before its body."""
+        level = coarsest(self.granularity, level)
+        if level == self.granularity:
+            return
+        self.spoint = _no_point
+        self._points_off()
+        self.ctl.coarsen(level)
 
     def bug(self, name: str) -> bool:
         """Whether bug variant `name` is switched on (each variant is consulted at exactly one place)."""

@@ -18,6 +18,17 @@ SEARCH_STRATEGIES = ("bounded", "coverage")
 # lockless reads), as loom and Lincheck switch at every atomic. The schedule, and so a seed's meaning, depends on it.
 GRANULARITIES = ("locks", "shared")
 DEFAULT_GRANULARITY = "shared"
+# A task's own granularity (the `granularity` key of [ksmd], [reclaim], [admin], [migrate] and each [[task]]) can
+# only coarsen the run's for that task, finest first: `yields` also drops its lock operations and cond_resched as
+# points, so it runs on until it sleeps or blocks (a non-preemptible stretch). Every schedule of the coarser
+# scenario is one of the finer's (the dropped points decide "stay"), so a failure found there is a failure here;
+# the shrinker coarsens the tasks a race does not need to interleave, which leaves fewer steps to read.
+TASK_GRANULARITIES = ("shared", "locks", "yields")
+
+
+def coarsest(*levels: str) -> str:
+    """The coarsest of granularities (TASK_GRANULARITIES' order; "" is none)."""
+    return max((g for g in levels if g), key=TASK_GRANULARITIES.index, default=DEFAULT_GRANULARITY)
 
 
 def make_strategy(
