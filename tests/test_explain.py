@@ -472,3 +472,25 @@ def test_verbose_replay_logs_every_event_as_a_json_line(artifacts: dict[str, Pat
     assert after.returncode == 1
     again = [json.loads(line) for line in after.stderr.splitlines() if '"replay.event"' in line]
     assert [{**e, "timestamp": 0} for e in again] == [{**e, "timestamp": 0} for e in events]
+
+
+def test_near_the_failure_is_counted_in_lock_operations_and_accesses_too() -> None:
+    """A task at `yields` granularity takes many locks and makes many accesses within one step: the explanation
+    shows the last NEAR_LOCKS lock operations of the tasks that matter and the failing task's last LEAD_USES
+    accesses near the failure, not every one of that step's (a shrunk run of a few steps stays readable)."""
+    from ksmstress.explain.record import Event
+    from ksmstress.explain.view import LEAD_USES, NEAR_LOCKS, explain
+
+    events = [Event(0, "mm#2", "alloc", "f", obj="anon_vma[0]"), Event(0, "mm#2", "pick", "", next="ksmd#0")]
+    for j in range(3 * NEAR_LOCKS):  # one coarse stretch of ksmd: many locks, many accesses, all at step 1
+        events.append(Event(1, "ksmd#0", "acquired", "ksm_do_scan", lock=f"mm[{j}].mmap_sem"))
+        events.append(Event(1, "ksmd#0", "use", f"ksm_do_scan > f{j}", obj=f"rmap_item[{j}]", site=f"s{j}"))
+        events.append(Event(1, "ksmd#0", "released", "ksm_do_scan", lock=f"mm[{j}].mmap_sem"))
+    events.append(Event(1, "ksmd#0", "use", "ksm_do_scan > g", obj="anon_vma[0]", site="g"))
+    failure = {"class": "use-after-free", "details": {"object": "anon_vma[0]", "step": 1, "task": "ksmd#0"}}
+    rows = explain(events, failure).rows
+    locks = [r for r in rows if r.event.startswith(("lock ", "unlock "))]
+    uses = [r for r in rows if r.event.startswith("touch rmap_item")]
+    assert len(locks) == NEAR_LOCKS and locks[-1].event == f"unlock mm[{3 * NEAR_LOCKS - 1}].mmap_sem"
+    assert 0 < len(uses) <= LEAD_USES
+    assert any(r.event == "touch anon_vma[0] (g)" for r in rows)  # the failing object's rows are all kept

@@ -253,7 +253,7 @@ class Shrinker:
                 sorted(self.art["bugs"]),
                 schedule=schedule or b"\0",  # a replay run; `follow` replaces its strategy before the first pick
                 pct_depth=self.art.get("pct_depth"),
-                timeout=min(self.timeout, max(5.0, self.left() + 5)),
+                timeout=min(self.timeout, max(1.0, self.left())),  # a candidate cut short fails as a hang: dropped
                 granularity=sc.granularity,
                 observe=follow,
             )

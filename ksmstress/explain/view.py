@@ -2,8 +2,8 @@
 
 The tasks that matter are the failing task and those that touched the failing object or took, held or waited for
 its lock; their rows are the object's allocation, free, count changes and accesses, every lock operation on the
-object's lock, (near the failure) their other lock operations and the failing task's accesses to the objects that
-led it there, each with the kernel call chain at that point.
+object's lock, (near the failure: within NEAR steps, among their last NEAR_LOCKS) their other lock operations and
+the failing task's accesses to the objects that led it there, each with the kernel call chain at that point.
 Everything else in between folds into one line ("... 37 steps of mm#3"). A row that follows a switch to another
 task is marked `>>`, with `(preempting X)` below it when the switch took the CPU from a task that could have gone
 on.
@@ -22,7 +22,11 @@ WIDTH = 120
 STEP_W = 6
 MAX_COLUMNS = 4
 NEAR = 40  # steps before the failure in which every lock operation of a task that matters is shown
+# ... if it is also among their last NEAR_LOCKS lock operations: a task at `yields` granularity (a shrunk run's
+# ksmd, say) takes dozens of locks within one step
+NEAR_LOCKS = 40
 LEAD = 2  # steps before the failure in which the failing task's accesses to any object are shown
+LEAD_USES = 12  # ... if among its last LEAD_USES accesses (a coarse task makes many in one step)
 MAX_ROWS = 400  # beyond this the oldest rows are folded (a report must stay readable)
 OBJECT = re.compile(r"\b(anon_vma|page|rmap_item|stable_node|vma|mm_struct|mm_slot|swap)\[\d+\]")
 
@@ -117,15 +121,20 @@ def explain(events: list[Event], failure: dict[str, Any]) -> Explanation:
     start = min((e.step for e in events if about(e) and e.kind == "alloc"), default=0)
     picked: list[Event] = []
     last_use: dict[str, str] = {}
+    lock_ops = [i for i, e in enumerate(events)
+                if e.kind in ("acquired", "released") and e.task in tasks and e.step >= start]
+    recent = set(lock_ops[-NEAR_LOCKS:])
+    uses = [i for i, e in enumerate(events) if e.kind == "use" and e.task == fail_task and e.step >= start]
+    recent |= set(uses[-LEAD_USES:])
     for i, e in enumerate(events):
         if e.step < start or e.task not in tasks or e.kind == "pick":
             continue
         keep = (
             about(e)
             or its_lock(e)
-            or (e.kind in ("acquired", "released") and e.step >= fail_step - NEAR)
+            or (e.kind in ("acquired", "released") and i in recent and e.step >= fail_step - NEAR)
             # what led the failing task there: the objects it reached the failing one through (an rmap_item...)
-            or (e.kind == "use" and e.task == fail_task and e.step >= fail_step - LEAD)
+            or (e.kind == "use" and e.task == fail_task and e.step >= fail_step - LEAD and i in recent)
         )
         if e.kind == "acquiring":  # shown only if the task had to wait (no acquired of it right after)
             nxt = events[i + 1] if i + 1 < len(events) else None

@@ -421,11 +421,10 @@ class K:
         from `locks` on, its shared accesses are no points; at `yields` its lock operations and cond_resched are
         none either (Control.coarsen). Called once, in the task's own process, before its body."""
         level = coarsest(self.granularity, level)
-        if level == self.granularity:
+        if level == self.granularity or not self.ctl.coarsen(level):
             return
         self.spoint = _no_point
         self._points_off()
-        self.ctl.coarsen(level)
 
     def bug(self, name: str) -> bool:
         """Whether bug variant `name` is switched on (each variant is consulted at exactly one place)."""

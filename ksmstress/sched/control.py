@@ -134,13 +134,14 @@ class Control:
         if type(self.strategy) is RandomStrategy:
             self.point, self._publish, self._leave, self._stale = random_point(self, RUNNABLE)  # type: ignore[method-assign]
 
-    def coarsen(self, level: str) -> None:
+    def coarsen(self, level: str) -> bool:
         """This task process runs at `level` (sched.TASK_GRANULARITIES): at `yields`, only its yielding points (a
         sleep, a wait) and its blocking on a lock hand control on; its other points (lock operations,
         cond_resched, shared accesses) decide "stay" without being points at all, so they add no step. Called by
-        the task's own process before its body runs; the run's other tasks keep their points."""
+        the task's own process before its body runs; the run's other tasks keep their points. True: a task's
+        granularity means something under this scheduler (K.coarsen then drops its shared-access points)."""
         if level != "yields":
-            return
+            return True
         real = self.point
         self._switch = real  # block() must still switch: a task waiting for a lock cannot stay
         skipped = 0
@@ -154,6 +155,7 @@ class Control:
                 skipped += 1
 
         self.point = point  # type: ignore[method-assign]
+        return True
 
     def release(self) -> None:
         """The run is over: drop fastpoint's closures, which hold this Control (a reference cycle). Left to the

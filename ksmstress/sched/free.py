@@ -58,9 +58,10 @@ class FreeControl(Control):
     def _install_point(self) -> None:
         """Free mode keeps its own `point` (chaos, no pick): nothing to install."""
 
-    def coarsen(self, level: str) -> None:
+    def coarsen(self, level: str) -> bool:
         """Free mode's points decide nothing (every task runs at once; a point only injects chaos): a task's
-        granularity shapes the controlled schedule alone."""
+        granularity shapes the controlled schedule alone, and every task keeps its chaos points."""
+        return False
 
     def start(self, seed: int) -> None:
         """Every initial task starts at once."""
