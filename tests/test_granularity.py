@@ -312,3 +312,6 @@ def test_free_mode_points_are_the_chaos_points() -> None:
     k = _assemble(block, st, ctl, frozenset(), granularity="shared")
     assert k.spoint.__func__ is FreeControl.point  # type: ignore[attr-defined]
     assert "point" not in vars(ctl)  # no fast closure shadows the chaos point
+    k.coarsen("yields")  # a task's own granularity shapes the controlled schedule only: every chaos point stays
+    assert k.spoint.__func__ is FreeControl.point  # type: ignore[attr-defined]
+    assert "point" not in vars(ctl)
