@@ -250,3 +250,31 @@ def test_generated_workloads_include_mremap_and_stay_valid() -> None:
     assert sum(t.count('"mremap ') for t in texts) >= 10
     for s in range(60):
         generate(s)  # parses: every drawn mremap is inside one vma, to a non-overlapping place
+
+
+def test_a_vma_grown_over_its_neighbour_is_a_validate_mm_bug() -> None:
+    """validate_mm after vma_adjust: a vma grown in place over the next one (mremap's vma_expandable with its
+    compare inverted, a campaign's survivor) leaves two vmas mapping one address; the vma list oracle says so at
+    once, whichever path changed the list. Growing into free room is quiet."""
+    k = make_kernel()
+    aref, a = new_program(k, 2)  # [1, 3)
+    assert mmm.sys_mmap(k, aref, 5, 2, 0)  # [5, 7)
+    k.locks.down_write(k.mmap_sem(a), "test")
+    first = mmm.find_vma(k, a, 1)
+    mremap.vma_adjust_end(k, a, first, 5)  # into the free room [3, 5): fine
+    with pytest.raises(Failure) as e:
+        mremap.vma_adjust_end(k, a, first, 6)  # over [5, 7)
+    k.locks.up_write(k.mmap_sem(a), "test")
+    assert e.value.cls == "bug-on" and "validate_mm of mm" in e.value.message and "overlapping" in e.value.message
+
+
+def test_a_shrinking_mremap_to_the_same_length_makes_no_empty_vma() -> None:
+    """do_mremap's shrink path unmaps [addr + new_len, addr + old_len), empty when the lengths are equal: 2.6.33's
+    do_munmap refuses a zero length (-EINVAL) before it splits anything, and mremap ignores that error. The model
+    split there and left a vma [a, a) (found by validate_mm in mixed, seed 0)."""
+    k = make_kernel()
+    aref, a = new_program(k, 4)  # [1, 5)
+    before = [(int(k.vm.start[ref_slot(v)]), int(k.vm.end[ref_slot(v)])) for v in mmm.vma_walk(k, a)]
+    assert mremap.sys_mremap(k, aref, 2, 2, 2, 0, 0) == 2
+    after = [(int(k.vm.start[ref_slot(v)]), int(k.vm.end[ref_slot(v)])) for v in mmm.vma_walk(k, a)]
+    assert after == before == [(1, 5)]

@@ -16,6 +16,7 @@ from .mlock import check_mlocking, check_no_migration_ptes, check_nr_mlock
 from .traversal import TraversalCheck
 from .unmerge import unmerge_begin, unmerge_end
 from .unstabletree import check_unstable_tree
+from .vmalist import check_vma_list
 
 
 def _not_recorded(k: Any, data: Any, index: int, write: int, site: str) -> None:
@@ -60,6 +61,9 @@ class Detectors(TraversalCheck):
 
     def mlocking(self, k: Any, pref: int, vref: int, site: str) -> None:
         check_mlocking(k, pref, vref, site)
+
+    def validate_mm(self, k: Any, m: int, site: str) -> None:
+        check_vma_list(k, m, site)
 
     def might_sleep(self, k: Any, site: str, schedules: bool = False) -> None:
         if self.lockdep is not None:

@@ -25,6 +25,10 @@ class Hooks(LockHooks, Protocol):
     def mlocking(self, k: Any, page_ref: int, vma_ref: int, site: str) -> None:
         """mlock_vma_page is about to mark the page mlocked for vma `vma_ref` (the caller's, under its mmap_sem)."""
 
+    def validate_mm(self, k: Any, m: int, site: str) -> None:
+        """Mm slot `m`'s vma list was changed under its mmap_sem for write (2.6.33's validate_mm at vma_link and
+        vma_adjust, CONFIG_DEBUG_MM_RB)."""
+
     def might_sleep(self, k: Any, site: str, schedules: bool = False) -> None:
         """The running task reaches a point where 2.6.33 may sleep (cond_resched, a GFP_KERNEL allocation:
         __might_sleep's context check) or, `schedules`, does (a yield: schedule_debug's)."""
@@ -88,6 +92,9 @@ class NoHooks(NoLockHooks):
         pass
 
     def mlocking(self, k: Any, page_ref: int, vma_ref: int, site: str) -> None:
+        pass
+
+    def validate_mm(self, k: Any, m: int, site: str) -> None:
         pass
 
     def might_sleep(self, k: Any, site: str, schedules: bool = False) -> None:

@@ -172,6 +172,7 @@ def mmap_region(k: K, mref: int, start: int, npages: int, flags: int) -> int:
     k.vm.flags[v] = flags
     k.vm.pgoff[v] = start  # an anon vma's vm_pgoff = addr >> PAGE_SHIFT (addresses are page numbers here)
     _link_vma(k, m, vref)
+    k.hooks.validate_mm(k, m, "vma_link")
     return vref
 
 
@@ -201,6 +202,7 @@ def split_vma(k: K, m: int, vref: int, addr: int) -> int:
     if avref:
         rmap.list_add_tail(k, nref, avref)
         k.locks.unlock(lid, "vma_adjust")
+    k.hooks.validate_mm(k, m, "vma_adjust")
     return nref
 
 
@@ -208,9 +210,12 @@ def split_vma(k: K, m: int, vref: int, addr: int) -> int:
 def do_munmap(k: K, mref: int, start: int, end: int) -> bool:
     """Unmap [start, end): split the edge vmas, detach, zap their ptes, unlink from anon_vma, free.
 
-    The caller holds mmap_sem for write. False (-ENOMEM) when a split would exceed the vma budget.
+    The caller holds mmap_sem for write. False (-ENOMEM) when a split would exceed the vma budget, or (-EINVAL)
+    for an empty range.
     """
     m = k.mmc.deref(mref, "do_munmap")
+    if end <= start:  # len == 0: -EINVAL in 2.6.33, before anything is split (a shrinking mremap to the same
+        return False  # length passes it and ignores the error); else the splits below made an empty vma
     vmas = [x for x in vma_list(k, m) if k.vm.start[ref_slot(x)] < end and k.vm.end[ref_slot(x)] > start]
     if not vmas:
         return True
@@ -231,6 +236,7 @@ def do_munmap(k: K, mref: int, start: int, end: int) -> bool:
             mlock.munlock_vma_pages_all(k, m, vref)
     for vref in doomed:  # detach_vmas_to_be_unmapped
         _unlink_vma(k, m, vref)
+    k.hooks.validate_mm(k, m, "detach_vmas_to_be_unmapped")  # the model validates here too (2.6.33 does not)
     for vref in doomed:  # unmap_region: unmap_vmas
         v = k.vm.deref(vref, "unmap_region")
         memory.zap_pte_range(k, m, k.vm.start[v], k.vm.end[v])
@@ -266,6 +272,7 @@ def dup_mmap(k: K, oldref: int) -> int:
         rmap.anon_vma_link(k, tref)
         _link_vma(k, m, tref)
         memory.copy_page_range(k, m, old, vref)
+    k.hooks.validate_mm(k, m, "dup_mmap")  # the model validates the child's list once (2.6.33: __vma_link_rb)
     k.locks.up_write(k.mmap_sem(m), "dup_mmap:nested")
     k.locks.up_write(k.mmap_sem(old), "dup_mmap")
     return mref

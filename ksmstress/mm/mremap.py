@@ -119,6 +119,7 @@ def vma_adjust_end(k: K, m: int, vref: int, end: int) -> None:
     k.vm.end[k.vm.deref(vref, "vma_adjust")] = end
     if avref:
         k.locks.unlock(lid, "vma_adjust")
+    k.hooks.validate_mm(k, m, "vma_adjust")
 
 
 def get_unmapped_area(k: K, m: int, npages: int) -> int:
