@@ -1,6 +1,7 @@
 """The oracle of an mm's vma list (2.6.33's validate_mm and browse_rb under CONFIG_DEBUG_MM_RB): wherever the
 model changes the list under mmap_sem for write, its vmas are live, belong to the mm, are in address order, and
-none is empty, reaches past the address space, or overlaps the next. Computed from the tables, never from the
+none is empty, reaches past the address space, or overlaps the next, and there are no more than the mm's
+max_map_count (arena.max_vmas; browse_rb counts them). Computed from the tables, never from the
 path that changed them: mmap, munmap's splits and detach, mremap's in-place resize and fork's copy are all held
 to the same list.
 """
@@ -33,7 +34,8 @@ def check_vma_list(k: K, m: int, site: str) -> None:
             why = f"vma[{v}] [{start},{end}) starts before vma[{prev}] ends at {prev_end} (out of order or overlapping)"
         seen += 1
         if not why and seen > k.st.sz.max_vmas:
-            why = f"more than {k.st.sz.max_vmas} vmas on the list (a cycle?)"
+            why = (f"more than arena.max_vmas = {k.st.sz.max_vmas} vmas on the list (a path passed "
+                   "max_map_count without its check, or the list has a cycle)")
         if why:
             step, who = k.ctl.clock()
             raise Failure("bug-on", f"validate_mm of mm[{m}] after {site} by {who} at step {step}: {why}",
