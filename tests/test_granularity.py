@@ -315,3 +315,59 @@ def test_free_mode_points_are_the_chaos_points() -> None:
     k.coarsen("yields")  # a task's own granularity shapes the controlled schedule only: every chaos point stays
     assert k.spoint.__func__ is FreeControl.point  # type: ignore[attr-defined]
     assert "point" not in vars(ctl)
+
+
+class _Embed:
+    """A strategy that runs the fine scenario as the coarse one ran: a task coarse there stays at every point it
+    skipped there (a non-yielding point while runnable, up to ATOMIC_MOST in a row); every other point takes the
+    coarse run's next recorded decision (a shared index: each task process has its own copy of this object)."""
+
+    name = "embed"
+
+    def __init__(self, coarse: set[int], record: bytes) -> None:
+        self.coarse, self.record = coarse, record
+        self.skipped: dict[int, int] = {}
+
+    def setup(self, ctl: Control) -> None:
+        ctl.strat[0] = 0
+
+    def on_new_task(self, ctl: Control, tid: int) -> None:
+        pass
+
+    def pick(self, ctl: Control, runnable: list[int], current: int, step: int, yielding: bool) -> int:
+        from ksmstress.sched.control import ATOMIC_MOST
+
+        if current in self.coarse and current in runnable and not yielding:
+            n = self.skipped.get(current, 0)
+            if n < ATOMIC_MOST:
+                self.skipped[current] = n + 1
+                return current
+        if current in self.coarse and (yielding or current in runnable):  # Control.coarsen's reset
+            self.skipped[current] = 0
+        i = int(ctl.strat[0])
+        ctl.strat[0] = i + 1
+        return self.record[i]
+
+
+def test_a_coarse_run_is_a_run_of_the_fine_scenario() -> None:
+    """What the README says of a task's own granularity: every schedule of the coarser scenario is one of the
+    finer's. A failing run with ksmd at `yields` is replayed in the scenario as shipped, ksmd staying at each point
+    it skipped and every other decision the coarse run's: the same failure, at the same site, in more steps."""
+    import dataclasses
+
+    from ksmstress.explain.shrink import failure_key
+
+    sc = _scenario("merge-write-race")
+    coarse = dataclasses.replace(sc, ksmd_granularity="yields")
+    bug = ["merge-without-wrprotect"]
+    runs = [r for seed in range(3) if (r := run_one(coarse, seed, "random", bug)).failure]
+    assert runs, "no failing coarse run in 3 seeds"
+    for r in runs:
+        def embed(_st: object, _k: object, ctl: Control, r=r) -> None:
+            strat = _Embed({0}, r.schedule)  # ksmd is task 0
+            ctl.strategy = strat  # type: ignore[assignment]
+            ctl._pick = strat.pick
+
+        fine = run_one(sc, r.seed, "random", bug, schedule=b"\0", observe=embed)  # Control.point, then `embed`
+        assert failure_key(fine.failure) == failure_key(r.failure), (r.seed, fine.failure, r.failure)
+        assert fine.steps > r.steps
