@@ -217,19 +217,17 @@ def _pct_k(r: TableReader) -> int:
     return int(r.get("k", int, 0, 0, 100_000_000))
 
 
-def _granularity(r: TableReader) -> str:
-    g = r.get("granularity", str, DEFAULT_GRANULARITY)
-    if g not in GRANULARITIES:
-        raise r.err("granularity", " or ".join(repr(x) for x in GRANULARITIES), g)
+def _granularity(r: TableReader, allowed: tuple[str, ...] = GRANULARITIES, default: str = DEFAULT_GRANULARITY) -> str:
+    """A `granularity` key: [sched]'s (the run's, GRANULARITIES), or a task table's own (TASK_GRANULARITIES,
+    absent: "", the run's)."""
+    g = r.get("granularity", str, default)
+    if g != default and g not in allowed:
+        raise r.err("granularity", " or ".join(repr(x) for x in allowed), g)
     return g
 
 
 def _task_granularity(r: TableReader) -> str:
-    """A task's own `granularity` key: one of TASK_GRANULARITIES, or absent (the run's)."""
-    g = r.get("granularity", str, "")
-    if g and g not in TASK_GRANULARITIES:
-        raise r.err("granularity", " or ".join(repr(x) for x in TASK_GRANULARITIES), g)
-    return g
+    return _granularity(r, TASK_GRANULARITIES, "")
 
 
 def _name(r: TableReader, path: str) -> str:

@@ -507,9 +507,8 @@ def recoarsened(old_text: str, new_text: str) -> set[int]:
         return set()
 
     def level(d: dict[str, Any], owner: Any) -> str:
-        run = (d.get("sched") or {}).get("granularity", DEFAULT_GRANULARITY)
         own = (d.get(owner) or {}) if isinstance(owner, str) else d["task"][owner[0]]
-        return coarsest(run, own.get("granularity", ""))
+        return coarsest(_run_level(d), own.get("granularity", ""))
 
     ids = list(range(len(new.get("task", []))))
     owners = _layout(new, ids)
@@ -567,14 +566,13 @@ def faster_scenarios(text: str) -> list[tuple[str, Remap]]:
         out.append(edit("reclaim", pause=RECLAIM_REST))
     # a task's own coarser granularity: its points the race needs no switch at are steps the schedule need not
     # show. Kept only when the run is smaller: fewer points also means fewer places a needed switch can fall
-    run_level = (d.get("sched") or {}).get("granularity", DEFAULT_GRANULARITY)
-    for name, on in (("ksmd", True), ("reclaim", True), ("admin", False), ("migrate", False)):
-        table = d.get(name) or {}
-        if table.get("enabled", on) and (name != "admin" or int(table.get("unmerge_every", 0)) > 0):
-            out += [edit(name, granularity=level) for level in _coarser(run_level, table.get("granularity", ""))]
+    run_level = _run_level(d)
+    for name in (o for o in _layout(d, ids) if isinstance(o, str)):  # the system tasks that run
+        out += [edit(name, granularity=level)
+                for level in _coarser(run_level, (d.get(name) or {}).get("granularity", ""))]
     for i, t in enumerate(d.get("task", [])):
         for level in _coarser(run_level, t.get("granularity", "")):
-            new = {**d, "task": [{**t, "granularity": level} if j == i else x for j, x in enumerate(d["task"])]}
+            new = _with_task(d, i, {**t, "granularity": level})
             out.append((dumps(new), _remap(d, new, ids, max_mm)))
     return out
 
@@ -582,6 +580,19 @@ def faster_scenarios(text: str) -> list[tuple[str, Remap]]:
 def _with_table(d: dict[str, Any], name: str, **kv: Any) -> dict[str, Any]:
     """Scenario data `d` with keys of its table `name` set (the table made if absent)."""
     return {**d, name: {**(d.get(name) or {}), **kv}}
+
+
+def _with_task(d: dict[str, Any], i: int, t: dict[str, Any] | None) -> dict[str, Any]:
+    """Scenario data `d` with its [[task]] `i` replaced by `t` (dropped when None)."""
+    tasks = d.get("task", [])
+    if t is None:
+        return {**d, "task": [x for j, x in enumerate(tasks) if j != i]}
+    return {**d, "task": [t if j == i else x for j, x in enumerate(tasks)]}
+
+
+def _run_level(d: dict[str, Any]) -> str:
+    """The run's granularity in scenario data `d` ([sched] granularity)."""
+    return str((d.get("sched") or {}).get("granularity", DEFAULT_GRANULARITY))
 
 
 def smaller_scenarios(text: str) -> list[tuple[str, Remap]]:
@@ -599,13 +610,7 @@ def smaller_scenarios(text: str) -> list[tuple[str, Remap]]:
         return _with_table(d, name, **kv)
 
     def with_task(i: int, t: dict[str, Any] | None) -> dict[str, Any]:
-        new = dict(d)
-        new["task"] = (
-            [x for j, x in enumerate(tasks) if j != i]
-            if t is None
-            else [t if j == i else x for j, x in enumerate(tasks)]
-        )
-        return new
+        return _with_task(d, i, t)
 
     if (d.get("sched") or {}).get("granularity") == "shared":  # far fewer points, if the race needs none of them
         add(with_table("sched", granularity="locks"))
