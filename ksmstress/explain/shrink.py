@@ -23,7 +23,11 @@ follows exactly. Two tracks share the time budget:
    schedule with a few seeded random switches), each hit reduced, then the deviations of the best run again.
 
 The smallest of the original and the two tracks by Candidate.key (preemptions beyond three, then steps) is then
-polished in the last 15%: its preemptions moved to yields, then the scenario under its schedule. A candidate
+polished in the last 15%: its preemptions moved to yields, then the scenario under its schedule; when it still has
+more than three, the default schedule of that final scenario with one switch at each point (`single_switches`,
+plain switches before staying ones): a switch that suffices on the smallest program may not on the larger ones
+the tracks searched (wrprotect-check-before-clear's 6-op program fails after one preemption; its 9-op one kept 4). A
+candidate
 counts only when it fails with the same class at the same site (object numbers aside: `page[0]` and `page[1]`
 are one code site). The shrunk artifact carries the reduced scenario text and its
 granularity.
@@ -309,8 +313,11 @@ class Shrinker:
             best = self.reduce(self.scratch(best, self.deadline), switches_only=False)
         best = min(first, kept, best, key=Candidate.key)  # a pass cut short may have left more steps
         self.deadline = end  # the polish: the winner's preemptions moved to yields, then its scenario cut
-        best = self.unpreempt(best)
-        return first, self.programs(best, 0, any_schedule=False)
+        best = self.programs(self.unpreempt(best), 0, any_schedule=False)
+        for ways in ((False,), (True,)):  # the smallest program may need fewer switches than the track's did
+            if best.preemptions > PREEMPTION_BOUND:  # plain switches first: the polish is short
+                best = self.single_switches(best, self.deadline, ways)
+        return first, best
 
     @staticmethod
     def _cap(c: Candidate) -> int:
@@ -336,11 +343,12 @@ class Shrinker:
                 best = cand
         return best
 
-    def single_switches(self, best: Candidate, until: float) -> Candidate:
+    def single_switches(self, best: Candidate, until: float, ways: tuple[bool, ...] = (False, True)) -> Candidate:
         """The default schedule of best's scenario with one deviation, at each of its points where another task
         could run, from its last point backwards (where the objects die is where a race usually is), the
-        switches that preempt no one first; each also with the task switched to staying on through its next
-        yields (SwitchStay); until `until`. A run that fails the same way and is smaller wins."""
+        switches that preempt no one first; each tried plain and (`ways` True) with the task switched to staying
+        on through its next yields (SwitchStay); until `until`. A run that fails the same way and is smaller
+        wins."""
         devs: list[tuple[bool, Deviation]] = []
         for cur, n, y, runnable in reversed(self.points([], best.text, self._cap(best))):
             default = default_pick(list(runnable), cur, y)
@@ -348,15 +356,14 @@ class Shrinker:
             devs += [(preempts, (cur, n, t)) for t in runnable if t not in (default, cur)]
         devs.sort(key=lambda pd: pd[0])  # stable: non-preempting first, each group from the end backwards
         for _p, dev in devs:
-            if time.monotonic() >= until or self.left() <= 0:
-                break
-            for cand in (self.attempt([dev], best.text, self._cap(best)),
-                         self.attempt([], best.text, self._cap(best), stay=[dev])):
+            for stay in ways:
+                if time.monotonic() >= until or self.left() <= 0:
+                    return best
+                cand = (self.attempt([], best.text, self._cap(best), stay=[dev]) if stay
+                        else self.attempt([dev], best.text, self._cap(best)))
                 if self.better(cand, best, "one switch"):
                     assert cand is not None
                     best = cand
-                if time.monotonic() >= until:
-                    break
         return best
 
     def points(self, deviations: list[Deviation], text: str, cap: int) -> list[Point]:
