@@ -24,10 +24,11 @@ follows exactly. Two tracks share the time budget:
 
 The smallest of the original and the two tracks by Candidate.key (preemptions beyond three, then steps) is then
 polished in the last 15%: its preemptions moved to yields, then the scenario under its schedule; when it still has
-more than three, the default schedule of that final scenario with one switch at each point (`single_switches`,
-plain switches before staying ones): a switch that suffices on the smallest program may not on the larger ones
-the tracks searched (wrprotect-check-before-clear's 6-op program fails after one preemption; its 9-op one kept 4). A
-candidate
+more than three, each preemption traded for random choices at yields (`reorder_turns`: what a preemption buys is
+often only that one daemon's turn comes before another's), then the default schedule of that final scenario with
+one switch at each point (`single_switches`, plain switches before staying ones): a switch that suffices on the
+smallest program may not on the larger ones the tracks searched (wrprotect-check-before-clear's 6-op program fails
+after one preemption; its 9-op one kept 4). A candidate
 counts only when it fails with the same class at the same site (object numbers aside: `page[0]` and `page[1]`
 are one code site). The shrunk artifact carries the reduced scenario text and its
 granularity.
@@ -69,6 +70,7 @@ UNPREEMPT_MOST = 40  # unpreempt's limit: more preemptions are delta debugging's
 POLISH = 0.15  # the budget's share kept for polishing the winner (unpreempt, then the scenario under its schedule)
 PREEMPTION_BOUND = 3  # CHESS: most concurrency bugs need at most two or three preemptions
 _STAY_TASK, _STAY_LEFT = 8, 9  # ctl.strat cells of SwitchStay (FollowStrategy uses cell 0)
+TURN_TRIES = 8  # reorder_turns: random orders of turns tried per preemption dropped
 STAYS = 8  # yields a task switched to by SwitchStay keeps the CPU through
 _INDEX = re.compile(r"\[\d+\]")
 
@@ -96,14 +98,18 @@ class SparseFollow(FollowStrategy):
     deviation, so a hit becomes a plain deviation list. Each decision hashes (salt, task, position) rather than
     drawing from a PRNG, because every task process picks with its own copy of the strategy."""
 
-    def __init__(self, deviations: list[Deviation], log_fd: int, salt: int, rate: float) -> None:
+    def __init__(
+        self, deviations: list[Deviation], log_fd: int, salt: int, rate: float, yields_only: bool = False
+    ) -> None:
         super().__init__(deviations, log_fd)
         self.salt, self.limit = salt, int(min(1.0, rate) * (1 << 32))
+        self.yields_only = yields_only  # switch only where the running task yields or cannot go on: no preemption
 
     def pick(self, ctl: Control, runnable: list[int], current: int, step: int, yielding: bool) -> int:
         pos = self.points.get(current, 0)
         n = pos + 1 if yielding else ((pos >> _SHIFT) + 1) << _SHIFT  # the position FollowStrategy.pick will use
-        if (current, n) not in self.wanted and len(runnable) > 1:
+        free = yielding or current not in runnable
+        if (current, n) not in self.wanted and len(runnable) > 1 and (free or not self.yields_only):
             h = hashlib.blake2b(f"{self.salt}:{current}:{n}".encode(), digest_size=8).digest()
             if int.from_bytes(h[:4], "little") < self.limit:
                 default = default_pick(runnable, current, yielding)
@@ -221,7 +227,8 @@ class Shrinker:
     # -- one candidate -------------------------------------------------------------------------------------
     def attempt(
         self, deviations: list[Deviation], text: str, cap: int, schedule: bytes | None = None,
-        sparse: tuple[int, float] | None = None, points_fd: int = -1, stay: list[Deviation] | None = None,
+        sparse: tuple[int, float] | tuple[int, float, bool] | None = None, points_fd: int = -1,
+        stay: list[Deviation] | None = None,
     ) -> Candidate | None:
         """A controlled run of `deviations` (or, for the learning run, of `schedule` strictly; with `sparse` =
         (salt, rate), of SparseFollow's extra switches too; with `stay`, of those switches, each followed by its
@@ -314,6 +321,7 @@ class Shrinker:
         best = min(first, kept, best, key=Candidate.key)  # a pass cut short may have left more steps
         self.deadline = end  # the polish: the winner's preemptions moved to yields, then its scenario cut
         best = self.programs(self.unpreempt(best), 0, any_schedule=False)
+        best = self.reorder_turns(best, time.monotonic() + self.left() * 0.4)
         for ways in ((False,), (True,)):  # the smallest program may need fewer switches than the track's did
             if best.preemptions > PREEMPTION_BOUND:  # plain switches first: the polish is short
                 best = self.single_switches(best, self.deadline, ways)
@@ -405,6 +413,34 @@ class Shrinker:
                         assert cand is not None
                         best, improved = cand, True
                         break
+        return best
+
+    def reorder_turns(self, best: Candidate, until: float) -> Candidate:
+        """Fewer preemptions by trading one for another order of turns: each preemption of best dropped, and
+        the rest of its deviations run with TURN_TRIES sparse random switches where a task yields or cannot go on
+        (free in preemptions), until `until`; only while more than PREEMPTION_BOUND are left. What a preemption
+        often buys is that one daemon's turn comes before another's (reclaim's walk before ksmd's next batch),
+        which a yield's choice gives as well."""
+        while best.preemptions > PREEMPTION_BOUND and self.left() > 0 and time.monotonic() < until:
+            pts = self.points(best.deviations, best.text, self._cap(best))
+            where = {(t, n): i for i, (t, n, _y, _r) in enumerate(pts)}
+            free = sum(1 for p in pts if p[2] or p[0] not in p[3])
+            found = None
+            for d in [d for d in best.deviations if _preempts(d, pts, where)]:
+                rest = [x for x in best.deviations if x != d]
+                for salt in range(TURN_TRIES):
+                    if self.left() <= 0 or time.monotonic() >= until:
+                        return best
+                    sparse = (zlib.crc32(repr(d).encode()) ^ salt, (1 + salt % 3) / max(4, free), True)
+                    cand = self.attempt(rest, best.text, self._cap(best), sparse=sparse)
+                    if self.better(cand, best, "a preemption traded for turns"):
+                        found = cand
+                        break
+                if found is not None:
+                    break
+            if found is None:
+                return best
+            best = found
         return best
 
     def reduce(self, best: Candidate, switches_only: bool, quiet: bool = False) -> Candidate:
