@@ -321,7 +321,7 @@ class Shrinker:
         best = min(first, kept, best, key=Candidate.key)  # a pass cut short may have left more steps
         self.deadline = end  # the polish: the winner's preemptions moved to yields, then its scenario cut
         best = self.programs(self.unpreempt(best), 0, any_schedule=False)
-        best = self.reorder_turns(best, time.monotonic() + self.left() * 0.4)
+        best = self.reorder_turns(best, time.monotonic() + self.left() * 0.7)
         for ways in ((False,), (True,)):  # the smallest program may need fewer switches than the track's did
             if best.preemptions > PREEMPTION_BOUND:  # plain switches first: the polish is short
                 best = self.single_switches(best, self.deadline, ways)
@@ -424,14 +424,16 @@ class Shrinker:
         while best.preemptions > PREEMPTION_BOUND and self.left() > 0 and time.monotonic() < until:
             pts = self.points(best.deviations, best.text, self._cap(best))
             where = {(t, n): i for i, (t, n, _y, _r) in enumerate(pts)}
-            free = sum(1 for p in pts if p[2] or p[0] not in p[3])
+            free = [(cur, y, rn) for cur, _n, y, rn in pts if y or cur not in rn]
+            # a yield's only other choice, with two tasks, is the default: then one plain try per preemption
+            tries = TURN_TRIES if any(set(rn) - {cur, default_pick(list(rn), cur, y)} for cur, y, rn in free) else 1
             found = None
             for d in [d for d in best.deviations if _preempts(d, pts, where)]:
                 rest = [x for x in best.deviations if x != d]
-                for salt in range(TURN_TRIES):
+                for salt in range(tries):
                     if self.left() <= 0 or time.monotonic() >= until:
                         return best
-                    sparse = (zlib.crc32(repr(d).encode()) ^ salt, (1 + salt % 3) / max(4, free), True)
+                    sparse = (zlib.crc32(repr(d).encode()) ^ salt, (1 + salt % 3) / max(4, len(free)), True)
                     cand = self.attempt(rest, best.text, self._cap(best), sparse=sparse)
                     if self.better(cand, best, "a preemption traded for turns"):
                         found = cand
