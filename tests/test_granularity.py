@@ -20,7 +20,7 @@ from ksmstress.mm.state import K
 from ksmstress.report import read_artifact, write_artifact
 from ksmstress.runner import run_one
 from ksmstress.scenario import ScenarioError, load, parse
-from ksmstress.sched.control import EXITED, RUNNABLE, UNUSED, Control
+from ksmstress.sched.control import ATOMIC_MOST, EXITED, RUNNABLE, UNUSED, Control
 from ksmstress.sched.pct import PctStrategy
 from ksmstress.sched.prng import BLOCK
 from ksmstress.sched.random import RandomStrategy
@@ -335,8 +335,6 @@ class _Embed:
         pass
 
     def pick(self, ctl: Control, runnable: list[int], current: int, step: int, yielding: bool) -> int:
-        from ksmstress.sched.control import ATOMIC_MOST
-
         if current in self.coarse and current in runnable and not yielding:
             n = self.skipped.get(current, 0)
             if n < ATOMIC_MOST:

@@ -395,9 +395,8 @@ class Shrinker:
         improved = True
         while improved and 0 < best.preemptions <= UNPREEMPT_MOST and self.left() > 0:
             improved = False
-            pts = self.points(best.deviations, best.text, self._cap(best))
-            where = {(t, n): i for i, (t, n, _y, _r) in enumerate(pts)}
-            for d in [d for d in best.deviations if _preempts(d, pts, where)]:
+            pts, where, preempting = self.preempting(best)
+            for d in preempting:
                 if self.left() <= 0 or d not in best.deviations:
                     break
                 t, n, to = d
@@ -415,6 +414,13 @@ class Shrinker:
                         break
         return best
 
+    def preempting(self, best: Candidate) -> tuple[list[Point], dict[tuple[int, int], int], list[Deviation]]:
+        """The points of best's run (where another task could run), each (task, position)'s index among them, and
+        best's deviations that preempt: what unpreempt and reorder_turns both start from."""
+        pts = self.points(best.deviations, best.text, self._cap(best))
+        where = {(t, n): i for i, (t, n, _y, _r) in enumerate(pts)}
+        return pts, where, [d for d in best.deviations if _preempts(d, pts, where)]
+
     def reorder_turns(self, best: Candidate, until: float) -> Candidate:
         """Fewer preemptions by trading one for another order of turns: each preemption of best dropped, and
         the rest of its deviations run with TURN_TRIES sparse random switches where a task yields or cannot go on
@@ -422,13 +428,12 @@ class Shrinker:
         often buys is that one daemon's turn comes before another's (reclaim's walk before ksmd's next batch),
         which a yield's choice gives as well."""
         while best.preemptions > PREEMPTION_BOUND and self.left() > 0 and time.monotonic() < until:
-            pts = self.points(best.deviations, best.text, self._cap(best))
-            where = {(t, n): i for i, (t, n, _y, _r) in enumerate(pts)}
+            pts, _where, preempting = self.preempting(best)
             free = [(cur, y, rn) for cur, _n, y, rn in pts if y or cur not in rn]
             # a yield's only other choice, with two tasks, is the default: then one plain try per preemption
             tries = TURN_TRIES if any(set(rn) - {cur, default_pick(list(rn), cur, y)} for cur, y, rn in free) else 1
             found = None
-            for d in [d for d in best.deviations if _preempts(d, pts, where)]:
+            for d in preempting:
                 rest = [x for x in best.deviations if x != d]
                 for salt in range(tries):
                     if self.left() <= 0 or time.monotonic() >= until:
