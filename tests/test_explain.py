@@ -15,6 +15,7 @@ from ksmstress import callchain
 from ksmstress.explain import tomlout
 from ksmstress.explain.shrink import (
     PREEMPTION_BOUND,
+    Candidate,
     Shrinker,
     failure_key,
     faster_scenarios,
@@ -312,10 +313,10 @@ def test_shrink_keeps_the_failure_and_cuts_preemptions_and_steps(
         assert code == 1 and r["reproduced"] and r["steps"] == after["steps"]
 
 
-def test_unpreempt_moves_needless_preemptions_to_yields_or_drops_them(tmp_path: Path) -> None:
+def _needless_preemptions(tmp_path: Path) -> tuple[Shrinker, Candidate]:
     """scan-munmap-race with ksmd-no-mmap-sem fails under the non-preemptive schedule; the same run with
-    preemptions added at its first points where another task could run still fails the same way, and the pass
-    brings it back within the bound. Without the pass the candidate keeps every preemption added."""
+    preemptions added at its first points where another task could run, more than the bound and still failing the
+    same way."""
     from ksmstress.report import read_artifact
     from ksmstress.sched.follow import default_pick
 
@@ -334,7 +335,21 @@ def test_unpreempt_moves_needless_preemptions_to_yields_or_drops_them(tmp_path: 
         if cand is not None and cand.preemptions > PREEMPTION_BOUND + 1:
             break
     assert cand is not None and cand.preemptions > PREEMPTION_BOUND + 1
+    return s, cand
+
+
+def test_unpreempt_moves_needless_preemptions_to_yields_or_drops_them(tmp_path: Path) -> None:
+    """The pass brings the needless preemptions back within the bound; without it the candidate keeps every one."""
+    s, cand = _needless_preemptions(tmp_path)
     out = s.unpreempt(cand)
+    assert out.preemptions <= PREEMPTION_BOUND < cand.preemptions
+    assert failure_key(out.res.failure) == failure_key(cand.res.failure) == s.target
+
+
+def test_to_yields_moves_needless_preemptions_to_yields(tmp_path: Path) -> None:
+    """The chunked moves alone bring the same candidate within the bound, failing the same way."""
+    s, cand = _needless_preemptions(tmp_path)
+    out = s.to_yields(cand)
     assert out.preemptions <= PREEMPTION_BOUND < cand.preemptions
     assert failure_key(out.res.failure) == failure_key(cand.res.failure) == s.target
 

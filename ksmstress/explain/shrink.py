@@ -6,14 +6,18 @@ of deviations, so none is ever unrunnable, and the decisions a run actually took
 follows exactly. Two tracks share the time budget:
 
 1. the recorded schedule (40%), or the default schedule if that alone fails the same way (one run that spares
-   the rest): delta debugging over the deviations that switch away from a task that could go on, then over every
-   deviation left (a run stops at its failure: no step after it is ever kept); then each preemption left moved to
-   a yield or dropped (`unpreempt`); then the scenario under that schedule, keeping an edit only when the
-   carried-over schedule still fails and the run is smaller;
+   the rest): first a quick pass (10%: every deviation in chunks down to an eighth, then as below), because a
+   random schedule's stays are often needless all together and the greedy passes may settle elsewhere; then,
+   from the recorded schedule again, delta debugging over the deviations that switch away from a task that could
+   go on, then over every deviation left (a run stops at its failure: no step after it is ever kept); then the
+   preemptions left moved to yields in chunks (`to_yields`), then each moved or dropped (`unpreempt`); the
+   smaller of the two, then the scenario under its schedule, keeping an edit only when the carried-over schedule
+   still fails and the run is smaller;
 2. the scenario first (to 60%), then the schedule (to 85%; time left over goes to track 1's delta
    debugging, then to more sparse schedules): delta debugging over the scenario (see
    `smaller_scenarios`: granularity coarsened to `locks`, ksmd/reclaim/admin/migrate off, a [[task]] dropped,
-   counts, ops, regions, patterns and script numbers lowered, script steps dropped, swapping off), keeping every
+   counts, ops, regions, patterns and script numbers lowered, a script's tail cut by halves and its steps
+   dropped, swapping off), keeping every
    edit that still fails the same way under some schedule, and the faster ones (`faster_scenarios`: ksmd's batch
    raised to cover every page twice or lowered, reclaim resting between pages, a task's own granularity
    coarsened to `yields` or `locks`) only when the run is smaller;
@@ -67,6 +71,8 @@ PROGRAM_LOWEST = {"count": 1, "region": 1, "patterns": 1}
 PROGRAM_TRIES = (3, 8)  # dense random schedules tried per smaller scenario (by round) when the carried ones fail
 DENSE_RATES = (0.05, 0.2, 0.5)  # their switches per contested point
 UNPREEMPT_MOST = 40  # unpreempt's limit: more preemptions are delta debugging's to cut, at fewer runs each
+QUICK = 0.1  # track 1's quick pass (big chunks of the schedule, then moves): a random schedule's stays are
+# often needless all together, and the greedy one-by-one passes may settle in a worse schedule
 POLISH = 0.15  # the budget's share kept for polishing the winner (unpreempt, then the scenario under its schedule)
 PREEMPTION_BOUND = 3  # CHESS: most concurrency bugs need at most two or three preemptions
 _STAY_TASK, _STAY_LEFT = 8, 9  # ctl.strat cells of SwitchStay (FollowStrategy uses cell 0)
@@ -190,6 +196,11 @@ class Candidate:
         return (over, self.res.steps, self.preemptions, self.ops, len(self.deviations))
 
 
+def size_of(c: Candidate) -> Size:
+    """A candidate's sizes for the before/after table: steps, preemptions, tasks that ran, operations."""
+    return Size(c.res.steps, c.preemptions, len(set(c.res.schedule)), program_ops(c.text))
+
+
 def program_ops(text: str) -> int:
     """The programs' size: every task's operations and script steps, times its count."""
     d = tomllib.loads(text)
@@ -206,6 +217,7 @@ class Shrinker:
     seconds: float
     timeout: float = 60.0
     log: Callable[[str], None] = lambda _msg: None
+    variant: int = 0  # a portfolio's member (portfolio.py): 1 skips the quick pass and draws other random schedules
 
     def __post_init__(self) -> None:
         sc = artifact_scenario(self.path, self.art)
@@ -244,6 +256,8 @@ class Shrinker:
             return None
         sc = dataclasses.replace(sc, max_steps=max(16, min(sc.max_steps, cap)))
         seen: dict[str, Control] = {}
+        if sparse is not None and self.variant:  # another member of a portfolio: other random schedules
+            sparse = (sparse[0] ^ (self.variant * 0x9E3779B1), *sparse[1:])  # type: ignore[assignment]
         fd = unnamed_file()
         try:
 
@@ -278,9 +292,6 @@ class Shrinker:
         taken = [(int(a), int(b), int(c)) for a, b, c in (line.split() for line in lines)]
         return Candidate(taken, text, res, FollowStrategy.preemptions(seen["ctl"]), program_ops(text))
 
-    def size(self, c: Candidate) -> Size:
-        return Size(c.res.steps, c.preemptions, len(set(c.res.schedule)), program_ops(c.text))
-
     def better(self, cand: Candidate | None, best: Candidate, what: str) -> bool:
         if cand is None or cand.key() >= best.key():
             return False
@@ -297,12 +308,18 @@ class Shrinker:
         self.cap0 = self._cap(first)
         start, end = time.monotonic(), self.deadline
         # the recorded schedule shrunk, then the scenario under it (edits whose carried schedule still fails)
-        self.deadline = start + (end - start) * 0.4
         plain = self.attempt([], self.text, self.cap0)  # one run that may spare all the delta debugging below
         kept = plain if plain is not None and plain.key() < first.key() else first
-        kept = self.reduce(self.reduce(kept, switches_only=True), switches_only=False)
+        quick = kept
+        if not self.variant:  # big chunks of the schedule only, then its moves
+            self.deadline = start + (end - start) * QUICK
+            quick = self.reduce(kept, switches_only=False, finest=max(1, len(kept.deviations) // 8))
+            quick = self.unpreempt(self.to_yields(self.deltas(quick)))
+        self.deadline = start + (end - start) * 0.4  # the whole delta debugging, from the recorded schedule again
+        kept = self.deltas(kept)
         if self.left() > 0:  # delta debugging done: what it could not drop, move
-            kept = self.unpreempt(kept)
+            kept = self.unpreempt(self.to_yields(kept))
+        kept = min(quick, kept, key=Candidate.key)
         kept = self.programs(kept, 0, any_schedule=False)
         # then the scenario first, a schedule re-found for each edit, and the schedule shrunk again
         best = kept
@@ -313,14 +330,14 @@ class Shrinker:
         if best.preemptions > 0:  # a dense schedule's many deviations would take delta debugging long
             best = self.single_switches(best, time.monotonic() + self.left() * 0.5)
         best = self.scratch(best, time.monotonic() + self.left() * 0.4)
-        best = self.reduce(self.reduce(best, switches_only=True), switches_only=False)
+        best = self.deltas(best)
         if self.left() > 0:  # time left: the first track's delta debugging may have been cut short
-            kept = self.reduce(self.reduce(kept, switches_only=True), switches_only=False)
+            kept = self.deltas(kept)
         if self.left() > 0:
             best = self.reduce(self.scratch(best, self.deadline), switches_only=False)
         best = min(first, kept, best, key=Candidate.key)  # a pass cut short may have left more steps
         self.deadline = end  # the polish: the winner's preemptions moved to yields, then its scenario cut
-        best = self.programs(self.unpreempt(best), 0, any_schedule=False)
+        best = self.programs(self.unpreempt(self.to_yields(best)), 0, any_schedule=False)
         best = self.reorder_turns(best, time.monotonic() + self.left() * 0.7)
         for ways in ((False,), (True,)):  # the smallest program may need fewer switches than the track's did
             if best.preemptions > PREEMPTION_BOUND:  # plain switches first: the polish is short
@@ -399,13 +416,11 @@ class Shrinker:
             for d in preempting:
                 if self.left() <= 0 or d not in best.deviations:
                     break
-                t, n, to = d
-                i = where[(t, n)]  # the points of the round's first run: a kept move shifts few of the others
+                i = where[(d[0], d[1])]  # the points of the round's first run: a kept move shifts few of the others
                 rest = [x for x in best.deviations if x != d]
                 taken = {(x, m) for x, m, _ in rest}
-                later = next(((x, m) for x, m, y, rn in pts[i + 1 :] if x == t and y and to in rn), None)
-                earlier = next(((x, m) for x, m, y, rn in reversed(pts[:i]) if y and to in rn and x != to), None)
-                alts = [rest + [(p[0], p[1], to)] for p in (later, earlier) if p is not None and p not in taken]
+                alts = [rest + [(p[0], p[1], d[2])] for p in (_yield_for(pts, i, d, False), _yield_for(pts, i, d, True))
+                        if p is not None and p not in taken]
                 for devs in [*alts, rest]:
                     cand = self.attempt(devs, best.text, self._cap(best))
                     if self.better(cand, best, "a preemption moved to a yield"):
@@ -413,6 +428,43 @@ class Shrinker:
                         best, improved = cand, True
                         break
         return best
+
+    def to_yields(self, best: Candidate) -> Candidate:
+        """Delta debugging over moves rather than drops: each preemption of best taken to the last yield before
+        it of a task other than the one it switches to (that task runs a little earlier), then to its own task's
+        next yield (which runs on a little); all at once first, then halves, quarters, ... A move keeps the switch
+        (and so the order of what the two tasks do) but makes it free; with tens of preemptions left, moving
+        them in chunks costs a few runs where unpreempt's one-by-one rounds cost a run or three each."""
+        for earlier in (True, False):
+            todo = self._moves(best, earlier)
+            chunk = len(todo)
+            while chunk >= 1 and todo and self.left() > 0 and best.preemptions > PREEMPTION_BOUND:
+                i = 0
+                while i < len(todo) and self.left() > 0:
+                    swap = dict(todo[i : i + chunk])
+                    cand = self.attempt([swap.get(d, d) for d in best.deviations], best.text, self._cap(best))
+                    if self.better(cand, best, "preemptions moved to yields"):
+                        assert cand is not None
+                        best, todo = cand, self._moves(cand, earlier)
+                        chunk = min(chunk, len(todo))
+                    else:
+                        i += chunk
+                chunk //= 2
+        return best
+
+    def _moves(self, c: Candidate, earlier: bool) -> list[tuple[Deviation, Deviation]]:
+        """For each preemption of c, the same switch at a yield: the last one before it of a task other than
+        its target (`earlier`), else its own task's next one; a yield another deviation already uses is
+        skipped."""
+        pts, where, preempting = self.preempting(c)
+        taken = {(t, n) for t, n, _ in c.deviations}
+        out = []
+        for d in preempting:
+            at = _yield_for(pts, where[(d[0], d[1])], d, earlier)
+            if at is not None and at not in taken:
+                taken.add(at)
+                out.append((d, (at[0], at[1], d[2])))
+        return out
 
     def preempting(self, best: Candidate) -> tuple[list[Point], dict[tuple[int, int], int], list[Deviation]]:
         """The points of best's run (where another task could run), each (task, position)'s index among them, and
@@ -450,7 +502,11 @@ class Shrinker:
             best = found
         return best
 
-    def reduce(self, best: Candidate, switches_only: bool, quiet: bool = False) -> Candidate:
+    def deltas(self, best: Candidate) -> Candidate:
+        """Delta debugging over best's deviations: those that switch away from a task, then every one left."""
+        return self.reduce(self.reduce(best, switches_only=True), switches_only=False)
+
+    def reduce(self, best: Candidate, switches_only: bool, quiet: bool = False, finest: int = 1) -> Candidate:
         """Delta debugging over the deviations (only those that switch away from a task that could go on, if
         asked): drop chunks, halving the chunk size, keeping every smaller candidate that still fails the same
         way."""
@@ -460,7 +516,7 @@ class Shrinker:
 
         idx = pool(best)
         chunk = max(1, len(idx) // 2)
-        while chunk >= 1 and self.left() > 0:
+        while chunk >= finest and self.left() > 0:
             i = 0
             while i < len(idx) and self.left() > 0:
                 drop = set(idx[i : i + chunk])
@@ -520,6 +576,16 @@ def _preempts(d: Deviation, pts: list[Point], where: dict[tuple[int, int], int])
     (not at a yield, and its task runnable), i.e. counts as a preemption."""
     i = where.get((d[0], d[1]), -1)
     return i >= 0 and not pts[i][2] and d[0] in pts[i][3] and d[2] != d[0]
+
+
+def _yield_for(pts: list[Point], i: int, d: Deviation, earlier: bool) -> tuple[int, int] | None:
+    """Where preemption `d` (at point i of `pts`) could switch at a yield instead: the last yield before it of a
+    task other than its target, from which the target can run (`earlier`: the target runs a little sooner), else
+    its own task's next yield with the target runnable (its task runs on a little first). (task, position)."""
+    t, _n, to = d
+    if earlier:
+        return next(((x, m) for x, m, y, rn in reversed(pts[:i]) if y and to in rn and x != to), None)
+    return next(((x, m) for x, m, y, rn in pts[i + 1 :] if x == t and y and to in rn), None)
 
 
 def _remapped(d: Deviation, remap: Remap | None) -> Deviation | None:
@@ -689,6 +755,10 @@ def smaller_scenarios(text: str) -> list[tuple[str, Remap]]:
         lowered(("region", "count"))  # fewer pages and programs: the most steps gone (ksmd scans each page twice)
         for key in ("script", "child_script") if forks else ("script",):
             steps = list(t.get(key, []))
+            cut = len(steps) // 2  # the tail first, by halves: a race needs its program's first steps, seldom all
+            while cut >= 2:
+                add(with_task(i, {**t, key: steps[:-cut]}))
+                cut //= 2
             for j in reversed(range(len(steps))):
                 add(with_task(i, {**t, key: steps[:j] + steps[j + 1 :]}))
         for key in ("script", "child_script") if forks else ("script",):  # shorter sleeps and waits: fewer steps
