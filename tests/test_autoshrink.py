@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from ksmstress import cpus
 from ksmstress.catalog import shipped_dir
+from ksmstress.explain.portfolio import shrink_portfolio
+from ksmstress.explain.shrink import PREEMPTION_BOUND, failure_key
+from ksmstress.report import read_artifact
 from tests.clitools import cli, run_cli
 
 KEYS = ("steps", "preemptions", "tasks", "ops")
@@ -68,3 +72,29 @@ def test_shrink_refuses_free_mode_in_one_line(command: str, capsys: pytest.Captu
     code, out, err = cli(capsys, command, "seed-unmap-race", "--mode", "free", "--shrink", "--artifacts",
                          str(tmp_path))
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "--shrink" in err
+
+
+def test_a_shrink_on_two_cpus_keeps_the_smaller_of_two_members(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With two CPUs and none chosen for it, a shrink runs a second shrinker (another variant) on the other CPU in a
+    forked child and keeps the smaller result: the child's best comes back, fails the same way, and the kept one is
+    never the larger."""
+    if len(cpus.allowed()) < 2:
+        pytest.skip("one CPU: a shrink runs alone")
+    monkeypatch.delenv(cpus.ENV, raising=False)
+    code, _out, err = cli(capsys, "run", "seed-unmap-race", "--bug", "no-anon-vma-ref", "--runs", "50",
+                          "--artifacts", str(tmp_path))
+    assert code == 1, err
+    art = sorted(tmp_path.glob("*.json"))[0]
+    lines: list[str] = []
+    first, best, runs = shrink_portfolio(read_artifact(art), art, 4.0, 60.0, lines.append)
+    second = [line for line in lines if line.startswith("the second member: ")]
+    assert len(second) == 1, lines
+    p, steps = (int(w) for w in second[0].split()[3:6:2])  # "the second member: P preemptions, S steps (...)"
+    if second[0].endswith("(kept)"):
+        assert (best.preemptions, best.res.steps) == (p, steps)
+    else:
+        assert best.key()[:2] <= (max(0, p - PREEMPTION_BOUND), steps)
+    assert failure_key(best.res.failure) == failure_key(first.res.failure)
+    assert runs > 0

@@ -19,7 +19,8 @@ from .. import argtypes
 from ..report import artifact_scenario, read_artifact
 from ..runner import RunResult, run_one
 from ..verdict import replay_command
-from .shrink import Candidate, Shrinker, ShrinkError, Size, shrunk_artifact, shrunk_path, site_of
+from .portfolio import shrink_portfolio
+from .shrink import Candidate, ShrinkError, Size, shrunk_artifact, shrunk_path, site_of, size_of
 
 DEFAULT_SECONDS = 60.0
 
@@ -76,9 +77,8 @@ def shrink_file(
     writable."""
     t0 = time.monotonic()
     art = read_artifact(path)
-    shrinker = Shrinker(art, path, seconds, timeout, log=log)
-    first, best = shrinker.run()
-    before, after = shrinker.size(first), shrinker.size(best)
+    first, best, runs = shrink_portfolio(art, path, seconds, timeout, log)
+    before, after = size_of(first), size_of(best)
     took = time.monotonic() - t0
     dest = out if out is not None else shrunk_path(path)
     dest.write_text(json.dumps(shrunk_artifact(path, best, before, after, took), indent=1, sort_keys=True) + "\n")
@@ -86,7 +86,7 @@ def shrink_file(
     proof = run_one(artifact_scenario(dest, shrunk), shrunk["seed"], shrunk["strategy"], sorted(shrunk["bugs"]),
                     schedule=shrunk["schedule_bytes"], pct_depth=shrunk.get("pct_depth"), timeout=timeout,
                     granularity=shrunk["granularity"])
-    return Shrunk(dest, path, before, after, took, shrinker.runs, best, shrunk, proof)
+    return Shrunk(dest, path, before, after, took, runs, best, shrunk, proof)
 
 
 def try_shrink(path: Path, seconds: float, timeout: float, log: Callable[[str], None]) -> Shrunk | str:
