@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import numpy.ma  # noqa: F401  np.unique imports it on first use: here once, not in each task of each run
 
 from . import callchain
 from .failures import Failure

@@ -30,11 +30,17 @@ def spread(n: int) -> list[int]:
     return [nth(i) for i in range(min(n, len(allowed())))]
 
 
+def chosen() -> int | None:
+    """The CPU $KSMSTRESS_CPU names (a parallel job's, or a test harness's), None when it names none."""
+    value = os.environ.get(ENV, "")
+    return int(value) if value.isdigit() else None
+
+
 def pick(cpu: int | None = None) -> int:
     """The CPU a controlled run's processes share: `cpu` (e.g. --cpu), else $KSMSTRESS_CPU (one per parallel job),
     else the last allowed one. A value this process may not use is passed over, not an error (argtypes.cpu is
     where a user's --cpu is checked)."""
     cpus = allowed()
-    if cpu is None and os.environ.get(ENV, "").isdigit():
-        cpu = int(os.environ[ENV])
+    if cpu is None:
+        cpu = chosen()
     return cpu if cpu in cpus else cpus[-1]

@@ -21,6 +21,7 @@ from typing import Any
 
 import multiprocess
 import numpy as np
+import numpy.ma  # noqa: F401  np.unique imports it on first use: here, once, not in each task of each run
 
 from . import actors, cpus, procs
 from .arena import SharedBlock

@@ -26,8 +26,9 @@ SLACK = 30.0  # seconds past the budget the second member may take to hand its r
 
 
 def members() -> list[int]:
-    """The CPUs a shrink's members run on: two when this process may use two and nobody chose one for it."""
-    if os.environ.get(cpus.ENV, "").isdigit():
+    """The CPUs a shrink's members run on: two when this process may use two and nobody chose one for it (the
+    first is pick()'s default, so this process's own runs need no pinning of their own)."""
+    if cpus.chosen() is not None:
         return [cpus.pick()]
     return cpus.spread(2)
 
@@ -61,12 +62,8 @@ def shrink_portfolio(
             os._exit(0)
     os.close(w)
     try:
-        os.environ[cpus.ENV] = str(where[0])
-        try:
-            s = Shrinker(art, path, seconds, timeout, log=log)
-            first, best = s.run()
-        finally:
-            del os.environ[cpus.ENV]
+        s = Shrinker(art, path, seconds, timeout, log=log)  # on where[0]: cpus.pick() with no $KSMSTRESS_CPU
+        first, best = s.run()
         runs = s.runs
         got = _receive(r, time.monotonic() + SLACK)
         if got is not None:
